@@ -1,0 +1,200 @@
+"""The ``agentcast`` command: serve, publish, tail.
+
+Client commands take ``--url`` with the server's base address (``http://127.0.0.1:8000``
+by default); ``tail`` derives the WebSocket address from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+
+from agentcast.__about__ import __version__
+from agentcast.errors import AgentcastError, ConfigError
+
+app = typer.Typer(
+    name="agentcast",
+    help="Real-time WebSocket gateway for AI-agent and workflow platforms.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+UrlOption = Annotated[str, typer.Option("--url", help="Server base URL.", envvar="AGENTCAST_URL")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"agentcast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """agentcast: live events for agent runs, workflows and chats."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind [default: 8000].")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML settings file.")
+    ] = None,
+    insecure: Annotated[
+        bool | None,
+        typer.Option("--insecure", help="Allow open dev mode on a non-loopback address."),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
+    bench_endpoint: Annotated[
+        bool | None, typer.Option("--bench-endpoint", hidden=True, help="Serve /_bench/publish.")
+    ] = None,
+) -> None:
+    """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port."""
+    from agentcast.gateway import Gateway
+    from agentcast.settings import load_settings
+    from agentcast.transports.server import build_server
+
+    try:
+        settings = load_settings(
+            config,
+            host=host,
+            port=port,
+            insecure=insecure,
+            log_level=log_level,
+            bench_endpoint=bench_endpoint,
+        )
+        gateway = Gateway(settings)
+        if gateway.open_mode and not settings.loopback and not settings.insecure:
+            raise ConfigError(
+                f"refusing to serve open dev mode (no authentication) on {settings.host}: "
+                "configure authentication, bind 127.0.0.1, or pass --insecure"
+            )
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper() if settings.log_level != "trace" else 5,
+        format="%(levelname)s:     %(name)s %(message)s",
+    )
+    if settings.log_level not in ("debug", "trace"):
+        logging.getLogger("agentcast.transport.ws").setLevel(logging.WARNING)
+    if gateway.open_mode:
+        err.print(
+            "[yellow]agentcast runs in OPEN DEV MODE: no authentication, every client may "
+            "subscribe and publish to every topic.[/yellow]"
+        )
+    err.print(
+        f"agentcast {__version__} on http://{settings.host}:{settings.port} "
+        f"(WebSocket ws://{settings.host}:{settings.port}/ws, broker {settings.broker_url})"
+    )
+    server = build_server(gateway)
+    asyncio.run(server.serve())
+
+
+@app.command()
+def publish(
+    topic: Annotated[str, typer.Argument(help="Topic, e.g. workflow:123.")],
+    type: Annotated[str, typer.Argument(help="Event type, e.g. node_status.")],
+    data: Annotated[str, typer.Argument(help="Event data: a JSON object.")] = "{}",
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Publish one event over HTTP and print its assigned seq."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]error:[/red] DATA is not valid JSON: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/api/topics/{topic}/events",
+            json={"type": type, "data": payload},
+            timeout=10.0,
+        )
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        err.print(f"[red]error {response.status_code}:[/red] {_detail(response)}")
+        raise typer.Exit(1)
+    print(response.json()["seqs"][0])
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return response.text
+    if isinstance(detail, dict):
+        field = f" ({detail['field']})" if detail.get("field") else ""
+        return f"{detail.get('code')}: {detail.get('message')}{field}"
+    return str(detail)
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to follow.")],
+    since: Annotated[
+        int | None, typer.Option(help="Start after this seq (0: all history).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One wire-format event per line.")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    count: Annotated[int | None, typer.Option(help="Exit after this many events.")] = None,
+) -> None:
+    """Print a topic's events as they come; resumes after restarts and dropped connections."""
+    from agentcast.client import connect
+
+    async def run() -> None:
+        seen = 0
+        async with connect(url) as client:
+            async for event in client.subscribe(topic, since=since):
+                if as_json:
+                    sys.stdout.write(json.dumps(event.to_wire(), separators=(",", ":")) + "\n")
+                    sys.stdout.flush()
+                else:
+                    _print_event(event.topic, event.seq, event.type, event.timestamp, event.data)
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        pass
+    except AgentcastError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _print_event(topic: str, seq: int, type: str, timestamp: str, data: Any) -> None:
+    out.print(
+        f"[dim]{timestamp}[/dim] [cyan]{topic}[/cyan] [bold]#{seq}[/bold] "
+        f"[green]{type}[/green] {json.dumps(data, ensure_ascii=False)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

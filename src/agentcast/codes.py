@@ -1,0 +1,182 @@
+"""The one table of WebSocket close codes and protocol error codes.
+
+Every close code the server sends and every ``code`` an ``error`` frame carries is
+listed here, with its explanation and whether a client should reconnect. ``docs/codes.md``
+is generated from these tables (``python -m agentcast.codes > docs/codes.md``) and a test
+checks that the committed file matches.
+
+Close code ranges:
+
+* 1000–1015: RFC 6455 codes.
+* 4000–4499: the server closed the connection but the client should **reconnect and
+  resume** from its last seen sequence numbers (with backoff).
+* 4500–4999: **terminal**: reconnecting with the same credentials or input fails again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes used by agentcast."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    IDLE_TIMEOUT = 4000
+    SLOW_CONSUMER = 4001
+    KEEPALIVE_TIMEOUT = 4002
+    UNAUTHORIZED = 4500
+    FORBIDDEN = 4503
+    TOO_MANY_CONNECTIONS = 4529
+
+
+@dataclass(frozen=True, slots=True)
+class CloseInfo:
+    """What a close code means and whether the client should reconnect."""
+
+    reason: str
+    explanation: str
+    reconnect: bool
+
+
+CLOSE_CODES: dict[CloseCode, CloseInfo] = {
+    CloseCode.NORMAL: CloseInfo("normal closure", "The connection finished its work.", False),
+    CloseCode.GOING_AWAY: CloseInfo(
+        "server shutting down",
+        "The server is stopping (SIGTERM/SIGINT). Reconnect to another node or later, and "
+        "resume with `since`.",
+        True,
+    ),
+    CloseCode.PROTOCOL_ERROR: CloseInfo(
+        "protocol error", "The client broke RFC 6455 framing (e.g. an unmasked frame).", False
+    ),
+    CloseCode.INVALID_DATA: CloseInfo("invalid utf-8", "A text frame was not valid UTF-8.", False),
+    CloseCode.POLICY_VIOLATION: CloseInfo(
+        "policy violation",
+        "The connection broke a server policy (e.g. a disallowed Origin).",
+        False,
+    ),
+    CloseCode.MESSAGE_TOO_BIG: CloseInfo(
+        "message too big",
+        "A client frame exceeded `max_message_bytes`. Send smaller commands.",
+        False,
+    ),
+    CloseCode.INTERNAL_ERROR: CloseInfo(
+        "internal error", "An unexpected server error. Reconnect with backoff and resume.", True
+    ),
+    CloseCode.SERVICE_RESTART: CloseInfo(
+        "service restart", "The server is restarting. Reconnect with backoff and resume.", True
+    ),
+    CloseCode.IDLE_TIMEOUT: CloseInfo(
+        "idle timeout",
+        "The connection had no subscription and sent nothing for `idle_timeout` seconds. "
+        "Reconnect when there is something to subscribe to.",
+        True,
+    ),
+    CloseCode.SLOW_CONSUMER: CloseInfo(
+        "slow consumer",
+        "The client read too slowly and its outbox passed `outbox_max_bytes` or "
+        "`outbox_max_frames`. Nothing is lost: reconnect and resume with `since`.",
+        True,
+    ),
+    CloseCode.KEEPALIVE_TIMEOUT: CloseInfo(
+        "keepalive timeout",
+        "The client did not answer a WebSocket ping within `ping_timeout` seconds.",
+        True,
+    ),
+    CloseCode.UNAUTHORIZED: CloseInfo(
+        "unauthorized", "Authentication failed or the token expired. Get a new token.", False
+    ),
+    CloseCode.FORBIDDEN: CloseInfo(
+        "forbidden", "The authenticated principal may not use this endpoint.", False
+    ),
+    CloseCode.TOO_MANY_CONNECTIONS: CloseInfo(
+        "too many connections",
+        "The principal already holds the maximum number of connections.",
+        False,
+    ),
+}
+
+
+class ErrorCode(StrEnum):
+    """Stable machine-readable ``code`` values of ``error`` frames and HTTP error bodies."""
+
+    BAD_JSON = "bad_json"
+    BAD_FRAME = "bad_frame"
+    UNKNOWN_COMMAND = "unknown_command"
+    INVALID_FIELD = "invalid_field"
+    INVALID_TOPIC = "invalid_topic"
+    BINARY_UNSUPPORTED = "binary_unsupported"
+    NOT_SUBSCRIBED = "not_subscribed"
+    FORBIDDEN = "forbidden"
+    UNAUTHORIZED = "unauthorized"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    RATE_LIMITED = "rate_limited"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+ERROR_CODES: dict[ErrorCode, str] = {
+    ErrorCode.BAD_JSON: "The text frame is not valid JSON (and not the bare text `ping`).",
+    ErrorCode.BAD_FRAME: "The JSON is not an object with a string `type`.",
+    ErrorCode.UNKNOWN_COMMAND: "The `type` names no command this server knows.",
+    ErrorCode.INVALID_FIELD: "A field is missing or has the wrong type; `field` names it.",
+    ErrorCode.INVALID_TOPIC: "The topic name is empty, too long or has forbidden characters.",
+    ErrorCode.BINARY_UNSUPPORTED: "Binary frames are not part of protocol v1; send JSON text.",
+    ErrorCode.NOT_SUBSCRIBED: "`unsubscribe` for a topic this connection is not subscribed to.",
+    ErrorCode.FORBIDDEN: "The principal may not subscribe or publish to this topic.",
+    ErrorCode.UNAUTHORIZED: "The request carries no valid credentials (HTTP 401).",
+    ErrorCode.TOO_MANY_SUBSCRIPTIONS: "The connection holds `max_subscriptions` topics already.",
+    ErrorCode.RATE_LIMITED: "Too many commands or publishes; slow down and retry.",
+    ErrorCode.PAYLOAD_TOO_LARGE: "An event's data exceeds `max_event_bytes`.",
+    ErrorCode.UNAVAILABLE: "The broker or store is unreachable; the command was not applied.",
+    ErrorCode.INTERNAL: "An unexpected server error; the command may not have been applied.",
+}
+
+
+def render_markdown() -> str:
+    """The content of ``docs/codes.md``, generated from the tables above."""
+    lines = [
+        "# Close codes and error codes",
+        "",
+        "Generated from `src/agentcast/codes.py` by `python -m agentcast.codes`; "
+        "a test checks that this file matches the code.",
+        "",
+        "## WebSocket close codes",
+        "",
+        "4000–4499: reconnect and resume. 4500–4999: terminal, do not reconnect as is.",
+        "",
+        "| code | name | reason sent | reconnect | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for code, info in CLOSE_CODES.items():
+        lines.append(
+            f"| {int(code)} | `{code.name}` | {info.reason} | "
+            f"{'yes' if info.reconnect else 'no'} | {info.explanation} |"
+        )
+    lines += [
+        "",
+        "## Error codes",
+        "",
+        "Carried by `error` frames on the WebSocket (`data.code`) and by HTTP error bodies "
+        "(`detail.code`).",
+        "",
+        "| code | meaning |",
+        "|---|---|",
+    ]
+    for ecode, text in ERROR_CODES.items():
+        lines.append(f"| `{ecode.value}` | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(render_markdown(), end="")

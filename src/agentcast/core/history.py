@@ -1,0 +1,106 @@
+"""Per-topic history: a ring buffer bounded by event count, bytes and age.
+
+The history of a topic always holds a contiguous run of sequence numbers
+``first_seq .. last_seq`` (``first_seq = last_seq + 1`` when it is empty). Eviction only
+removes from the oldest end, so a reader asking for events after ``since`` either gets
+every one of them, or learns from :attr:`HistoryPage.complete` that some were evicted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from agentcast.core.envelope import Publication
+
+__all__ = ["History", "HistoryLimits", "HistoryPage"]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLimits:
+    """Bounds applied to every topic's history. ``max_age`` is in seconds (0: no age bound)."""
+
+    max_events: int = 1000
+    max_bytes: int = 4 * 1024 * 1024
+    max_age: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Publications after ``since`` (in seq order) and the topic's bounds when read.
+
+    ``complete`` is False when history no longer reaches back to ``since + 1`` (events
+    ``since + 1 .. first_seq - 1`` are lost for this reader), or when ``since`` is beyond
+    ``last_seq`` (the topic was reset, e.g. an in-memory broker restarted): either way the
+    reader must reset its state, and ``publications`` then holds all retained history.
+    """
+
+    publications: list[Publication]
+    first_seq: int
+    last_seq: int
+    since: int
+
+    @property
+    def complete(self) -> bool:
+        return self.first_seq <= self.since + 1 <= self.last_seq + 1
+
+
+class History:
+    """The retained publications of one topic."""
+
+    __slots__ = ("_events", "_nbytes", "last_seq", "limits")
+
+    def __init__(self, limits: HistoryLimits, last_seq: int = 0) -> None:
+        self.limits = limits
+        self.last_seq = last_seq
+        self._events: deque[Publication] = deque()
+        self._nbytes = 0
+
+    @property
+    def first_seq(self) -> int:
+        return self._events[0].seq if self._events else self.last_seq + 1
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def append(self, pub: Publication) -> None:
+        """Append the next publication; its seq must be ``last_seq + 1``."""
+        if pub.seq != self.last_seq + 1:
+            raise ValueError(f"seq {pub.seq} does not follow {self.last_seq} on {pub.topic!r}")
+        self._events.append(pub)
+        self._nbytes += pub.size
+        self.last_seq = pub.seq
+        limits = self.limits
+        events = self._events
+        while len(events) > limits.max_events or (
+            self._nbytes > limits.max_bytes and len(events) > 1
+        ):
+            self._nbytes -= events.popleft().size
+
+    def trim(self, now: float) -> int:
+        """Drop events older than ``max_age`` at time ``now``; returns how many were dropped."""
+        if self.limits.max_age <= 0:
+            return 0
+        horizon = now - self.limits.max_age
+        events = self._events
+        dropped = 0
+        while events and events[0].at < horizon:
+            self._nbytes -= events.popleft().size
+            dropped += 1
+        return dropped
+
+    def since(self, since: int, limit: int | None = None) -> HistoryPage:
+        """Publications with ``seq > since`` (at most ``limit``), oldest first.
+
+        When ``since`` is beyond ``last_seq`` every retained publication is returned.
+        """
+        events = self._events
+        first = self.first_seq
+        start = 0 if since > self.last_seq else max(since + 1, first) - first
+        stop = len(events) if limit is None else min(len(events), start + max(limit, 0))
+        pubs = [events[i] for i in range(start, stop)] if start < stop else []
+        return HistoryPage(pubs, first, self.last_seq, since)

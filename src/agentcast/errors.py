@@ -1,0 +1,84 @@
+"""agentcast's exception tree.
+
+::
+
+    AgentcastError
+    ├── ProtocolError            a client frame agentcast cannot act on (carries an ErrorCode)
+    │   └── CommandError         a well-formed command that was refused (forbidden, limits)
+    ├── ConfigError              invalid settings
+    ├── BrokerError              the broker failed; the publish or read was not applied
+    └── ClientError              raised by agentcast.client
+        ├── ConnectionClosedError  the server closed with a terminal close code
+        └── HistoryLostError       resume impossible: history no longer reaches back
+
+Library errors are translated at the boundary and chained with ``from``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentcast.codes import ErrorCode
+
+
+class AgentcastError(Exception):
+    """Root of every exception agentcast raises on purpose."""
+
+
+class ProtocolError(AgentcastError):
+    """A client frame that cannot be acted upon.
+
+    ``code`` is the stable :class:`~agentcast.codes.ErrorCode` sent to the client,
+    ``field`` names the offending field when there is one.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def to_data(self) -> dict[str, Any]:
+        """The ``data`` object of the error frame or HTTP error body."""
+        data: dict[str, Any] = {"code": self.code.value, "message": self.message}
+        if self.field is not None:
+            data["field"] = self.field
+        return data
+
+
+class CommandError(ProtocolError):
+    """A valid command that the server refused (authorization, limits, availability)."""
+
+
+class ConfigError(AgentcastError):
+    """Settings that cannot be used; the message says which and why."""
+
+
+class BrokerError(AgentcastError):
+    """The broker failed; the operation was not applied."""
+
+
+class ClientError(AgentcastError):
+    """Base of the errors raised by :mod:`agentcast.client`."""
+
+
+class ConnectionClosedError(ClientError):
+    """The server closed the connection with a terminal close code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection closed: {code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class HistoryLostError(ClientError):
+    """Resume is impossible because history no longer reaches back to the requested seq."""
+
+    def __init__(self, topic: str, since: int, first_available: int) -> None:
+        super().__init__(
+            f"history of {topic!r} starts at seq {first_available}; events after {since} "
+            f"up to {first_available - 1} are lost"
+        )
+        self.topic = topic
+        self.since = since
+        self.first_available = first_available

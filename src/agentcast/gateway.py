@@ -1,0 +1,531 @@
+"""The gateway: the asynchronous shell around the sans-I/O hub.
+
+:class:`Gateway` owns the hub, the broker and the policies. Transports hand it
+connections (:meth:`Gateway.open_session`) and the text frames they receive
+(:meth:`Gateway.receive_text`); producers call :meth:`Gateway.publish` (from any
+coroutine) or :meth:`Gateway.publish_threadsafe` (from any thread). It runs the commands
+of each connection in order, resumes subscriptions from history without gap or
+duplicate, flushes every dirty outbox with one write per loop iteration, closes slow
+consumers, and pings and reaps connections from one periodic sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+from agentcast.brokers import Broker, create_broker
+from agentcast.brokers.memory import MemoryBroker
+from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode
+from agentcast.core.commands import command_id, encode_reply, error_frame, parse
+from agentcast.core.envelope import Publication, encode_json, format_timestamp
+from agentcast.core.frames import (
+    ClientCommand,
+    PingCommand,
+    PublishCommand,
+    SubscribeCommand,
+    UnsubscribeCommand,
+    valid_topic,
+)
+from agentcast.core.history import HistoryLimits
+from agentcast.core.hub import Hub
+from agentcast.core.outbox import Outbox
+from agentcast.core.session import Session, Writer
+from agentcast.errors import BrokerError, CommandError, ProtocolError
+from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal
+from agentcast.settings import Settings
+
+__all__ = ["CommandHandler", "Gateway"]
+
+logger = logging.getLogger("agentcast")
+
+T = TypeVar("T")
+CommandHandler = Callable[[Session, Any], Awaitable[None] | None]
+
+_MAX_PENDING_COMMANDS = 256
+_YIELD_EVERY_PUSHES = 16384
+_YIELD_EVERY_EVENTS = 1024
+
+
+async def _resolve(value: T | Awaitable[T]) -> T:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class Stats:
+    """Counters exposed by ``/healthz`` and the metrics endpoint."""
+
+    __slots__ = ("commands", "connections_total", "flushes", "frames_written", "slow_consumers")
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.commands = 0
+        self.flushes = 0
+        self.frames_written = 0
+        self.slow_consumers = 0
+
+
+class Gateway:
+    """Hub + broker + policies, driven by one event loop."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        broker: Broker | None = None,
+        authenticator: Authenticator | None = None,
+        authorizer: Authorizer | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        s = self.settings
+        self.history_limits = HistoryLimits(
+            max_events=s.history_max_events,
+            max_bytes=s.history_max_bytes,
+            max_age=s.history_max_age,
+        )
+        self.broker = broker or create_broker(s.broker_url, self.history_limits)
+        open_policy = OpenPolicy()
+        self.authenticator: Authenticator = authenticator or open_policy
+        self.authorizer: Authorizer = authorizer or open_policy
+        self.hub = Hub()
+        self.sessions: dict[int, Session] = {}
+        self.stats = Stats()
+        self.handlers: dict[str, CommandHandler] = {
+            "subscribe": self._cmd_subscribe,
+            "unsubscribe": self._cmd_unsubscribe,
+            "ping": self._cmd_ping,
+            "publish": self._cmd_publish,
+        }
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pushes_at_yield = 0
+        self._events_since_yield = 0
+        self._pushes = 0
+        self.started = False
+
+    @property
+    def open_mode(self) -> bool:
+        """True when no authenticator was configured (open dev mode)."""
+        return isinstance(self.authenticator, OpenPolicy)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("gateway not started")
+        return self._loop
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the broker and the keepalive sweep. Idempotent."""
+        if self.started:
+            return
+        self._loop = asyncio.get_running_loop()
+        await self.broker.start(self._on_publication)
+        self._sweeper = self._loop.create_task(self._sweep(), name="agentcast-sweep")
+        self.started = True
+
+    async def stop(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+        """Close every connection with ``code``, stop the sweep and the broker."""
+        if not self.started:
+            return
+        self.started = False
+        for session in list(self.sessions.values()):
+            self.close(session, code)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.broker.stop()
+
+    # -- producers -----------------------------------------------------------------
+
+    def check_event(self, topic: str, type: str, data: Any) -> bytes:
+        """Validate one event and return its encoded ``data``; raises :class:`ProtocolError`."""
+        if not valid_topic(topic):
+            raise ProtocolError(ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", field="topic")
+        if not isinstance(type, str) or not 0 < len(type) <= 100:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "type must be a string of 1-100 characters", field="type"
+            )
+        if isinstance(data, bytes):
+            payload = data
+        else:
+            if not isinstance(data, Mapping):
+                raise ProtocolError(
+                    ErrorCode.INVALID_FIELD, "data must be a JSON object", field="data"
+                )
+            try:
+                payload = encode_json(data)
+            except TypeError as exc:
+                raise ProtocolError(ErrorCode.INVALID_FIELD, f"data: {exc}", field="data") from None
+        if len(payload) > self.settings.max_event_bytes:
+            raise ProtocolError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"data is {len(payload)} bytes, more than max_event_bytes "
+                f"({self.settings.max_event_bytes})",
+                field="data",
+            )
+        return payload
+
+    async def publish(self, topic: str, type: str, data: Mapping[str, Any] | bytes) -> Publication:
+        """Publish one event; returns it with its assigned ``seq``.
+
+        ``data`` is a JSON object (or its JSON encoding). Raises :class:`ProtocolError`
+        for invalid input and :class:`BrokerError` when the broker failed (nothing was
+        assigned). Yields to the event loop now and then while a producer publishes in a
+        tight loop, so that outboxes are flushed instead of overflowing.
+        """
+        payload = self.check_event(topic, type, data)
+        pub = await self.broker.publish(topic, type, payload, time.time())
+        self._events_since_yield += 1
+        if (
+            self._pushes - self._pushes_at_yield >= _YIELD_EVERY_PUSHES
+            or self._events_since_yield >= _YIELD_EVERY_EVENTS
+        ):
+            self._pushes_at_yield = self._pushes
+            self._events_since_yield = 0
+            await asyncio.sleep(0)
+        return pub
+
+    def publish_threadsafe(
+        self, topic: str, type: str, data: Mapping[str, Any] | bytes
+    ) -> concurrent.futures.Future[Publication]:
+        """Publish from any thread; returns a future of the publication.
+
+        Do not block on the future from the event loop's own thread (it would deadlock);
+        use :meth:`publish` there.
+        """
+        return asyncio.run_coroutine_threadsafe(self.publish(topic, type, data), self.loop)
+
+    def _on_publication(self, pub: Publication) -> None:
+        """Broker listener: local fan-out of one publication."""
+        gap = self.hub.dispatch(pub)
+        self._pushes += self.hub.presence(pub.topic)
+        if gap:
+            logger.warning(
+                "topic %s: %d publications missed before seq %d", pub.topic, gap, pub.seq
+            )
+        self._after_dispatch()
+
+    def _after_dispatch(self) -> None:
+        hub = self.hub
+        if hub.overflowed:
+            for session in hub.take_overflowed():
+                self.stats.slow_consumers += 1
+                logger.info("closing slow consumer %s", session)
+                self.close(session, CloseCode.SLOW_CONSUMER)
+        if hub.dirty and self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write every dirty outbox with one write each (once per loop iteration)."""
+        self._flush_handle = None
+        stats = self.stats
+        stats.flushes += 1
+        for session in self.hub.take_dirty():
+            if session.paused or session.closed:
+                continue
+            frames = session.outbox.drain()
+            if frames:
+                stats.frames_written += len(frames)
+                session.writer.write_frames(frames)
+
+    # -- connections ---------------------------------------------------------------
+
+    def open_session(self, principal: Principal, writer: Writer) -> Session:
+        """Register a new connection (after its handshake was accepted)."""
+        s = self.settings
+        session = Session(
+            next(self._ids),
+            principal,
+            writer,
+            Outbox(s.outbox_max_bytes, s.outbox_max_frames),
+            self.loop.time(),
+        )
+        self.sessions[session.id] = session
+        self.stats.connections_total += 1
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """Forget a connection whose transport is gone. Idempotent."""
+        session.closed = True
+        if self.sessions.pop(session.id, None) is None:
+            return
+        for topic in self.hub.remove_all(session):
+            self._spawn(self._unlisten(topic))
+        session.outbox.drain()
+        if session.pending:
+            session.pending.clear()
+
+    def close(self, session: Session, code: CloseCode, reason: str | None = None) -> None:
+        """Close a connection with ``code`` (and the code's standard reason by default)."""
+        if session.closed:
+            return
+        session.closed = True
+        for topic in self.hub.remove_all(session):
+            self._spawn(self._unlisten(topic))
+        session.outbox.drain()
+        session.writer.close(code, reason if reason is not None else CLOSE_CODES[code].reason)
+
+    def set_paused(self, session: Session, paused: bool) -> None:
+        """The transport's write buffer crossed its high (True) or low (False) water mark."""
+        session.paused = paused
+        if not paused and session.outbox.frames and not session.closed:
+            self.hub.dirty.append(session)
+            self._after_dispatch()
+
+    def send(self, session: Session, frame: bytes) -> None:
+        """Queue one control frame for ``session`` (flushed with its other frames)."""
+        if session.closed:
+            return
+        self.hub.push(session, frame)
+        self._after_dispatch()
+
+    def reply(
+        self, session: Session, kind: str, data: Any, *, id: Any = None, **extra: Any
+    ) -> None:
+        """Send a reply frame ``{"type": kind, …, "data": data}`` to ``session``."""
+        self.send(session, encode_reply(kind, self.now_iso(), data, id=id, **extra))
+
+    def now_iso(self) -> str:
+        return format_timestamp(time.time())
+
+    # -- commands ------------------------------------------------------------------
+
+    def receive_text(self, session: Session, text: str) -> None:
+        """Handle one client text frame: parse it and run it in order with earlier ones."""
+        if session.closed:
+            return
+        session.last_command = self.loop.time()
+        self.stats.commands += 1
+        command: ClientCommand | bytes
+        try:
+            command = parse(text)
+        except ProtocolError as exc:
+            command = error_frame(exc, self.now_iso(), id=command_id(text))
+            if not session.running:
+                self.send(session, command)
+                return
+        if session.running:
+            pending = session.pending
+            if pending is None:
+                pending = session.pending = deque()
+            if len(pending) >= _MAX_PENDING_COMMANDS:
+                limited = CommandError(ErrorCode.RATE_LIMITED, "too many commands in flight")
+                cid = command.id if isinstance(command, ClientCommand) else None
+                self.send(session, error_frame(limited, self.now_iso(), id=cid))
+                return
+            pending.append(command)
+            return
+        if isinstance(command, ClientCommand):
+            self._execute(session, command)
+
+    def receive_binary(self, session: Session) -> None:
+        """Binary frames are not part of protocol v1: answer with an error frame."""
+        exc = ProtocolError(ErrorCode.BINARY_UNSUPPORTED, "binary frames are not supported")
+        self.send(session, error_frame(exc, self.now_iso()))
+
+    def _execute(self, session: Session, command: ClientCommand) -> None:
+        result = self._call(session, command)
+        if result is not None:
+            session.running = True
+            self._spawn(self._run_commands(session, result))
+
+    def _call(self, session: Session, command: ClientCommand | bytes) -> Awaitable[None] | None:
+        if isinstance(command, bytes):  # an error frame queued behind a running command
+            self.send(session, command)
+            return None
+        handler = self.handlers[command.type]
+        try:
+            result = handler(session, command)
+        except ProtocolError as exc:
+            self.send(session, error_frame(exc, self.now_iso(), id=command.id))
+            return None
+        if result is None:
+            return None
+        return self._guard(session, command, result)
+
+    async def _guard(self, session: Session, command: ClientCommand, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except ProtocolError as exc:
+            self.send(session, error_frame(exc, self.now_iso(), id=command.id))
+        except Exception:
+            logger.exception("command %s failed", command.type)
+            internal = ProtocolError(ErrorCode.INTERNAL, "internal error")
+            self.send(session, error_frame(internal, self.now_iso(), id=command.id))
+
+    async def _run_commands(self, session: Session, first: Awaitable[None]) -> None:
+        try:
+            await first
+            pending = session.pending
+            while pending and not session.closed:
+                result = self._call(session, pending.popleft())
+                if result is not None:
+                    await result
+        finally:
+            session.running = False
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cmd_ping(self, session: Session, command: PingCommand) -> None:
+        self.reply(session, "pong", {}, id=command.id)
+
+    async def _cmd_publish(self, session: Session, command: PublishCommand) -> None:
+        allowed = await _resolve(self.authorizer.can_publish(session.principal, command.topic))
+        if not allowed:
+            raise CommandError(ErrorCode.FORBIDDEN, f"may not publish to {command.topic!r}")
+        try:
+            pub = await self.publish(command.topic, command.event, command.data)
+        except BrokerError as exc:
+            raise CommandError(ErrorCode.UNAVAILABLE, f"publish failed: {exc}") from exc
+        self.reply(session, "ack", {"topic": pub.topic, "seq": pub.seq}, id=command.id)
+
+    def _cmd_unsubscribe(self, session: Session, command: UnsubscribeCommand) -> None:
+        topic = command.topic
+        if topic not in session.topics:
+            raise CommandError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {topic!r}")
+        self.hub.remove(session, topic)
+        if not self.hub.presence(topic):
+            self._spawn(self._unlisten(topic))
+        self.reply(session, "unsubscribed", {}, id=command.id, topic=topic)
+
+    async def _cmd_subscribe(self, session: Session, command: SubscribeCommand) -> None:
+        await self.subscribe(session, command.topic, command.since, id=command.id)
+
+    async def subscribe(
+        self, session: Session, topic: str, since: int | None, *, id: Any = None
+    ) -> None:
+        """Subscribe ``session`` to ``topic``: reply, replay history after ``since``, go live.
+
+        The session receives every seq after its starting point exactly once, in order:
+        live publications are buffered while history is read, then merged by seq. When
+        history no longer reaches back to ``since + 1`` the reply says
+        ``recovered: false`` and the retained history follows.
+        """
+        if topic in session.topics:
+            page = await self.broker.history(topic, 0, limit=0)
+            self.reply(
+                session,
+                "subscribed",
+                {
+                    "seq": page.last_seq,
+                    "recovered": True,
+                    "since": since,
+                    "first_seq": page.first_seq,
+                },
+                id=id,
+                topic=topic,
+            )
+            return
+        if len(session.topics) >= self.settings.max_subscriptions:
+            raise CommandError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.settings.max_subscriptions} subscriptions per connection",
+            )
+        allowed = await _resolve(self.authorizer.can_subscribe(session.principal, topic))
+        if not allowed:
+            raise CommandError(ErrorCode.FORBIDDEN, f"may not subscribe to {topic!r}")
+        if session.closed:
+            return
+        first_here = not self.hub.presence(topic)
+        self.hub.begin(session, topic)
+        try:
+            if first_here:
+                await self.broker.listen(topic)
+            page = await self.broker.history(topic, since or 0, limit=0 if since is None else None)
+        except BrokerError as exc:
+            self.hub.remove(session, topic)
+            raise CommandError(ErrorCode.UNAVAILABLE, f"history unavailable: {exc}") from exc
+        if session.closed or topic not in session.topics:
+            return
+        recovered = since is None or page.complete
+        self.reply(
+            session,
+            "subscribed",
+            {
+                "seq": page.last_seq,
+                "recovered": recovered,
+                "since": since,
+                "first_seq": page.first_seq,
+            },
+            id=id,
+            topic=topic,
+        )
+        if since is None:
+            upto = page.last_seq
+        else:
+            upto = since if recovered else page.first_seq - 1
+            hub = self.hub
+            for pub in page.publications:
+                hub.push(session, pub.frame)
+                upto = pub.seq
+        self.hub.complete(session, topic, upto)
+        self._after_dispatch()
+
+    async def _unlisten(self, topic: str) -> None:
+        if not self.hub.presence(topic):
+            await self.broker.unlisten(topic)
+
+    # -- keepalive -----------------------------------------------------------------
+
+    @property
+    def _tick(self) -> float:
+        s = self.settings
+        return max(0.01, min(s.ping_interval, s.ping_timeout, s.idle_timeout) / 4)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick)
+            try:
+                self.sweep(self.loop.time())
+            except Exception:  # pragma: no cover - defensive: the sweep must survive
+                logger.exception("sweep failed")
+
+    def sweep(self, now: float) -> None:
+        """Ping, reap dead and idle connections, trim history (called periodically)."""
+        s = self.settings
+        for session in list(self.sessions.values()):
+            if session.closed:
+                continue
+            if session.ping_sent:
+                if now - session.ping_sent >= s.ping_timeout:
+                    self.close(session, CloseCode.KEEPALIVE_TIMEOUT)
+                continue
+            if (
+                not session.topics
+                and not session.running
+                and now - session.last_command >= s.idle_timeout
+            ):
+                self.close(session, CloseCode.IDLE_TIMEOUT)
+                continue
+            if now - session.last_seen >= s.ping_interval:
+                session.ping_sent = now
+                session.writer.send_ping()
+        if isinstance(self.broker, MemoryBroker):
+            self.broker.trim(time.time())
+
+    def activity(self, session: Session) -> None:
+        """Bytes from the client (pongs included) prove the connection is alive."""
+        session.last_seen = self.loop.time()
+        session.ping_sent = 0.0

@@ -1,0 +1,83 @@
+"""Authentication and authorization hooks.
+
+An :class:`Authenticator` says who a connection or HTTP request is (a :class:`Principal`)
+or refuses it; an :class:`Authorizer` says whether a principal may subscribe or publish
+to a topic. Both may answer synchronously or return an awaitable. The default,
+:class:`OpenPolicy`, is open dev mode: everybody is an anonymous principal allowed
+everything (the server says so at start-up and refuses a non-loopback bind without
+``--insecure``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "AuthenticationError",
+    "Authenticator",
+    "Authorizer",
+    "ConnectionRequest",
+    "OpenPolicy",
+    "Principal",
+]
+
+_anonymous_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is on the other end. ``subject`` is stable across connections of one user."""
+
+    subject: str
+    anonymous: bool = False
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new_anonymous(cls) -> Principal:
+        """A fresh anonymous principal (one per connection in open dev mode)."""
+        return cls(subject=f"anon-{next(_anonymous_ids)}", anonymous=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRequest:
+    """What an authenticator may look at: path, query, headers (lower-case names), peer."""
+
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    client: tuple[str, int] | None = None
+
+
+class AuthenticationError(Exception):
+    """Raised by an authenticator to refuse a connection (HTTP 401 / close 4500)."""
+
+
+class Authenticator(Protocol):
+    def authenticate(self, request: ConnectionRequest) -> Principal | Awaitable[Principal]:
+        """Return the principal or raise :class:`AuthenticationError`."""
+
+
+class Authorizer(Protocol):
+    def can_subscribe(self, principal: Principal, topic: str) -> bool | Awaitable[bool]:
+        """May ``principal`` receive the events of ``topic``?"""
+
+    def can_publish(self, principal: Principal, topic: str) -> bool | Awaitable[bool]:
+        """May ``principal`` publish events to ``topic``?"""
+
+
+class OpenPolicy:
+    """Open dev mode: every request is a new anonymous principal, allowed everything."""
+
+    open = True
+
+    def authenticate(self, request: ConnectionRequest) -> Principal:
+        return Principal.new_anonymous()
+
+    def can_subscribe(self, principal: Principal, topic: str) -> bool:
+        return True
+
+    def can_publish(self, principal: Principal, topic: str) -> bool:
+        return True

@@ -1,0 +1,129 @@
+"""Settings: flags > environment (``AGENTCAST_*``) > YAML file > defaults.
+
+:func:`load_settings` builds validated :class:`Settings`; an invalid value raises
+:class:`~agentcast.errors.ConfigError` naming the field and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from agentcast.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+_KIB = 1024
+_MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Times are in seconds, sizes in bytes."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTCAST_", extra="forbid", validate_assignment=True
+    )
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0: any free port).")
+    insecure: bool = Field(
+        False, description="Allow open dev mode (no auth) on a non-loopback address."
+    )
+    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug|trace)$")
+    broker_url: str = Field("memory://", description="Broker URL: memory:// (redis:// later).")
+
+    ping_interval: float = Field(20.0, gt=0, description="WebSocket ping period.")
+    ping_timeout: float = Field(
+        20.0, gt=0, description="Close when a ping is unanswered this long."
+    )
+    idle_timeout: float = Field(
+        300.0, gt=0, description="Close connections with no subscription and no command this long."
+    )
+    close_timeout: float = Field(5.0, gt=0, description="Wait this long for the closing handshake.")
+    shutdown_timeout: float = Field(10.0, gt=0, description="Graceful shutdown deadline.")
+
+    max_message_bytes: int = Field(64 * _KIB, ge=128, description="Largest client frame.")
+    max_event_bytes: int = Field(256 * _KIB, ge=64, description="Largest event `data` (JSON).")
+    max_subscriptions: int = Field(1000, ge=1, description="Topics per connection.")
+    outbox_max_bytes: int = Field(
+        4 * _MIB, ge=4 * _KIB, description="Slow-consumer bound: queued bytes per connection."
+    )
+    outbox_max_frames: int = Field(
+        16384, ge=16, description="Slow-consumer bound: queued frames per connection."
+    )
+    write_high_water: int = Field(
+        256 * _KIB, ge=_KIB, description="Transport buffer above which a connection counts as slow."
+    )
+
+    history_max_events: int = Field(1000, ge=1, description="History per topic: events.")
+    history_max_bytes: int = Field(4 * _MIB, ge=_KIB, description="History per topic: bytes.")
+    history_max_age: float = Field(
+        3600.0, ge=0, description="History per topic: seconds (0: no age bound)."
+    )
+
+    bench_endpoint: bool = Field(
+        False, description="Serve GET /_bench/publish for the benchmark (never in production)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.ping_timeout > self.ping_interval * 10:
+            raise ValueError("ping_timeout must be at most 10 × ping_interval")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        """True when ``host`` only accepts connections from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = _yaml_file.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+_yaml_file: dict[str, Path | None] = {"path": None}
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Validated settings from ``overrides`` (flags), the environment and ``config_file``.
+
+    ``None`` overrides are ignored, so unset CLI flags fall through to the other sources.
+    """
+    if config_file is not None and not Path(config_file).is_file():
+        raise ConfigError(f"config file {str(config_file)!r} does not exist")
+    _yaml_file["path"] = Path(config_file) if config_file is not None else None
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+    finally:
+        _yaml_file["path"] = None

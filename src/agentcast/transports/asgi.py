@@ -1,0 +1,132 @@
+"""The ASGI adapter: wire protocol v1 as a Starlette/FastAPI WebSocket route.
+
+Mount it in any app (``app.add_api_websocket_route("/ws", websocket_route(gateway))``)
+to serve the same hub through the ASGI server of your choice. It is slower than the
+native path (one ASGI ``send`` per frame, no write coalescing) but shares every
+guarantee: ordering, resume, slow-consumer closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from agentcast.codes import CloseCode
+from agentcast.core.envelope import payload_of_frame
+from agentcast.core.session import Session
+from agentcast.gateway import Gateway
+from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+
+__all__ = ["AsgiWriter", "connection_request", "websocket_route"]
+
+
+def connection_request(websocket: WebSocket) -> ConnectionRequest:
+    """The authenticator's view of an ASGI WebSocket or HTTP request."""
+    client = websocket.client
+    return ConnectionRequest(
+        path=websocket.url.path,
+        query=dict(websocket.query_params),
+        headers={k.lower(): v for k, v in websocket.headers.items()},
+        client=(client.host, client.port) if client else None,
+    )
+
+
+class AsgiWriter:
+    """Frames for one ASGI WebSocket, sent by one task with back-pressure.
+
+    While more than ``high_water`` bytes wait to be sent the session counts as paused,
+    so its outbox grows and, past its bound, the gateway closes it as a slow consumer.
+    """
+
+    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+        self.websocket = websocket
+        self.gateway = gateway
+        self.session: Session | None = None
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.high_water = gateway.settings.write_high_water
+        self.wakeup = asyncio.Event()
+        self.closing: tuple[int, str] | None = None
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        self.queue.extend(frames)
+        self.queued_bytes += sum(map(len, frames))
+        if self.queued_bytes > self.high_water and self.session is not None:
+            self.gateway.set_paused(self.session, True)
+        self.wakeup.set()
+
+    def send_ping(self) -> None:
+        """The ASGI server pings (uvicorn's ``ws_ping_interval``); nothing to do here."""
+        if self.session is not None:
+            self.session.ping_sent = 0.0
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        if self.closing is None:
+            self.closing = (int(code), reason)
+            self.wakeup.set()
+
+    async def run(self) -> None:
+        """Send queued frames until the connection closes."""
+        ws = self.websocket
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            queue = self.queue
+            while queue and self.closing is None:
+                frame = queue.popleft()
+                self.queued_bytes -= len(frame)
+                await ws.send_text(payload_of_frame(frame).decode())
+                if (
+                    self.session is not None
+                    and self.session.paused
+                    and self.queued_bytes <= self.high_water // 4
+                ):
+                    self.gateway.set_paused(self.session, False)
+            if self.closing is not None:
+                code, reason = self.closing
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                    await ws.close(code, reason)
+                return
+
+
+def websocket_route(gateway: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
+    """An ASGI WebSocket endpoint speaking wire protocol v1 on ``gateway``."""
+
+    async def endpoint(websocket: WebSocket) -> None:
+        try:
+            result = gateway.authenticator.authenticate(connection_request(websocket))
+            principal: Principal = await result if inspect.isawaitable(result) else result
+        except AuthenticationError:
+            await websocket.close(code=int(CloseCode.UNAUTHORIZED))
+            return
+        await websocket.accept()
+        writer = AsgiWriter(websocket, gateway)
+        session = writer.session = gateway.open_session(principal, writer)
+        sender = asyncio.create_task(writer.run())
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                gateway.activity(session)
+                text = message.get("text")
+                if text is not None:
+                    gateway.receive_text(session, text)
+                else:
+                    gateway.receive_binary(session)
+        finally:
+            gateway.close_session(session)
+            if not sender.done():
+                sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            if websocket.client_state is WebSocketState.CONNECTED and writer.closing is None:
+                with contextlib.suppress(RuntimeError):
+                    await websocket.close()
+
+    return endpoint

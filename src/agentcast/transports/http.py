@@ -1,0 +1,279 @@
+"""The HTTP API: publish for producers in any language, history, topics, health.
+
+Every error body is ``{"detail": {"code": …, "message": …, "field": …}}`` with a code
+from :mod:`agentcast.codes`; request validation errors are answered 400 with the exact
+field. The OpenAPI document is served at ``/openapi.json`` (docs at ``/docs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from agentcast.__about__ import __version__
+from agentcast.codes import ErrorCode
+from agentcast.core.frames import valid_topic
+from agentcast.errors import BrokerError, ProtocolError
+from agentcast.gateway import Gateway
+from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.transports.asgi import websocket_route
+
+__all__ = ["create_app", "http_router"]
+
+
+class EventIn(BaseModel):
+    """One event to publish."""
+
+    type: str = Field(min_length=1, max_length=100, examples=["node_status"])
+    data: dict[str, Any] = Field(default_factory=dict, examples=[{"node_id": "n1"}])
+
+
+_EVENT = TypeAdapter(EventIn)
+_EVENTS = TypeAdapter(list[EventIn])
+
+
+class PublishResult(BaseModel):
+    topic: str
+    seqs: list[int] = Field(description="Assigned sequence numbers, in the order given.")
+    timestamp: str
+
+
+class HistoryOut(BaseModel):
+    topic: str
+    first_seq: int
+    last_seq: int
+    complete: bool = Field(description="False when history no longer reaches since+1.")
+    events: list[dict[str, Any]]
+
+
+class TopicOut(BaseModel):
+    topic: str
+    last_seq: int
+    subscribers: int
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    mode: str
+    connections: int
+    topics: int
+    uptime_s: float
+
+
+def _error(status: int, code: ErrorCode, message: str, field: str | None = None) -> HTTPException:
+    detail: dict[str, Any] = {"code": code.value, "message": message}
+    if field is not None:
+        detail["field"] = field
+    return HTTPException(status_code=status, detail=detail)
+
+
+def _request_of(request: Request) -> ConnectionRequest:
+    client = request.client
+    return ConnectionRequest(
+        path=request.url.path,
+        query=dict(request.query_params),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        client=(client.host, client.port) if client else None,
+    )
+
+
+async def _principal(gateway: Gateway, request: Request) -> Principal:
+    try:
+        result = gateway.authenticator.authenticate(_request_of(request))
+        return await result if inspect.isawaitable(result) else result
+    except AuthenticationError as exc:
+        raise _error(401, ErrorCode.UNAUTHORIZED, str(exc) or "unauthorized") from exc
+
+
+async def _allowed(value: Any) -> bool:
+    return bool(await value if inspect.isawaitable(value) else value)
+
+
+def http_router(gateway: Gateway) -> APIRouter:
+    """The HTTP API routes bound to ``gateway``."""
+    router = APIRouter()
+    started = time.monotonic()
+
+    @router.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz() -> Health:
+        """Liveness and a few counters."""
+        return Health(
+            status="ok" if gateway.started else "starting",
+            version=__version__,
+            mode="open" if gateway.open_mode else "auth",
+            connections=len(gateway.sessions),
+            topics=len(gateway.hub.topics),
+            uptime_s=round(time.monotonic() - started, 3),
+        )
+
+    @router.post(
+        "/api/topics/{topic:path}/events",
+        response_model=PublishResult,
+        tags=["events"],
+        responses={400: {"description": "Invalid event"}, 403: {"description": "Forbidden"}},
+    )
+    async def publish(
+        request: Request,
+        topic: Annotated[str, Path(description="Topic name, e.g. `workflow:123`.")],
+        body: Annotated[
+            Any,
+            Body(
+                description="One event object, or a JSON array of them.",
+                examples=[{"type": "node_status", "data": {"node_id": "n1", "status": "running"}}],
+            ),
+        ],
+    ) -> PublishResult:
+        """Publish one event or a JSON array of events to ``topic``.
+
+        All events are validated before any is published; the answer lists the assigned
+        sequence numbers in order.
+        """
+        principal = await _principal(gateway, request)
+        if not await _allowed(gateway.authorizer.can_publish(principal, topic)):
+            raise _error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
+        try:
+            events = (
+                _EVENTS.validate_python(body)
+                if isinstance(body, list)
+                else [_EVENT.validate_python(body)]
+            )
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            field = ".".join(str(p) for p in e["loc"]) or "body"
+            raise _error(400, ErrorCode.INVALID_FIELD, f"{field}: {e['msg']}", field) from None
+        if not events:
+            raise _error(400, ErrorCode.INVALID_FIELD, "empty array: nothing to publish", "body")
+        encoded = []
+        for i, event in enumerate(events):
+            try:
+                encoded.append((event.type, gateway.check_event(topic, event.type, event.data)))
+            except ProtocolError as exc:
+                where = exc.field if not isinstance(body, list) else f"{i}.{exc.field}"
+                raise _error(400, exc.code, exc.message, where) from exc
+        seqs = []
+        try:
+            for kind, data in encoded:
+                seqs.append((await gateway.publish(topic, kind, data)).seq)
+        except BrokerError as exc:
+            raise _error(503, ErrorCode.UNAVAILABLE, f"published {len(seqs)}: {exc}") from exc
+        return PublishResult(topic=topic, seqs=seqs, timestamp=gateway.now_iso())
+
+    @router.get("/api/topics/{topic:path}/events", response_model=HistoryOut, tags=["events"])
+    async def history(
+        request: Request,
+        topic: Annotated[str, Path(description="Topic name.")],
+        since: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> HistoryOut:
+        """Retained events of ``topic`` with seq > ``since``, oldest first."""
+        if not valid_topic(topic):
+            raise _error(400, ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", "topic")
+        principal = await _principal(gateway, request)
+        if not await _allowed(gateway.authorizer.can_subscribe(principal, topic)):
+            raise _error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")
+        page = await gateway.broker.history(topic, since, limit)
+        return HistoryOut(
+            topic=topic,
+            first_seq=page.first_seq,
+            last_seq=page.last_seq,
+            complete=page.complete,
+            events=[pub.to_dict() for pub in page.publications],
+        )
+
+    @router.get("/api/topics", response_model=list[TopicOut], tags=["events"])
+    async def topics() -> list[TopicOut]:
+        """Known topics with their last seq and the subscribers on this node."""
+        return [
+            TopicOut(topic=name, last_seq=seq, subscribers=gateway.hub.presence(name))
+            for name, seq in sorted(gateway.broker.topics().items())
+        ]
+
+    if gateway.settings.bench_endpoint:
+
+        @router.get("/_bench/publish", status_code=202, include_in_schema=False)
+        async def bench_publish(
+            topics: int = 1, count: int = 1000, rate: float = 0.0, prefix: str = "t"
+        ) -> dict[str, str]:
+            """Benchmark trigger: publish ``count`` events round-robin over ``topics``."""
+            asyncio.get_running_loop().create_task(
+                _bench_loop(gateway, [f"{prefix}{i}" for i in range(topics)], count, rate)
+            )
+            return {"status": "publishing"}
+
+    return router
+
+
+async def _bench_loop(gateway: Gateway, names: list[str], count: int, rate: float) -> None:
+    """The benchmark's publisher: ~200-byte node_status events stamped with ``ts`` (ns)."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    n = len(names)
+    for k in range(count):
+        if rate > 0:
+            delay = t0 + k / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        topic = names[k % n]
+        await gateway.publish(
+            topic,
+            "node_status",
+            {
+                "workflow_id": f"wf-{topic}",
+                "execution_id": f"exec-{k:08d}",
+                "node_id": "node7",
+                "status": "running",
+                "progress": 42.0,
+                "ts": time.time_ns(),
+            },
+        )
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The FastAPI app: HTTP API, ``/ws`` through the ASGI adapter, gateway lifespan.
+
+    Under :func:`agentcast.transports.server.serve` the native protocol intercepts
+    ``/ws`` before the app sees it; under any other ASGI server the adapter serves it.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(
+        title="agentcast",
+        version=__version__,
+        summary="Real-time WebSocket gateway for AI-agent and workflow platforms.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if p != "body"]
+        field = ".".join(loc) or "body"
+        code = ErrorCode.INVALID_TOPIC if field == "topic" else ErrorCode.INVALID_FIELD
+        return JSONResponse(
+            status_code=400,
+            content={
+                "detail": {"code": code.value, "message": f"{field}: {err['msg']}", "field": field}
+            },
+        )
+
+    app.include_router(http_router(gateway))
+    app.add_api_websocket_route("/ws", websocket_route(gateway))
+    return app

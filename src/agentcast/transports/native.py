@@ -1,0 +1,310 @@
+"""The native WebSocket path: a uvicorn ``ws`` protocol class on websockets' sans-I/O core.
+
+uvicorn parses HTTP and, on an upgrade request, hands the connection to the protocol
+class in its ``ws`` setting. :func:`protocol_class` builds one bound to a gateway:
+
+* For the gateway's own paths (``/ws``) it runs the handshake and parses client frames
+  with ``websockets.server.ServerProtocol`` (sans-I/O: bytes in, events out), and writes
+  the gateway's pre-framed, coalesced outbox bytes straight to the transport: one
+  ``write()`` per connection per loop iteration, no task and no ASGI scope per connection.
+* Any other path is handed, unchanged, to uvicorn's own ``WebSocketsSansIOProtocol``,
+  which runs the ASGI app (FastAPI/Starlette WebSocket routes keep working).
+
+The transport's write buffer limits drive slow-consumer detection: above the high-water
+mark the gateway stops flushing to the connection and its outbox grows until it drains
+or overflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Collection
+from typing import Any, ClassVar, cast
+from urllib.parse import parse_qsl, unquote
+
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+
+from agentcast.codes import CloseCode
+from agentcast.core.session import Session
+from agentcast.gateway import Gateway
+from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+
+__all__ = ["NativeWebSocketProtocol", "protocol_class"]
+
+logger = logging.getLogger("agentcast.transport")
+protocol_logger = logging.getLogger("agentcast.transport.ws")
+"""Passed to websockets' ServerProtocol, which logs every open/close at INFO level."""
+
+_PING_FRAME = bytes((0x89, 0))
+_MAX_HANDSHAKE_BYTES = 16 * 1024
+
+
+def _request_path(data: bytes) -> str | None:
+    """Path of the HTTP request line at the start of ``data`` (without the query)."""
+    line_end = data.find(b"\r\n")
+    parts = data[: line_end if line_end >= 0 else len(data)].split(b" ")
+    if len(parts) < 2:
+        return None
+    return unquote(parts[1].split(b"?", 1)[0].decode("latin-1"))
+
+
+class NativeWebSocketProtocol(asyncio.Protocol):
+    """One WebSocket connection on the native path (see the module docstring)."""
+
+    gateway: ClassVar[Gateway]
+    paths: ClassVar[Collection[str]] = ("/ws",)
+
+    __slots__ = (
+        "app_state",
+        "close_handle",
+        "config",
+        "conn",
+        "delegate",
+        "fragments",
+        "server_state",
+        "session",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.config = config
+        self.server_state = server_state
+        self.app_state = app_state
+        self.transport: asyncio.Transport | None = None
+        self.conn: ServerProtocol | None = None
+        self.delegate: asyncio.Protocol | None = None
+        self.session: Session | None = None
+        self.fragments: list[bytes] | None = None
+        self.close_handle: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.server_state.connections.add(self)
+        high = self.gateway.settings.write_high_water
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def data_received(self, data: bytes) -> None:
+        if self.delegate is not None:
+            self.delegate.data_received(data)
+            return
+        conn = self.conn
+        if conn is None:
+            if _request_path(data) not in self.paths:
+                self._delegate(data)
+                return
+            conn = self.conn = ServerProtocol(
+                max_size=self.gateway.settings.max_message_bytes, logger=protocol_logger
+            )
+        conn.receive_data(data)
+        session = self.session
+        if session is not None:
+            session.last_seen = self.gateway.loop.time()
+            session.ping_sent = 0.0
+        for event in conn.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+                continue
+            if not isinstance(event, Frame):  # pragma: no cover - servers receive no Response
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                if not event.fin:
+                    if opcode is not Opcode.CONT:
+                        self.fragments = [opcode.name.encode(), bytes(event.data)]
+                    elif self.fragments is not None:
+                        self.fragments.append(bytes(event.data))
+                    continue
+                if opcode is Opcode.CONT:
+                    if self.fragments is None:  # pragma: no cover - websockets rejects this
+                        continue
+                    binary = self.fragments[0] == b"BINARY"
+                    payload = b"".join([*self.fragments[1:], bytes(event.data)])
+                    self.fragments = None
+                else:
+                    binary = opcode is Opcode.BINARY
+                    payload = bytes(event.data)
+                if session is None:  # pragma: no cover - frames only follow a handshake
+                    continue
+                if binary:
+                    self.gateway.receive_binary(session)
+                    continue
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    self.close(CloseCode.INVALID_DATA, "invalid utf-8")
+                    return
+                self.gateway.receive_text(session, text)
+        self._write_pending()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.delegate is not None:
+            self.delegate.connection_lost(exc)
+            return
+        self.server_state.connections.discard(self)
+        if self.close_handle is not None:
+            self.close_handle.cancel()
+            self.close_handle = None
+        if self.session is not None:
+            self.gateway.close_session(self.session)
+
+    def pause_writing(self) -> None:
+        if self.delegate is not None:
+            self.delegate.pause_writing()
+        elif self.session is not None:
+            self.gateway.set_paused(self.session, True)
+
+    def resume_writing(self) -> None:
+        if self.delegate is not None:
+            self.delegate.resume_writing()
+        elif self.session is not None:
+            self.gateway.set_paused(self.session, False)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: close with 1001 (``server shutting down``)."""
+        if self.session is not None:
+            self.gateway.close(self.session, CloseCode.GOING_AWAY)
+        elif self.transport is not None:
+            self.transport.close()
+
+    # -- Writer (for the gateway) --------------------------------------------------
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def send_ping(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_PING_FRAME)
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None or transport.is_closing():
+            return
+        if self.session is not None and not self.session.closed:
+            self.gateway.close(self.session, code, reason)  # comes back here
+            return
+        try:
+            conn.send_close(int(code), reason)
+        except InvalidState:
+            return
+        self._write_pending()
+        if self.close_handle is None and not transport.is_closing():
+            timeout = self.gateway.settings.close_timeout
+            self.close_handle = self.gateway.loop.call_later(timeout, transport.abort)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _write_pending(self) -> None:
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None:
+            return
+        chunks = conn.data_to_send()
+        if chunks:
+            data = b"".join(chunks)
+            if data and not transport.is_closing():
+                transport.write(data)
+            if chunks[-1] == b"" or conn.close_expected():
+                transport.close()
+        elif conn.close_expected():
+            transport.close()
+
+    def _delegate(self, data: bytes) -> None:
+        """Hand a non-native path to uvicorn's own sans-I/O WebSocket protocol (ASGI app)."""
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+        delegate = WebSocketsSansIOProtocol(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        self.server_state.connections.discard(self)
+        self.delegate = delegate
+        assert self.transport is not None
+        delegate.connection_made(self.transport)
+        delegate.data_received(data)
+
+    def _handshake(self, request: Request) -> None:
+        conn = self.conn
+        transport = self.transport
+        assert conn is not None
+        assert transport is not None
+        response = conn.accept(request)
+        if response.status_code != 101:
+            self._reject(response)
+            return
+        path, _, query = request.path.partition("?")
+        creq = ConnectionRequest(
+            path=unquote(path),
+            query=dict(parse_qsl(query)),
+            headers={k.lower(): v for k, v in request.headers.raw_items()},
+            client=transport.get_extra_info("peername"),
+        )
+        try:
+            result = self.gateway.authenticator.authenticate(creq)
+        except AuthenticationError as exc:
+            self._reject(conn.reject(401, f"unauthorized: {exc}\n"))
+            return
+        if inspect.isawaitable(result):
+            transport.pause_reading()
+            self.gateway.loop.create_task(self._finish_handshake(response, result))
+        else:
+            self._accept(response, result)
+
+    async def _finish_handshake(self, response: Response, pending: Awaitable[Principal]) -> None:
+        assert self.conn is not None
+        assert self.transport is not None
+        try:
+            principal = await pending
+        except AuthenticationError as exc:
+            self._reject(self.conn.reject(401, f"unauthorized: {exc}\n"))
+            return
+        except Exception:
+            logger.exception("authenticator failed")
+            self._reject(self.conn.reject(500, "authentication failed\n"))
+            return
+        if self.transport.is_closing():
+            return
+        self._accept(response, principal)
+        self.transport.resume_reading()
+
+    def _accept(self, response: Response, principal: Principal) -> None:
+        assert self.conn is not None
+        self.conn.send_response(response)
+        self._write_pending()
+        self.session = self.gateway.open_session(principal, self)
+
+    def _reject(self, response: Response) -> None:
+        assert self.conn is not None
+        assert self.transport is not None
+        self.conn.send_response(response)
+        self._write_pending()
+        self.transport.close()
+
+
+def protocol_class(
+    gateway: Gateway, paths: Collection[str] = ("/ws",)
+) -> type[NativeWebSocketProtocol]:
+    """A :class:`NativeWebSocketProtocol` subclass bound to ``gateway``, for uvicorn's ``ws``."""
+    return type(
+        "AgentcastWebSocketProtocol",
+        (NativeWebSocketProtocol,),
+        {"gateway": gateway, "paths": frozenset(paths), "__slots__": ()},
+    )

@@ -1,0 +1,44 @@
+"""One port for HTTP and WebSocket: uvicorn with the native ``ws`` protocol class.
+
+:func:`build_server` returns a ``uvicorn.Server`` whose HTTP requests go to the FastAPI
+app and whose WebSocket upgrades on ``/ws`` go to the native protocol; other WebSocket
+paths reach the app's ASGI routes. uvicorn handles SIGINT/SIGTERM: it stops accepting,
+asks every connection to shut down (ours close with 1001 ``server shutting down``),
+waits up to ``shutdown_timeout`` for them, then runs the app's lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from fastapi import FastAPI
+
+from agentcast.gateway import Gateway
+from agentcast.transports.http import create_app
+from agentcast.transports.native import protocol_class
+
+__all__ = ["build_server"]
+
+logger = logging.getLogger("agentcast")
+
+
+def build_server(gateway: Gateway, app: FastAPI | None = None) -> uvicorn.Server:
+    """A uvicorn server for ``gateway`` (``app`` defaults to :func:`create_app`)."""
+    s = gateway.settings
+    config = uvicorn.Config(
+        app if app is not None else create_app(gateway),
+        host=s.host,
+        port=s.port,
+        ws=protocol_class(gateway),
+        ws_max_size=s.max_message_bytes,
+        ws_ping_interval=s.ping_interval,
+        ws_ping_timeout=s.ping_timeout,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_level=s.log_level,
+        timeout_graceful_shutdown=max(1, round(s.shutdown_timeout)),
+        backlog=4096,
+        access_log=s.log_level in ("debug", "trace"),
+    )
+    return uvicorn.Server(config)

@@ -1,0 +1,186 @@
+"""Property: every subscriber sees every event of its topics exactly once and in order,
+or is told explicitly (``recovered: false``) that history was lost.
+
+Runs the real gateway, hub and in-memory broker without sockets: writers record frames,
+and the broker's history read yields to the event loop a drawn number of times before
+and after reading, so publications race with every subscription's recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agentcast.brokers.memory import MemoryBroker
+from agentcast.codes import CloseCode
+from agentcast.core.envelope import payload_of_frame
+from agentcast.core.history import HistoryLimits, HistoryPage
+from agentcast.core.session import Session
+from agentcast.gateway import Gateway
+from agentcast.policy import Principal
+from agentcast.settings import Settings
+
+TOPICS = ["t0", "t1"]
+
+
+class RacingBroker(MemoryBroker):
+    def __init__(self, limits: HistoryLimits, delays: list[int]) -> None:
+        super().__init__(limits)
+        self.delays = delays
+        self.i = 0
+
+    def _delay(self) -> int:
+        self.i += 1
+        return self.delays[self.i % len(self.delays)] if self.delays else 0
+
+    async def history(self, topic: str, since: int, limit: int | None = None) -> HistoryPage:
+        for _ in range(self._delay()):
+            await asyncio.sleep(0)
+        page = self.history_now(topic, since, limit)
+        for _ in range(self._delay()):
+            await asyncio.sleep(0)
+        return page
+
+
+class Client:
+    """A model client: checks every frame it receives against the protocol's promise."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.session: Session | None = None
+        self.last: dict[str, int] = {}
+        self.wanted: set[str] = set()
+        self.live: set[str] = set()
+        self.lost = 0
+        self.events = 0
+        self.violations: list[str] = []
+
+    # Writer protocol
+    def write_frames(self, frames: list[bytes]) -> None:
+        # Runs inside the gateway's flush callback, where asyncio would swallow an
+        # exception: record violations and let the scenario assert on them.
+        for frame in frames:
+            try:
+                self.receive(orjson.loads(payload_of_frame(frame)))
+            except AssertionError as exc:
+                self.violations.append(str(exc))
+
+    def send_ping(self) -> None: ...
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        session = self.session
+        self.session = None
+        self.live.clear()
+        if session is not None:
+            self.gateway.close_session(session)
+
+    def receive(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "subscribed":
+            topic, data = msg["topic"], msg["data"]
+            if data["since"] is None:
+                self.last[topic] = data["seq"]
+            elif not data["recovered"]:
+                self.lost += 1
+                self.last[topic] = data["first_seq"] - 1
+            else:
+                assert data["since"] == self.last[topic]
+            self.live.add(topic)
+        elif kind in ("unsubscribed", "pong"):
+            pass
+        elif kind == "error":
+            raise AssertionError(f"unexpected error frame {msg}")
+        else:
+            topic, seq = msg["topic"], msg["seq"]
+            assert topic in self.live, f"event {seq} of {topic} before its subscribed reply"
+            assert seq == self.last[topic] + 1, f"{topic}: got {seq} after {self.last[topic]}"
+            self.last[topic] = seq
+            self.events += 1
+
+    def send(self, obj: dict[str, Any]) -> None:
+        assert self.session is not None
+        self.gateway.receive_text(self.session, orjson.dumps(obj).decode())
+
+    def connect(self) -> None:
+        self.session = self.gateway.open_session(Principal("u"), self)
+        for topic in sorted(self.wanted):
+            self.send({"type": "subscribe", "topic": topic, "since": self.last.get(topic)})
+
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.integers(0, 1), st.integers(1, 4)),
+        st.tuples(st.just("subscribe"), st.integers(0, 2), st.integers(0, 1)),
+        st.tuples(st.just("unsubscribe"), st.integers(0, 2), st.integers(0, 1)),
+        st.tuples(st.just("drop"), st.integers(0, 2), st.just(0)),
+        st.tuples(st.just("reconnect"), st.integers(0, 2), st.just(0)),
+        st.tuples(st.just("yield"), st.integers(0, 3), st.just(0)),
+    ),
+    max_size=60,
+)
+
+
+async def scenario(steps: list[tuple[str, int, int]], history_size: int, delays: list[int]) -> None:
+    limits = HistoryLimits(max_events=history_size)
+    gateway = Gateway(Settings(), broker=RacingBroker(limits, delays))
+    await gateway.start()
+    clients = [Client(gateway) for _ in range(3)]
+    try:
+        for op, a, b in steps:
+            if op == "publish":
+                for _ in range(b):
+                    await gateway.publish(TOPICS[a], "e", {"n": 1})
+            elif op == "subscribe":
+                client, topic = clients[a], TOPICS[b]
+                if client.session is None:
+                    client.connect()
+                if topic not in client.wanted:
+                    client.wanted.add(topic)
+                    client.send({"type": "subscribe", "topic": topic, "since": client.last.get(topic)})
+            elif op == "unsubscribe":
+                client, topic = clients[a], TOPICS[b]
+                if client.session is not None and topic in client.wanted:
+                    client.wanted.discard(topic)
+                    client.send({"type": "unsubscribe", "topic": topic})
+                    client.live.discard(topic)
+            elif op == "drop":
+                session = clients[a].session
+                if session is not None:
+                    gateway.close(session, CloseCode.SLOW_CONSUMER)
+            elif op == "reconnect":
+                if clients[a].session is None:
+                    clients[a].connect()
+            else:
+                for _ in range(a):
+                    await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one loop step between actions: commands run concurrently
+        for client in clients:
+            if client.session is None and client.wanted:
+                client.connect()
+        for _ in range(200):  # let every command finish and every outbox flush
+            await asyncio.sleep(0)
+        assert not gateway._tasks or all(t.done() for t in gateway._tasks)
+        final = gateway.broker.topics()
+        for client in clients:
+            assert client.violations == [], client.violations
+            for topic in client.wanted:
+                if topic in final:
+                    assert client.last[topic] == final[topic], (topic, client.last, final)
+    finally:
+        await gateway.stop()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=actions,
+    history_size=st.integers(2, 30),
+    delays=st.lists(st.integers(0, 4), max_size=5),
+)
+def test_every_event_once_in_order_or_loss_reported(
+    steps: list[tuple[str, int, int]], history_size: int, delays: list[int]
+) -> None:
+    asyncio.run(scenario(steps, history_size, delays))

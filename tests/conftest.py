@@ -58,8 +58,15 @@ async def start_server(
         server = build_server(gateway, app)
     else:
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                           ws="websockets-sansio", ws_max_size=gateway.settings.max_message_bytes)
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=0,
+                lifespan="on",
+                log_level="warning",
+                ws="websockets-sansio",
+                ws_max_size=gateway.settings.max_message_bytes,
+            )
         )
     task = asyncio.create_task(server.serve(sockets=None))
     deadline = time.monotonic() + 5 * UNIT

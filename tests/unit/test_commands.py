@@ -13,7 +13,11 @@ from agentcast.errors import ProtocolError
 def test_parse_valid_commands() -> None:
     assert isinstance(parse("ping"), PingCommand)
     sub = parse('{"type":"subscribe","topic":"workflow:1","since":3,"id":"a"}')
-    assert isinstance(sub, SubscribeCommand) and (sub.topic, sub.since, sub.id) == ("workflow:1", 3, "a")
+    assert isinstance(sub, SubscribeCommand) and (sub.topic, sub.since, sub.id) == (
+        "workflow:1",
+        3,
+        "a",
+    )
     pub = parse('{"type":"publish","topic":"t","event":"x","data":{"k":1}}')
     assert isinstance(pub, PublishCommand) and pub.data == {"k": 1}
 
@@ -51,9 +55,18 @@ def test_command_id_best_effort() -> None:
 
 def test_replies_are_framed_json() -> None:
     frame = encode_reply("pong", "ts", {}, id=3)
-    assert orjson.loads(payload_of_frame(frame)) == {"type": "pong", "id": 3, "timestamp": "ts", "data": {}}
+    assert orjson.loads(payload_of_frame(frame)) == {
+        "type": "pong",
+        "id": 3,
+        "timestamp": "ts",
+        "data": {},
+    }
     err = error_frame(ProtocolError(ErrorCode.BAD_JSON, "bad", field="x"), "ts")
-    assert orjson.loads(payload_of_frame(err))["data"] == {"code": "bad_json", "message": "bad", "field": "x"}
+    assert orjson.loads(payload_of_frame(err))["data"] == {
+        "code": "bad_json",
+        "message": "bad",
+        "field": "x",
+    }
 
 
 def test_valid_topic() -> None:

@@ -16,7 +16,9 @@ def test_frame_text_matches_websockets(size: int) -> None:
 
 
 def test_publication_envelope_is_valid_json_and_cached() -> None:
-    pub = Publication('we"ird', 7, "node_status", b'{"a":[1,2]}', "2026-01-01T00:00:00.000000Z", 0.0)
+    pub = Publication(
+        'we"ird', 7, "node_status", b'{"a":[1,2]}', "2026-01-01T00:00:00.000000Z", 0.0
+    )
     assert orjson.loads(pub.payload) == {
         "type": "node_status",
         "topic": 'we"ird',

@@ -140,7 +140,9 @@ async def scenario(steps: list[tuple[str, int, int]], history_size: int, delays:
                     client.connect()
                 if topic not in client.wanted:
                     client.wanted.add(topic)
-                    client.send({"type": "subscribe", "topic": topic, "since": client.last.get(topic)})
+                    client.send(
+                        {"type": "subscribe", "topic": topic, "since": client.last.get(topic)}
+                    )
             elif op == "unsubscribe":
                 client, topic = clients[a], TOPICS[b]
                 if client.session is not None and topic in client.wanted:

@@ -1,0 +1,66 @@
+"""The import contract: the core does no I/O and knows no framework.
+
+Checks every module under agentcast/core statically: no forbidden imports, no
+``async def``, no clock reads.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import agentcast.core
+
+CORE = Path(agentcast.core.__file__).parent
+FORBIDDEN = {
+    "asyncio",
+    "socket",
+    "selectors",
+    "ssl",
+    "threading",
+    "time",
+    "uvicorn",
+    "starlette",
+    "fastapi",
+    "websockets",
+    "httpx",
+    "redis",
+    "sqlalchemy",
+    "agentcast.gateway",
+    "agentcast.transports",
+    "agentcast.brokers",
+    "agentcast.client",
+    "agentcast.cli",
+}
+CLOCK_CALLS = {"now", "utcnow", "time", "monotonic", "perf_counter", "today"}
+
+
+def modules() -> list[Path]:
+    found = sorted(CORE.glob("*.py"))
+    assert len(found) >= 8
+    return found
+
+
+def test_core_imports_nothing_forbidden() -> None:
+    for path in modules():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert not any(name == f or name.startswith(f + ".") for f in FORBIDDEN), (
+                    path.name,
+                    name,
+                )
+
+
+def test_core_has_no_coroutines_and_reads_no_clock() -> None:
+    for path in modules():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            assert not isinstance(node, ast.AsyncFunctionDef | ast.Await), (path.name, node.lineno)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                assert node.func.attr not in CLOCK_CALLS, (path.name, node.lineno, node.func.attr)

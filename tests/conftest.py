@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ class ServerProcess:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.TemporaryFile()
 
     @property
     def url(self) -> str:
@@ -128,7 +130,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentcast.cli", "serve", "--port", str(self.port), *self.args],
             env=self.env,
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10 * UNIT
@@ -152,11 +154,9 @@ class ServerProcess:
         return self.proc.wait(10 * UNIT)
 
     def output(self) -> str:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            return ""
-        assert self.proc.stdout is not None
-        return self.proc.stdout.read().decode(errors="replace")
+        """Everything the server printed so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
 
 @pytest.fixture
@@ -168,3 +168,4 @@ def server_process() -> Iterator[ServerProcess]:
         yield proc
     finally:
         proc.stop()
+        proc.log.close()

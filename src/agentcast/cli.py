@@ -64,6 +64,9 @@ def serve(
     bench_endpoint: Annotated[
         bool | None, typer.Option("--bench-endpoint", hidden=True, help="Serve /_bench/publish.")
     ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Keep demo workflow runs going on workflow:demo.")
+    ] = False,
 ) -> None:
     """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port."""
     from agentcast.gateway import Gateway
@@ -103,8 +106,12 @@ def serve(
         f"agentcast {__version__} on http://{settings.host}:{settings.port} "
         f"(WebSocket ws://{settings.host}:{settings.port}/ws, broker {settings.broker_url})"
     )
-    server = build_server(gateway)
-    asyncio.run(server.serve())
+    if demo:
+        from agentcast.demo import run_demo
+
+        gateway.add_background(lambda: run_demo(gateway))
+        err.print("demo runs publish on [cyan]workflow:demo[/cyan]: `agentcast tail workflow:demo`")
+    asyncio.run(build_server(gateway).serve())
 
 
 @app.command()

@@ -113,6 +113,7 @@ class Gateway:
         self._pushes_at_yield = 0
         self._events_since_yield = 0
         self._pushes = 0
+        self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self.started = False
 
     @property
@@ -136,6 +137,14 @@ class Gateway:
         await self.broker.start(self._on_publication)
         self._sweeper = self._loop.create_task(self._sweep(), name="agentcast-sweep")
         self.started = True
+        for factory in self._background:
+            self._spawn(factory())
+
+    def add_background(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``factory()`` as a task while the gateway runs (cancelled by :meth:`stop`)."""
+        self._background.append(factory)
+        if self.started:
+            self._spawn(factory())
 
     async def stop(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
         """Close every connection with ``code``, stop the sweep and the broker."""

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import asyncio
+
+import websockets
+
+from agentcast.demo import run_demo
+from tests.conftest import UNIT, RunningServer, ServerProcess, free_port
+from tests.integration.wsutil import recv, subscribe
+
+
+async def test_demo_run_publishes_a_whole_workflow_in_order(native_server: RunningServer) -> None:
+    gw = native_server.gateway
+    async with websockets.connect(native_server.ws_url) as ws:
+        await subscribe(ws, "workflow:demo")
+        gw.add_background(lambda: run_demo(gw, pace=0.001))
+        kinds = []
+        async with asyncio.timeout(10 * UNIT):
+            while not kinds or kinds[-1] != "workflow_complete":
+                msg = await recv(ws)
+                kinds.append(msg["type"])
+                assert msg["data"]["workflow_id"] == "demo"
+        assert kinds[0] == "workflow_start"
+        assert kinds.count("node_status") == 8
+        assert kinds.count("edge_flow") == 4
+        assert kinds.count("progress") == 4
+
+
+async def test_serve_demo_process_has_live_data() -> None:
+    proc = ServerProcess(free_port(), "--demo")
+    await asyncio.to_thread(proc.start)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{proc.port}/ws") as ws:
+            reply = await subscribe(ws, "workflow:demo", since=0)
+            assert reply["data"]["recovered"]
+            first = await recv(ws, 5 * UNIT)
+            assert first["topic"] == "workflow:demo"
+            assert first["seq"] == 1
+            assert first["type"] == "workflow_start"
+    finally:
+        await asyncio.to_thread(proc.stop)
+        proc.log.close()

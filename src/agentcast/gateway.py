@@ -114,6 +114,7 @@ class Gateway:
         self._events_since_yield = 0
         self._pushes = 0
         self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        self._background_tasks: set[asyncio.Task[Any]] = set()
         self.started = False
 
     @property
@@ -138,27 +139,34 @@ class Gateway:
         self._sweeper = self._loop.create_task(self._sweep(), name="agentcast-sweep")
         self.started = True
         for factory in self._background:
-            self._spawn(factory())
+            self._background_tasks.add(self._spawn(factory()))
 
     def add_background(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``factory()`` as a task while the gateway runs (cancelled by :meth:`stop`)."""
         self._background.append(factory)
         if self.started:
-            self._spawn(factory())
+            self._background_tasks.add(self._spawn(factory()))
 
     async def stop(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
-        """Close every connection with ``code``, stop the sweep and the broker."""
+        """Stop: background tasks are cancelled, commands in flight get until
+        ``shutdown_timeout`` to finish (then are cancelled), every connection is closed
+        with ``code``, then the sweep and the broker stop."""
         if not self.started:
             return
         self.started = False
+        for task in list(self._background_tasks):
+            task.cancel()
+        pending = [t for t in self._tasks if t not in self._background_tasks]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
+            for task in late:
+                task.cancel()
         for session in list(self.sessions.values()):
             self.close(session, code)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for task in list(self._tasks):
-            task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.broker.stop()
@@ -392,10 +400,11 @@ class Gateway:
         finally:
             session.running = False
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _cmd_ping(self, session: Session, command: PingCommand) -> None:
         self.reply(session, "pong", {}, id=command.id)

@@ -292,3 +292,37 @@ async def test_publish_from_worker_threads(server: RunningServer) -> None:
         assert seqs == list(range(1, 201))
         got = [(await recv(ws))["seq"] for _ in range(200)]
         assert got == list(range(1, 201))
+
+
+async def test_stop_lets_commands_in_flight_finish() -> None:
+    """A subscribe whose authorizer is still thinking completes during shutdown."""
+    running, task = await start_server("native")
+    gw = running.gateway
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    class SlowAuthorizer:
+        async def can_subscribe(self, principal: object, topic: str) -> bool:
+            entered.set()
+            await release.wait()
+            return True
+
+        def can_publish(self, principal: object, topic: str) -> bool:
+            return True
+
+    gw.authorizer = SlowAuthorizer()
+    async with websockets.connect(running.ws_url) as ws:
+        await send(ws, {"type": "subscribe", "topic": "t", "id": "s"})
+        await asyncio.wait_for(entered.wait(), UNIT)
+        stopping = asyncio.create_task(gw.stop())
+        await asyncio.sleep(0)
+        release.set()
+        reply = await recv(ws)
+        assert reply["type"] == "subscribed"
+        assert reply["id"] == "s"
+        await asyncio.wait_for(stopping, 5 * UNIT)
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 5 * UNIT)
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 1001
+    await stop_server(running, task)

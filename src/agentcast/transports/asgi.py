@@ -14,6 +14,7 @@ import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from agentcast.codes import CloseCode
@@ -101,8 +102,15 @@ def websocket_route(gateway: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
         try:
             result = gateway.authenticator.authenticate(connection_request(websocket))
             principal: Principal = await result if inspect.isawaitable(result) else result
-        except AuthenticationError:
-            await websocket.close(code=int(CloseCode.UNAUTHORIZED))
+        except AuthenticationError as exc:
+            # HTTP 401 on the handshake, as on the native path, where the server supports
+            # the ASGI denial-response extension; a 403 close otherwise
+            if "websocket.http.response" in websocket.scope.get("extensions", {}):
+                await websocket.send_denial_response(
+                    PlainTextResponse(f"unauthorized: {exc}\n", status_code=401)
+                )
+            else:  # pragma: no cover - depends on the ASGI server
+                await websocket.close(code=int(CloseCode.UNAUTHORIZED))
             return
         await websocket.accept()
         writer = AsgiWriter(websocket, gateway)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 _anonymous_ids = itertools.count(1)
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +35,7 @@ class Principal:
 
     subject: str
     anonymous: bool = False
-    claims: Mapping[str, Any] = field(default_factory=dict)
+    claims: Mapping[str, Any] = field(default_factory=lambda: _NO_CLAIMS)
 
     @classmethod
     def new_anonymous(cls) -> Principal:

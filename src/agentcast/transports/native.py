@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, unquote
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 
 from agentcast.codes import CloseCode
@@ -82,7 +83,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.server_state = server_state
         self.app_state = app_state
         self.transport: asyncio.Transport | None = None
-        self.conn: ServerProtocol | None = None
+        self.conn: ServerProtocol | Protocol | None = None
         self.delegate: asyncio.Protocol | None = None
         self.session: Session | None = None
         self.fragments: list[bytes] | None = None
@@ -244,7 +245,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     def _handshake(self, request: Request) -> None:
         conn = self.conn
         transport = self.transport
-        assert conn is not None
+        assert isinstance(conn, ServerProtocol)
         assert transport is not None
         response = conn.accept(request)
         if response.status_code != 101:
@@ -269,16 +270,17 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             self._accept(response, result)
 
     async def _finish_handshake(self, response: Response, pending: Awaitable[Principal]) -> None:
-        assert self.conn is not None
+        conn = self.conn
+        assert isinstance(conn, ServerProtocol)
         assert self.transport is not None
         try:
             principal = await pending
         except AuthenticationError as exc:
-            self._reject(self.conn.reject(401, f"unauthorized: {exc}\n"))
+            self._reject(conn.reject(401, f"unauthorized: {exc}\n"))
             return
         except Exception:
             logger.exception("authenticator failed")
-            self._reject(self.conn.reject(500, "authentication failed\n"))
+            self._reject(conn.reject(500, "authentication failed\n"))
             return
         if self.transport.is_closing():
             return
@@ -286,13 +288,27 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.transport.resume_reading()
 
     def _accept(self, response: Response, principal: Principal) -> None:
-        assert self.conn is not None
-        self.conn.send_response(response)
+        conn = self.conn
+        assert isinstance(conn, ServerProtocol)
+        conn.send_response(response)
         self._write_pending()
+        # From here on only frames flow. A fresh frame-level protocol in OPEN state drops
+        # the handshake request that ServerProtocol's suspended parser keeps alive (~2 KiB
+        # per connection). Clients wait for the 101 before sending frames (RFC 6455 4.1),
+        # so nothing is buffered yet; carry it over anyway if something is.
+        leftover = bytes(conn.reader.buffer)
+        self.conn = Protocol(
+            Side.SERVER,
+            state=State.OPEN,
+            max_size=self.gateway.settings.max_message_bytes,
+            logger=protocol_logger,
+        )
         self.session = self.gateway.open_session(principal, self)
+        if leftover:  # pragma: no cover - see above
+            self.data_received(leftover)
 
     def _reject(self, response: Response) -> None:
-        assert self.conn is not None
+        assert isinstance(self.conn, ServerProtocol)
         assert self.transport is not None
         self.conn.send_response(response)
         self._write_pending()

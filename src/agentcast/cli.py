@@ -111,7 +111,7 @@ def serve(
 
         gateway.add_background(lambda: run_demo(gateway))
         err.print("demo runs publish on [cyan]workflow:demo[/cyan]: `agentcast tail workflow:demo`")
-    asyncio.run(build_server(gateway).serve())
+    build_server(gateway).run()  # uvicorn picks the loop (uvloop when installed)
 
 
 @app.command()

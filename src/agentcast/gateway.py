@@ -112,7 +112,10 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pushes_at_yield = 0
         self._events_since_yield = 0
-        self._pushes = 0
+        # the in-memory broker publishes synchronously: skip creating a coroutine per event
+        self._publish_now = (
+            self.broker.publish_now if isinstance(self.broker, MemoryBroker) else None
+        )
         self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._background_tasks: set[asyncio.Task[Any]] = set()
         self.started = False
@@ -210,13 +213,18 @@ class Gateway:
         tight loop, so that outboxes are flushed instead of overflowing.
         """
         payload = self.check_event(topic, type, data)
-        pub = await self.broker.publish(topic, type, payload, time.time())
+        publish_now = self._publish_now
+        if publish_now is not None:
+            pub = publish_now(topic, type, payload, time.time())
+        else:
+            pub = await self.broker.publish(topic, type, payload, time.time())
         self._events_since_yield += 1
+        pushes = self.hub.pushes
         if (
-            self._pushes - self._pushes_at_yield >= _YIELD_EVERY_PUSHES
+            pushes - self._pushes_at_yield >= _YIELD_EVERY_PUSHES
             or self._events_since_yield >= _YIELD_EVERY_EVENTS
         ):
-            self._pushes_at_yield = self._pushes
+            self._pushes_at_yield = pushes
             self._events_since_yield = 0
             await asyncio.sleep(0)
         return pub
@@ -234,7 +242,6 @@ class Gateway:
     def _on_publication(self, pub: Publication) -> None:
         """Broker listener: local fan-out of one publication."""
         gap = self.hub.dispatch(pub)
-        self._pushes += self.hub.presence(pub.topic)
         if gap:
             logger.warning(
                 "topic %s: %d publications missed before seq %d", pub.topic, gap, pub.seq

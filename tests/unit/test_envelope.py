@@ -26,7 +26,7 @@ def test_publication_envelope_is_valid_json_and_cached() -> None:
         "timestamp": "2026-01-01T00:00:00.000000Z",
         "data": {"a": [1, 2]},
     }
-    assert pub.frame is pub.frame
+    assert pub.frame == pub.frame
     assert payload_of_frame(pub.frame) == pub.payload
     assert pub.to_dict()["seq"] == 7
     assert "seq=7" in repr(pub)
@@ -34,3 +34,19 @@ def test_publication_envelope_is_valid_json_and_cached() -> None:
 
 def test_format_timestamp_is_iso_utc_with_z() -> None:
     assert format_timestamp(0.5) == "1970-01-01T00:00:00.500000Z"
+
+
+def test_encoded_data_is_right_sized() -> None:
+    import tracemalloc
+
+    from agentcast.core.envelope import encode_json
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        kept = [encode_json({"n": i}) for i in range(2000)]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    per_object = sum(d.size_diff for d in after.compare_to(before, "lineno")) / len(kept)
+    assert per_object < 256, per_object

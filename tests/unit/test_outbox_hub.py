@@ -48,7 +48,8 @@ def test_dispatch_shares_one_frame_and_marks_dirty_once() -> None:
     hub.dispatch(p1)
     hub.dispatch(p2)
     assert hub.take_dirty() == [a, b]
-    assert a.outbox.frames[0] is b.outbox.frames[0] is p1.frame
+    assert a.outbox.frames[0] is b.outbox.frames[0]  # framed once, shared
+    assert a.outbox.frames[0] == p1.frame
     assert hub.presence("t") == 2 and set(hub.subscribers("t")) == {a, b}
 
 

@@ -21,6 +21,8 @@ import orjson
 
 __all__ = ["Publication", "encode_json", "format_timestamp", "frame_text", "payload_of_frame"]
 
+_ENVELOPE = b'{"type":%b,"topic":%b,"seq":%d,"timestamp":"%b","data":%b}'
+_dumps = orjson.dumps
 _PACK_16 = struct.Struct("!BBH").pack
 _PACK_64 = struct.Struct("!BBQ").pack
 
@@ -48,13 +50,35 @@ def payload_of_frame(frame: bytes) -> bytes:
 
 
 def encode_json(obj: Any) -> bytes:
-    """JSON-encode ``obj`` (UTF-8, no spaces). Raises ``TypeError`` for non-JSON values."""
-    return orjson.dumps(obj)
+    """JSON-encode ``obj`` (UTF-8, no spaces). Raises ``TypeError`` for non-JSON values.
+
+    The result is copied into a right-sized ``bytes``: orjson (3.13) returns objects
+    backed by a 4 KiB allocation whatever their length, and this output is retained in
+    history (measured: 4,097 bytes per retained event before the copy, 51 after; the
+    copy costs about 0.1 µs).
+    """
+    return memoryview(orjson.dumps(obj)).tobytes()
+
+
+_second_cache: list[Any] = [None, ""]
 
 
 def format_timestamp(epoch: float) -> str:
-    """ISO-8601 UTC with microseconds and a ``Z`` suffix: ``2026-11-23T01:15:39.123456Z``."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO-8601 UTC with microseconds and a ``Z`` suffix: ``2026-11-23T01:15:39.123456Z``.
+
+    The date and time up to the second is formatted once per second (this runs once per
+    published event).
+    """
+    second = int(epoch)
+    micros = round((epoch - second) * 1_000_000)
+    if micros >= 1_000_000:
+        second += 1
+        micros -= 1_000_000
+    cache = _second_cache
+    if cache[0] != second:
+        cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cache[0] = second
+    return f"{cache[1]}.{micros:06d}Z"
 
 
 class Publication:
@@ -62,10 +86,13 @@ class Publication:
 
     ``data`` is the JSON encoding of the event's ``data`` object. ``at`` is the publish
     time in seconds since the epoch (used for history age); ``timestamp`` its ISO form.
-    ``frame`` is computed on first use and cached.
+    :attr:`frame` is computed on each access and deliberately not cached: the hub frames a
+    publication once for all its live subscribers, and publications retained in history
+    stay small (a cached frame would double their memory; measured in W3, first-touch page
+    faults of retained bytes cost more than re-framing on the rare history replay).
     """
 
-    __slots__ = ("_frame", "at", "data", "seq", "timestamp", "topic", "type")
+    __slots__ = ("at", "data", "seq", "timestamp", "topic", "type")
 
     def __init__(
         self, topic: str, seq: int, type: str, data: bytes, timestamp: str, at: float
@@ -76,34 +103,22 @@ class Publication:
         self.data = data
         self.timestamp = timestamp
         self.at = at
-        self._frame: bytes | None = None
 
     @property
     def payload(self) -> bytes:
         """The envelope as JSON bytes."""
-        return b"".join(
-            (
-                b'{"type":',
-                orjson.dumps(self.type),
-                b',"topic":',
-                orjson.dumps(self.topic),
-                b',"seq":',
-                str(self.seq).encode(),
-                b',"timestamp":"',
-                self.timestamp.encode(),
-                b'","data":',
-                self.data,
-                b"}",
-            )
+        return _ENVELOPE % (
+            _dumps(self.type),
+            _dumps(self.topic),
+            self.seq,
+            self.timestamp.encode(),
+            self.data,
         )
 
     @property
     def frame(self) -> bytes:
-        """The envelope framed as one WebSocket text frame (cached)."""
-        f = self._frame
-        if f is None:
-            f = self._frame = frame_text(self.payload)
-        return f
+        """The envelope framed as one WebSocket text frame (computed on each access)."""
+        return frame_text(self.payload)
 
     @property
     def size(self) -> int:

@@ -41,7 +41,7 @@ class TopicState:
 class Hub:
     """Topics, subscriptions, presence and local fan-out. Single-threaded, no I/O."""
 
-    __slots__ = ("dirty", "overflowed", "published", "topics")
+    __slots__ = ("dirty", "overflowed", "published", "pushes", "topics")
 
     def __init__(self) -> None:
         self.topics: dict[str, TopicState] = {}
@@ -49,6 +49,8 @@ class Hub:
         self.overflowed: list[Session] = []
         self.published = 0
         """Count of publications dispatched (metrics)."""
+        self.pushes = 0
+        """Count of frames pushed to live subscribers (metrics, producer back-pressure)."""
 
     # -- subscriptions -------------------------------------------------------------
 
@@ -153,6 +155,7 @@ class Hub:
                     self.overflowed.append(session)
         live = state.live
         if live:
+            self.pushes += len(live)
             frame = pub.frame
             dirty = self.dirty
             for session in live:

@@ -120,7 +120,7 @@ class ServerProcess:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the fixture
 
     @property
     def url(self) -> str:

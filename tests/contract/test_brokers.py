@@ -109,3 +109,17 @@ async def test_publication_fields(broker: tuple[Broker, Recorder]) -> None:
         1700000000.25,
     )
     assert pub.timestamp == "2023-11-14T22:13:20.250000Z"
+
+
+@pytest.mark.parametrize("name", sorted(BROKERS))
+async def test_publish_before_start_assigns_nothing(name: str) -> None:
+    from agentcast.errors import BrokerError
+
+    b = BROKERS[name](HistoryLimits())
+    with pytest.raises(BrokerError):
+        await b.publish("z", "e", b"{}", 1.0)
+    await b.start(Recorder())
+    try:
+        assert (await b.publish("z", "e", b"{}", 1.0)).seq == 1
+    finally:
+        await b.stop()

@@ -35,14 +35,14 @@ class MemoryBroker(Broker):
 
     def publish_now(self, topic: str, type: str, data: bytes, at: float) -> Publication:
         """:meth:`publish` without the coroutine (the in-process fast path)."""
+        listener = self._listener
+        if listener is None:
+            raise BrokerError("broker not started")
         history = self._histories.get(topic)
         if history is None:
             history = self._histories[topic] = History(self.limits)
         pub = Publication(topic, history.last_seq + 1, type, data, format_timestamp(at), at)
         history.append(pub)
-        listener = self._listener
-        if listener is None:
-            raise BrokerError("broker not started")
         if topic in self._listened:
             listener(pub)
         return pub

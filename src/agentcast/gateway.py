@@ -41,6 +41,7 @@ from agentcast.core.outbox import Outbox
 from agentcast.core.session import Session, Writer
 from agentcast.errors import BrokerError, CommandError, ProtocolError
 from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal
+from agentcast.runs.vocabulary import validate_event
 from agentcast.settings import Settings
 
 __all__ = ["CommandHandler", "Gateway"]
@@ -99,6 +100,9 @@ class Gateway:
         self.hub = Hub()
         self.sessions: dict[int, Session] = {}
         self.stats = Stats()
+        self.validators: list[Callable[[str, str, dict[str, Any]], None]] = [validate_event]
+        """Checks run on every published event's ``data`` (raise ProtocolError to refuse).
+        The default validates the seeds' run vocabularies on ``execution:``/``workflow:``."""
         self.handlers: dict[str, CommandHandler] = {
             "subscribe": self._cmd_subscribe,
             "unsubscribe": self._cmd_unsubscribe,
@@ -191,6 +195,8 @@ class Gateway:
                 raise ProtocolError(
                     ErrorCode.INVALID_FIELD, "data must be a JSON object", field="data"
                 )
+            for validate in self.validators:
+                validate(topic, type, data)  # type: ignore[arg-type]
             try:
                 payload = encode_json(data)
             except TypeError as exc:

@@ -17,23 +17,21 @@ from tests.integration.wsutil import recv, subscribe
 
 async def test_publish_single_and_array(server: RunningServer) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
-        one = await http.post(
-            "/api/topics/workflow:9/events", json={"type": "log", "data": {"m": 1}}
-        )
+        one = await http.post("/api/topics/board:9/events", json={"type": "log", "data": {"m": 1}})
         assert one.status_code == 200
         assert one.json()["seqs"] == [1]
-        assert one.json()["topic"] == "workflow:9"
+        assert one.json()["topic"] == "board:9"
         many = await http.post(
-            "/api/topics/workflow:9/events",
+            "/api/topics/board:9/events",
             json=[{"type": "a", "data": {}}, {"type": "b"}, {"type": "c", "data": {"x": [1]}}],
         )
         assert many.json()["seqs"] == [2, 3, 4]
-        hist = (await http.get("/api/topics/workflow:9/events", params={"since": 2})).json()
+        hist = (await http.get("/api/topics/board:9/events", params={"since": 2})).json()
         assert [e["type"] for e in hist["events"]] == ["b", "c"]
         assert hist["events"][1]["data"] == {"x": [1]}
         assert (hist["first_seq"], hist["last_seq"], hist["complete"]) == (1, 4, True)
         topics = (await http.get("/api/topics")).json()
-        assert {"topic": "workflow:9", "last_seq": 4, "subscribers": 0} in topics
+        assert {"topic": "board:9", "last_seq": 4, "subscribers": 0} in topics
 
 
 async def test_topic_with_slashes_and_colons(server: RunningServer) -> None:
@@ -87,9 +85,9 @@ async def test_healthz_and_openapi(server: RunningServer) -> None:
 
 async def test_http_publish_reaches_websocket_subscribers(server: RunningServer) -> None:
     async with websockets.connect(server.ws_url) as ws:
-        await subscribe(ws, "execution:1")
+        await subscribe(ws, "team:1")
         async with httpx.AsyncClient(base_url=server.url) as http:
-            await http.post("/api/topics/execution:1/events", json=[{"type": "a"}, {"type": "b"}])
+            await http.post("/api/topics/team:1/events", json=[{"type": "a"}, {"type": "b"}])
         assert [(await recv(ws))["type"] for _ in range(2)] == ["a", "b"]
 
 
@@ -154,3 +152,26 @@ async def test_mount_in_a_users_fastapi_app() -> None:
             assert (await recv(ws))["type"] == "x"
     finally:
         await stop_server(running, task)
+
+
+async def test_run_topics_validate_the_seed_vocabularies(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        ok = {
+            "type": "node_status",
+            "data": {"workflow_id": "1", "execution_id": "e", "node_id": "n", "status": "running"},
+        }
+        assert (await http.post("/api/topics/workflow:1/events", json=ok)).status_code == 200
+        bad = {
+            "type": "node_status",
+            "data": {"workflow_id": "1", "execution_id": "e", "node_id": "n", "status": "exploded"},
+        }
+        r = await http.post("/api/topics/workflow:1/events", json=[ok, bad])
+        assert r.status_code == 400
+        assert r.json()["detail"]["field"] == "1.data.status"
+        r = await http.post(
+            "/api/topics/execution:1/events",
+            json={"type": "status_update", "data": {"status": "running"}},
+        )
+        assert r.json()["detail"]["field"] == "data.execution_id"
+        # nothing of the refused array was published
+        assert (await http.get("/api/topics/workflow:1/events")).json()["last_seq"] == 1

@@ -41,6 +41,7 @@ from agentcast.core.outbox import Outbox
 from agentcast.core.session import Session, Writer
 from agentcast.errors import BrokerError, CommandError, ProtocolError
 from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal
+from agentcast.runs.registry import RunRegistry
 from agentcast.runs.vocabulary import validate_event
 from agentcast.settings import Settings
 
@@ -100,6 +101,10 @@ class Gateway:
         self.hub = Hub()
         self.sessions: dict[int, Session] = {}
         self.stats = Stats()
+        self.snapshots: Callable[[str], tuple[int, dict[str, Any]] | None] | None = None
+        """Snapshot provider: ``(seq, state)`` of a topic, or None (see :meth:`subscribe`)."""
+        self.observers: list[Callable[[Publication], None]] = []
+        """Called with every publication this node receives, before local fan-out."""
         self.validators: list[Callable[[str, str, dict[str, Any]], None]] = [validate_event]
         """Checks run on every published event's ``data`` (raise ProtocolError to refuse).
         The default validates the seeds' run vocabularies on ``execution:``/``workflow:``."""
@@ -122,6 +127,10 @@ class Gateway:
         )
         self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._background_tasks: set[asyncio.Task[Any]] = set()
+        self._startup: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        self.runs = RunRegistry()
+        """Folded state of run topics: snapshots for late joiners."""
+        self.runs.install(self)
         self.started = False
 
     @property
@@ -138,15 +147,21 @@ class Gateway:
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the broker and the keepalive sweep. Idempotent."""
+        """Start the broker, run the start-up hooks, start the keepalive sweep. Idempotent."""
         if self.started:
             return
         self._loop = asyncio.get_running_loop()
         await self.broker.start(self._on_publication)
+        for hook in self._startup:
+            await hook()
         self._sweeper = self._loop.create_task(self._sweep(), name="agentcast-sweep")
         self.started = True
         for factory in self._background:
             self._background_tasks.add(self._spawn(factory()))
+
+    def add_startup(self, hook: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Await ``hook()`` in :meth:`start`, after the broker started (before any client)."""
+        self._startup.append(hook)
 
     def add_background(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``factory()`` as a task while the gateway runs (cancelled by :meth:`stop`)."""
@@ -246,7 +261,12 @@ class Gateway:
         return asyncio.run_coroutine_threadsafe(self.publish(topic, type, data), self.loop)
 
     def _on_publication(self, pub: Publication) -> None:
-        """Broker listener: local fan-out of one publication."""
+        """Broker listener: observers, then local fan-out of one publication."""
+        for observe in self.observers:
+            try:
+                observe(pub)
+            except Exception:  # pragma: no cover - an observer must not stop delivery
+                logger.exception("observer failed on %r", pub)
         gap = self.hub.dispatch(pub)
         if gap:
             logger.warning(
@@ -453,6 +473,10 @@ class Gateway:
         live publications are buffered while history is read, then merged by seq. When
         history no longer reaches back to ``since + 1`` the reply says
         ``recovered: false`` and the retained history follows.
+
+        Where :attr:`snapshots` knows the topic (run topics), a subscription without
+        ``since``, or one whose history was lost, first receives a ``snapshot`` frame: the
+        topic's folded state at seq S, then the events after S, then live ones.
         """
         if topic in session.topics:
             page = await self.broker.history(topic, 0, limit=0)
@@ -481,16 +505,29 @@ class Gateway:
             return
         first_here = not self.hub.presence(topic)
         self.hub.begin(session, topic)
+        snapshot: tuple[int, dict[str, Any]] | None = None
         try:
             if first_here:
                 await self.broker.listen(topic)
-            page = await self.broker.history(topic, since or 0, limit=0 if since is None else None)
+            provider = self.snapshots
+            if since is None:
+                snapshot = provider(topic) if provider is not None else None
+                start = snapshot[0] if snapshot is not None else 0
+                # after a snapshot at seq S: the events after S that it does not reflect
+                page = await self.broker.history(topic, start, limit=None if snapshot else 0)
+                recovered = True
+            else:
+                page = await self.broker.history(topic, since)
+                recovered = page.complete
+                if not recovered and provider is not None:
+                    snapshot = provider(topic)  # the reset a client needs: the state
+                    if snapshot is not None:
+                        page = await self.broker.history(topic, snapshot[0])
         except BrokerError as exc:
             self.hub.remove(session, topic)
             raise CommandError(ErrorCode.UNAVAILABLE, f"history unavailable: {exc}") from exc
         if session.closed or topic not in session.topics:
             return
-        recovered = since is None or page.complete
         self.reply(
             session,
             "subscribed",
@@ -503,15 +540,22 @@ class Gateway:
             id=id,
             topic=topic,
         )
-        if since is None:
+        hub = self.hub
+        if snapshot is not None:
+            upto = snapshot[0]
+            hub.push(
+                session,
+                encode_reply("snapshot", self.now_iso(), snapshot[1], topic=topic, seq=upto),
+            )
+        elif since is None:
             upto = page.last_seq
         else:
             upto = since if recovered else page.first_seq - 1
-            hub = self.hub
-            for pub in page.publications:
+        for pub in page.publications:
+            if pub.seq > upto:
                 hub.push(session, pub.frame)
                 upto = pub.seq
-        self.hub.complete(session, topic, upto)
+        hub.complete(session, topic, upto)
         self._after_dispatch()
 
     async def _unlisten(self, topic: str) -> None:

@@ -123,3 +123,13 @@ async def test_publish_before_start_assigns_nothing(name: str) -> None:
         assert (await b.publish("z", "e", b"{}", 1.0)).seq == 1
     finally:
         await b.stop()
+
+
+async def test_prefix_listen(broker: tuple[Broker, Recorder]) -> None:
+    b, rec = broker
+    await b.listen_prefix("run:")
+    await b.listen_prefix("run:")
+    await b.publish("run:1", "e", b"{}", 1.0)
+    await b.publish("other", "e", b"{}", 1.0)
+    await b.publish("run:2", "e", b"{}", 1.0)
+    assert [p.topic for p in rec.got] == ["run:1", "run:2"]

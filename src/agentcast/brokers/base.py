@@ -71,5 +71,10 @@ class Broker(ABC):
         """This process no longer needs notifications of ``topic`` (idempotent)."""
 
     @abstractmethod
+    async def listen_prefix(self, prefix: str) -> None:
+        """This process wants notifications of every topic starting with ``prefix``
+        (idempotent; used by features that fold whole families of topics, e.g. runs)."""
+
+    @abstractmethod
     def topics(self) -> dict[str, int]:
         """Known topics with their last seq (for this process's view; may be partial)."""

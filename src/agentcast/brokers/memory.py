@@ -26,6 +26,7 @@ class MemoryBroker(Broker):
         self._histories: dict[str, History] = {}
         self._listener: Listener | None = None
         self._listened: set[str] = set()
+        self._prefixes: tuple[str, ...] = ()
 
     async def start(self, listener: Listener) -> None:
         self._listener = listener
@@ -43,7 +44,7 @@ class MemoryBroker(Broker):
             history = self._histories[topic] = History(self.limits)
         pub = Publication(topic, history.last_seq + 1, type, data, format_timestamp(at), at)
         history.append(pub)
-        if topic in self._listened:
+        if topic in self._listened or topic.startswith(self._prefixes):
             listener(pub)
         return pub
 
@@ -66,6 +67,10 @@ class MemoryBroker(Broker):
     async def unlisten(self, topic: str) -> None:
         self._listened.discard(topic)
 
+    async def listen_prefix(self, prefix: str) -> None:
+        if prefix not in self._prefixes:
+            self._prefixes = (*self._prefixes, prefix)
+
     def topics(self) -> dict[str, int]:
         return {name: h.last_seq for name, h in self._histories.items()}
 
@@ -74,5 +79,9 @@ class MemoryBroker(Broker):
         for name in list(self._histories):
             history = self._histories[name]
             history.trim(now)
-            if not len(history) and name not in self._listened:
+            if (
+                not len(history)
+                and name not in self._listened
+                and not name.startswith(self._prefixes)
+            ):
                 del self._histories[name]

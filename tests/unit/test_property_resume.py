@@ -24,7 +24,8 @@ from agentcast.gateway import Gateway
 from agentcast.policy import Principal
 from agentcast.settings import Settings
 
-TOPICS = ["t0", "t1"]
+TOPICS = ["t0", "workflow:p"]  # a plain topic and a run topic (snapshots)
+RUN_EVENT = {"workflow_id": "p", "execution_id": "e", "level": "info", "message": "m"}
 
 
 class RacingBroker(MemoryBroker):
@@ -58,6 +59,7 @@ class Client:
         self.lost = 0
         self.events = 0
         self.violations: list[str] = []
+        self.snapshots = 0
 
     # Writer protocol
     def write_frames(self, frames: list[bytes]) -> None:
@@ -90,6 +92,12 @@ class Client:
             else:
                 assert data["since"] == self.last[topic]
             self.live.add(topic)
+        elif kind == "snapshot":
+            topic = msg["topic"]
+            assert topic in self.live, "snapshot before its subscribed reply"
+            assert msg["seq"] == msg["data"]["seq"]
+            self.last[topic] = msg["seq"]
+            self.snapshots += 1
         elif kind in ("unsubscribed", "pong"):
             pass
         elif kind == "error":
@@ -133,7 +141,10 @@ async def scenario(steps: list[tuple[str, int, int]], history_size: int, delays:
         for op, a, b in steps:
             if op == "publish":
                 for _ in range(b):
-                    await gateway.publish(TOPICS[a], "e", {"n": 1})
+                    if a:
+                        await gateway.publish(TOPICS[a], "log", RUN_EVENT)
+                    else:
+                        await gateway.publish(TOPICS[a], "e", {"n": 1})
             elif op == "subscribe":
                 client, topic = clients[a], TOPICS[b]
                 if client.session is None:

@@ -410,17 +410,18 @@ class Gateway:
             return None
         if result is None:
             return None
-        return self._guard(session, command, result)
+        return self._guard(session, command.type, command.id, result)
 
-    async def _guard(self, session: Session, command: ClientCommand, work: Awaitable[None]) -> None:
+    async def _guard(self, session: Session, name: str, cid: Any, work: Awaitable[None]) -> None:
+        """Await ``work``; report its failure to the client as an error frame."""
         try:
             await work
         except ProtocolError as exc:
-            self.send(session, error_frame(exc, self.now_iso(), id=command.id))
+            self.send(session, error_frame(exc, self.now_iso(), id=cid))
         except Exception:
-            logger.exception("command %s failed", command.type)
+            logger.exception("command %s failed", name)
             internal = ProtocolError(ErrorCode.INTERNAL, "internal error")
-            self.send(session, error_frame(internal, self.now_iso(), id=command.id))
+            self.send(session, error_frame(internal, self.now_iso(), id=cid))
 
     async def _run_commands(self, session: Session, first: Awaitable[None]) -> None:
         try:
@@ -440,7 +441,20 @@ class Gateway:
         return task
 
     def _cmd_ping(self, session: Session, command: PingCommand) -> None:
-        self.reply(session, "pong", {}, id=command.id)
+        extra = session.meta.get("pong", {}) if session.meta else {}
+        self.reply(session, "pong", {}, id=command.id, **extra)
+
+    def run_command(self, session: Session, work: Coroutine[Any, Any, None]) -> None:
+        """Run server-initiated work for ``session`` in order with its commands.
+
+        Errors are reported to the client as error frames, as for its own commands.
+        """
+        if session.running:
+            work.close()
+            raise RuntimeError("run_command is for connection set-up, before any command")
+        guarded = self._guard(session, "set-up", None, work)
+        session.running = True
+        self._spawn(self._run_commands(session, guarded))
 
     async def _cmd_publish(self, session: Session, command: PublishCommand) -> None:
         allowed = await _resolve(self.authorizer.can_publish(session.principal, command.topic))
@@ -465,7 +479,7 @@ class Gateway:
         await self.subscribe(session, command.topic, command.since, id=command.id)
 
     async def subscribe(
-        self, session: Session, topic: str, since: int | None, *, id: Any = None
+        self, session: Session, topic: str, since: int | None, *, id: Any = None, reply: bool = True
     ) -> None:
         """Subscribe ``session`` to ``topic``: reply, replay history after ``since``, go live.
 
@@ -477,6 +491,9 @@ class Gateway:
         Where :attr:`snapshots` knows the topic (run topics), a subscription without
         ``since``, or one whose history was lost, first receives a ``snapshot`` frame: the
         topic's folded state at seq S, then the events after S, then live ones.
+
+        ``reply=False`` omits the ``subscribed`` reply (implicit subscriptions of the
+        seeds' per-run endpoints, whose clients expect only events).
         """
         if topic in session.topics:
             page = await self.broker.history(topic, 0, limit=0)
@@ -528,18 +545,19 @@ class Gateway:
             raise CommandError(ErrorCode.UNAVAILABLE, f"history unavailable: {exc}") from exc
         if session.closed or topic not in session.topics:
             return
-        self.reply(
-            session,
-            "subscribed",
-            {
-                "seq": page.last_seq,
-                "recovered": recovered,
-                "since": since,
-                "first_seq": page.first_seq,
-            },
-            id=id,
-            topic=topic,
-        )
+        if reply:
+            self.reply(
+                session,
+                "subscribed",
+                {
+                    "seq": page.last_seq,
+                    "recovered": recovered,
+                    "since": since,
+                    "first_seq": page.first_seq,
+                },
+                id=id,
+                topic=topic,
+            )
         hub = self.hub
         if snapshot is not None:
             upto = snapshot[0]

@@ -22,6 +22,7 @@ from agentcast.core.envelope import payload_of_frame
 from agentcast.core.session import Session
 from agentcast.gateway import Gateway
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.runs.endpoints import RunEndpoint, open_run_endpoint
 
 __all__ = ["AsgiWriter", "connection_request", "websocket_route"]
 
@@ -95,8 +96,14 @@ class AsgiWriter:
                 return
 
 
-def websocket_route(gateway: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
-    """An ASGI WebSocket endpoint speaking wire protocol v1 on ``gateway``."""
+def websocket_route(
+    gateway: Gateway, run_endpoint: RunEndpoint | None = None
+) -> Callable[[WebSocket], Awaitable[None]]:
+    """An ASGI WebSocket endpoint speaking wire protocol v1 on ``gateway``.
+
+    With ``run_endpoint`` it is one of the seeds' per-run endpoints: the route's single path
+    parameter is the run id.
+    """
 
     async def endpoint(websocket: WebSocket) -> None:
         try:
@@ -115,6 +122,10 @@ def websocket_route(gateway: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
         await websocket.accept()
         writer = AsgiWriter(websocket, gateway)
         session = writer.session = gateway.open_session(principal, writer)
+        if run_endpoint is not None:
+            (run_id,) = websocket.path_params.values()
+            query = dict(websocket.query_params)
+            open_run_endpoint(gateway, session, run_endpoint, str(run_id), query)
         sender = asyncio.create_task(writer.run())
         try:
             while True:

@@ -25,6 +25,7 @@ from agentcast.core.frames import valid_topic
 from agentcast.errors import BrokerError, ProtocolError
 from agentcast.gateway import Gateway
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.runs.endpoints import RUN_ENDPOINTS
 from agentcast.transports.asgi import websocket_route
 
 __all__ = ["create_app", "http_router"]
@@ -276,4 +277,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     app.include_router(http_router(gateway))
     app.add_api_websocket_route("/ws", websocket_route(gateway))
+    for endpoint in RUN_ENDPOINTS:
+        path = endpoint.path.replace("{id}", "{" + endpoint.id_field + "}")
+        app.add_api_websocket_route(path, websocket_route(gateway, endpoint))
     return app

@@ -3,10 +3,12 @@
 uvicorn parses HTTP and, on an upgrade request, hands the connection to the protocol
 class in its ``ws`` setting. :func:`protocol_class` builds one bound to a gateway:
 
-* For the gateway's own paths (``/ws``) it runs the handshake and parses client frames
-  with ``websockets.server.ServerProtocol`` (sans-I/O: bytes in, events out), and writes
-  the gateway's pre-framed, coalesced outbox bytes straight to the transport: one
-  ``write()`` per connection per loop iteration, no task and no ASGI scope per connection.
+* For the gateway's own paths (``/ws``, and the seeds' per-run endpoints
+  ``/api/ws/workflow/{id}`` and ``/api/ws/executions/{id}``) it runs the handshake and
+  parses client frames with ``websockets.server.ServerProtocol`` (sans-I/O: bytes in,
+  events out), and writes the gateway's pre-framed, coalesced outbox bytes straight to
+  the transport: one ``write()`` per connection per loop iteration, no task and no ASGI
+  scope per connection.
 * Any other path is handed, unchanged, to uvicorn's own ``WebSocketsSansIOProtocol``,
   which runs the ASGI app (FastAPI/Starlette WebSocket routes keep working).
 
@@ -34,6 +36,8 @@ from agentcast.codes import CloseCode
 from agentcast.core.session import Session
 from agentcast.gateway import Gateway
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.runs.endpoints import RunEndpoint, open_run_endpoint
+from agentcast.runs.endpoints import match as match_run_endpoint
 
 __all__ = ["NativeWebSocketProtocol", "protocol_class"]
 
@@ -66,6 +70,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "config",
         "conn",
         "delegate",
+        "endpoint",
         "fragments",
         "server_state",
         "session",
@@ -88,6 +93,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.session: Session | None = None
         self.fragments: list[bytes] | None = None
         self.close_handle: asyncio.TimerHandle | None = None
+        self.endpoint: tuple[RunEndpoint, str] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -103,9 +109,12 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             return
         conn = self.conn
         if conn is None:
-            if _request_path(data) not in self.paths:
-                self._delegate(data)
-                return
+            path = _request_path(data)
+            if path not in self.paths:
+                self.endpoint = match_run_endpoint(path) if path is not None else None
+                if self.endpoint is None:
+                    self._delegate(data)
+                    return
             conn = self.conn = ServerProtocol(
                 max_size=self.gateway.settings.max_message_bytes, logger=protocol_logger
             )
@@ -265,11 +274,13 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             return
         if inspect.isawaitable(result):
             transport.pause_reading()
-            self.gateway.loop.create_task(self._finish_handshake(response, result))
+            self.gateway.loop.create_task(self._finish_handshake(response, result, creq))
         else:
-            self._accept(response, result)
+            self._accept(response, result, creq)
 
-    async def _finish_handshake(self, response: Response, pending: Awaitable[Principal]) -> None:
+    async def _finish_handshake(
+        self, response: Response, pending: Awaitable[Principal], creq: ConnectionRequest
+    ) -> None:
         conn = self.conn
         assert isinstance(conn, ServerProtocol)
         assert self.transport is not None
@@ -284,10 +295,10 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             return
         if self.transport.is_closing():
             return
-        self._accept(response, principal)
+        self._accept(response, principal, creq)
         self.transport.resume_reading()
 
-    def _accept(self, response: Response, principal: Principal) -> None:
+    def _accept(self, response: Response, principal: Principal, creq: ConnectionRequest) -> None:
         conn = self.conn
         assert isinstance(conn, ServerProtocol)
         conn.send_response(response)
@@ -304,6 +315,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             logger=protocol_logger,
         )
         self.session = self.gateway.open_session(principal, self)
+        if self.endpoint is not None:
+            endpoint, run_id = self.endpoint
+            open_run_endpoint(self.gateway, self.session, endpoint, run_id, creq.query)
         if leftover:  # pragma: no cover - see above
             self.data_received(leftover)
 

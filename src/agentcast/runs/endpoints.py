@@ -8,8 +8,8 @@
 Every frame is one JSON message of wire protocol v1 (a superset of the seeds'
 ``{type, timestamp, data}``); the subscription is implicit (no ``subscribed`` reply; a
 late joiner's first frame is the run's ``snapshot``), and the connection also accepts
-every ``/ws`` command. A ``?since=N`` query parameter resumes after seq N. Both transports use :func:`match` and
-:func:`open_run_endpoint`.
+every ``/ws`` command. A ``?since=N`` query parameter resumes after seq N. Both
+transports use :func:`match` and :func:`open_run_endpoint`.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def serve(
         bool | None, typer.Option("--bench-endpoint", hidden=True, help="Serve /_bench/publish.")
     ] = None,
     demo: Annotated[
-        bool, typer.Option("--demo", help="Keep demo workflow runs going on workflow:demo.")
+        bool, typer.Option("--demo", help="Keep demo runs going (workflow:demo, execution:demo).")
     ] = False,
 ) -> None:
     """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port."""
@@ -107,10 +107,14 @@ def serve(
         f"(WebSocket ws://{settings.host}:{settings.port}/ws, broker {settings.broker_url})"
     )
     if demo:
-        from agentcast.demo import run_demo
+        from agentcast.demo import run_demo, run_execution_demo
 
         gateway.add_background(lambda: run_demo(gateway))
-        err.print("demo runs publish on [cyan]workflow:demo[/cyan]: `agentcast tail workflow:demo`")
+        gateway.add_background(lambda: run_execution_demo(gateway))
+        err.print(
+            "demo runs publish on [cyan]workflow:demo[/cyan] and [cyan]execution:demo[/cyan]: "
+            "`agentcast tail workflow:demo`"
+        )
     build_server(gateway).run()  # uvicorn picks the loop (uvloop when installed)
 
 

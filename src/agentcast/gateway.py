@@ -41,6 +41,7 @@ from agentcast.core.outbox import Outbox
 from agentcast.core.session import Session, Writer
 from agentcast.errors import BrokerError, CommandError, ProtocolError
 from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal
+from agentcast.runs.engine import WorkflowRegistry
 from agentcast.runs.registry import RunRegistry
 from agentcast.runs.vocabulary import validate_event
 from agentcast.settings import Settings
@@ -128,6 +129,8 @@ class Gateway:
         self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._background_tasks: set[asyncio.Task[Any]] = set()
         self._startup: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        self.workflows = WorkflowRegistry()
+        """Workflows the built-in engine runs on ``POST /api/workflows/{id}/execute``."""
         self.runs = RunRegistry()
         """Folded state of run topics: snapshots for late joiners."""
         self.runs.install(self)
@@ -163,11 +166,19 @@ class Gateway:
         """Await ``hook()`` in :meth:`start`, after the broker started (before any client)."""
         self._startup.append(hook)
 
-    def add_background(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        """Run ``factory()`` as a task while the gateway runs (cancelled by :meth:`stop`)."""
-        self._background.append(factory)
+    def add_background(
+        self, factory: Callable[[], Coroutine[Any, Any, Any]], *, once: bool = False
+    ) -> None:
+        """Run ``factory()`` as a task while the gateway runs (cancelled by :meth:`stop`).
+
+        Unless ``once``, the factory runs again at every :meth:`start`.
+        """
+        if not once:
+            self._background.append(factory)
         if self.started:
-            self._background_tasks.add(self._spawn(factory()))
+            task = self._spawn(factory())
+            self._background_tasks.add(task)
+            task.add_done_callback(self._background_tasks.discard)
 
     async def stop(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
         """Stop: background tasks are cancelled, commands in flight get until

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -26,7 +26,9 @@ from agentcast.errors import BrokerError, ProtocolError
 from agentcast.gateway import Gateway
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
 from agentcast.runs.endpoints import RUN_ENDPOINTS
+from agentcast.runs.http import runs_router
 from agentcast.transports.asgi import websocket_route
+from agentcast.transports.errors import http_error
 
 __all__ = ["create_app", "http_router"]
 
@@ -71,13 +73,6 @@ class Health(BaseModel):
     uptime_s: float
 
 
-def _error(status: int, code: ErrorCode, message: str, field: str | None = None) -> HTTPException:
-    detail: dict[str, Any] = {"code": code.value, "message": message}
-    if field is not None:
-        detail["field"] = field
-    return HTTPException(status_code=status, detail=detail)
-
-
 def _request_of(request: Request) -> ConnectionRequest:
     client = request.client
     return ConnectionRequest(
@@ -93,7 +88,7 @@ async def _principal(gateway: Gateway, request: Request) -> Principal:
         result = gateway.authenticator.authenticate(_request_of(request))
         return await result if inspect.isawaitable(result) else result
     except AuthenticationError as exc:
-        raise _error(401, ErrorCode.UNAUTHORIZED, str(exc) or "unauthorized") from exc
+        raise http_error(401, ErrorCode.UNAUTHORIZED, str(exc) or "unauthorized") from exc
 
 
 async def _allowed(value: Any) -> bool:
@@ -141,7 +136,7 @@ def http_router(gateway: Gateway) -> APIRouter:
         """
         principal = await _principal(gateway, request)
         if not await _allowed(gateway.authorizer.can_publish(principal, topic)):
-            raise _error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
+            raise http_error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
         try:
             events = (
                 _EVENTS.validate_python(body)
@@ -151,22 +146,24 @@ def http_router(gateway: Gateway) -> APIRouter:
         except ValidationError as exc:
             e = exc.errors()[0]
             field = ".".join(str(p) for p in e["loc"]) or "body"
-            raise _error(400, ErrorCode.INVALID_FIELD, f"{field}: {e['msg']}", field) from None
+            raise http_error(400, ErrorCode.INVALID_FIELD, f"{field}: {e['msg']}", field) from None
         if not events:
-            raise _error(400, ErrorCode.INVALID_FIELD, "empty array: nothing to publish", "body")
+            raise http_error(
+                400, ErrorCode.INVALID_FIELD, "empty array: nothing to publish", "body"
+            )
         encoded = []
         for i, event in enumerate(events):
             try:
                 encoded.append((event.type, gateway.check_event(topic, event.type, event.data)))
             except ProtocolError as exc:
                 where = exc.field if not isinstance(body, list) else f"{i}.{exc.field}"
-                raise _error(400, exc.code, exc.message, where) from exc
+                raise http_error(400, exc.code, exc.message, where) from exc
         seqs = []
         try:
             for kind, data in encoded:
                 seqs.append((await gateway.publish(topic, kind, data)).seq)
         except BrokerError as exc:
-            raise _error(503, ErrorCode.UNAVAILABLE, f"published {len(seqs)}: {exc}") from exc
+            raise http_error(503, ErrorCode.UNAVAILABLE, f"published {len(seqs)}: {exc}") from exc
         return PublishResult(topic=topic, seqs=seqs, timestamp=gateway.now_iso())
 
     @router.get("/api/topics/{topic:path}/events", response_model=HistoryOut, tags=["events"])
@@ -178,10 +175,10 @@ def http_router(gateway: Gateway) -> APIRouter:
     ) -> HistoryOut:
         """Retained events of ``topic`` with seq > ``since``, oldest first."""
         if not valid_topic(topic):
-            raise _error(400, ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", "topic")
+            raise http_error(400, ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", "topic")
         principal = await _principal(gateway, request)
         if not await _allowed(gateway.authorizer.can_subscribe(principal, topic)):
-            raise _error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")
+            raise http_error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")
         page = await gateway.broker.history(topic, since, limit)
         return HistoryOut(
             topic=topic,
@@ -276,6 +273,13 @@ def create_app(gateway: Gateway) -> FastAPI:
         )
 
     app.include_router(http_router(gateway))
+
+    async def authorize_publish(request: Request, topic: str) -> None:
+        principal = await _principal(gateway, request)
+        if not await _allowed(gateway.authorizer.can_publish(principal, topic)):
+            raise http_error(403, ErrorCode.FORBIDDEN, f"may not run {topic!r}")
+
+    app.include_router(runs_router(gateway, authorize_publish))
     app.add_api_websocket_route("/ws", websocket_route(gateway))
     for endpoint in RUN_ENDPOINTS:
         path = endpoint.path.replace("{id}", "{" + endpoint.id_field + "}")

@@ -97,9 +97,13 @@ async def test_pause_resume_and_cancel(gateway: Gateway) -> None:
     release = asyncio.Event()
     first_started = asyncio.Event()
 
+    b_started = asyncio.Event()
+
     async def slow(ctx: NodeContext) -> None:
         started.append(ctx.node_id)
         first_started.set()
+        if ctx.node_id == "b":
+            b_started.set()
         await release.wait()
 
     wf = Workflow({"a": slow, "b": slow, "c": slow}, [("a", "b"), ("b", "c")])
@@ -114,9 +118,8 @@ async def test_pause_resume_and_cancel(gateway: Gateway) -> None:
     assert started == ["a"]
     release.clear()
     await run.resume()
-    async with asyncio.timeout(2):
-        while started != ["a", "b"]:
-            await asyncio.sleep(0)
+    await asyncio.wait_for(b_started.wait(), 2)
+    assert started == ["a", "b"]
     await run.cancel()
     await asyncio.wait_for(task, 2)
     got = kinds(gateway, "workflow:ctl")

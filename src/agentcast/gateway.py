@@ -40,6 +40,7 @@ from agentcast.core.hub import Hub
 from agentcast.core.outbox import Outbox
 from agentcast.core.session import Session, Writer
 from agentcast.errors import BrokerError, CommandError, ProtocolError
+from agentcast.monitoring import Monitoring
 from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal
 from agentcast.runs.engine import WorkflowRegistry
 from agentcast.runs.registry import RunRegistry
@@ -129,12 +130,15 @@ class Gateway:
         self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._background_tasks: set[asyncio.Task[Any]] = set()
         self._startup: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        self.started = False
+        # features
         self.workflows = WorkflowRegistry()
         """Workflows the built-in engine runs on ``POST /api/workflows/{id}/execute``."""
+        self.monitoring = Monitoring(self)
+        """Seed 001: the ``monitoring`` topic, task updates and their commands."""
         self.runs = RunRegistry()
         """Folded state of run topics: snapshots for late joiners."""
         self.runs.install(self)
-        self.started = False
 
     @property
     def open_mode(self) -> bool:
@@ -478,13 +482,16 @@ class Gateway:
         self.reply(session, "ack", {"topic": pub.topic, "seq": pub.seq}, id=command.id)
 
     def _cmd_unsubscribe(self, session: Session, command: UnsubscribeCommand) -> None:
-        topic = command.topic
+        self.unsubscribe(session, command.topic)
+        self.reply(session, "unsubscribed", {}, id=command.id, topic=command.topic)
+
+    def unsubscribe(self, session: Session, topic: str) -> None:
+        """End one subscription; raises :class:`CommandError` when there is none."""
         if topic not in session.topics:
             raise CommandError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {topic!r}")
         self.hub.remove(session, topic)
         if not self.hub.presence(topic):
             self._spawn(self._unlisten(topic))
-        self.reply(session, "unsubscribed", {}, id=command.id, topic=topic)
 
     async def _cmd_subscribe(self, session: Session, command: SubscribeCommand) -> None:
         await self.subscribe(session, command.topic, command.since, id=command.id)

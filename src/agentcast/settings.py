@@ -70,6 +70,10 @@ class Settings(BaseSettings):
         3600.0, ge=0, description="History per topic: seconds (0: no age bound)."
     )
 
+    monitoring_interval: float = Field(
+        10.0, gt=0, description="Seconds between monitoring:metrics frames (while subscribed)."
+    )
+
     bench_endpoint: bool = Field(
         False, description="Serve GET /_bench/publish for the benchmark (never in production)."
     )

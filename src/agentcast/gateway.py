@@ -265,6 +265,10 @@ class Gateway:
             await asyncio.sleep(0)
         return pub
 
+    def renew_lease(self, topic: str, ttl: float | None = None) -> float:
+        """The producer of run ``topic`` is alive for ``ttl`` more seconds (trackers call it)."""
+        return self.runs.renew(topic, ttl)
+
     def publish_threadsafe(
         self, topic: str, type: str, data: Mapping[str, Any] | bytes
     ) -> concurrent.futures.Future[Publication]:

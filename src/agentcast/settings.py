@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         3600.0, ge=0, description="History per topic: seconds (0: no age bound)."
     )
 
+    run_lease_ttl: float = Field(
+        60.0,
+        gt=0,
+        description="A run with no event or lease renewal this long is sealed with publisher_lost.",
+    )
     monitoring_interval: float = Field(
         10.0, gt=0, description="Seconds between monitoring:metrics frames (while subscribed)."
     )

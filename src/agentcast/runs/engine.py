@@ -140,6 +140,17 @@ class WorkflowRun:
         for task in self._tasks.values():
             task.cancel()
 
+    async def control(self, action: str) -> None:
+        """A control handler for :meth:`RunRegistry.on_control`: pause, resume or cancel."""
+        if action == "pause":
+            await self.pause()
+        elif action == "resume":
+            await self.resume()
+        elif action == "cancel":
+            await self.cancel()
+        else:
+            raise ValueError(f"unknown control action {action!r}")
+
     async def run(self, initial_inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Execute the graph; returns the results of the completed nodes."""
         inputs = dict(initial_inputs or {})

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
+from agentcast.errors import CommandError
 from agentcast.gateway import Gateway
 from agentcast.runs.engine import WorkflowRun
+from agentcast.runs.state import run_kind
 from agentcast.transports.errors import http_error
 
 __all__ = ["runs_router"]
@@ -20,6 +22,25 @@ __all__ = ["runs_router"]
 
 class ExecuteIn(BaseModel):
     initial_inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ControlIn(BaseModel):
+    action: Literal["pause", "resume", "cancel"]
+
+
+class ControlOut(BaseModel):
+    topic: str
+    action: str
+    seq: int = Field(description="Seq of the run_paused / run_resumed / run_cancelled event.")
+
+
+class LeaseIn(BaseModel):
+    ttl: float = Field(gt=0, le=86400, description="Seconds the producer promises to live.")
+
+
+class LeaseOut(BaseModel):
+    topic: str
+    ttl: float
 
 
 class ExecuteOut(BaseModel):
@@ -57,6 +78,7 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
             gateway.workflows.get(workflow_id), gateway, workflow_id, execution_id=execution_id
         )
         gateway.workflows.runs[execution_id] = run
+        unregister = gateway.runs.on_control(topic, run.control)
 
         async def go() -> None:
             try:
@@ -64,6 +86,7 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
             except Exception:  # the run's own events report the failure
                 pass
             finally:
+                unregister()
                 gateway.workflows.runs.pop(execution_id, None)
 
         gateway.add_background(go, once=True)
@@ -71,5 +94,24 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
         return ExecuteOut(
             workflow_id=workflow_id, execution_id=execution_id, topic=topic, status="started"
         )
+
+    @router.post("/api/runs/{topic}/control", response_model=ControlOut)
+    async def control(request: Request, topic: str, body: ControlIn) -> ControlOut:
+        """Pause, resume or cancel a run through its producer's control handler."""
+        await authorize(request, topic)
+        try:
+            seq = await gateway.runs.control(topic, body.action)
+        except CommandError as exc:
+            status = 409 if exc.code is ErrorCode.UNAVAILABLE else 400
+            raise http_error(status, exc.code, exc.message, exc.field) from exc
+        return ControlOut(topic=topic, action=body.action, seq=seq)
+
+    @router.put("/api/runs/{topic}/lease", response_model=LeaseOut)
+    async def lease(request: Request, topic: str, body: LeaseIn) -> LeaseOut:
+        """The producer of ``topic`` is alive: renew its lease for ``ttl`` seconds."""
+        if run_kind(topic) is None:
+            raise http_error(400, ErrorCode.INVALID_TOPIC, f"{topic!r} is not a run", "topic")
+        await authorize(request, topic)
+        return LeaseOut(topic=topic, ttl=gateway.renew_lease(topic, body.ttl))
 
     return router

@@ -1,50 +1,103 @@
-"""The run registry: current state of every run topic this node sees, for snapshots.
+"""The run registry: state, leases and control of every run topic this node sees.
 
-:class:`RunRegistry` listens to every ``execution:`` and ``workflow:`` topic, folds each
-publication into a :class:`~agentcast.runs.state.RunState`, and answers the gateway's
-snapshot requests with ``(seq, state)``. It keeps at most ``max_runs`` states: finished
-runs are forgotten first, oldest first (a later issue persists them in the run store).
+:class:`RunRegistry` listens to every ``execution:`` and ``workflow:`` topic and:
+
+* folds each publication into a :class:`~agentcast.runs.state.RunState` and answers the
+  gateway's snapshot requests with ``(seq, state)``; it keeps at most ``max_runs``
+  states, forgetting finished runs first (a later issue persists them in the run store);
+* keeps a **lease** per unfinished run: every event of the run renews it for
+  ``run_lease_ttl`` seconds, a producer can renew it explicitly (``lease`` command,
+  ``PUT /api/runs/{run}/lease``, or a tracker doing it for you) with its own TTL. When a
+  lease lapses, the gateway itself appends a terminal ``publisher_lost`` event, so
+  dashboards and history show what happened instead of a run "running" for ever;
+* routes **control** (``pause``, ``resume``, ``cancel``) from authorized clients to the
+  handler the producer registered for the run, then publishes ``run_paused``,
+  ``run_resumed`` or ``run_cancelled`` on the run topic.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+from pydantic import Field
 
+from agentcast.codes import ErrorCode
+from agentcast.core.commands import register
 from agentcast.core.envelope import Publication
+from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
+from agentcast.errors import CommandError
 from agentcast.runs.state import RunState, run_kind
 
 if TYPE_CHECKING:
+    from agentcast.core.session import Session
     from agentcast.gateway import Gateway
 
-__all__ = ["RUN_PREFIXES", "RunRegistry"]
+__all__ = ["RUN_PREFIXES", "ControlCommand", "ControlHandler", "LeaseCommand", "RunRegistry"]
 
 RUN_PREFIXES = ("execution:", "workflow:")
+ControlAction = Literal["pause", "resume", "cancel"]
+ControlHandler = Callable[[ControlAction], Awaitable[None]]
+_CONTROL_EVENTS = {"pause": "run_paused", "resume": "run_resumed", "cancel": "run_cancelled"}
+
+
+class ControlCommand(ClientCommand):
+    """``{"type": "control", "topic": "workflow:1", "action": "pause"}``."""
+
+    type: Literal["control"] = "control"
+    topic: str = Field(pattern=TOPIC_PATTERN)
+    action: ControlAction
+
+
+class LeaseCommand(ClientCommand):
+    """``{"type": "lease", "topic": "workflow:1", "ttl": 30}``: the producer is alive."""
+
+    type: Literal["lease"] = "lease"
+    topic: str = Field(pattern=TOPIC_PATTERN)
+    ttl: float = Field(gt=0, le=86400)
+
+
+register(ControlCommand, "control")
+register(LeaseCommand, "lease")
 
 
 class RunRegistry:
-    """Folded run states, fed by the gateway's observers."""
+    """Folded run states, leases and control handlers, fed by the gateway's observers."""
 
     def __init__(self, max_runs: int = 10_000, max_logs: int = 100) -> None:
         self.max_runs = max_runs
         self.max_logs = max_logs
         self.states: OrderedDict[str, RunState] = OrderedDict()
+        self.leases: dict[str, tuple[float, float]] = {}
+        """Unfinished run topic -> (deadline on the monotonic clock, ttl)."""
+        self.handlers: dict[str, ControlHandler] = {}
+        self.gateway: Gateway | None = None
+        self.default_ttl = 60.0
 
     def install(self, gateway: Gateway) -> None:
-        """Observe ``gateway``'s publications and serve its snapshots."""
+        """Observe ``gateway``'s publications, serve its snapshots, handle its commands."""
+        self.gateway = gateway
+        self.default_ttl = gateway.settings.run_lease_ttl
         gateway.observers.append(self.observe)
         gateway.snapshots = self.snapshot
+        gateway.handlers["control"] = self._cmd_control
+        gateway.handlers["lease"] = self._cmd_lease
 
         async def listen() -> None:
             for prefix in RUN_PREFIXES:
                 await gateway.broker.listen_prefix(prefix)
 
         gateway.add_startup(listen)
+        gateway.add_background(self._watch_leases)
+
+    # -- state ---------------------------------------------------------------------
 
     def observe(self, pub: Publication) -> None:
-        """Fold one publication (ignores topics that are not runs)."""
+        """Fold one publication (ignores topics that are not runs); renews the lease."""
         topic = pub.topic
         if not topic.startswith(RUN_PREFIXES) or run_kind(topic) is None:
             return
@@ -55,6 +108,11 @@ class RunRegistry:
         else:
             self.states.move_to_end(topic)
         state.apply(pub.seq, pub.type, orjson.loads(pub.data), pub.timestamp)
+        if state.finished:
+            self.leases.pop(topic, None)
+        else:
+            ttl = self.leases.get(topic, (0.0, self.default_ttl))[1]
+            self.leases[topic] = (time.monotonic() + ttl, ttl)
 
     def snapshot(self, topic: str) -> tuple[int, dict[str, Any]] | None:
         """``(seq, state)`` of a run topic this registry knows, else None."""
@@ -70,4 +128,94 @@ class RunRegistry:
             if state.finished:
                 del self.states[topic]
                 return
-        self.states.popitem(last=False)
+        topic, _ = self.states.popitem(last=False)
+        self.leases.pop(topic, None)
+
+    # -- leases --------------------------------------------------------------------
+
+    def renew(self, topic: str, ttl: float | None = None) -> float:
+        """The producer of ``topic`` is alive for ``ttl`` more seconds; returns the ttl."""
+        ttl = ttl if ttl is not None else self.default_ttl
+        state = self.states.get(topic)
+        if state is None or not state.finished:
+            self.leases[topic] = (time.monotonic() + ttl, ttl)
+        return ttl
+
+    async def _watch_leases(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.02, min(1.0, self.default_ttl / 4)))
+            await self.expire(time.monotonic())
+
+    async def expire(self, now: float) -> list[str]:
+        """Seal every run whose lease lapsed at ``now`` with ``publisher_lost``."""
+        assert self.gateway is not None
+        lapsed = [t for t, (deadline, _) in self.leases.items() if deadline <= now]
+        for topic in lapsed:
+            _, ttl = self.leases.pop(topic)
+            state = self.states.get(topic)
+            if state is not None and state.finished:
+                continue
+            await self.gateway.publish(
+                topic,
+                "publisher_lost",
+                {
+                    "reason": "lease expired",
+                    "lease_ttl": ttl,
+                    "last_seq": state.seq if state is not None else None,
+                },
+            )
+        return lapsed
+
+    async def _cmd_lease(self, session: Session, command: LeaseCommand) -> None:
+        assert self.gateway is not None
+        await self._authorize(session, command.topic)
+        ttl = self.renew(command.topic, command.ttl)
+        self.gateway.reply(session, "ack", {"topic": command.topic, "ttl": ttl}, id=command.id)
+
+    # -- control -------------------------------------------------------------------
+
+    def on_control(self, topic: str, handler: ControlHandler) -> Callable[[], None]:
+        """Register the producer's control handler for a run; returns the unregister call."""
+        self.handlers[topic] = handler
+
+        def unregister() -> None:
+            if self.handlers.get(topic) is handler:
+                del self.handlers[topic]
+
+        return unregister
+
+    async def control(self, topic: str, action: ControlAction) -> int:
+        """Carry out ``action`` through the run's handler; returns the seq of the event."""
+        assert self.gateway is not None
+        handler = self.handlers.get(topic)
+        if handler is None:
+            raise CommandError(
+                ErrorCode.UNAVAILABLE,
+                f"no producer on this node accepts control for {topic!r}",
+                field="topic",
+            )
+        state = self.states.get(topic)
+        if state is not None and state.finished:
+            raise CommandError(ErrorCode.INVALID_FIELD, f"{topic!r} has finished", field="topic")
+        await handler(action)
+        pub = await self.gateway.publish(topic, _CONTROL_EVENTS[action], {"action": action})
+        return pub.seq
+
+    async def _cmd_control(self, session: Session, command: ControlCommand) -> None:
+        assert self.gateway is not None
+        await self._authorize(session, command.topic)
+        seq = await self.control(command.topic, command.action)
+        self.gateway.reply(
+            session,
+            "ack",
+            {"topic": command.topic, "seq": seq, "action": command.action},
+            id=command.id,
+        )
+
+    async def _authorize(self, session: Session, topic: str) -> None:
+        assert self.gateway is not None
+        if run_kind(topic) is None:
+            raise CommandError(ErrorCode.INVALID_TOPIC, f"{topic!r} is not a run", field="topic")
+        allowed = self.gateway.authorizer.can_publish(session.principal, topic)
+        if not (await allowed if isinstance(allowed, Awaitable) else allowed):
+            raise CommandError(ErrorCode.FORBIDDEN, f"may not control {topic!r}")

@@ -58,6 +58,7 @@ class Tracker:
         self.finished = False
         self.errors: list[Any] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._renewer: asyncio.Task[None] | None = None
 
     async def emit(self, type: str, data: dict[str, Any]) -> None:
         """Publish one event of this run."""
@@ -90,7 +91,18 @@ class Tracker:
     async def __aenter__(self: Any) -> Any:
         self.bind()
         await self.start()
+        renew = getattr(self.publisher, "renew_lease", None)
+        if renew is not None:
+            self._renewer = asyncio.get_running_loop().create_task(self._renew(renew))
         return self
+
+    async def _renew(self, renew: Callable[[str], Any]) -> None:
+        """Keep the run's lease while the block runs, even through long quiet nodes."""
+        while True:
+            ttl = renew(self.topic)
+            if isinstance(ttl, Awaitable):
+                ttl = await ttl
+            await asyncio.sleep(max(0.01, float(ttl) / 3))
 
     async def __aexit__(
         self,
@@ -98,6 +110,9 @@ class Tracker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
         if self.finished:
             return
         if exc is None:

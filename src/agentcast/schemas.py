@@ -1,0 +1,278 @@
+"""JSON Schemas of wire protocol v1, generated from the pydantic models that define it.
+
+Every frame model of :mod:`agentcast.core.frames` and the HTTP API's bodies are entries of
+:data:`SCHEMAS`. ``python -m agentcast.schemas`` writes each one, as a JSON Schema (draft
+2020-12), to ``docs/schemas/<name>.json`` (sorted keys, two-space indent, trailing newline,
+so the files are stable under version control); ``python -m agentcast.schemas --check``
+writes nothing and exits 1, naming the stale files, when the committed ones differ from the
+models. ``tests/unit/test_docs.py`` runs the same check, and validates the example frames of
+``docs/protocol.md`` with :meth:`SchemaEntry.validate`.
+
+Names say who sends what: ``client.<type>`` for commands, ``server.<type>`` for frames the
+server sends, ``http.<name>`` for HTTP bodies. A feature that adds a frame or a command
+registers its model here with :func:`register` (next to the built-in entries at the end of
+this module), so that its schema is written, checked and usable in the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
+
+from agentcast.core.frames import (
+    AckFrame,
+    ErrorData,
+    ErrorFrame,
+    EventFrame,
+    PingCommand,
+    PongFrame,
+    PublishCommand,
+    SubscribeCommand,
+    SubscribedFrame,
+    UnsubscribeCommand,
+    UnsubscribedFrame,
+)
+from agentcast.transports.http import EventIn, HistoryOut, PublishResult
+
+__all__ = [
+    "DIALECT",
+    "SCHEMAS",
+    "SCHEMA_DIR",
+    "Direction",
+    "HttpError",
+    "PublishBody",
+    "SchemaEntry",
+    "check",
+    "main",
+    "register",
+    "render",
+    "render_all",
+    "write",
+]
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+"""``docs/schemas`` of a source checkout (``--dir`` chooses another directory)."""
+
+Direction = Literal["client", "server", "http"]
+
+PublishBody = EventIn | Annotated[list[EventIn], Field(min_length=1)]
+"""Body of ``POST /api/topics/{topic}/events``: one event, or a non-empty array of them."""
+
+
+class HttpError(BaseModel):
+    """Body of every HTTP error answer (``agentcast.transports.errors.http_error``)."""
+
+    detail: ErrorData
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaEntry:
+    """One schema: the model (or type) it is generated from and how.
+
+    ``mode`` is pydantic's JSON Schema mode: ``validation`` for what the server accepts
+    (commands, request bodies), ``serialization`` for what it sends.
+    """
+
+    name: str
+    target: Any
+    direction: Direction
+    mode: JsonSchemaMode
+    title: str | None = None
+    description: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.json"
+
+    def adapter(self) -> TypeAdapter[Any]:
+        return TypeAdapter(self.target)
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema (draft 2020-12) of this entry."""
+        target = self.target
+        if isinstance(target, type) and issubclass(target, BaseModel):
+            schema = target.model_json_schema(mode=self.mode)
+        else:
+            schema = self.adapter().json_schema(mode=self.mode)
+        if self.title is not None:
+            schema["title"] = self.title
+        if self.description is not None:
+            schema["description"] = self.description
+        properties = schema.get("properties", {})
+        required: list[str] = schema.get("required", [])
+        if self.direction != "http" and "type" in properties and "type" not in required:
+            # The models give ``type`` a default for convenience in Python; on the wire
+            # every frame carries it (commands without it are refused with bad_frame).
+            schema["required"] = ["type", *required]
+        return {"$schema": DIALECT, **schema}
+
+    def validate(self, text: str | bytes) -> Any:
+        """Validate one JSON document against the model, strictly (no type coercion).
+
+        Returns the validated value; raises :class:`pydantic.ValidationError`.
+        """
+        return self.adapter().validate_json(text, strict=True)
+
+
+SCHEMAS: dict[str, SchemaEntry] = {}
+"""Every registered schema by name, in registration order."""
+
+
+def register(
+    name: str,
+    target: Any,
+    direction: Direction,
+    *,
+    mode: JsonSchemaMode | None = None,
+    title: str | None = None,
+    description: str | None = None,
+) -> SchemaEntry:
+    """Add a schema to :data:`SCHEMAS` (written to ``docs/schemas/<name>.json``).
+
+    ``target`` is a pydantic model or any type pydantic can validate. ``mode`` defaults to
+    ``serialization`` for server frames and ``validation`` otherwise. Registering a name
+    twice replaces the earlier entry.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"bad schema name {name!r}")
+    if mode is None:
+        mode = "serialization" if direction == "server" else "validation"
+    entry = SchemaEntry(name, target, direction, mode, title, description)
+    SCHEMAS[name] = entry
+    return entry
+
+
+def render(entry: SchemaEntry) -> str:
+    """The file content of one schema: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(entry.schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def render_all() -> dict[str, str]:
+    """File name to content for every registered schema."""
+    return {entry.filename: render(entry) for entry in SCHEMAS.values()}
+
+
+def write(directory: Path = SCHEMA_DIR) -> list[str]:
+    """Write every schema into ``directory`` and delete ``*.json`` files no entry produces.
+
+    Returns the names of the files that changed (written or deleted).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted = render_all()
+    changed = []
+    for filename, text in wanted.items():
+        path = directory / filename
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            changed.append(filename)
+    for path in sorted(directory.glob("*.json")):
+        if path.name not in wanted:
+            path.unlink()
+            changed.append(path.name)
+    return changed
+
+
+def check(directory: Path = SCHEMA_DIR, *, context: int = 1) -> list[str]:
+    """Problems with the schema files in ``directory``; empty when they are current.
+
+    Each problem is one line (missing, unexpected) or a short unified diff (stale).
+    """
+    wanted = render_all()
+    problems = []
+    for filename, text in wanted.items():
+        path = directory / filename
+        if not path.is_file():
+            problems.append(f"missing: {path}")
+            continue
+        current = path.read_text(encoding="utf-8")
+        if current != text:
+            diff = difflib.unified_diff(
+                current.splitlines(),
+                text.splitlines(),
+                f"{path} (committed)",
+                f"{path} (generated)",
+                n=context,
+                lineterm="",
+            )
+            lines = list(diff)
+            shown = lines[:40]
+            if len(lines) > len(shown):
+                shown.append(f"… {len(lines) - len(shown)} more diff lines")
+            problems.append("stale: " + "\n".join(shown))
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.json")):
+            if path.name not in wanted:
+                problems.append(f"unexpected (no registered schema): {path}")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agentcast.schemas [--check] [--dir DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m agentcast.schemas",
+        description="Write the JSON Schemas of wire protocol v1, or check they are current.",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when files are stale"
+    )
+    parser.add_argument("--dir", type=Path, default=SCHEMA_DIR, help=f"default: {SCHEMA_DIR}")
+    args = parser.parse_args(argv)
+    directory: Path = args.dir
+    if args.check:
+        problems = check(directory)
+        if problems:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            print(
+                f"{len(problems)} schema file(s) out of date: run `python -m agentcast.schemas`",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{len(SCHEMAS)} schemas in {directory} are current")
+        return 0
+    changed = write(directory)
+    print(f"{len(SCHEMAS)} schemas in {directory}; {len(changed)} changed")
+    for filename in changed:
+        print(f"  {filename}")
+    return 0
+
+
+# -- the built-in entries: wire protocol v1 ---------------------------------------------
+
+register("client.subscribe", SubscribeCommand, "client")
+register("client.unsubscribe", UnsubscribeCommand, "client")
+register("client.ping", PingCommand, "client")
+register("client.publish", PublishCommand, "client")
+
+register("server.event", EventFrame, "server")
+register("server.subscribed", SubscribedFrame, "server")
+register("server.unsubscribed", UnsubscribedFrame, "server")
+register("server.pong", PongFrame, "server")
+register("server.ack", AckFrame, "server")
+register("server.error", ErrorFrame, "server")
+
+register(
+    "http.publish-body",
+    PublishBody,
+    "http",
+    title="PublishBody",
+    description="Body of POST /api/topics/{topic}/events: one event object, or a non-empty "
+    "JSON array of them (published in order, all validated before any is published).",
+)
+register("http.publish-result", PublishResult, "http", mode="serialization")
+register("http.history", HistoryOut, "http", mode="serialization")
+register("http.error", HttpError, "http", mode="serialization")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

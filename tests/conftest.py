@@ -169,3 +169,11 @@ def server_process() -> Iterator[ServerProcess]:
     finally:
         proc.stop()
         proc.log.close()
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5 * UNIT) -> None:
+    """Wait, at most ``timeout``, until ``predicate()`` holds: for server-side state that
+    exposes no event to wait on (e.g. a subscription made inside an app's route)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling a condition, bounded above
+            await asyncio.sleep(0.005)

@@ -194,6 +194,60 @@ def tail(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def replay(
+    topic: Annotated[str, typer.Argument(help="Run topic, e.g. workflow:123.")],
+    speed: Annotated[float, typer.Option(help="N× the original pace; 0 sends all at once.")] = 1.0,
+    since: Annotated[int, typer.Option(help="Replay the events after this seq.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One wire-format event per line.")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Replay a run's recorded events at their original pace (or N× faster)."""
+    import websockets
+
+    ws_url = _ws_url(url)
+
+    async def run() -> int:
+        async with websockets.connect(ws_url) as ws:
+            command = {"type": "replay", "topic": topic, "speed": speed, "since": since, "id": 1}
+            await ws.send(json.dumps(command))
+            while True:
+                msg = json.loads(await ws.recv())
+                kind = msg.get("type")
+                if kind == "error":
+                    err.print(f"[red]error:[/red] {msg['data']['code']}: {msg['data']['message']}")
+                    return 1
+                if kind == "replay_started":
+                    err.print(f"[dim]replaying {msg['data']['events']} events of {topic}[/dim]")
+                elif kind == "replay_complete":
+                    return 0
+                elif "seq" in msg:
+                    if as_json:
+                        sys.stdout.write(json.dumps(msg, separators=(",", ":")) + "\n")
+                        sys.stdout.flush()
+                    else:
+                        _print_event(msg["topic"], msg["seq"], kind, msg["timestamp"], msg["data"])
+
+    try:
+        code = asyncio.run(run())
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+def _ws_url(url: str) -> str:
+    """``http://host:port`` → ``ws://host:port/ws`` (``https`` → ``wss``); ws URLs unchanged."""
+    if url.startswith(("ws://", "wss://")):
+        return url
+    base = url.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://") :] + "/ws"
+    return "ws://" + base.removeprefix("http://") + "/ws"
+
+
 def _print_event(topic: str, seq: int, type: str, timestamp: str, data: Any) -> None:
     out.print(
         f"[dim]{timestamp}[/dim] [cyan]{topic}[/cyan] [bold]#{seq}[/bold] "

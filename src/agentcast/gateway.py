@@ -44,6 +44,7 @@ from agentcast.monitoring import Monitoring
 from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal
 from agentcast.runs.engine import WorkflowRegistry
 from agentcast.runs.registry import RunRegistry
+from agentcast.runs.replay import Replays
 from agentcast.runs.vocabulary import validate_event
 from agentcast.settings import Settings
 
@@ -139,6 +140,8 @@ class Gateway:
         self.runs = RunRegistry()
         """Folded state of run topics: snapshots for late joiners."""
         self.runs.install(self)
+        self.replays = Replays(self)
+        """Timed replay of recorded events (``replay`` command)."""
 
     @property
     def open_mode(self) -> bool:

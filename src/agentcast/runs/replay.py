@@ -1,0 +1,110 @@
+"""Timed replay: a run's recorded events re-sent at their original pace, N× faster, or at once.
+
+``{"type": "replay", "topic": "workflow:1", "speed": 10, "since": 0, "id": 1}`` answers
+``replay_started`` (``data.events``: how many), then sends the run's events — the original
+envelopes, seq and timestamps included — spaced by their original intervals divided by
+``speed`` (``speed: 0`` sends them at once; a gap is never longer than ``max_gap`` seconds),
+then ``replay_complete``. A replay runs beside the connection's other commands and
+subscriptions and stops when the connection closes or on ``replay_stop``.
+
+The events come from the broker's history (bounded; the run store of a later issue will
+keep whole runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from agentcast.codes import ErrorCode
+from agentcast.core.commands import register
+from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
+from agentcast.errors import CommandError
+
+if TYPE_CHECKING:
+    from agentcast.core.session import Session
+    from agentcast.gateway import Gateway
+
+__all__ = ["ReplayCommand", "ReplayStopCommand", "Replays"]
+
+
+class ReplayCommand(ClientCommand):
+    """Replay a topic's recorded events."""
+
+    type: Literal["replay"] = "replay"
+    topic: str = Field(pattern=TOPIC_PATTERN)
+    speed: float = Field(default=1.0, ge=0, le=10_000, description="0: at once.")
+    since: int = Field(default=0, ge=0, description="Replay events after this seq.")
+    max_gap: float = Field(default=5.0, gt=0, le=3600, description="Longest wait between events.")
+
+
+class ReplayStopCommand(ClientCommand):
+    type: Literal["replay_stop"] = "replay_stop"
+    topic: str = Field(pattern=TOPIC_PATTERN)
+
+
+register(ReplayCommand, "replay")
+register(ReplayStopCommand, "replay_stop")
+
+
+class Replays:
+    """The replays running for each connection of one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.running: dict[tuple[int, str], asyncio.Task[None]] = {}
+        gateway.handlers["replay"] = self._start
+        gateway.handlers["replay_stop"] = self._stop
+
+    async def _start(self, session: Session, command: ReplayCommand) -> None:
+        gw = self.gateway
+        allowed = gw.authorizer.can_subscribe(session.principal, command.topic)
+        if not (await allowed if asyncio.iscoroutine(allowed) else allowed):
+            raise CommandError(ErrorCode.FORBIDDEN, f"may not read {command.topic!r}")
+        key = (session.id, command.topic)
+        if key in self.running:
+            raise CommandError(
+                ErrorCode.INVALID_FIELD, f"a replay of {command.topic!r} is running", field="topic"
+            )
+        page = await gw.broker.history(command.topic, command.since)
+        gw.reply(
+            session,
+            "replay_started",
+            {
+                "events": len(page.publications),
+                "speed": command.speed,
+                "first_seq": page.first_seq,
+                "last_seq": page.last_seq,
+                "complete": page.complete,
+            },
+            id=command.id,
+            topic=command.topic,
+        )
+        task = gw._spawn(self._play(session, command, page.publications))
+        self.running[key] = task
+        task.add_done_callback(lambda _: self.running.pop(key, None))
+
+    async def _play(self, session: Session, command: ReplayCommand, pubs: list) -> None:  # type: ignore[type-arg]
+        gw = self.gateway
+        previous = pubs[0].at if pubs else 0.0
+        sent = 0
+        for pub in pubs:
+            if session.closed:
+                return
+            if command.speed > 0:
+                gap = min((pub.at - previous) / command.speed, command.max_gap)
+                if gap > 0:
+                    await asyncio.sleep(gap)
+            previous = pub.at
+            gw.send(session, pub.frame)
+            sent += 1
+        gw.reply(session, "replay_complete", {"events": sent}, topic=command.topic)
+
+    def _stop(self, session: Session, command: ReplayStopCommand) -> None:
+        task = self.running.pop((session.id, command.topic), None)
+        if task is None:
+            raise CommandError(ErrorCode.NOT_SUBSCRIBED, f"no replay of {command.topic!r}")
+        task.cancel()
+        self.gateway.reply(session, "replay_stopped", {}, id=command.id, topic=command.topic)

@@ -8,10 +8,12 @@ writes nothing and exits 1, naming the stale files, when the committed ones diff
 models. ``tests/unit/test_docs.py`` runs the same check, and validates the example frames of
 ``docs/protocol.md`` with :meth:`SchemaEntry.validate`.
 
-Names say who sends what: ``client.<type>`` for commands, ``server.<type>`` for frames the
-server sends, ``http.<name>`` for HTTP bodies. A feature that adds a frame or a command
-registers its model here with :func:`register` (next to the built-in entries at the end of
-this module), so that its schema is written, checked and usable in the docs.
+Names say who sends what: ``client.<command>`` for commands, ``server.<type>`` for frames
+the server sends, ``http.<name>`` for HTTP bodies. Every command model registered with
+:func:`agentcast.core.commands.register` gets its schema automatically (named after its
+class: ``ReplayStopCommand`` is ``client.replay-stop``), with ``type`` pinned to the values
+that route to it. A feature that adds a server frame or an HTTP body registers its model
+with :func:`register`, next to the built-in entries at the end of this module.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from agentcast.core.commands import COMMANDS
 from agentcast.core.frames import (
     AckFrame,
     ErrorData,
@@ -52,6 +55,7 @@ __all__ = [
     "PublishBody",
     "SchemaEntry",
     "check",
+    "entries",
     "main",
     "register",
     "render",
@@ -114,7 +118,19 @@ class SchemaEntry:
             # The models give ``type`` a default for convenience in Python; on the wire
             # every frame carries it (commands without it are refused with bad_frame).
             schema["required"] = ["type", *required]
+        names = self.command_types()
+        if names and "type" in properties:
+            # the values `parse` routes to this model, whatever the model's annotation says
+            pinned = {"const": names[0]} if len(names) == 1 else {"enum": list(names)}
+            properties["type"] = {**properties["type"], **pinned, "type": "string"}
         return {"$schema": DIALECT, **schema}
+
+    def command_types(self) -> tuple[str, ...]:
+        """The command ``type`` values :func:`~agentcast.core.commands.parse` maps to this
+        entry's model (client commands only; sorted)."""
+        if self.direction != "client":
+            return ()
+        return tuple(sorted(name for name, model in COMMANDS.items() if model is self.target))
 
     def validate(self, text: str | bytes) -> Any:
         """Validate one JSON document against the model, strictly (no type coercion).
@@ -152,6 +168,26 @@ def register(
     return entry
 
 
+def _command_schema_name(model: type[Any]) -> str:
+    stem = model.__name__.removesuffix("Command") or model.__name__
+    kebab = "".join(f"-{c.lower()}" if c.isupper() else c for c in stem).lstrip("-")
+    return f"client.{kebab}"
+
+
+def entries() -> dict[str, SchemaEntry]:
+    """:data:`SCHEMAS`, after adding every command model of ``core.commands.COMMANDS``
+    that has no entry yet (commands registered by modules imported after this one)."""
+    registered = {entry.target for entry in SCHEMAS.values()}
+    for model in dict.fromkeys(COMMANDS.values()):
+        if model not in registered:
+            name = _command_schema_name(model)
+            if name in SCHEMAS:
+                raise ValueError(f"schema {name!r} exists for another model than {model!r}")
+            register(name, model, "client")
+            registered.add(model)
+    return SCHEMAS
+
+
 def render(entry: SchemaEntry) -> str:
     """The file content of one schema: sorted keys, two-space indent, trailing newline."""
     return json.dumps(entry.schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -159,7 +195,7 @@ def render(entry: SchemaEntry) -> str:
 
 def render_all() -> dict[str, str]:
     """File name to content for every registered schema."""
-    return {entry.filename: render(entry) for entry in SCHEMAS.values()}
+    return {entry.filename: render(entry) for entry in entries().values()}
 
 
 def write(directory: Path = SCHEMA_DIR) -> list[str]:
@@ -238,10 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
-        print(f"{len(SCHEMAS)} schemas in {directory} are current")
+        print(f"{len(entries())} schemas in {directory} are current")
         return 0
     changed = write(directory)
-    print(f"{len(SCHEMAS)} schemas in {directory}; {len(changed)} changed")
+    print(f"{len(entries())} schemas in {directory}; {len(changed)} changed")
     for filename in changed:
         print(f"  {filename}")
     return 0
@@ -272,6 +308,7 @@ register(
 register("http.publish-result", PublishResult, "http", mode="serialization")
 register("http.history", HistoryOut, "http", mode="serialization")
 register("http.error", HttpError, "http", mode="serialization")
+entries()  # the commands of every feature the gateway loads (seed 001, runs, …)
 
 
 if __name__ == "__main__":  # pragma: no cover

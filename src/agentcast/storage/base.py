@@ -1,0 +1,94 @@
+"""The run store contract.
+
+* :meth:`RunStore.append` stores events idempotently: an event is identified by
+  ``(topic, seq)``; storing it twice keeps the first copy. Events of a topic are returned
+  in seq order.
+* :meth:`RunStore.upsert_runs` replaces each run's summary (status, state) atomically.
+* Every method raises :class:`~agentcast.errors.BrokerError`-like failures as
+  :class:`StoreError` when the database is unreachable; callers retry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from agentcast.core.envelope import Publication
+from agentcast.errors import AgentcastError
+
+__all__ = ["RunStore", "RunSummary", "StoreError", "StoredEvent"]
+
+
+class StoreError(AgentcastError):
+    """The store failed; the operation was not applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    topic: str
+    kind: str
+    run_id: str
+    status: str
+    execution_id: str | None
+    started_at: str | None
+    finished_at: str | None
+    last_seq: int
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    topic: str
+    seq: int
+    type: str
+    timestamp: str
+    at: float
+    data: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "topic": self.topic,
+            "seq": self.seq,
+            "timestamp": self.timestamp,
+            "data": self.data,
+        }
+
+
+class RunStore(ABC):
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and apply migrations."""
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def append(self, events: list[Publication]) -> None:
+        """Store events (idempotent on ``(topic, seq)``), in one transaction."""
+
+    @abstractmethod
+    async def upsert_runs(self, runs: list[RunSummary]) -> None:
+        """Insert or replace run summaries, in one transaction."""
+
+    @abstractmethod
+    async def list_runs(
+        self, kind: str | None, status: str | None, limit: int, offset: int
+    ) -> tuple[list[RunSummary], int]:
+        """Runs, most recently updated first, and the total matching the filters."""
+
+    @abstractmethod
+    async def get_run(self, topic: str) -> RunSummary | None: ...
+
+    @abstractmethod
+    async def events(self, topic: str, since: int, limit: int | None = None) -> list[StoredEvent]:
+        """Stored events of ``topic`` with seq > ``since``, in seq order."""
+
+    @abstractmethod
+    async def last_seqs(self) -> dict[str, int]:
+        """Last stored seq of every topic (to continue numbering after a restart)."""
+
+    @abstractmethod
+    async def unfinished(self) -> list[str]:
+        """Topics of runs stored as not finished."""

@@ -1,0 +1,207 @@
+"""The run store on SQLAlchemy (async): SQLite by default, PostgreSQL by URL.
+
+URLs: ``sqlite:///path.db`` (driver aiosqlite), ``postgresql://user@host/db`` (driver
+asyncpg); explicit ``+driver`` URLs are kept. Migrations (Alembic, shipped in
+``storage/migrations``) are applied by :meth:`SqlRunStore.start`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from agentcast.core.envelope import Publication
+from agentcast.storage.base import RunStore, RunSummary, StoredEvent, StoreError
+from agentcast.storage.schema import run_events, runs
+
+__all__ = ["SqlRunStore", "async_url"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def async_url(url: str) -> str:
+    """The SQLAlchemy async URL for a plain database URL."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _summary(row: Any) -> RunSummary:
+    return RunSummary(
+        topic=row.topic,
+        kind=row.kind,
+        run_id=row.run_id,
+        status=row.status,
+        execution_id=row.execution_id,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        last_seq=row.last_seq,
+        state=orjson.loads(row.state),
+    )
+
+
+class SqlRunStore(RunStore):
+    """SQLite or PostgreSQL through SQLAlchemy's async engine."""
+
+    def __init__(self, url: str) -> None:
+        self.url = async_url(url)
+        self.engine: AsyncEngine | None = None
+
+    @property
+    def _engine(self) -> AsyncEngine:
+        if self.engine is None:
+            raise StoreError("store not started")
+        return self.engine
+
+    def _insert(self, table: Any) -> Any:
+        dialect = self._engine.dialect.name
+        if dialect == "postgresql":
+            return postgresql.insert(table)
+        if dialect == "sqlite":
+            return sqlite.insert(table)
+        raise StoreError(f"unsupported database {dialect!r}")  # pragma: no cover
+
+    async def start(self) -> None:
+        if self.url.startswith("sqlite"):
+            path = self.url.split(":///", 1)[-1]
+            if path and path != ":memory:" and not Path(path).parent.is_dir():
+                raise StoreError(
+                    f"cannot open the run store {self.url!r}: directory "
+                    f"{str(Path(path).parent)!r} does not exist"
+                )
+            # no pool: each connection (and aiosqlite's thread) ends when it is released
+            engine = create_async_engine(self.url, poolclass=NullPool)
+        else:
+            engine = create_async_engine(self.url, pool_pre_ping=True)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_upgrade)
+        except (SQLAlchemyError, OSError) as exc:
+            await engine.dispose()
+            raise StoreError(f"cannot open the run store {self.url!r}: {exc}") from exc
+        self.engine = engine
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()
+            self.engine = None
+
+    async def append(self, events: list[Publication]) -> None:
+        if not events:
+            return
+        rows = [
+            {
+                "topic": p.topic,
+                "seq": p.seq,
+                "type": p.type,
+                "timestamp": p.timestamp,
+                "at": p.at,
+                "data": p.data.decode(),
+            }
+            for p in events
+        ]
+        stmt = self._insert(run_events).on_conflict_do_nothing(index_elements=["topic", "seq"])
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(stmt, rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"storing {len(rows)} events failed: {exc}") from exc
+
+    async def upsert_runs(self, summaries: list[RunSummary]) -> None:
+        if not summaries:
+            return
+        now = time.time()
+        rows = [
+            {
+                "topic": r.topic,
+                "kind": r.kind,
+                "run_id": r.run_id,
+                "status": r.status,
+                "execution_id": r.execution_id,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "last_seq": r.last_seq,
+                "state": orjson.dumps(r.state).decode(),
+                "updated_at": now,
+            }
+            for r in summaries
+        ]
+        insert = self._insert(runs)
+        stmt = insert.on_conflict_do_update(
+            index_elements=["topic"],
+            set_={c: insert.excluded[c] for c in rows[0] if c != "topic"},
+        )
+        try:
+            async with self._engine.begin() as conn:
+                for row in rows:  # one statement per row: upserts do not batch on every driver
+                    await conn.execute(stmt, row)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"storing {len(rows)} runs failed: {exc}") from exc
+
+    async def list_runs(
+        self, kind: str | None, status: str | None, limit: int, offset: int
+    ) -> tuple[list[RunSummary], int]:
+        query = select(runs)
+        count = select(func.count()).select_from(runs)
+        if kind is not None:
+            query = query.where(runs.c.kind == kind)
+            count = count.where(runs.c.kind == kind)
+        if status is not None:
+            query = query.where(runs.c.status == status)
+            count = count.where(runs.c.status == status)
+        query = query.order_by(runs.c.updated_at.desc(), runs.c.topic).limit(limit).offset(offset)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            total = (await conn.execute(count)).scalar_one()
+        return [_summary(r) for r in rows], int(total)
+
+    async def get_run(self, topic: str) -> RunSummary | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(runs).where(runs.c.topic == topic))).first()
+        return _summary(row) if row is not None else None
+
+    async def events(self, topic: str, since: int, limit: int | None = None) -> list[StoredEvent]:
+        query = (
+            select(run_events)
+            .where(run_events.c.topic == topic, run_events.c.seq > since)
+            .order_by(run_events.c.seq)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            StoredEvent(r.topic, r.seq, r.type, r.timestamp, r.at, orjson.loads(r.data))
+            for r in rows
+        ]
+
+    async def last_seqs(self) -> dict[str, int]:
+        query = select(run_events.c.topic, func.max(run_events.c.seq)).group_by(run_events.c.topic)
+        async with self._engine.connect() as conn:
+            return {topic: int(seq) for topic, seq in (await conn.execute(query)).all()}
+
+    async def unfinished(self) -> list[str]:
+        done = ("completed", "failed", "cancelled", "lost")
+        query = select(runs.c.topic).where(runs.c.status.not_in(done))
+        async with self._engine.connect() as conn:
+            return [row.topic for row in (await conn.execute(query)).all()]

@@ -1,0 +1,116 @@
+"""The run store contract (``agentcast/storage/base.py``) on SQLite and PostgreSQL.
+
+PostgreSQL runs when reachable at ``AGENTCAST_TEST_POSTGRES`` (default: the local test
+database, which CI starts); where it is not, those cases are reported as skipped and
+``.ci/run`` makes sure it is up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from agentcast.core.envelope import Publication, format_timestamp
+from agentcast.storage import RunSummary, create_store
+from agentcast.storage.base import RunStore, StoreError
+from agentcast.storage.sql import async_url
+
+POSTGRES = os.environ.get("AGENTCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _reset_postgres(url: str) -> bool:
+    engine = create_async_engine(async_url(url))
+    try:
+        async with engine.begin() as conn:
+            for table in ("agentcast_run_events", "agentcast_runs", "alembic_version"):
+                await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        return True
+    except (OSError, Exception):
+        return False
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'runs.db'}"
+    else:
+        if not await _reset_postgres(POSTGRES):
+            pytest.skip(f"PostgreSQL not reachable at {POSTGRES}")
+        url = POSTGRES
+    s = create_store(url)
+    assert s is not None
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+def pub(topic: str, seq: int, type: str = "log", data: bytes = b'{"m":1}') -> Publication:
+    return Publication(topic, seq, type, data, format_timestamp(1000.0 + seq), 1000.0 + seq)
+
+
+def summary(topic: str, status: str, last_seq: int = 1) -> RunSummary:
+    kind, run_id = topic.split(":", 1)
+    return RunSummary(topic, kind, run_id, status, "e1", "t0", None, last_seq, {"status": status})
+
+
+async def test_events_are_idempotent_and_ordered(store: RunStore) -> None:
+    await store.append([pub("workflow:1", 2), pub("workflow:1", 1), pub("execution:9", 1)])
+    await store.append([pub("workflow:1", 2, data=b'{"m":"dup"}'), pub("workflow:1", 3)])
+    events = await store.events("workflow:1", 0)
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert events[1].data == {"m": 1}  # the first copy is kept
+    assert events[0].to_wire()["timestamp"] == format_timestamp(1001.0)
+    assert [e.seq for e in await store.events("workflow:1", 1, limit=1)] == [2]
+    assert await store.last_seqs() == {"workflow:1": 3, "execution:9": 1}
+    await store.append([])
+
+
+async def test_runs_upsert_list_filter_and_page(store: RunStore) -> None:
+    await store.upsert_runs([summary("workflow:a", "running"), summary("execution:b", "completed")])
+    await store.upsert_runs([summary("workflow:a", "failed", 5)])
+    run = await store.get_run("workflow:a")
+    assert run is not None
+    assert (run.status, run.last_seq, run.state) == ("failed", 5, {"status": "failed"})
+    assert await store.get_run("workflow:none") is None
+    everything, total = await store.list_runs(None, None, 10, 0)
+    assert total == 2
+    assert {r.topic for r in everything} == {"workflow:a", "execution:b"}
+    only, total = await store.list_runs("execution", None, 10, 0)
+    assert ([r.topic for r in only], total) == (["execution:b"], 1)
+    failed, _ = await store.list_runs(None, "failed", 10, 0)
+    assert [r.topic for r in failed] == ["workflow:a"]
+    page, total = await store.list_runs(None, None, 1, 1)
+    assert (len(page), total) == (1, 2)
+    await store.upsert_runs([summary("workflow:c", "running")])
+    assert await store.unfinished() == ["workflow:c"]
+    await store.upsert_runs([])
+
+
+async def test_migrations_are_idempotent(store: RunStore) -> None:
+    await store.append([pub("workflow:m", 1)])
+    again = create_store(store.url)  # type: ignore[attr-defined]
+    assert again is not None
+    await again.start()  # upgrading a database at head changes nothing
+    try:
+        assert [e.seq for e in await again.events("workflow:m", 0)] == [1]
+    finally:
+        await again.stop()
+
+
+async def test_unusable_store_url_is_a_clear_error(tmp_path: Path) -> None:
+    assert create_store("") is None
+    bad = create_store(f"sqlite:///{tmp_path}/missing-dir/x.db")
+    assert bad is not None
+    with pytest.raises(StoreError, match="cannot open the run store"):
+        await bad.start()
+    with pytest.raises(StoreError, match="not started"):
+        await bad.events("workflow:1", 0)

@@ -124,6 +124,8 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pushes_at_yield = 0
         self._events_since_yield = 0
+        # a tight producer yields before any outbox can fill up between two flushes
+        self._yield_every_events = max(1, min(_YIELD_EVERY_EVENTS, s.outbox_max_frames // 4))
         # the in-memory broker publishes synchronously: skip creating a coroutine per event
         self._publish_now = (
             self.broker.publish_now if isinstance(self.broker, MemoryBroker) else None
@@ -261,7 +263,7 @@ class Gateway:
         pushes = self.hub.pushes
         if (
             pushes - self._pushes_at_yield >= _YIELD_EVERY_PUSHES
-            or self._events_since_yield >= _YIELD_EVERY_EVENTS
+            or self._events_since_yield >= self._yield_every_events
         ):
             self._pushes_at_yield = pushes
             self._events_since_yield = 0
@@ -501,10 +503,19 @@ class Gateway:
             self._spawn(self._unlisten(topic))
 
     async def _cmd_subscribe(self, session: Session, command: SubscribeCommand) -> None:
-        await self.subscribe(session, command.topic, command.since, id=command.id)
+        await self.subscribe(
+            session, command.topic, command.since, id=command.id, epoch=command.epoch
+        )
 
     async def subscribe(
-        self, session: Session, topic: str, since: int | None, *, id: Any = None, reply: bool = True
+        self,
+        session: Session,
+        topic: str,
+        since: int | None,
+        *,
+        id: Any = None,
+        reply: bool = True,
+        epoch: str | None = None,
     ) -> None:
         """Subscribe ``session`` to ``topic``: reply, replay history after ``since``, go live.
 
@@ -518,9 +529,12 @@ class Gateway:
         topic's folded state at seq S, then the events after S, then live ones.
 
         ``reply=False`` omits the ``subscribed`` reply (implicit subscriptions of the
-        seeds' per-run endpoints, whose clients expect only events).
+        seeds' per-run endpoints, whose clients expect only events). ``epoch`` is the topic
+        epoch ``since`` belongs to: another epoch means the topic was reset since.
         """
         if topic in session.topics:
+            if not reply:
+                return
             page = await self.broker.history(topic, 0, limit=0)
             self.reply(
                 session,
@@ -530,6 +544,7 @@ class Gateway:
                     "recovered": True,
                     "since": since,
                     "first_seq": page.first_seq,
+                    "epoch": page.epoch,
                 },
                 id=id,
                 topic=topic,
@@ -560,7 +575,10 @@ class Gateway:
                 recovered = True
             else:
                 page = await self.broker.history(topic, since)
-                recovered = page.complete
+                reset = epoch is not None and epoch != page.epoch
+                if reset:  # `since` counts in another life of the topic: replay all of it
+                    page = await self.broker.history(topic, 0)
+                recovered = page.complete and not reset
                 if not recovered and provider is not None:
                     snapshot = provider(topic)  # the reset a client needs: the state
                     if snapshot is not None:
@@ -579,6 +597,7 @@ class Gateway:
                     "recovered": recovered,
                     "since": since,
                     "first_seq": page.first_seq,
+                    "epoch": page.epoch,
                 },
                 id=id,
                 topic=topic,

@@ -129,3 +129,12 @@ async def test_bench_endpoint_publishes_round_robin() -> None:
                 assert (await recv(ws))["seq"] == 4
     finally:
         await stop_server(running, task)
+
+
+async def test_topic_list_shows_only_readable_topics(guarded: RunningServer) -> None:
+    await guarded.gateway.publish("user:alice:a", "e", {})
+    await guarded.gateway.publish("user:bob:b", "e", {})
+    async with httpx.AsyncClient(base_url=guarded.url) as http:
+        assert (await http.get("/api/topics")).status_code == 401
+        listed = (await http.get("/api/topics", headers={"Authorization": "Bearer alice"})).json()
+        assert [t["topic"] for t in listed] == ["user:alice:a"]

@@ -175,3 +175,16 @@ async def test_run_topics_validate_the_seed_vocabularies(server: RunningServer) 
         assert r.json()["detail"]["field"] == "data.execution_id"
         # nothing of the refused array was published
         assert (await http.get("/api/topics/workflow:1/events")).json()["last_seq"] == 1
+
+
+async def test_http_details(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        r = await http.post(
+            "/api/topics/t/events",
+            content=b'{"type": "x",',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400
+        assert (r.json()["detail"]["code"], r.json()["detail"]["field"]) == ("bad_json", "body")
+        r = await http.post("/api/topics/t/events", json={"type": "a\u0000b"})
+        assert r.json()["detail"]["field"] == "type"

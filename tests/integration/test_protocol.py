@@ -91,7 +91,10 @@ async def test_subscribe_replay_live_and_unsubscribe(server: RunningServer) -> N
         await gw.publish("run:1", "step", {"n": n})
     async with websockets.connect(server.ws_url) as ws:
         live = await subscribe(ws, "run:1")
+        epoch = live["data"].pop("epoch")
         assert live["data"] == {"seq": 3, "recovered": True, "since": None, "first_seq": 1}
+        assert isinstance(epoch, str)
+        assert epoch
         await gw.publish("run:1", "step", {"n": 4})
         assert (await recv(ws))["seq"] == 4
     async with websockets.connect(server.ws_url) as ws:
@@ -114,10 +117,29 @@ async def test_history_lost_is_explicit() -> None:
             await running.gateway.publish("t", "e", {"n": n})
         async with websockets.connect(running.ws_url) as ws:
             reply = await subscribe(ws, "t", since=2)
+            epoch = reply["data"].pop("epoch")
             assert reply["data"] == {"seq": 10, "recovered": False, "since": 2, "first_seq": 8}
             assert [(await recv(ws))["seq"] for _ in range(3)] == [8, 9, 10]
             reset = await subscribe(ws, "u", since=99)  # a topic this server never saw
             assert reset["data"]["recovered"] is False
+        async with websockets.connect(running.ws_url) as ws:
+            # the right epoch resumes; another epoch (a reset topic) is told, and replayed whole
+            await ws.send(
+                json.dumps({"type": "subscribe", "topic": "t", "since": 9, "epoch": epoch})
+            )
+            ok = await recv(ws)
+            assert ok["data"]["recovered"] is True
+            assert (await recv(ws))["seq"] == 10
+            await ws.send(json.dumps({"type": "subscribe", "topic": "u2", "since": 0}))
+            await recv(ws)
+        async with websockets.connect(running.ws_url) as ws:
+            await ws.send(
+                json.dumps({"type": "subscribe", "topic": "t", "since": 9, "epoch": "older"})
+            )
+            reset = await recv(ws)
+            assert reset["data"]["recovered"] is False
+            assert reset["data"]["epoch"] == epoch
+            assert [(await recv(ws))["seq"] for _ in range(3)] == [8, 9, 10]
     finally:
         await stop_server(running, task)
 

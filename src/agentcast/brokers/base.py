@@ -18,7 +18,10 @@ implementation (the in-memory default, Redis, …) passes the same contract suit
    ``since`` in seq order with the topic's first retained and last assigned seq, read
    atomically (no publication can be half-visible). Retention is bounded by the
    :class:`~agentcast.core.history.HistoryLimits` the broker was created with.
-5. **Acknowledged means durable for the broker's lifetime.** When :meth:`publish`
+5. **Epochs.** Every history page carries the topic's ``epoch``: a token that changes
+   whenever the topic's numbering restarts (a broker without persistence restarted, or a
+   forgotten topic was created again). A seq is only meaningful with its epoch.
+6. **Acknowledged means durable for the broker's lifetime.** When :meth:`publish`
    returns, the publication is in history; if it raises :class:`~agentcast.errors.BrokerError`
    nothing was assigned.
 

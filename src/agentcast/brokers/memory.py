@@ -10,6 +10,8 @@ after ``max_age`` (their seq counter too), so memory stays bounded by live topic
 
 from __future__ import annotations
 
+import secrets
+
 from agentcast.brokers.base import Broker, Listener
 from agentcast.core.envelope import Publication, format_timestamp
 from agentcast.core.history import History, HistoryLimits, HistoryPage
@@ -41,7 +43,7 @@ class MemoryBroker(Broker):
             raise BrokerError("broker not started")
         history = self._histories.get(topic)
         if history is None:
-            history = self._histories[topic] = History(self.limits)
+            history = self._new_history(topic)
         pub = Publication(topic, history.last_seq + 1, type, data, format_timestamp(at), at)
         history.append(pub)
         if topic in self._listened or topic.startswith(self._prefixes):
@@ -61,8 +63,14 @@ class MemoryBroker(Broker):
     async def history(self, topic: str, since: int, limit: int | None = None) -> HistoryPage:
         return self.history_now(topic, since, limit)
 
+    def _new_history(self, topic: str) -> History:
+        history = self._histories[topic] = History(self.limits, epoch=secrets.token_hex(4))
+        return history
+
     async def listen(self, topic: str) -> None:
         self._listened.add(topic)
+        if topic not in self._histories:
+            self._new_history(topic)  # a subscribed topic exists: its epoch is stable
 
     async def unlisten(self, topic: str) -> None:
         self._listened.discard(topic)

@@ -67,8 +67,9 @@ def parse(text: str) -> ClientCommand:
         return model.model_validate(obj)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(part) for part in err["loc"]) or None
-        code = ErrorCode.INVALID_TOPIC if field == "topic" else ErrorCode.INVALID_FIELD
+        field = str(err["loc"][0]) if err["loc"] else None  # not union member tags
+        invalid_topic = field == "topic" and err["type"] != "missing"
+        code = ErrorCode.INVALID_TOPIC if invalid_topic else ErrorCode.INVALID_FIELD
         raise ProtocolError(code, f"{field}: {err['msg']}", field=field) from None
 
 

@@ -121,6 +121,12 @@ class Publication:
         return frame_text(self.payload)
 
     @property
+    def replay_frame(self) -> bytes:
+        """The envelope with ``"replay": true``, framed: a replayed event, told apart from
+        live ones (a client de-duplicating by seq must not drop it)."""
+        return frame_text(self.payload[:-1] + b',"replay":true}')
+
+    @property
     def size(self) -> int:
         """Approximate bytes held: the encoded data plus a fixed overhead."""
         return len(self.data) + 128

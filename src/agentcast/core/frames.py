@@ -46,7 +46,12 @@ class _Frame(BaseModel):
 
 
 class ClientCommand(_Frame):
-    """Base of client commands: ``type`` selects the command, ``id`` is echoed in the reply."""
+    """Base of client commands: ``type`` selects the command, ``id`` is echoed in the reply.
+
+    Validation is strict: no coercion (``"3"`` is not an int, ``true`` is not an id).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     type: str
     id: CommandId = Field(default=None, description="Echoed by the ack, pong or error reply.")
@@ -65,6 +70,12 @@ class SubscribeCommand(_TopicCommand):
         ge=0,
         description="Last seq the client has seen: events since+1, since+2, … are sent "
         "first. 0 replays all retained history. Absent: live events only.",
+    )
+    epoch: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The topic epoch the client's `since` belongs to (from `subscribed`). "
+        "A different epoch means the topic was reset: the reply says recovered=false.",
     )
 
 
@@ -122,6 +133,7 @@ class SubscribedData(BaseModel):
     )
     since: int | None = None
     first_seq: int = Field(description="Oldest seq still in history.")
+    epoch: str = Field(description="The topic's epoch; send it back with `since` to resume.")
 
 
 class SubscribedFrame(_Reply):

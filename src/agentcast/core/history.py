@@ -39,6 +39,10 @@ class HistoryPage:
     first_seq: int
     last_seq: int
     since: int
+    epoch: str = ""
+    """Identifies this life of the topic's numbering: it changes when the topic is reset
+    (an in-memory broker restarted, or forgot an idle topic), so seqs from another epoch
+    mean nothing here."""
 
     @property
     def complete(self) -> bool:
@@ -48,11 +52,12 @@ class HistoryPage:
 class History:
     """The retained publications of one topic."""
 
-    __slots__ = ("_events", "_nbytes", "last_seq", "limits")
+    __slots__ = ("_events", "_nbytes", "epoch", "last_seq", "limits")
 
-    def __init__(self, limits: HistoryLimits, last_seq: int = 0) -> None:
+    def __init__(self, limits: HistoryLimits, last_seq: int = 0, epoch: str = "") -> None:
         self.limits = limits
         self.last_seq = last_seq
+        self.epoch = epoch
         self._events: deque[Publication] = deque()
         self._nbytes = 0
 
@@ -103,4 +108,4 @@ class History:
         start = 0 if since > self.last_seq else max(since + 1, first) - first
         stop = len(events) if limit is None else min(len(events), start + max(limit, 0))
         pubs = [events[i] for i in range(start, stop)] if start < stop else []
-        return HistoryPage(pubs, first, self.last_seq, since)
+        return HistoryPage(pubs, first, self.last_seq, since, self.epoch)

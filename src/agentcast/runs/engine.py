@@ -210,7 +210,8 @@ class WorkflowRun:
         try:
             result = await wf.nodes[node](ctx)
         except asyncio.CancelledError:
-            await asyncio.shield(tracker.node_failed(node, "cancelled"))
+            # no shield: whoever cancels us awaits us, so this is published before it goes on
+            await tracker.node_failed(node, "cancelled")
             raise
         except Exception as exc:
             await tracker.node_failed(node, f"{type(exc).__name__}: {exc}")

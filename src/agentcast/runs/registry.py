@@ -170,7 +170,9 @@ class RunRegistry:
         assert self.gateway is not None
         await self._authorize(session, command.topic)
         ttl = self.renew(command.topic, command.ttl)
-        self.gateway.reply(session, "ack", {"topic": command.topic, "ttl": ttl}, id=command.id)
+        self.gateway.reply(
+            session, "lease_renewed", {"topic": command.topic, "ttl": ttl}, id=command.id
+        )
 
     # -- control -------------------------------------------------------------------
 
@@ -205,12 +207,7 @@ class RunRegistry:
         assert self.gateway is not None
         await self._authorize(session, command.topic)
         seq = await self.control(command.topic, command.action)
-        self.gateway.reply(
-            session,
-            "ack",
-            {"topic": command.topic, "seq": seq, "action": command.action},
-            id=command.id,
-        )
+        self.gateway.reply(session, "ack", {"topic": command.topic, "seq": seq}, id=command.id)
 
     async def _authorize(self, session: Session, topic: str) -> None:
         assert self.gateway is not None

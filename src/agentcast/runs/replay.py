@@ -2,7 +2,8 @@
 
 ``{"type": "replay", "topic": "workflow:1", "speed": 10, "since": 0, "id": 1}`` answers
 ``replay_started`` (``data.events``: how many), then sends the run's events — the original
-envelopes, seq and timestamps included — spaced by their original intervals divided by
+envelopes, seq and timestamps included, marked ``"replay": true`` so that they are never
+mistaken for live events — spaced by their original intervals divided by
 ``speed`` (``speed: 0`` sends them at once; a gap is never longer than ``max_gap`` seconds),
 then ``replay_complete``. A replay runs beside the connection's other commands and
 subscriptions and stops when the connection closes or on ``replay_stop``.
@@ -98,7 +99,7 @@ class Replays:
                 if gap > 0:
                     await asyncio.sleep(gap)
             previous = pub.at
-            gw.send(session, pub.frame)
+            gw.send(session, pub.replay_frame)
             sent += 1
         gw.reply(session, "replay_complete", {"events": sent}, topic=command.topic)
 

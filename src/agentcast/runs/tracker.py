@@ -118,7 +118,7 @@ class Tracker:
         if exc is None:
             await self.complete()
         elif isinstance(exc, asyncio.CancelledError):
-            await asyncio.shield(self.fail("cancelled", cancelled=True))
+            await self.fail("cancelled", cancelled=True)
         else:
             stack = "".join(traceback.format_exception(exc_type, exc, tb))[-4000:]
             await self.fail(f"{type(exc).__name__}: {exc}", stack_trace=stack)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
 from agentcast.__about__ import __version__
 from agentcast.codes import ErrorCode
@@ -38,6 +38,13 @@ class EventIn(BaseModel):
 
     type: str = Field(min_length=1, max_length=100, examples=["node_status"])
     data: dict[str, Any] = Field(default_factory=dict, examples=[{"node_id": "n1"}])
+
+    @field_validator("type")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("event type must be printable text")
+        return value
 
 
 _EVENT = TypeAdapter(EventIn)
@@ -189,12 +196,16 @@ def http_router(gateway: Gateway) -> APIRouter:
         )
 
     @router.get("/api/topics", response_model=list[TopicOut], tags=["events"])
-    async def topics() -> list[TopicOut]:
-        """Known topics with their last seq and the subscribers on this node."""
-        return [
-            TopicOut(topic=name, last_seq=seq, subscribers=gateway.hub.presence(name))
-            for name, seq in sorted(gateway.broker.topics().items())
-        ]
+    async def topics(request: Request) -> list[TopicOut]:
+        """Known topics the caller may read, with their last seq and subscribers here."""
+        principal = await _principal(gateway, request)
+        visible = []
+        for name, seq in sorted(gateway.broker.topics().items()):
+            if await _allowed(gateway.authorizer.can_subscribe(principal, name)):
+                visible.append(
+                    TopicOut(topic=name, last_seq=seq, subscribers=gateway.hub.presence(name))
+                )
+        return visible
 
     if gateway.settings.bench_endpoint:
 
@@ -262,6 +273,10 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
+        if err["type"] == "json_invalid":
+            message = f"body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}"
+            detail = {"code": ErrorCode.BAD_JSON.value, "message": message, "field": "body"}
+            return JSONResponse(status_code=400, content={"detail": detail})
         loc = [str(p) for p in err["loc"] if p != "body"]
         field = ".".join(loc) or "body"
         code = ErrorCode.INVALID_TOPIC if field == "topic" else ErrorCode.INVALID_FIELD

@@ -27,6 +27,9 @@ from agentcast.settings import Settings
 from agentcast.transports.http import create_app
 from agentcast.transports.server import build_server
 
+# tests use no run store unless they ask for one (no agentcast.db in the working tree)
+os.environ.setdefault("AGENTCAST_STORE_URL", "")
+
 UNIT = 2.0 * float(os.environ.get("AGENTCAST_TEST_TIMEOUT_SCALE", "1"))
 """One test timeout unit in seconds."""
 

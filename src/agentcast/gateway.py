@@ -39,7 +39,7 @@ from agentcast.core.history import HistoryLimits
 from agentcast.core.hub import Hub
 from agentcast.core.outbox import Outbox
 from agentcast.core.session import Session, Writer
-from agentcast.errors import BrokerError, CommandError, ProtocolError
+from agentcast.errors import BrokerError, CommandError, ConfigError, ProtocolError
 from agentcast.monitoring import Monitoring
 from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal
 from agentcast.runs.engine import WorkflowRegistry
@@ -47,6 +47,8 @@ from agentcast.runs.registry import RunRegistry
 from agentcast.runs.replay import Replays
 from agentcast.runs.vocabulary import validate_event
 from agentcast.settings import Settings
+from agentcast.storage import create_store
+from agentcast.storage.base import StoreError
 
 __all__ = ["CommandHandler", "Gateway"]
 
@@ -104,7 +106,7 @@ class Gateway:
         self.hub = Hub()
         self.sessions: dict[int, Session] = {}
         self.stats = Stats()
-        self.snapshots: Callable[[str], tuple[int, dict[str, Any]] | None] | None = None
+        self.snapshots: Callable[[str], Awaitable[tuple[int, dict[str, Any]] | None]] | None = None
         """Snapshot provider: ``(seq, state)`` of a topic, or None (see :meth:`subscribe`)."""
         self.observers: list[Callable[[Publication], None]] = []
         """Called with every publication this node receives, before local fan-out."""
@@ -133,6 +135,9 @@ class Gateway:
         self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._background_tasks: set[asyncio.Task[Any]] = set()
         self._startup: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        self._shutdown: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        self.store = create_store(s.store_url)
+        """The run store (``store_url``; None when storage is disabled)."""
         self.started = False
         # features
         self.workflows = WorkflowRegistry()
@@ -163,6 +168,11 @@ class Gateway:
         if self.started:
             return
         self._loop = asyncio.get_running_loop()
+        if self.store is not None:
+            try:
+                await self.store.start()
+            except StoreError as exc:
+                raise ConfigError(str(exc)) from exc
         await self.broker.start(self._on_publication)
         for hook in self._startup:
             await hook()
@@ -174,6 +184,10 @@ class Gateway:
     def add_startup(self, hook: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Await ``hook()`` in :meth:`start`, after the broker started (before any client)."""
         self._startup.append(hook)
+
+    def add_shutdown(self, hook: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Await ``hook()`` in :meth:`stop`: connections closed, broker not yet stopped."""
+        self._shutdown.append(hook)
 
     def add_background(
         self, factory: Callable[[], Coroutine[Any, Any, Any]], *, once: bool = False
@@ -211,7 +225,14 @@ class Gateway:
                 await self._sweeper
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for hook in self._shutdown:
+            try:
+                await hook()
+            except Exception:
+                logger.exception("shutdown hook failed")
         await self.broker.stop()
+        if self.store is not None:
+            await self.store.stop()
 
     # -- producers -----------------------------------------------------------------
 
@@ -568,7 +589,7 @@ class Gateway:
                 await self.broker.listen(topic)
             provider = self.snapshots
             if since is None:
-                snapshot = provider(topic) if provider is not None else None
+                snapshot = await provider(topic) if provider is not None else None
                 start = snapshot[0] if snapshot is not None else 0
                 # after a snapshot at seq S: the events after S that it does not reflect
                 page = await self.broker.history(topic, start, limit=None if snapshot else 0)
@@ -580,7 +601,7 @@ class Gateway:
                     page = await self.broker.history(topic, 0)
                 recovered = page.complete and not reset
                 if not recovered and provider is not None:
-                    snapshot = provider(topic)  # the reset a client needs: the state
+                    snapshot = await provider(topic)  # the reset a client needs: the state
                     if snapshot is not None:
                         page = await self.broker.history(topic, snapshot[0])
         except BrokerError as exc:

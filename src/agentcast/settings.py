@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug|trace)$")
     broker_url: str = Field("memory://", description="Broker URL: memory:// (redis:// later).")
+    store_url: str = Field(
+        "sqlite:///agentcast.db",
+        description="Run store: sqlite:///path.db or postgresql://user@host/db; empty: none.",
+    )
 
     ping_interval: float = Field(20.0, gt=0, description="WebSocket ping period.")
     ping_timeout: float = Field(

@@ -29,6 +29,9 @@ class MemoryBroker(Broker):
         self._listener: Listener | None = None
         self._listened: set[str] = set()
         self._prefixes: tuple[str, ...] = ()
+        self.durable_prefixes: tuple[str, ...] = ()
+        """Topics whose numbering a run store continues across restarts: their epoch is
+        stable (``durable``) instead of new with every broker."""
 
     async def start(self, listener: Listener) -> None:
         self._listener = listener
@@ -63,8 +66,19 @@ class MemoryBroker(Broker):
     async def history(self, topic: str, since: int, limit: int | None = None) -> HistoryPage:
         return self.history_now(topic, since, limit)
 
+    def seed_last_seq(self, topic: str, seq: int) -> None:
+        """Continue ``topic``'s numbering after ``seq`` (a run store restored after a
+        restart): the topic keeps one life across restarts, so its epoch is the run's."""
+        history = self._histories.get(topic)
+        if history is None:
+            history = self._histories[topic] = History(self.limits, seq, epoch="durable")
+        elif history.last_seq < seq and not len(history):
+            history.last_seq = seq
+
     def _new_history(self, topic: str) -> History:
-        history = self._histories[topic] = History(self.limits, epoch=secrets.token_hex(4))
+        durable = self.durable_prefixes and topic.startswith(self.durable_prefixes)
+        epoch = "durable" if durable else secrets.token_hex(4)
+        history = self._histories[topic] = History(self.limits, epoch=epoch)
         return history
 
     async def listen(self, topic: str) -> None:

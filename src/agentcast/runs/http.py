@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from agentcast.codes import ErrorCode
@@ -15,6 +15,8 @@ from agentcast.errors import CommandError
 from agentcast.gateway import Gateway
 from agentcast.runs.engine import WorkflowRun
 from agentcast.runs.state import run_kind
+from agentcast.storage.base import RunStore, StoreError
+from agentcast.transports.auth import allowed, principal_of
 from agentcast.transports.errors import http_error
 
 __all__ = ["runs_router"]
@@ -41,6 +43,35 @@ class LeaseIn(BaseModel):
 class LeaseOut(BaseModel):
     topic: str
     ttl: float
+
+
+class RunOut(BaseModel):
+    topic: str
+    kind: str
+    run_id: str
+    status: str
+    execution_id: str | None
+    started_at: str | None
+    finished_at: str | None
+    last_seq: int
+
+
+class RunPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    runs: list[RunOut]
+
+
+class RunStateOut(BaseModel):
+    topic: str
+    seq: int = Field(description="The last event the state reflects.")
+    state: dict[str, Any]
+
+
+class RunEventsOut(BaseModel):
+    topic: str
+    events: list[dict[str, Any]]
 
 
 class ExecuteOut(BaseModel):
@@ -114,4 +145,85 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
         await authorize(request, topic)
         return LeaseOut(topic=topic, ttl=gateway.renew_lease(topic, body.ttl))
 
+    @router.get("/api/runs", response_model=RunPage)
+    async def list_runs(
+        request: Request,
+        kind: Literal["workflow", "execution"] | None = None,
+        status: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> RunPage:
+        """Stored runs, most recently updated first, filtered by kind and status."""
+        store = _store_or_404(gateway)
+        await _flush(gateway)
+        runs, total = await store.list_runs(kind, status, limit, offset)
+        principal = await principal_of(gateway, request)
+        visible = [
+            r for r in runs if await allowed(gateway.authorizer.can_subscribe(principal, r.topic))
+        ]
+        return RunPage(
+            total=total,
+            limit=limit,
+            offset=offset,
+            runs=[
+                RunOut(
+                    topic=r.topic,
+                    kind=r.kind,
+                    run_id=r.run_id,
+                    status=r.status,
+                    execution_id=r.execution_id,
+                    started_at=r.started_at,
+                    finished_at=r.finished_at,
+                    last_seq=r.last_seq,
+                )
+                for r in visible
+            ],
+        )
+
+    @router.get("/api/runs/{topic}", response_model=RunStateOut)
+    async def get_run(request: Request, topic: str) -> RunStateOut:
+        """A run's current (or final) state, as a late joiner's snapshot would carry it."""
+        await _readable(gateway, request, topic)
+        found = await gateway.runs.snapshot_async(topic)
+        if found is None:
+            raise http_error(404, ErrorCode.INVALID_TOPIC, f"no run {topic!r}", "topic")
+        return RunStateOut(topic=topic, seq=found[0], state=found[1])
+
+    @router.get("/api/runs/{topic}/events", response_model=RunEventsOut)
+    async def run_events(
+        request: Request,
+        topic: str,
+        since: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> RunEventsOut:
+        """A run's full event log after ``since`` (from the run store), in seq order."""
+        await _readable(gateway, request, topic)
+        store = _store_or_404(gateway)
+        await _flush(gateway)
+        events = await store.events(topic, since, limit)
+        return RunEventsOut(topic=topic, events=[e.to_wire() for e in events])
+
     return router
+
+
+def _store_or_404(gateway: Gateway) -> RunStore:
+    if gateway.store is None:
+        raise http_error(404, ErrorCode.UNAVAILABLE, "no run store is configured (store_url)")
+    return gateway.store
+
+
+async def _flush(gateway: Gateway) -> None:
+    recorder = gateway.runs.recorder
+    if recorder is not None:
+        try:
+            await recorder.flush()
+        except StoreError as exc:
+            raise http_error(503, ErrorCode.UNAVAILABLE, f"run store unavailable: {exc}") from exc
+
+
+async def _readable(gateway: Gateway, request: Request, topic: str) -> None:
+    if run_kind(topic) is None:
+        raise http_error(400, ErrorCode.INVALID_TOPIC, f"{topic!r} is not a run", "topic")
+    principal = await principal_of(gateway, request)
+    if not await allowed(gateway.authorizer.can_subscribe(principal, topic)):
+        raise http_error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")

@@ -31,7 +31,9 @@ from agentcast.core.commands import register
 from agentcast.core.envelope import Publication
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
 from agentcast.errors import CommandError
+from agentcast.runs.recorder import RunRecorder, summary_of
 from agentcast.runs.state import RunState, run_kind
+from agentcast.storage.base import RunStore, RunSummary
 
 if TYPE_CHECKING:
     from agentcast.core.session import Session
@@ -77,22 +79,48 @@ class RunRegistry:
         self.handlers: dict[str, ControlHandler] = {}
         self.gateway: Gateway | None = None
         self.default_ttl = 60.0
+        self.store: RunStore | None = None
+        self.recorder: RunRecorder | None = None
 
     def install(self, gateway: Gateway) -> None:
         """Observe ``gateway``'s publications, serve its snapshots, handle its commands."""
         self.gateway = gateway
         self.default_ttl = gateway.settings.run_lease_ttl
         gateway.observers.append(self.observe)
-        gateway.snapshots = self.snapshot
+        gateway.snapshots = self.snapshot_async
         gateway.handlers["control"] = self._cmd_control
         gateway.handlers["lease"] = self._cmd_lease
+        self.store = gateway.store
+        if self.store is not None:
+            self.recorder = RunRecorder(self.store, self)
+            gateway.add_background(self.recorder.run)
+            gateway.add_shutdown(self.recorder.flush)
 
         async def listen() -> None:
+            if self.store is not None:
+                await self._restore()
             for prefix in RUN_PREFIXES:
                 await gateway.broker.listen_prefix(prefix)
 
         gateway.add_startup(listen)
         gateway.add_background(self._watch_leases)
+
+    async def _restore(self) -> None:
+        """After a restart: continue each run topic's numbering, reload unfinished runs
+        (their lease starts now: a producer that does not come back is sealed)."""
+        assert self.store is not None
+        assert self.gateway is not None
+        broker = self.gateway.broker
+        if hasattr(broker, "durable_prefixes"):
+            broker.durable_prefixes = RUN_PREFIXES
+        seed = getattr(broker, "seed_last_seq", None)
+        if seed is not None:
+            for topic, seq in (await self.store.last_seqs()).items():
+                seed(topic, seq)
+        for topic in await self.store.unfinished():
+            state = await self._load(topic)
+            if state is not None and not state.finished:
+                self.leases[topic] = (time.monotonic() + self.default_ttl, self.default_ttl)
 
     # -- state ---------------------------------------------------------------------
 
@@ -108,6 +136,8 @@ class RunRegistry:
         else:
             self.states.move_to_end(topic)
         state.apply(pub.seq, pub.type, orjson.loads(pub.data), pub.timestamp)
+        if self.recorder is not None:
+            self.recorder.record(pub)
         if state.finished:
             self.leases.pop(topic, None)
         else:
@@ -120,6 +150,35 @@ class RunRegistry:
         if state is None:
             return None
         return state.seq, state.snapshot()
+
+    async def snapshot_async(self, topic: str) -> tuple[int, dict[str, Any]] | None:
+        """:meth:`snapshot`, falling back to the run store for runs no longer in memory."""
+        found = self.snapshot(topic)
+        if found is not None or self.store is None or run_kind(topic) is None:
+            return found
+        state = await self._load(topic)
+        return (state.seq, state.snapshot()) if state is not None else None
+
+    async def _load(self, topic: str) -> RunState | None:
+        """Fold a run from its stored events (and keep it in memory)."""
+        assert self.store is not None
+        events = await self.store.events(topic, 0)
+        if not events:
+            return None
+        state = RunState(topic, self.max_logs)
+        for event in events:
+            state.apply(event.seq, event.type, event.data, event.timestamp)
+        known = self.states.get(topic)
+        if known is not None and known.seq >= state.seq:  # events arrived meanwhile
+            return known
+        self.states[topic] = state
+        self._evict()
+        return state
+
+    def summary(self, topic: str) -> RunSummary | None:
+        """The stored summary of a run this registry holds in memory."""
+        state = self.states.get(topic)
+        return summary_of(topic, state.snapshot(), state.seq) if state is not None else None
 
     def _evict(self) -> None:
         if len(self.states) <= self.max_runs:

@@ -8,8 +8,8 @@ mistaken for live events — spaced by their original intervals divided by
 then ``replay_complete``. A replay runs beside the connection's other commands and
 subscriptions and stops when the connection closes or on ``replay_stop``.
 
-The events come from the broker's history (bounded; the run store of a later issue will
-keep whole runs).
+Run topics replay from the run store (whole runs, also after a restart) when one is
+configured; other topics from the broker's bounded history.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from pydantic import Field
 
 from agentcast.codes import ErrorCode
 from agentcast.core.commands import register
+from agentcast.core.envelope import Publication, encode_json
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
 from agentcast.errors import CommandError
+from agentcast.runs.state import run_kind
+from agentcast.storage.base import StoreError
 
 if TYPE_CHECKING:
     from agentcast.core.session import Session
@@ -70,20 +73,30 @@ class Replays:
                 ErrorCode.INVALID_FIELD, f"a replay of {command.topic!r} is running", field="topic"
             )
         page = await gw.broker.history(command.topic, command.since)
+        pubs = page.publications
+        info = {"first_seq": page.first_seq, "last_seq": page.last_seq, "complete": page.complete}
+        recorder = gw.runs.recorder
+        if recorder is not None and gw.store is not None and run_kind(command.topic):
+            # run topics: the run store has the whole log, also after a restart
+            try:
+                await recorder.flush()
+                stored = await gw.store.events(command.topic, command.since)
+            except StoreError as exc:
+                raise CommandError(ErrorCode.UNAVAILABLE, f"run store: {exc}") from exc
+            if stored:
+                pubs = [
+                    Publication(e.topic, e.seq, e.type, encode_json(e.data), e.timestamp, e.at)
+                    for e in stored
+                ]
+                info = {"first_seq": pubs[0].seq, "last_seq": pubs[-1].seq, "complete": True}
         gw.reply(
             session,
             "replay_started",
-            {
-                "events": len(page.publications),
-                "speed": command.speed,
-                "first_seq": page.first_seq,
-                "last_seq": page.last_seq,
-                "complete": page.complete,
-            },
+            {"events": len(pubs), "speed": command.speed, **info},
             id=command.id,
             topic=command.topic,
         )
-        task = gw._spawn(self._play(session, command, page.publications))
+        task = gw._spawn(self._play(session, command, pubs))
         self.running[key] = task
         task.add_done_callback(lambda _: self.running.pop(key, None))
 

@@ -8,7 +8,6 @@ field. The OpenAPI document is served at ``/openapi.json`` (docs at ``/docs``).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,10 +23,10 @@ from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
 from agentcast.errors import BrokerError, ProtocolError
 from agentcast.gateway import Gateway
-from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
 from agentcast.runs.endpoints import RUN_ENDPOINTS
 from agentcast.runs.http import runs_router
 from agentcast.transports.asgi import websocket_route
+from agentcast.transports.auth import allowed, principal_of
 from agentcast.transports.errors import http_error
 
 __all__ = ["create_app", "http_router"]
@@ -80,28 +79,6 @@ class Health(BaseModel):
     uptime_s: float
 
 
-def _request_of(request: Request) -> ConnectionRequest:
-    client = request.client
-    return ConnectionRequest(
-        path=request.url.path,
-        query=dict(request.query_params),
-        headers={k.lower(): v for k, v in request.headers.items()},
-        client=(client.host, client.port) if client else None,
-    )
-
-
-async def _principal(gateway: Gateway, request: Request) -> Principal:
-    try:
-        result = gateway.authenticator.authenticate(_request_of(request))
-        return await result if inspect.isawaitable(result) else result
-    except AuthenticationError as exc:
-        raise http_error(401, ErrorCode.UNAUTHORIZED, str(exc) or "unauthorized") from exc
-
-
-async def _allowed(value: Any) -> bool:
-    return bool(await value if inspect.isawaitable(value) else value)
-
-
 def http_router(gateway: Gateway) -> APIRouter:
     """The HTTP API routes bound to ``gateway``."""
     router = APIRouter()
@@ -141,8 +118,8 @@ def http_router(gateway: Gateway) -> APIRouter:
         All events are validated before any is published; the answer lists the assigned
         sequence numbers in order.
         """
-        principal = await _principal(gateway, request)
-        if not await _allowed(gateway.authorizer.can_publish(principal, topic)):
+        principal = await principal_of(gateway, request)
+        if not await allowed(gateway.authorizer.can_publish(principal, topic)):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
         try:
             events = (
@@ -183,8 +160,8 @@ def http_router(gateway: Gateway) -> APIRouter:
         """Retained events of ``topic`` with seq > ``since``, oldest first."""
         if not valid_topic(topic):
             raise http_error(400, ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", "topic")
-        principal = await _principal(gateway, request)
-        if not await _allowed(gateway.authorizer.can_subscribe(principal, topic)):
+        principal = await principal_of(gateway, request)
+        if not await allowed(gateway.authorizer.can_subscribe(principal, topic)):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")
         page = await gateway.broker.history(topic, since, limit)
         return HistoryOut(
@@ -198,10 +175,10 @@ def http_router(gateway: Gateway) -> APIRouter:
     @router.get("/api/topics", response_model=list[TopicOut], tags=["events"])
     async def topics(request: Request) -> list[TopicOut]:
         """Known topics the caller may read, with their last seq and subscribers here."""
-        principal = await _principal(gateway, request)
+        principal = await principal_of(gateway, request)
         visible = []
         for name, seq in sorted(gateway.broker.topics().items()):
-            if await _allowed(gateway.authorizer.can_subscribe(principal, name)):
+            if await allowed(gateway.authorizer.can_subscribe(principal, name)):
                 visible.append(
                     TopicOut(topic=name, last_seq=seq, subscribers=gateway.hub.presence(name))
                 )
@@ -290,8 +267,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(http_router(gateway))
 
     async def authorize_publish(request: Request, topic: str) -> None:
-        principal = await _principal(gateway, request)
-        if not await _allowed(gateway.authorizer.can_publish(principal, topic)):
+        principal = await principal_of(gateway, request)
+        if not await allowed(gateway.authorizer.can_publish(principal, topic)):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not run {topic!r}")
 
     app.include_router(runs_router(gateway, authorize_publish))

@@ -1,0 +1,40 @@
+"""Authentication and authorization of HTTP requests, shared by the HTTP routers."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from fastapi import Request
+
+from agentcast.codes import ErrorCode
+from agentcast.gateway import Gateway
+from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.transports.errors import http_error
+
+__all__ = ["allowed", "principal_of", "request_of"]
+
+
+def request_of(request: Request) -> ConnectionRequest:
+    """The authenticator's view of an HTTP request."""
+    client = request.client
+    return ConnectionRequest(
+        path=request.url.path,
+        query=dict(request.query_params),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        client=(client.host, client.port) if client else None,
+    )
+
+
+async def principal_of(gateway: Gateway, request: Request) -> Principal:
+    """Who sent ``request``; raises HTTP 401 when the authenticator refuses it."""
+    try:
+        result = gateway.authenticator.authenticate(request_of(request))
+        return await result if inspect.isawaitable(result) else result
+    except AuthenticationError as exc:
+        raise http_error(401, ErrorCode.UNAUTHORIZED, str(exc) or "unauthorized") from exc
+
+
+async def allowed(value: Any) -> bool:
+    """An authorizer's answer, awaited when it is awaitable."""
+    return bool(await value if inspect.isawaitable(value) else value)

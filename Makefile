@@ -17,8 +17,8 @@ demo: install ## the server on embedded defaults with live demo runs
 	$(VENV)/bin/agentcast serve --demo
 
 style: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
+	$(VENV)/bin/ruff format --check src tests $(wildcard benchmarks)
 
 types: install
 	$(VENV)/bin/mypy

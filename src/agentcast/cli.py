@@ -170,12 +170,18 @@ def tail(
     count: Annotated[int | None, typer.Option(help="Exit after this many events.")] = None,
 ) -> None:
     """Print a topic's events as they come; resumes after restarts and dropped connections."""
-    from agentcast.client import connect
+    from agentcast.client import HistoryLost, connect
 
     async def run() -> None:
         seen = 0
         async with connect(url) as client:
-            async for event in client.subscribe(topic, since=since):
+            async for event in client.subscribe(topic, since=since, on_history_lost="reset"):
+                if isinstance(event, HistoryLost):
+                    err.print(
+                        f"[dim]history of {event.topic} no longer reaches seq {event.since + 1} "
+                        f"(reset or evicted); continuing from seq {event.first_seq}[/dim]"
+                    )
+                    continue
                 if as_json:
                     sys.stdout.write(json.dumps(event.to_wire(), separators=(",", ":")) + "\n")
                     sys.stdout.flush()
@@ -207,7 +213,9 @@ def replay(
     """Replay a run's recorded events at their original pace (or N× faster)."""
     import websockets
 
-    ws_url = _ws_url(url)
+    from agentcast.client.connection import ws_url_of
+
+    ws_url = ws_url_of(url)
 
     async def run() -> int:
         async with websockets.connect(ws_url) as ws:
@@ -236,16 +244,6 @@ def replay(
         err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
-
-
-def _ws_url(url: str) -> str:
-    """``http://host:port`` → ``ws://host:port/ws`` (``https`` → ``wss``); ws URLs unchanged."""
-    if url.startswith(("ws://", "wss://")):
-        return url
-    base = url.rstrip("/")
-    if base.startswith("https://"):
-        return "wss://" + base[len("https://") :] + "/ws"
-    return "ws://" + base.removeprefix("http://") + "/ws"
 
 
 def _print_event(topic: str, seq: int, type: str, timestamp: str, data: Any) -> None:

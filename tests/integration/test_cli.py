@@ -1,0 +1,95 @@
+"""The CLI against real server processes: publish, tail (also across a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import httpx
+
+from tests.conftest import UNIT, ServerProcess, free_port
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agentcast.cli", *args]
+
+
+async def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, cli(*args), capture_output=True, text=True, timeout=30 * UNIT
+    )
+
+
+async def subscribed(http: httpx.AsyncClient) -> None:
+    """Wait (bounded) until the tail process is subscribed: the server exposes no event."""
+    async with asyncio.timeout(20 * UNIT):
+        while not any(t["subscribers"] for t in (await http.get("/api/topics")).json()):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_publish_and_tail_json(server_process: ServerProcess) -> None:
+    url = server_process.url
+    first = await run("publish", "board:1", "note", '{"n": 1}', "--url", url)
+    assert (first.returncode, first.stdout.strip()) == (0, "1")
+    second = await run("publish", "board:1", "note", '{"n": 2}', "--url", url)
+    assert second.stdout.strip() == "2"
+    tail = await run("tail", "board:1", "--since", "0", "--json", "--count", "2", "--url", url)
+    assert tail.returncode == 0, tail.stderr
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [(m["seq"], m["data"]["n"]) for m in lines] == [(1, 1), (2, 2)]
+    assert all(set(m) == {"type", "topic", "seq", "timestamp", "data"} for m in lines)
+    pretty = await run("tail", "board:1", "--since", "1", "--count", "1", "--url", url)
+    assert "board:1" in pretty.stdout
+    assert "#2" in pretty.stdout
+
+
+async def test_publish_errors(server_process: ServerProcess) -> None:
+    bad_json = await run("publish", "board:1", "note", "{nope", "--url", server_process.url)
+    assert bad_json.returncode == 2
+    assert "not valid JSON" in bad_json.stderr
+    refused = await run("publish", "bad topic", "note", "{}", "--url", server_process.url)
+    assert refused.returncode == 1
+    assert "invalid_topic" in refused.stderr
+    down = await run("publish", "t", "note", "{}", "--url", f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 1
+    assert "cannot reach" in down.stderr
+
+
+async def test_tail_keeps_going_across_a_server_restart() -> None:
+    port = free_port()
+    server = ServerProcess(port)
+    await asyncio.to_thread(server.start)
+    tail = await asyncio.create_subprocess_exec(
+        *cli("tail", "board:r", "--json", "--count", "3", "--url", server.url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert tail.stdout is not None
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            await subscribed(http)
+            await http.post("/api/topics/board:r/events", json={"type": "before", "data": {}})
+        line = await asyncio.wait_for(tail.stdout.readline(), 10 * UNIT)
+        assert json.loads(line)["type"] == "before"
+        await asyncio.to_thread(server.stop)
+        server.log.close()
+        server = ServerProcess(port)
+        await asyncio.to_thread(server.start)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            await subscribed(http)  # the tail reconnected and resubscribed
+            await http.post(
+                "/api/topics/board:r/events", json=[{"type": "after1"}, {"type": "after2"}]
+            )
+        rest = [
+            json.loads(await asyncio.wait_for(tail.stdout.readline(), 10 * UNIT)) for _ in range(2)
+        ]
+        assert [m["type"] for m in rest] == ["after1", "after2"]
+        assert await asyncio.wait_for(tail.wait(), 10 * UNIT) == 0
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+        await asyncio.to_thread(server.stop)
+        server.log.close()

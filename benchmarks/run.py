@@ -1,25 +1,29 @@
 """agentcast and its peers, side by side, on the same workloads, in one run.
 
-    python benchmarks/run.py                      # W1–W4, every peer, 1 rep (~8 min)
-    python benchmarks/run.py --reps 3             # medians of 3 fresh-server runs per cell
-    python benchmarks/run.py --quick              # smaller sizes, a smoke run (~1 min)
-    python benchmarks/run.py --workloads W1,W3 --peers agentcast,raw
+    .venv/bin/python benchmarks/run.py                 # W1–W4, every peer, 1 rep (~6 min)
+    .venv/bin/python benchmarks/run.py --reps 3        # medians of 3 fresh-server runs (~17 min)
+    .venv/bin/python benchmarks/run.py --quick         # smaller sizes: a smoke run (~1 min)
+    .venv/bin/python benchmarks/run.py --workloads W1,W3 --peers agentcast,raw
+    .venv/bin/python benchmarks/run.py --report benchmarks/results/<stamp>.jsonl  # tables again
 
-Each run starts a fresh server pinned to CPU 0 (taskset) and the C load client
-(``wsload.c``, built here with gcc) pinned to CPU 1; reps are interleaved across peers.
-Peers: (a) seed 000's FastAPI connection manager (``send_json`` per subscriber) on uvicorn,
-(b) python-socketio rooms on uvicorn, (c) ``websockets`` with ``broadcast()``, (d) a
-hand-written asyncio server writing each frame (the floor). It prints one table per
-workload (deliveries/s, latency p50/p99, server and client CPU, RSS per connection), the
-ratios of agentcast to each peer and the targets; raw results go to
-``benchmarks/results/runs.jsonl``.
+Every run starts a fresh server pinned to one core (taskset) and the C load client
+(``wsload.c``, built here with gcc) pinned to the other; reps are interleaved across
+peers. Peers: (a) seed 000's connection manager, FastAPI on uvicorn, ``await
+ws.send_json`` per subscriber; (b) python-socketio rooms on uvicorn; (c) ``websockets``
+with ``broadcast()``; (d) a hand-written asyncio server writing each frame (the floor).
+It prints a Markdown table per workload (deliveries/s, latency p50/p99, server and client
+CPU, server RSS per connection), agentcast's ratio to each peer and the targets' verdicts,
+and writes every run as one JSON line to ``benchmarks/results/<stamp>.jsonl`` (the report
+beside it as ``<stamp>.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import platform
 import resource
 import shutil
 import signal
@@ -30,125 +34,229 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BUILD = HERE / "build"
 RESULTS = HERE / "results"
 PY = sys.executable
-BIN = Path(sys.executable).parent
+BIN = Path(PY).parent
+
+# -- workloads ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    id: str
+    title: str
+    conns: int
+    topics: int
+    count: int  # events published
+    rate: float  # events/s, 0: as fast as possible
+    timeout: int  # wsload hard limit, seconds
+
+    @property
+    def expect(self) -> int:
+        return self.count * self.conns // self.topics
+
+    @property
+    def schedule_s(self) -> float:
+        return self.count / self.rate if self.rate else 0.0
+
+
+FULL = {
+    "W1": Workload("W1", "fan-out burst", 1000, 1, 2000, 0, 150),
+    "W2": Workload("W2", "paced fan-out", 1000, 1, 1000, 100, 90),
+    "W3": Workload("W3", "unicast", 1000, 1000, 500_000, 0, 150),
+    "W4": Workload("W4", "idle memory", 10_000, 1, 0, 0, 180),
+}
+QUICK = {
+    "W1": Workload("W1", "fan-out burst", 200, 1, 500, 0, 60),
+    "W2": Workload("W2", "paced fan-out", 200, 1, 200, 100, 30),
+    "W3": Workload("W3", "unicast", 200, 200, 50_000, 0, 60),
+    "W4": Workload("W4", "idle memory", 2000, 1, 0, 0, 60),
+}
+
+# -- peers --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Peer:
     name: str
     desc: str
-    start: list[str]
+    start: str  # command line; {py} {agentcast} {port} are replaced, then split on spaces
+    modules: str  # what it imports (checked before the run)
     path: str = "/ws"
     sub: str = '{"action":"subscribe","topic":"{topic}"}'
-    ready: str = "subscribed"
     trigger: str = "GET http://127.0.0.1:{port}/publish?topics={T}&count={K}&rate={R}"
-    extra: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
+    extra: str = ""  # more wsload flags
+    scratch_cwd: bool = False  # agentcast: its default run store file goes to results/
 
 
-def peers() -> dict[str, Peer]:
-    uvicorn = [
-        str(BIN / "uvicorn"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--backlog",
-        "4096",
-        "--lifespan",
-        "off",
-    ]
-    return {
-        "agentcast": Peer(
+UVICORN = (
+    "{py} -m uvicorn --host 127.0.0.1 --port {port} --loop uvloop --http httptools "
+    "--ws websockets-sansio --no-access-log --log-level warning --backlog 4096 --lifespan off"
+)
+PEERS = {
+    p.name: p
+    for p in (
+        Peer(
             "agentcast",
-            "agentcast serve (native uvicorn ws protocol, in-memory broker)",
-            [
-                str(BIN / "agentcast"),
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "{port}",
-                "--bench-endpoint",
-                "--log-level",
-                "warning",
-            ],
+            "agentcast serve (native ws protocol, in-memory broker), default settings",
+            "{agentcast} serve --host 127.0.0.1 --port {port} --bench-endpoint --log-level warning",
+            "agentcast uvloop httptools",
             sub='{"type":"subscribe","topic":"{topic}"}',
             trigger="GET http://127.0.0.1:{port}/_bench/publish?topics={T}&count={K}&rate={R}",
-            env=(("AGENTCAST_STORE_URL", ""),),
+            scratch_cwd=True,
         ),
-        "seed000-fastapi": Peer(
+        Peer(
             "seed000-fastapi",
-            "seed 000's manager: FastAPI, await ws.send_json per subscriber, uvicorn",
-            [*uvicorn, "--ws", "websockets-sansio", "seed000_fastapi:app"],
+            "seed 000's manager: FastAPI, `await ws.send_json` per subscriber, uvicorn",
+            f"{UVICORN} seed000_fastapi:app",
+            "fastapi uvicorn uvloop httptools",
         ),
-        "socketio": Peer(
+        Peer(
             "socketio",
             "python-socketio AsyncServer rooms (ASGI) on uvicorn",
-            [*uvicorn, "--ws", "websockets-sansio", "socketio_app:app"],
+            f"{UVICORN} socketio_app:app",
+            "socketio starlette uvicorn uvloop httptools",
             path="/socket.io/?EIO=4&transport=websocket",
             sub='42["join","{topic}"]',
-            extra=(
-                "--wait-open",
-                "--hello",
-                "40",
-                "--hello-ack",
-                "40",
-                "--reply-on",
-                "2",
-                "--reply-with",
-                "3",
-            ),
+            extra="--wait-open --hello 40 --hello-ack 40 --reply-on 2 --reply-with 3",
         ),
-        "websockets": Peer(
+        Peer(
             "websockets",
-            "websockets serve() + broadcast()",
-            [PY, "websockets_server.py", "--port", "{port}"],
+            "websockets serve() + broadcast(), uvloop",
+            "{py} websockets_server.py --port {port}",
+            "websockets uvloop",
         ),
-        "raw": Peer(
+        Peer(
             "raw",
-            "hand-written asyncio+uvloop, one transport.write per frame (the floor)",
-            [PY, "raw_server.py", "--port", "{port}"],
+            "hand-written asyncio + uvloop, one transport.write per frame (the floor)",
+            "{py} raw_server.py --port {port}",
+            "uvloop",
         ),
-    }
+    )
+}
+PIP_NAMES = {"socketio": "python-socketio>=5.11", "uvicorn": "uvicorn[standard]>=0.35"}
+
+# -- set-up -------------------------------------------------------------------------
 
 
-WORKLOADS = {  # connections, topics, messages, rate (0: burst), expected deliveries, timeout
-    "W1": (1000, 1, 2000, 0, 2_000_000, 120),
-    "W2": (1000, 1, 1000, 100, 1_000_000, 60),
-    "W3": (1000, 1000, 500_000, 0, 500_000, 120),
-    "W4": (10_000, 1, 0, 0, 0, 180),
-}
-QUICK = {
-    "W1": (200, 1, 500, 0, 100_000, 60),
-    "W2": (200, 1, 200, 100, 40_000, 30),
-    "W3": (200, 200, 50_000, 0, 50_000, 60),
-    "W4": (2000, 1, 0, 0, 0, 60),
-}
+def check_python_deps(names: list[str], install: bool) -> None:
+    missing = sorted(
+        {m for n in names for m in PEERS[n].modules.split() if importlib.util.find_spec(m) is None}
+    )
+    if "agentcast" in missing:
+        sys.exit(
+            f"agentcast is not importable by {PY}: run this script with the project's venv "
+            "(.venv/bin/python benchmarks/run.py) after `pip install -e .`"
+        )
+    if not missing:
+        return
+    pkgs = [PIP_NAMES.get(m, m) for m in missing]
+    cmd = [PY, "-m", "pip", "install", *pkgs]
+    if not install:
+        sys.exit(
+            f"missing Python packages for the peers: {', '.join(missing)}\n"
+            f"install them with:  {' '.join(repr(c) if '[' in c or '>' in c else c for c in cmd)}\n"
+            "(or run again with --install)"
+        )
+    subprocess.run(cmd, check=True)
 
 
 def build_wsload() -> Path:
     BUILD.mkdir(exist_ok=True)
-    exe = BUILD / "wsload"
-    src = HERE / "wsload.c"
+    exe, src = BUILD / "wsload", HERE / "wsload.c"
     if not exe.exists() or src.stat().st_mtime > exe.stat().st_mtime:
         if shutil.which("gcc") is None:
-            sys.exit("gcc is needed to build the load client (apt-get install gcc)")
+            sys.exit("gcc is needed to build the load client (e.g. apt-get install gcc)")
         subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(src)], check=True)
     return exe
+
+
+def raise_fd_limit(need: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(need, min(hard, 65536)) if hard != resource.RLIM_INFINITY else max(need, 65536)
+    for limits in (
+        (want, max(hard, want)) if hard != resource.RLIM_INFINITY else (want, hard),
+        (hard, hard),
+    ):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
+        except (ValueError, OSError):
+            continue
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < need:
+        sys.exit(
+            f"open-file limit {soft} is below the {need} this run needs: raise it "
+            f"(e.g. `ulimit -n {need}` as root, or nofile in /etc/security/limits.conf)"
+        )
+    return soft
+
+
+def cpus(args: argparse.Namespace) -> tuple[str, str]:
+    if shutil.which("taskset") is None:
+        sys.exit(
+            "taskset (util-linux) is needed to pin the server and the client to different cores"
+        )
+    avail = sorted(os.sched_getaffinity(0))
+    if len(avail) < 2:
+        sys.exit("need at least 2 cores: one for the server, one for the load client")
+    return args.server_cpu or str(avail[0]), args.client_cpu or str(avail[1])
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def version(dist: str) -> str:
+        try:
+            from importlib.metadata import version as v
+
+            return v(dist)
+        except Exception:
+            return "-"
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        commit = "-"
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "agentcast_commit": commit,
+        "versions": {
+            d: version(d)
+            for d in (
+                "agentcast",
+                "uvicorn",
+                "uvloop",
+                "websockets",
+                "fastapi",
+                "starlette",
+                "python-socketio",
+                "python-engineio",
+                "orjson",
+            )
+        },
+        "mem_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20,
+    }
+
+
+# -- one run ------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -169,233 +277,528 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
     return False
 
 
+def cpu_times(ids: tuple[str, str]) -> dict[str, list[int]]:
+    """Per-core jiffies from /proc/stat: user+nice+system, and steal."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *vals = line.split()
+            if name[3:] in ids and name.startswith("cpu"):
+                v = [int(x) for x in vals]
+                out[name[3:]] = [v[0] + v[1] + v[2], v[7]]
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its descendants."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def run_one(
-    peer: Peer, wl: str, sizes: tuple[int, ...], wsload: Path, rep: int
-) -> dict[str, object]:
-    n, topics, count, rate, expect, timeout = sizes
+    peer: Peer, wl: Workload, wsload: Path, rep: int, cores: tuple[str, str], stamp: str
+) -> dict[str, Any]:
     port = free_port()
-    cmd = [part.replace("{port}", str(port)) for part in peer.start]
-    log = (RESULTS / "logs" / f"{peer.name}.{wl}.{rep}.log").open("wb")
-    env = {**os.environ, **dict(peer.env)}
-    server = subprocess.Popen(
-        ["taskset", "-c", "0", *cmd],
-        cwd=HERE / "peers",
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-    )
-    try:
-        if not wait_port(port, server):
-            return {"peer": peer.name, "workload": wl, "rep": rep, "failed": "server did not start"}
-        time.sleep(0.3)
-        args = [
-            str(wsload),
-            "--port",
-            str(port),
-            "--path",
-            peer.path,
-            "-n",
-            str(n),
-            "--topics",
-            str(topics),
-            "--concurrency",
-            "200",
-            "--timeout",
-            str(timeout),
-            "--idle-timeout",
-            "5" if rate else "10",
-            "--pid",
-            str(server.pid),
-            "--sub",
-            peer.sub,
-            "--ready",
-            peer.ready,
-            *peer.extra,
-        ]
-        if wl == "W4":
-            args += ["--hold", "2"]
-        else:
-            trigger = peer.trigger.replace("{port}", str(port)).replace("{T}", str(topics))
-            trigger = trigger.replace("{K}", str(count)).replace("{R}", str(rate))
-            args += ["--expect", str(expect), "--trigger", trigger]
-        out = subprocess.run(
-            ["taskset", "-c", "1", *args], capture_output=True, text=True, timeout=timeout + 30
+    agentcast = BIN / "agentcast"
+    cmd = peer.start.format(
+        py=PY, port=port, agentcast=agentcast if agentcast.exists() else "agentcast"
+    ).split()
+    cwd = HERE / "peers"
+    if peer.scratch_cwd:
+        cwd = RESULTS / "agentcast-cwd"
+        cwd.mkdir(parents=True, exist_ok=True)
+    logs = RESULTS / "logs" / stamp
+    logs.mkdir(parents=True, exist_ok=True)
+    base = {
+        "peer": peer.name,
+        "workload": wl.id,
+        "rep": rep,
+        "conns": wl.conns,
+        "topics": wl.topics,
+        "count": wl.count,
+        "rate": wl.rate,
+    }
+    with (logs / f"{peer.name}.{wl.id}.{rep}.log").open("wb") as log:
+        server = subprocess.Popen(
+            ["taskset", "-c", cores[0], *cmd],
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            result = {"failed": f"wsload rc={out.returncode}: {out.stderr.strip()[-300:]}"}
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-    return {"peer": peer.name, "workload": wl, "rep": rep, **result}
-
-
-def med(rows: list[dict[str, object]], key: str) -> float | None:
-    values = [float(r[key]) for r in rows if isinstance(r.get(key), int | float)]  # type: ignore[arg-type]
-    return statistics.median(values) if values else None
-
-
-def fmt(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "–"
-    if unit == "k":
-        return f"{value / 1000:,.0f}k"
-    return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
-
-
-def report(results: list[dict[str, object]], names: list[str], wls: list[str]) -> str:
-    lines: list[str] = []
-    cell: dict[tuple[str, str], dict[str, float | None]] = {}
-    for wl in wls:
-        lines += [
-            f"### {wl}",
-            "",
-            "| peer | runs ok | deliveries/s | p50 ms | p99 ms | server CPU | client CPU | KiB/conn |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name in names:
-            rows = [r for r in results if r["peer"] == name and r["workload"] == wl]
-            ok = [
-                r
-                for r in rows
-                if "failed" not in r
-                and not r.get("timed_out")
-                and (wl == "W4" or r.get("deliveries") == r.get("expected"))
+            if not wait_port(port, server):
+                return {**base, "failed": f"server did not start (see {log.name})"}
+            time.sleep(0.5)
+            args = [
+                str(wsload),
+                "--port",
+                str(port),
+                "--path",
+                peer.path,
+                "-n",
+                str(wl.conns),
+                "--topics",
+                str(wl.topics),
+                "--concurrency",
+                "200",
+                "--timeout",
+                str(wl.timeout),
+                "--idle-timeout",
+                "10",
+                "--pid",
+                str(server.pid),
+                "--sub",
+                peer.sub,
+                "--ready",
+                "subscribed",
+                "--label",
+                f"{peer.name}.{wl.id}.{rep}",
+                *peer.extra.split(),
             ]
-            util_s = [
-                float(r["server_cpu_s"]) / float(r["seconds"])
-                for r in ok  # type: ignore[arg-type]
-                if r.get("seconds")
-            ]
-            util_c = [
-                float(r["client_cpu_s"]) / float(r["seconds"])
-                for r in ok  # type: ignore[arg-type]
-                if r.get("seconds")
-            ]
-            stats = {
-                "rate": med(ok, "deliveries_per_s"),
-                "p50": med(ok, "p50_ms"),
-                "p99": med(ok, "p99_ms"),
-                "kib": med(ok, "rss_per_conn_kib"),
-                "srv": statistics.median(util_s) if util_s else None,
-                "cli": statistics.median(util_c) if util_c else None,
-            }
-            cell[(name, wl)] = stats
-            w4 = wl == "W4"
-            srv = "–" if w4 or stats["srv"] is None else f"{100 * stats['srv']:.0f}%"
-            cli = "–" if w4 or stats["cli"] is None else f"{100 * stats['cli']:.0f}%"
-            lines.append(
-                f"| {name} | {len(ok)}/{len(rows)} | {'–' if w4 else fmt(stats['rate'], 'k')} | "
-                f"{'–' if w4 else fmt(stats['p50'])} | {'–' if w4 else fmt(stats['p99'])} | "
-                f"{srv} | {cli} | "
-                f"{fmt(stats['kib']) if w4 else '–'} |"
+            if wl.count:
+                trigger = (
+                    peer.trigger.replace("{port}", str(port))
+                    .replace("{T}", str(wl.topics))
+                    .replace("{K}", str(wl.count))
+                    .replace("{R}", f"{wl.rate:g}")
+                )
+                args += ["--expect", str(wl.expect), "--trigger", trigger]
+            else:
+                args += ["--hold", "2"]
+            stat0, srv0, t0 = cpu_times(cores), tree_cpu(server.pid), time.monotonic()
+            out = subprocess.run(
+                ["taskset", "-c", cores[1], *args],
+                capture_output=True,
+                text=True,
+                timeout=wl.timeout + 30,
             )
-        lines.append("")
-    if "agentcast" in names:
-        lines += [
-            "### agentcast / peer (rates: higher is better; W2 p99 and W4 KiB: lower is better)",
-            "",
-            "| peer | W1 rate | W2 rate | W2 p99 | W3 rate | W4 KiB |",
-            "|---|---|---|---|---|---|",
+            wall, srv1, stat1 = time.monotonic() - t0, tree_cpu(server.pid), cpu_times(cores)
+            try:
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                return {
+                    **base,
+                    "failed": f"wsload rc={out.returncode}: {out.stderr.strip()[-300:]}",
+                }
+            # CPU used on the two cores by anything but this server and this client
+            tick = os.sysconf("SC_CLK_TCK")
+            busy = sum(stat1[c][0] - stat0[c][0] for c in cores) / tick
+            steal = sum(stat1[c][1] - stat0[c][1] for c in cores) / tick
+            client = result.get("client_cpu_s", 0.0)
+            result["other_load"] = round(max(0.0, busy - (srv1 - srv0) - client) / wall, 3)
+            result["steal"] = round(steal / wall, 3)
+            return {**base, **result}
+        finally:
+            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(server.pid, sig)
+                    server.wait(wait)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def complete(r: dict[str, Any]) -> bool:
+    if "failed" in r or r.get("timed_out") or r.get("errors"):
+        return False
+    if r["workload"] == "W4":
+        return r.get("connections") == r.get("conns")
+    return r.get("deliveries") == r.get("expected") and r.get("min_conn_deliveries") == r.get(
+        "max_conn_deliveries"
+    )
+
+
+def derived(r: dict[str, Any]) -> dict[str, Any]:
+    """Per-run figures computed from wsload's output."""
+    d = dict(r)
+    secs = r.get("seconds") or 0
+    if secs > 0 and r.get("deliveries"):
+        d["server_util"] = r.get("server_cpu_s", 0) / secs
+        d["client_util"] = r.get("client_run_cpu_s", r.get("client_cpu_s", 0)) / secs
+        d["server_us_per_delivery"] = 1e6 * r.get("server_cpu_s", 0) / r["deliveries"]
+    if r.get("rate"):
+        d["lateness_s"] = secs - r["count"] / r["rate"]
+    return d
+
+
+def stat(rows: list[dict[str, Any]], key: str) -> tuple[float, float, float] | None:
+    vals = [float(r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    return (statistics.median(vals), min(vals), max(vals)) if vals else None
+
+
+def mib(rows: list[dict[str, Any]], key: str) -> tuple[float, float, float] | None:
+    s = stat(rows, key)
+    return None if s is None else (s[0] / 1024, s[1] / 1024, s[2] / 1024)
+
+
+def num(x: float) -> str:
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def show(s: tuple[float, float, float] | None, kind: str = "") -> str:
+    if s is None:
+        return "–"
+    med, lo, hi = s
+    if kind == "k":
+        f = lambda x: f"{x / 1000:,.0f}k" if x >= 10_000 else f"{x / 1000:,.1f}k"  # noqa: E731
+    elif kind == "%":
+        f = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    else:
+        f = num
+    return f(med) if lo == hi else f"{f(med)} ({f(lo)}–{f(hi)})"
+
+
+class Report:
+    def __init__(self, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+        self.meta = meta
+        self.rows = [derived(r) for r in results if "peer" in r]
+        self.names = list(dict.fromkeys(r["peer"] for r in self.rows))
+        self.wls = [
+            w for w in ("W1", "W2", "W3", "W4") if any(r["workload"] == w for r in self.rows)
         ]
 
-        def ratio(wl: str, key: str, other: str) -> str:
-            a, b = cell.get(("agentcast", wl), {}).get(key), cell.get((other, wl), {}).get(key)
-            return f"{a / b:.2f}×" if a is not None and b else "–"
+    def cell(self, peer: str, wl: str, ok_only: bool = True) -> list[dict[str, Any]]:
+        rows = [r for r in self.rows if r["peer"] == peer and r["workload"] == wl]
+        return [r for r in rows if complete(r)] if ok_only else rows
 
-        for other in names:
+    def med(self, peer: str, wl: str, key: str) -> float | None:
+        s = stat(self.cell(peer, wl), key)
+        return s[0] if s else None
+
+    def ratio(self, wl: str, key: str, other: str) -> tuple[float, float, float] | None:
+        """agentcast ÷ other: of the medians, with the range of same-rep ratios."""
+        a, b = self.med("agentcast", wl, key), self.med(other, wl, key)
+        if a is None or not b:
+            return None
+        pairs = []
+        for ra in self.cell("agentcast", wl):
+            for rb in self.cell(other, wl):
+                if ra["rep"] == rb["rep"] and rb.get(key):
+                    pairs.append(ra[key] / rb[key])
+        return (a / b, min(pairs, default=a / b), max(pairs, default=a / b))
+
+    def render(self) -> str:
+        m = self.meta
+        out = [
+            f"# agentcast benchmark — {m.get('when', '')}",
+            "",
+            f"Command: `{m.get('command', '')}`  ",
+            f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('mem_mib', 0) // 1024} GiB, "
+            f"Linux {m.get('kernel', '?')}, CPython {m.get('python', '?')}; server on CPU "
+            f"{m.get('server_cpu', '?')}, wsload on CPU {m.get('client_cpu', '?')}; "
+            f"{m.get('reps', '?')} rep(s), {'quick' if m.get('quick') else 'full'} sizes; "
+            f"agentcast {m.get('versions', {}).get('agentcast', '?')} at {m.get('agentcast_commit', '?')}",
+            "",
+            "Cells: median of the reps (min–max when they differ). Each run: a fresh server.",
+            "",
+            "Peers: "
+            + "; ".join(f"`{p.name}`: {p.desc}" for p in PEERS.values() if p.name in self.names),
+            "",
+        ]
+        sizes = QUICK if m.get("quick") else FULL
+        out += self.summary(sizes)
+        for wl in self.wls:
+            out += self.detail(wl, sizes[wl])
+        if "agentcast" in self.names:
+            out += self.ratios() + self.targets(sizes)
+        out += [
+            "",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
+            "",
+        ]
+        return "\n".join(out)
+
+    def summary(self, sizes: dict[str, Workload]) -> list[str]:
+        head, sep = ["peer"], ["---"]
+        for wl in self.wls:
+            w = sizes[wl]
+            if wl == "W4":
+                head.append(f"W4 KiB per idle conn ({w.conns:,} conns)")
+            elif wl == "W2":
+                head.append(f"W2 {w.rate:g} ev/s × {w.conns:,}: achieved/s, p50 / p99 ms")
+            else:
+                head.append(f"{wl} {w.title} deliveries/s, p50 / p99 ms")
+            sep.append("---")
+        lines = ["## Summary", "", "| " + " | ".join(head) + " |", "|" + "|".join(sep) + "|"]
+        for name in self.names:
+            cells = [name]
+            for wl in self.wls:
+                rows = self.cell(name, wl)
+                bad = len(self.cell(name, wl, ok_only=False)) - len(rows)
+                warn = f" ⚠{bad} failed" if bad else ""
+                if wl == "W4":
+                    cells.append(show(stat(rows, "rss_per_conn_kib")) + warn)
+                else:
+                    p50, p99 = self.med(name, wl, "p50_ms"), self.med(name, wl, "p99_ms")
+                    lat = f"{num(p50)} / {num(p99)}" if p50 is not None and p99 is not None else "–"
+                    cells.append(f"{show(stat(rows, 'deliveries_per_s'), 'k')}, {lat}{warn}")
+            lines.append("| " + " | ".join(cells) + " |")
+        return [*lines, ""]
+
+    def detail(self, wl: str, w: Workload) -> list[str]:
+        if wl == "W4":
+            lines = [
+                f"### W4 idle memory ({w.conns:,} subscribed connections; server RSS incl. children, "
+                "2 s after the last subscription)",
+                "",
+                "| peer | runs ok | connections | RSS before MiB | RSS after MiB | KiB per conn | "
+                "connect+subscribe s |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for name in self.names:
+                rows, all_ = self.cell(name, wl), self.cell(name, wl, ok_only=False)
+                lines.append(
+                    f"| {name} | {len(rows)}/{len(all_)} | {show(stat(rows, 'connections'))} | "
+                    f"{show(mib(rows, 'rss_before_kib'))} | {show(mib(rows, 'rss_after_kib'))} | "
+                    f"{show(stat(rows, 'rss_per_conn_kib'))} | {show(stat(rows, 'connect_s'))} |"
+                )
+            return [*lines, ""]
+        what = (
+            f"{w.conns:,} subscribers, {w.topics:,} topic(s), {w.count:,} events"
+            + (f" at {w.rate:g}/s" if w.rate else " as fast as possible")
+            + f" → {w.expect:,} deliveries"
+        )
+        lines = [
+            f"### {wl} {w.title} ({what})",
+            "",
+            "| peer | runs ok | deliveries/s | seconds | p50 ms | p99 ms | max ms | server CPU | "
+            "server µs/delivery | client CPU | other load | RSS KiB/conn |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name in self.names:
+            rows, all_ = self.cell(name, wl), self.cell(name, wl, ok_only=False)
+            lines.append(
+                f"| {name} | {len(rows)}/{len(all_)} | {show(stat(rows, 'deliveries_per_s'), 'k')} | "
+                f"{show(stat(rows, 'seconds'))} | {show(stat(rows, 'p50_ms'))} | {show(stat(rows, 'p99_ms'))} | "
+                f"{show(stat(rows, 'max_ms'))} | {show(stat(rows, 'server_util'), '%')} | "
+                f"{show(stat(rows, 'server_us_per_delivery'))} | {show(stat(rows, 'client_util'), '%')} | "
+                f"{show(stat(rows, 'other_load'), '%')} | {show(stat(rows, 'rss_per_conn_kib'))} |"
+            )
+            for r in all_:
+                if not complete(r):
+                    why = r.get("failed") or (
+                        f"{r.get('deliveries')}/{r.get('expected')} delivered, "
+                        f"timed_out={r.get('timed_out')}, errors={r.get('errors')}"
+                    )
+                    lines.append(f"|  ⚠ rep {r['rep']} | {why} |||||||||||")
+        return [*lines, ""]
+
+    def ratios(self) -> list[str]:
+        lines = [
+            "## agentcast ÷ peer (same run)",
+            "",
+            "Rates: higher is better. W2 p99, W4 KiB and server µs/delivery: lower is better. "
+            "Median ratio (range of same-rep ratios).",
+            "",
+            "| peer | W1 rate | W1 server µs/delivery | W2 rate | W2 p99 | W3 rate | W4 KiB/conn |",
+            "|---|---|---|---|---|---|---|",
+        ]
+
+        def r(wl: str, key: str, other: str) -> str:
+            if wl not in self.wls:
+                return "–"
+            s = self.ratio(wl, key, other)
+            if s is None:
+                return "–"
+            f = lambda x: f"{x:.2f}×" if x < 100 else f"{x:.0f}×"  # noqa: E731
+            return (
+                f(s[0])
+                if len(self.cell("agentcast", wl)) < 2
+                else f"{f(s[0])} ({f(s[1])}–{f(s[2])})"
+            )
+
+        for other in self.names:
             if other != "agentcast":
                 lines.append(
-                    f"| {other} | {ratio('W1', 'rate', other)} | {ratio('W2', 'rate', other)} | "
-                    f"{ratio('W2', 'p99', other)} | {ratio('W3', 'rate', other)} | "
-                    f"{ratio('W4', 'kib', other)} |"
+                    f"| {other} | {r('W1', 'deliveries_per_s', other)} | "
+                    f"{r('W1', 'server_us_per_delivery', other)} | {r('W2', 'deliveries_per_s', other)} | "
+                    f"{r('W2', 'p99_ms', other)} | {r('W3', 'deliveries_per_s', other)} | "
+                    f"{r('W4', 'rss_per_conn_kib', other)} |"
                 )
-        lines += ["", "### Targets", ""]
-        a = {wl: cell.get(("agentcast", wl), {}) for wl in wls}
+        return [*lines, ""]
 
-        def check(label: str, ok: bool | None) -> None:
-            lines.append(
-                f"- {label}: {'met' if ok else 'NOT met' if ok is not None else 'not measured'}"
+    def targets(self, sizes: dict[str, Workload]) -> list[str]:
+        lines = ["## Targets (agentcast, ratios measured in this run)", ""]
+
+        def verdict(label: str, ok: bool | None, detail: str) -> None:
+            mark = "not measured" if ok is None else "**met**" if ok else "**NOT met**"
+            lines.append(f"- {label}: {mark} — {detail}")
+
+        def ratio_target(wl: str, other: str, need: float, label: str) -> None:
+            if wl not in self.wls or other not in self.names:
+                verdict(label, None, f"needs {wl} and peer {other}")
+                return
+            s = self.ratio(wl, "deliveries_per_s", other)
+            ok = None if s is None else s[0] >= need
+            verdict(
+                label,
+                ok,
+                "–" if s is None else f"{s[0]:.2f}× (same-rep range {s[1]:.2f}–{s[2]:.2f}×)",
             )
 
-        def rel(wl: str, key: str, other: str) -> float | None:
-            x, y = a.get(wl, {}).get(key), cell.get((other, wl), {}).get(key)
-            return x / y if x is not None and y else None
+        ratio_target("W1", "seed000-fastapi", 10, "W1 ≥ 10× seed 000's FastAPI manager")
+        ratio_target("W1", "raw", 5, "W1 ≥ 5× the hand-written one-write-per-frame floor")
+        if "W2" in self.wls:
+            w = sizes["W2"]
+            all_ = self.cell("agentcast", "W2", ok_only=False)
+            p99 = stat(self.cell("agentcast", "W2"), "p99_ms")
+            late = stat([derived(r) for r in all_], "lateness_s")
+            on_time = bool(all_) and all(
+                complete(r) and derived(r).get("lateness_s", 1) <= 0.05 for r in all_
+            )
+            ok = None if not all_ else on_time and p99 is not None and p99[2] < 10
+            verdict(
+                "W2 every event delivered on time, p99 < 10 ms",
+                ok,
+                f"{sum(complete(r) for r in all_)}/{len(all_)} runs complete; last delivery "
+                f"{show(late)} s after the {w.schedule_s:g} s schedule; p99 {show(p99)} ms",
+            )
+        ratio_target("W3", "raw", 1.0, "W3 ≥ the hand-written floor")
+        if "W4" in self.wls:
+            kib = stat(self.cell("agentcast", "W4"), "rss_per_conn_kib")
+            verdict(
+                "W4 < 8 KiB per idle subscribed connection",
+                None if kib is None else kib[2] < 8,
+                f"{show(kib)} KiB",
+            )
+        hot = [
+            f"{r['peer']} {r['workload']} rep {r['rep']} ({100 * r['client_util']:.0f}%)"
+            for r in self.rows
+            if r.get("client_util", 0) > 0.9
+        ]
+        busy = [
+            f"{r['peer']} {r['workload']} rep {r['rep']} ({100 * r['other_load']:.0f}%)"
+            for r in self.rows
+            if r.get("other_load", 0) > 0.15
+        ]
+        lines += [
+            "",
+            "Client headroom: "
+            + (
+                "load client above 90 % CPU in " + ", ".join(hot)
+                if hot
+                else "the load client stayed below 90 % CPU in every run."
+            ),
+            "Interference: "
+            + (
+                "other processes used > 15 % of a core in " + ", ".join(busy)
+                if busy
+                else "other processes used < 15 % of a core in every run."
+            ),
+        ]
+        return lines
 
-        r = rel("W1", "rate", "seed000-fastapi")
-        check(f"W1 ≥ 10× seed 000's FastAPI manager ({fmt(r)}×)", None if r is None else r >= 10)
-        r = rel("W1", "rate", "raw")
-        check(f"W1 ≥ 5× the one-write-per-frame floor ({fmt(r)}×)", None if r is None else r >= 5)
-        w2 = [x for x in results if x["peer"] == "agentcast" and x["workload"] == "W2"]
-        on_time = bool(w2) and all(
-            x.get("deliveries") == x.get("expected")
-            and not x.get("timed_out")
-            and float(x.get("seconds", 99)) < 11.0
-            for x in w2
-        )  # type: ignore[arg-type]
-        p99 = a.get("W2", {}).get("p99")
-        check(
-            f"W2 all delivered on time, p99 < 10 ms (p99 {fmt(p99)} ms)",
-            None if p99 is None else on_time and p99 < 10,
-        )
-        r = rel("W3", "rate", "raw")
-        check(f"W3 ≥ the hand-written floor ({fmt(r)}×)", None if r is None else r >= 1)
-        kib = a.get("W4", {}).get("kib")
-        check(
-            f"W4 < 8 KiB per idle subscribed connection ({fmt(kib)} KiB)",
-            None if kib is None else kib < 8,
-        )
-    return "\n".join(lines)
+
+# -- main ---------------------------------------------------------------------------
+
+
+def load(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows, meta = [], {}
+    for line in path.read_text().splitlines():
+        obj = json.loads(line)
+        if "meta" in obj:
+            meta = obj["meta"]
+        else:
+            rows.append(obj)
+    return rows, meta
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--workloads", default="W1,W2,W3,W4")
-    ap.add_argument("--peers", default=",".join(peers()))
-    ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated (default: all)")
+    ap.add_argument(
+        "--peers", default=",".join(PEERS), help=f"comma-separated among {', '.join(PEERS)}"
+    )
+    ap.add_argument("--reps", type=int, default=1, help="fresh-server runs per cell (interleaved)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, a smoke run (~1 min)")
+    ap.add_argument("--install", action="store_true", help="pip-install missing peer packages")
+    ap.add_argument("--server-cpu", help="core for the servers (default: the first allowed)")
+    ap.add_argument("--client-cpu", help="core for wsload (default: the second allowed)")
+    ap.add_argument(
+        "--report", type=Path, help="only print the tables of an earlier results .jsonl"
+    )
     args = ap.parse_args()
-    if shutil.which("taskset") is None:
-        sys.exit("taskset (util-linux) is needed to pin server and client to different cores")
-    known = peers()
+    if args.report:
+        rows, meta = load(args.report)
+        print(Report(rows, meta).render())
+        return
     names = [p for p in args.peers.split(",") if p]
-    unknown = [p for p in names if p not in known]
-    if unknown:
-        sys.exit(f"unknown peers {unknown}; known: {', '.join(known)}")
     wls = [w for w in args.workloads.split(",") if w]
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    bad = [p for p in names if p not in PEERS] + [w for w in wls if w not in FULL]
+    if bad:
+        sys.exit(
+            f"unknown peers/workloads {bad}; peers: {', '.join(PEERS)}; workloads: W1 W2 W3 W4"
+        )
+    sizes = QUICK if args.quick else FULL
+    check_python_deps(names, args.install)
+    cores = cpus(args)
+    raise_fd_limit(max(sizes[w].conns for w in wls) + 1000)
     wsload = build_wsload()
-    (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
-    sizes = QUICK if args.quick else WORKLOADS
-    results = []
-    with (RESULTS / "runs.jsonl").open("a") as out:
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    meta = {
+        **machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "quick": args.quick,
+        "reps": args.reps,
+        "server_cpu": cores[0],
+        "client_cpu": cores[1],
+        "command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]),
+    }
+    path = RESULTS / f"{stamp}.jsonl"
+    results: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    with path.open("w") as out:
+        out.write(json.dumps({"meta": meta}) + "\n")
         for wl in wls:
             for rep in range(args.reps):
                 for name in names:  # interleaved: one rep of every peer, then the next rep
-                    result = run_one(known[name], wl, sizes[wl], wsload, rep)
-                    results.append(result)
-                    out.write(json.dumps(result) + "\n")
+                    r = run_one(PEERS[name], sizes[wl], wsload, rep, cores, stamp)
+                    results.append(r)
+                    out.write(json.dumps(r) + "\n")
                     out.flush()
-                    brief = {
-                        k: result.get(k)
-                        for k in ("deliveries_per_s", "p99_ms", "rss_per_conn_kib", "failed")
-                    }
-                    print(f"{name:16} {wl} rep {rep}: {brief}", file=sys.stderr, flush=True)
+                    brief = r.get("failed") or (
+                        f"{r.get('rss_per_conn_kib')} KiB/conn"
+                        if wl == "W4"
+                        else f"{r.get('deliveries_per_s', 0) / 1000:,.0f}k/s p50 {r.get('p50_ms')} p99 "
+                        f"{r.get('p99_ms')} ms, {r.get('deliveries')}/{r.get('expected')}"
+                    )
+                    print(
+                        f"[{time.monotonic() - t0:5.0f}s] {wl} rep {rep} {name:16} {brief}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    text = Report(results, meta).render()
+    path.with_suffix(".md").write_text(text + "\n")
+    print(text)
     print(
-        f"# agentcast benchmark ({'quick' if args.quick else 'full'} sizes, {args.reps} rep(s), "
-        f"{time.strftime('%Y-%m-%d %H:%M')}, server on CPU 0, wsload on CPU 1)\n"
+        f"\nraw results: {path.relative_to(ROOT)}; report: {path.with_suffix('.md').relative_to(ROOT)}",
+        file=sys.stderr,
     )
-    print(report(results, names, wls))
 
 
 if __name__ == "__main__":

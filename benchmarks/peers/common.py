@@ -1,11 +1,13 @@
-"""Shared helpers for the Python peer servers (event shape, trigger parsing, publish loop).
+"""What every peer server shares: the event, the subscribe frame, the trigger, the publisher.
 
-Every peer implements the same contract (see ../README.md):
-  * WebSocket endpoint; a client text frame {"action":"subscribe","topic":"t0"} subscribes
-    the connection to topic t0 and is answered with {"type":"subscribed","topic":"t0"}.
-  * GET (or POST) /publish?topics=T&count=K&rate=R[&prefix=t] answers 2xx at once and then
-    publishes K events round-robin over topics t0..t{T-1}, as fast as possible (rate=0) or
-    at R events/s. Each event is serialized once and the same text goes to every subscriber.
+The contract (the same for agentcast, through its ``--bench-endpoint``):
+
+* a client text frame ``{"action":"subscribe","topic":"t0"}`` subscribes the connection
+  and is answered with a frame containing ``subscribed``;
+* ``GET /publish?topics=T&count=K&rate=R`` answers 202 at once, then publishes K events
+  round-robin over topics ``t0 … t{T-1}``, as fast as possible (``rate=0``) or R per second;
+* each event is serialized once and the same text goes to every subscriber; it carries
+  ``"ts"``, CLOCK_REALTIME in ns taken when the event is made (the client's latency origin).
 """
 
 from __future__ import annotations
@@ -18,117 +20,101 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-# Yield to the event loop after roughly this many frame writes, so the loop can flush
-# buffers and read control frames while a burst is being published.
 YIELD_EVERY_WRITES = 1000
+"""A publishing burst yields to the event loop after about this many frame writes."""
 
 
-def event_dict(topic: str, seq: int) -> dict[str, Any]:
-    now = time.time_ns()
+def event(topic: str, k: int) -> dict[str, Any]:
+    """The same envelope agentcast sends (~200 bytes as JSON)."""
+    ns = time.time_ns()
     return {
         "type": "node_status",
-        "timestamp": datetime.fromtimestamp(now / 1e9, UTC).isoformat(timespec="microseconds"),
+        "topic": topic,
+        "seq": k + 1,
+        "timestamp": datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds"),
         "data": {
             "workflow_id": f"wf-{topic}",
-            "execution_id": f"exec-{seq:08d}",
+            "execution_id": f"exec-{k:08d}",
             "node_id": "node7",
             "status": "running",
             "progress": 42.0,
+            "ts": ns,
         },
-        "ts": now,
     }
 
 
-def event_text(topic: str, seq: int) -> str:
-    """One ~200-byte JSON workflow event; "ts" is CLOCK_REALTIME ns at publish time."""
-    return json.dumps(event_dict(topic, seq))
+def event_text(topic: str, k: int) -> str:
+    return json.dumps(event(topic, k))
 
 
-def subscribed_text(topic: str) -> str:
+def subscribed(topic: str) -> str:
     return json.dumps({"type": "subscribed", "topic": topic})
 
 
-def parse_subscribe(payload: str | bytes) -> str | None:
-    """Topic of a subscribe command, or None."""
+def parse_subscribe(text: str | bytes) -> str | None:
+    """The topic of a subscribe frame, or None."""
     try:
-        msg = json.loads(payload)
+        msg = json.loads(text)
     except ValueError:
         return None
-    if (
-        isinstance(msg, dict)
-        and msg.get("action") == "subscribe"
-        and isinstance(msg.get("topic"), str)
-    ):
-        return msg["topic"]
+    if isinstance(msg, dict) and msg.get("action") == "subscribe":
+        topic = msg.get("topic")
+        return topic if isinstance(topic, str) else None
     return None
 
 
-def parse_publish_command(payload: str | bytes) -> tuple[list[str], int, float] | None:
-    """Optional WS trigger: {"action":"publish","topics":T,"count":K,"rate":R[,"prefix":"t"]}."""
-    try:
-        msg = json.loads(payload)
-    except ValueError:
-        return None
-    if not (isinstance(msg, dict) and msg.get("action") == "publish"):
-        return None
-    prefix = str(msg.get("prefix", "t"))
-    names = [f"{prefix}{i}" for i in range(int(msg.get("topics", 1)))]
-    return names, int(msg.get("count", 1000)), float(msg.get("rate", 0))
-
-
 def parse_publish(target: str) -> tuple[list[str], int, float]:
-    """'/publish?topics=T&count=K&rate=R&prefix=t' -> (topic names, count, rate)."""
+    """``/publish?topics=T&count=K&rate=R`` -> (topic names, count, rate)."""
     q = parse_qs(urlsplit(target).query)
-    n_topics = int(q.get("topics", ["1"])[0])
-    count = int(q.get("count", ["1000"])[0])
-    rate = float(q.get("rate", ["0"])[0])
-    prefix = q.get("prefix", ["t"])[0]
-    return [f"{prefix}{i}" for i in range(n_topics)], count, rate
+    topics = int(q.get("topics", ["1"])[0])
+    return (
+        [f"t{i}" for i in range(topics)],
+        int(q.get("count", ["1000"])[0]),
+        float(q.get("rate", ["0"])[0]),
+    )
 
 
 async def publish_loop(
-    topics: list[str],
+    names: list[str],
     count: int,
     rate: float,
     send: Callable[[str, Any], Awaitable[Any] | None],
     fanout: Callable[[str], int],
     make: Callable[[str, int], Any] = event_text,
-    wait_writable: Callable[[], Awaitable[None]] | None = None,
+    drained: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Publish `count` events round-robin over `topics`; rate<=0 means as fast as possible.
+    """Publish ``count`` events round-robin over ``names`` (``rate`` <= 0: a burst).
 
-    send(topic, event) delivers one serialized event to every subscriber of topic (it may
-    return an awaitable). fanout(topic) is the subscriber count, used only to decide when
-    to yield to the loop. wait_writable, if given, is awaited at each yield point (the raw
-    peer uses it to respect transport back-pressure).
+    ``send(topic, event)`` delivers one event to every subscriber (it may return an
+    awaitable); ``fanout(topic)`` counts them, to yield every ~1,000 writes; ``drained``,
+    if given, is awaited at each yield (the raw peer's back-pressure).
     """
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    n_topics = len(topics)
     writes = 0
     for k in range(count):
-        topic = topics[k % n_topics]
+        topic = names[k % len(names)]
         if rate > 0:
             delay = t0 + k / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
                 writes = 0
-        r = send(topic, make(topic, k))
-        if r is not None:
-            await r
+        pending = send(topic, make(topic, k))
+        if pending is not None:
+            await pending
         writes += fanout(topic) or 1
         if writes >= YIELD_EVERY_WRITES:
             writes = 0
             await asyncio.sleep(0)
-            if wait_writable is not None:
-                await wait_writable()
+            if drained is not None:
+                await drained()
 
 
-_tasks: set[asyncio.Task[Any]] = set()
+_tasks: set[asyncio.Task[None]] = set()
 
 
-def spawn(coro: Awaitable[Any]) -> None:
-    """Run a publish in the background, keeping a reference so it is not GC'd."""
-    t = asyncio.ensure_future(coro)
-    _tasks.add(t)
-    t.add_done_callback(_tasks.discard)
+def spawn(coro: Awaitable[None]) -> None:
+    """Run a publisher in the background (keeping a reference to its task)."""
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)

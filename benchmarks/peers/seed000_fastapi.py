@@ -1,25 +1,20 @@
 """Peer (a): seed 000's connection manager as its users run it, a FastAPI app on uvicorn.
 
-    for ws in self.active_connections[execution_id]: await ws.send_json(message)
-
-(one ``json.dumps`` and one ASGI send per subscriber, as in the seed). The trigger is
-GET /publish?topics=T&count=K&rate=R (same contract as the other peers).
+The manager keeps a list of WebSockets per execution id and broadcasts with
+``for ws in connections: await ws.send_json(message)``: one ``json.dumps`` and one ASGI
+send per subscriber, as in the seed. Topics stand in for execution ids.
 """
 
 from __future__ import annotations
 
-import os
-import sys
+from typing import Any
 
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import PlainTextResponse
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import event_dict, parse_publish, parse_subscribe, publish_loop, spawn
+from common import event, parse_publish, parse_subscribe, publish_loop, spawn
+from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 
 
 class WebSocketManager:
-    """Seed 000: a dict of active connections per execution id."""
+    """Seed 000: active connections per execution id."""
 
     def __init__(self) -> None:
         self.active_connections: dict[str, list[WebSocket]] = {}
@@ -32,15 +27,12 @@ class WebSocketManager:
         if websocket in connections:
             connections.remove(websocket)
 
-    async def broadcast(self, execution_id: str, message: dict) -> None:  # type: ignore[type-arg]
+    async def broadcast(self, execution_id: str, message: dict[str, Any]) -> None:
         for websocket in list(self.active_connections.get(execution_id, [])):
             try:
                 await websocket.send_json(message)
             except Exception:
                 self.disconnect(websocket, execution_id)
-
-    def fanout(self, execution_id: str) -> int:
-        return len(self.active_connections.get(execution_id, ()))
 
 
 websocket_manager = WebSocketManager()
@@ -64,16 +56,17 @@ async def ws_endpoint(websocket: WebSocket) -> None:
 
 
 @app.get("/publish")
-async def publish(request: Request) -> PlainTextResponse:
+async def publish(request: Request) -> Response:
     names, count, rate = parse_publish(str(request.url))
+    fanout = websocket_manager.active_connections
     spawn(
         publish_loop(
             names,
             count,
             rate,
             websocket_manager.broadcast,
-            websocket_manager.fanout,
-            make=event_dict,
+            lambda topic: len(fanout.get(topic, ())),
+            make=event,
         )
     )
-    return PlainTextResponse("ok\n", status_code=202)
+    return Response(status_code=202)

@@ -1,6 +1,6 @@
-"""Peer (b) websockets (asyncio implementation, websockets>=14 API) with websockets.broadcast().
+"""Peer (c): ``websockets`` (asyncio ``serve()``) with ``broadcast()``, on uvloop.
 
-The HTTP trigger is served from process_request (websockets only parses GET requests).
+The trigger is answered from ``process_request`` (websockets only parses GET requests).
 Usage: websockets_server.py --port 8000
 """
 
@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import argparse
 import http
-import os
-import sys
 
 import uvloop
+from common import parse_publish, parse_subscribe, publish_loop, spawn, subscribed
 from websockets.asyncio.server import ServerConnection, broadcast, serve
-from websockets.http11 import Request
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import parse_publish, parse_subscribe, publish_loop, spawn, subscribed_text
+from websockets.http11 import Request, Response
 
 topics: dict[str, set[ServerConnection]] = {}
 
@@ -29,11 +25,10 @@ def fanout(topic: str) -> int:
     return len(topics.get(topic, ()))
 
 
-def process_request(connection: ServerConnection, request: Request):  # type: ignore[no-untyped-def]
+def process_request(connection: ServerConnection, request: Request) -> Response | None:
     if request.path.startswith("/publish"):
-        names, count, rate = parse_publish(request.path)
-        spawn(publish_loop(names, count, rate, send, fanout))
-        return connection.respond(http.HTTPStatus.ACCEPTED, "ok\n")
+        spawn(publish_loop(*parse_publish(request.path), send, fanout))
+        return connection.respond(http.HTTPStatus.ACCEPTED, "")
     return None
 
 
@@ -45,10 +40,10 @@ async def handler(ws: ServerConnection) -> None:
             if topic is not None:
                 topics.setdefault(topic, set()).add(ws)
                 mine.add(topic)
-                await ws.send(subscribed_text(topic))
+                await ws.send(subscribed(topic))
     finally:
-        for name in mine:
-            topics.get(name, set()).discard(ws)
+        for topic in mine:
+            topics[topic].discard(ws)
 
 
 async def main(port: int) -> None:

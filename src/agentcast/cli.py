@@ -195,6 +195,9 @@ def tail(
         asyncio.run(run())
     except KeyboardInterrupt:  # pragma: no cover - interactive
         pass
+    except ValueError as exc:  # an unusable --url
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     except AgentcastError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -59,7 +59,6 @@ CommandHandler = Callable[[Session, Any], Awaitable[None] | None]
 
 _MAX_PENDING_COMMANDS = 256
 _YIELD_EVERY_PUSHES = 16384
-_YIELD_EVERY_EVENTS = 1024
 
 
 async def _resolve(value: T | Awaitable[T]) -> T:
@@ -127,7 +126,7 @@ class Gateway:
         self._pushes_at_yield = 0
         self._events_since_yield = 0
         # a tight producer yields before any outbox can fill up between two flushes
-        self._yield_every_events = max(1, min(_YIELD_EVERY_EVENTS, s.outbox_max_frames // 4))
+        self._yield_every_events = max(1, min(s.publish_batch, s.outbox_max_frames // 4))
         # the in-memory broker publishes synchronously: skip creating a coroutine per event
         self._publish_now = (
             self.broker.publish_now if isinstance(self.broker, MemoryBroker) else None
@@ -524,6 +523,15 @@ class Gateway:
             self._spawn(self._unlisten(topic))
 
     async def _cmd_subscribe(self, session: Session, command: SubscribeCommand) -> None:
+        if command.replay is not None:
+            await self.replays.start(
+                session,
+                command.topic,
+                speed=command.replay,
+                since=command.since or 0,
+                id=command.id,
+            )
+            return
         await self.subscribe(
             session, command.topic, command.since, id=command.id, epoch=command.epoch
         )

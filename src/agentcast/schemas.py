@@ -9,7 +9,8 @@ models. ``tests/unit/test_docs.py`` runs the same check, and validates the examp
 ``docs/protocol.md`` with :meth:`SchemaEntry.validate`.
 
 Names say who sends what: ``client.<command>`` for commands, ``server.<type>`` for frames
-the server sends, ``http.<name>`` for HTTP bodies. Every command model registered with
+the server sends, ``http.<name>`` for HTTP bodies, ``data.<kind>.<type>`` for the ``data``
+of the run vocabularies' events (validated on publish). Every command model registered with
 :func:`agentcast.core.commands.register` gets its schema automatically (named after its
 class: ``ReplayStopCommand`` is ``client.replay-stop``), with ``type`` pinned to the values
 that route to it. A feature that adds a server frame or an HTTP body registers its model
@@ -44,6 +45,7 @@ from agentcast.core.frames import (
     UnsubscribeCommand,
     UnsubscribedFrame,
 )
+from agentcast.runs.vocabulary import EXECUTION_EVENTS, WORKFLOW_EVENTS
 from agentcast.transports.http import EventIn, HistoryOut, PublishResult
 
 __all__ = [
@@ -67,7 +69,7 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 """``docs/schemas`` of a source checkout (``--dir`` chooses another directory)."""
 
-Direction = Literal["client", "server", "http"]
+Direction = Literal["client", "server", "http", "data"]
 
 PublishBody = EventIn | Annotated[list[EventIn], Field(min_length=1)]
 """Body of ``POST /api/topics/{topic}/events``: one event, or a non-empty array of them."""
@@ -308,6 +310,20 @@ register(
 register("http.publish-result", PublishResult, "http", mode="serialization")
 register("http.history", HistoryOut, "http", mode="serialization")
 register("http.error", HttpError, "http", mode="serialization")
+for _kind, _model in EXECUTION_EVENTS.items():
+    register(
+        f"data.execution.{_kind}",
+        _model,
+        "data",
+        description=f"`data` of a `{_kind}` event on execution:<id> (seed 000).",
+    )
+for _kind, _model in WORKFLOW_EVENTS.items():
+    register(
+        f"data.workflow.{_kind}",
+        _model,
+        "data",
+        description=f"`data` of a `{_kind}` event on workflow:<id> (seed 004).",
+    )
 entries()  # the commands of every feature the gateway loads (seed 001, runs, …)
 
 

@@ -9,7 +9,8 @@ import sys
 
 import httpx
 
-from tests.conftest import UNIT, ServerProcess, free_port
+from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from tests.conftest import UNIT, RunningServer, ServerProcess, free_port
 
 
 def cli(*args: str) -> list[str]:
@@ -86,10 +87,36 @@ async def test_tail_keeps_going_across_a_server_restart() -> None:
             json.loads(await asyncio.wait_for(tail.stdout.readline(), 10 * UNIT)) for _ in range(2)
         ]
         assert [m["type"] for m in rest] == ["after1", "after2"]
+        assert [m["seq"] for m in rest] == [1, 2]  # the in-memory topic started again
         assert await asyncio.wait_for(tail.wait(), 10 * UNIT) == 0
+        assert tail.stderr is not None
+        notice = (await tail.stderr.read()).decode()
+        assert "history of board:r no longer reaches seq 2" in notice
     finally:
         if tail.returncode is None:
             tail.kill()
             await tail.wait()
         await asyncio.to_thread(server.stop)
         server.log.close()
+
+
+async def test_tail_usage_errors() -> None:
+    bad_url = await run("tail", "t", "--url", "ftp://example.org")
+    assert bad_url.returncode == 2
+    assert "URL" in bad_url.stderr
+    bad_since = await run("tail", "t", "--since", "-1", "--url", "http://127.0.0.1:1")
+    assert bad_since.returncode == 2
+    assert "since" in bad_since.stderr
+
+
+class Refuse:
+    def authenticate(self, request: ConnectionRequest) -> Principal:
+        raise AuthenticationError("no token here")
+
+
+async def test_tail_stops_on_a_refused_handshake(native_server: RunningServer) -> None:
+    """A terminal error (HTTP 401 on the handshake) ends tail with status 1."""
+    native_server.gateway.authenticator = Refuse()
+    refused = await run("tail", "t", "--url", native_server.url)
+    assert refused.returncode == 1
+    assert "401" in refused.stderr

@@ -8,16 +8,37 @@
         async for event in client.subscribe("workflow:123", since=0):
             print(event.seq, event.type, event.data)
 
-One WebSocket carries every subscription. When the connection drops (network, server
-restart, slow-consumer close) the client reconnects with jittered exponential backoff
-(websockets' reconnecting ``connect``) and resubscribes each topic with the last seq and
-epoch it delivered: every event arrives once, in order, with no gap — or, when the server
-can no longer provide the missing events, the subscription says so
-(:class:`~agentcast.errors.HistoryLostError`, or a :class:`HistoryLost` item in ``reset``
-mode). Terminal close codes (4500–4999, 1002, 1007, 1008, 1009) and refused handshakes
-raise :class:`~agentcast.errors.ConnectionClosedError`.
+One WebSocket carries every subscription; a reader demultiplexes the frames into one
+bounded buffer per subscription, so a slow consumer of one topic holds up no other.
+
+When the connection drops (network error, server restart, slow-consumer or keepalive
+close) the client reconnects with jittered exponential backoff (websockets' reconnecting
+``connect``) and resubscribes each topic with the last seq it received and that seq's
+epoch: every event arrives once, in order, with no gap. When the server can no longer
+provide the missing events, the subscription says so: it raises
+:class:`~agentcast.errors.HistoryLostError`, or yields a :class:`HistoryLost` marker in
+``on_history_lost="reset"`` mode. Terminal close codes (4500–4999, 1002, 1003, 1007–1010)
+and refused handshakes raise :class:`~agentcast.errors.ConnectionClosedError`.
 """
 
-from agentcast.client.connection import Client, Event, HistoryLost, Subscription, connect
+from agentcast.client.connection import Client, connect, ws_url_of
+from agentcast.client.errors import CommandFailed, ConnectionLostError, HandshakeRefused
+from agentcast.client.events import Event, HistoryLost, Snapshot
+from agentcast.client.subscription import Subscription
+from agentcast.errors import ClientError, ConnectionClosedError, HistoryLostError
 
-__all__ = ["Client", "Event", "HistoryLost", "Subscription", "connect"]
+__all__ = [
+    "Client",
+    "ClientError",
+    "CommandFailed",
+    "ConnectionClosedError",
+    "ConnectionLostError",
+    "Event",
+    "HandshakeRefused",
+    "HistoryLost",
+    "HistoryLostError",
+    "Snapshot",
+    "Subscription",
+    "connect",
+    "ws_url_of",
+]

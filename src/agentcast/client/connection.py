@@ -1,4 +1,4 @@
-"""Connection, subscriptions and resume (see the package docstring)."""
+"""The client: one WebSocket, its reconnections, commands and subscriptions."""
 
 from __future__ import annotations
 
@@ -6,176 +6,185 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal, cast, overload
 
+import orjson
+import pydantic
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.client import backoff
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidURI
+from websockets.uri import parse_uri
 
-from agentcast.codes import CloseCode
-from agentcast.errors import ClientError, ConnectionClosedError, HistoryLostError
+from agentcast.client.errors import CommandFailed, ConnectionLostError
+from agentcast.client.events import Event, HistoryLost
+from agentcast.client.retry import classify_failure, jittered_backoff, reconnectable
+from agentcast.client.subscription import OnHistoryLost, Subscription
+from agentcast.codes import ErrorCode
+from agentcast.core.frames import AckFrame, ErrorFrame
+from agentcast.errors import ClientError, ConnectionClosedError
 
-__all__ = ["Client", "Event", "HistoryLost", "Subscription", "connect"]
+__all__ = ["MAX_IN_FLIGHT", "Client", "connect", "ws_url_of"]
 
-_TERMINAL = {1002, 1007, 1008, 1009}
-_REPLIES = {"subscribed", "unsubscribed", "pong", "ack", "error"}
+logger = logging.getLogger("agentcast.client")
 
+MAX_IN_FLIGHT = 128
+"""Commands sent and not yet answered, per connection. The server queues at most 256
+behind a running one and refuses more (``rate_limited``): resubscribing hundreds of topics
+after a reconnection must not trip that."""
 
-def _terminal(code: int) -> bool:
-    return code in _TERMINAL or 4500 <= code <= 4999
+_TRANSIENT = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL})
+"""Error codes after which a ``subscribe`` is retried (with backoff) rather than failed."""
+
+Reply = dict[str, Any]
 
 
 def ws_url_of(url: str) -> str:
-    """``http://host:port`` → ``ws://host:port/ws`` (``https`` → ``wss``); ws URLs unchanged."""
+    """The WebSocket URL of a server: ``http://host:port`` → ``ws://host:port/ws``.
+
+    ``https`` becomes ``wss``; a path is kept (``http://h/prefix`` → ``ws://h/prefix/ws``);
+    ``ws://`` and ``wss://`` URLs are returned unchanged.
+    """
     if url.startswith(("ws://", "wss://")):
         return url
     base = url.rstrip("/")
     if base.startswith("https://"):
-        return "wss://" + base[len("https://") :] + "/ws"
-    return "ws://" + base.removeprefix("http://") + "/ws"
+        return "wss://" + base.removeprefix("https://") + "/ws"
+    if base.startswith("http://"):
+        return "ws://" + base.removeprefix("http://") + "/ws"
+    raise ValueError(f"not an http(s):// or ws(s):// URL: {url!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One topic event (or, with ``type == "snapshot"``, a run's state at ``seq``)."""
+@dataclass(eq=False, slots=True)
+class _Command:
+    """A command on its way: sent once, answered once (by ``id``)."""
 
-    type: str
-    topic: str
-    seq: int
-    timestamp: str
-    data: dict[str, Any]
-
-    def to_wire(self) -> dict[str, Any]:
-        """The event as the server sent it."""
-        return {
-            "type": self.type,
-            "topic": self.topic,
-            "seq": self.seq,
-            "timestamp": self.timestamp,
-            "data": self.data,
-        }
+    id: int
+    frame: str
+    on_reply: Callable[[Reply], None]
+    on_lost: Callable[[ClientError], None]
+    """Called instead when no reply will come (the connection or the client is gone)."""
+    portable: bool
+    """Survives a reconnection while unsent (user requests); else bound to its link."""
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryLost:
-    """``reset`` mode: events after ``since`` up to ``first_seq - 1`` could not be
-    recovered (history evicted, or the topic was reset); the events that follow start
-    again from the server's retained history. Drop your state of the topic."""
+class _Link:
+    """One open WebSocket: commands to send (in order, at most MAX_IN_FLIGHT unanswered)
+    and the commands awaiting their reply."""
 
-    topic: str
-    since: int
-    first_seq: int
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.outbox: deque[_Command] = deque()
+        self.in_flight: dict[int, _Command] = {}
+        self.wake = asyncio.Event()
 
+    def enqueue(self, command: _Command) -> None:
+        self.outbox.append(command)
+        self.wake.set()
 
-@dataclass(eq=False)
-class Subscription:
-    """An async iterator of one topic's events; resumed across reconnections."""
-
-    client: Client
-    topic: str
-    since: int | None
-    on_history_lost: Literal["raise", "reset"]
-    queue: asyncio.Queue[Event | HistoryLost | BaseException] = field(init=False)
-    last: int | None = None
-    epoch: str | None = None
-    closed: bool = False
-
-    def __post_init__(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.client.max_queue)
-        self.last = self.since
-
-    def command(self) -> dict[str, Any]:
-        cmd: dict[str, Any] = {"type": "subscribe", "topic": self.topic}
-        if self.last is not None:
-            cmd["since"] = self.last
-            if self.epoch is not None:
-                cmd["epoch"] = self.epoch
-        return cmd
-
-    async def _on_subscribed(self, data: dict[str, Any]) -> None:
-        asked = self.last
-        self.epoch = data.get("epoch")
-        if asked is None:
-            self.last = int(data["seq"])
-        elif not data.get("recovered", True):
-            first = int(data["first_seq"])
-            self.last = first - 1
-            if self.on_history_lost == "raise":
-                await self.queue.put(HistoryLostError(self.topic, asked, first))
-            else:
-                await self.queue.put(HistoryLost(self.topic, asked, first))
-
-    async def _on_event(self, msg: dict[str, Any]) -> None:
-        seq = int(msg["seq"])
-        if msg["type"] == "snapshot":
-            self.last = seq
-        elif self.last is not None and seq <= self.last:
-            return  # a duplicate after a resume
-        else:
-            self.last = seq
-        await self.queue.put(
-            Event(msg["type"], msg["topic"], seq, msg.get("timestamp", ""), msg.get("data", {}))
-        )
-
-    def __aiter__(self) -> AsyncIterator[Event | HistoryLost]:
-        return self
-
-    async def __anext__(self) -> Event | HistoryLost:
-        if self.closed and self.queue.empty():
-            raise StopAsyncIteration
-        item = await self.queue.get()
-        if isinstance(item, BaseException):
-            self.closed = True
-            raise item
-        return item
-
-    async def unsubscribe(self) -> None:
-        """Stop receiving this topic."""
-        self.closed = True
-        await self.client._unsubscribe(self)
+    async def write(self) -> None:
+        """Send queued commands until the connection closes (run as a task)."""
+        try:
+            while True:
+                if self.outbox and len(self.in_flight) < MAX_IN_FLIGHT:
+                    command = self.outbox.popleft()
+                    self.in_flight[command.id] = command
+                    await self.ws.send(command.frame)
+                    continue
+                self.wake.clear()
+                await self.wake.wait()
+        except ConnectionClosed:
+            pass
+        except Exception:  # pragma: no cover - defensive: never leave the link mute
+            logger.exception("sending failed; reconnecting")
+            await self.ws.close(1011, "client error")
 
 
 class Client:
-    """One WebSocket to an agentcast server, reconnecting and resuming as needed."""
+    """One WebSocket to an agentcast server carrying any number of subscriptions.
+
+    Use it as ``async with connect(url) as client:`` (see :func:`connect`). The client
+    connects in the background and keeps reconnecting, with jittered exponential backoff
+    (websockets' reconnecting ``connect``, and the same backoff after a connection that
+    closed soon after opening), until it is closed or a terminal error happens: a
+    terminal close code (4500–4999, 1002, 1003, 1007–1010), a refused handshake (HTTP 401,
+    403, 404 …), or an unusable URL. Then every subscription and every pending command
+    raises that :class:`~agentcast.errors.ConnectionClosedError` (or
+    :class:`~agentcast.errors.ClientError`), and so does any later call.
+
+    Commands (:meth:`publish`, :meth:`ping`, :meth:`request`) are sent in call order, wait
+    for a connection when there is none, and give up after ``reply_timeout`` seconds
+    (``TimeoutError``). Subscriptions are resumed after every reconnection (see
+    :class:`Subscription`).
+    """
 
     def __init__(
         self,
         url: str,
         *,
         token: str | None = None,
-        max_queue: int = 10_000,
+        headers: Mapping[str, str] | None = None,
+        queue_size: int = 1000,
+        reply_timeout: float = 30.0,
         initial_delay: float = 0.5,
         max_delay: float = 30.0,
-        reply_timeout: float = 30.0,
+        open_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float = 5.0,
     ) -> None:
         self.url = ws_url_of(url)
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.max_queue = max_queue
+        try:
+            parse_uri(self.url)  # a bad URL fails here rather than in the background
+        except InvalidURI as exc:
+            raise ValueError(str(exc)) from None
+        if queue_size < 2:
+            raise ValueError("queue_size must be at least 2")
+        if not 0 < initial_delay <= max_delay:
+            raise ValueError("need 0 < initial_delay <= max_delay")
+        self.headers = dict(headers or {})
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.queue_size = queue_size
         self.reply_timeout = reply_timeout
-        self.delays = functools.partial(
-            backoff,
-            initial_delay=initial_delay,
-            min_delay=initial_delay,
-            max_delay=max_delay,
-            factor=2.0,
-        )
-        self.subscriptions: dict[str, Subscription] = {}
-        self._ws: ClientConnection | None = None
-        self._connected = asyncio.Event()
-        self._ids = itertools.count(1)
-        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._runner: asyncio.Task[None] | None = None
-        self._fatal: BaseException | None = None
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        self._ws_options: dict[str, Any] = {
+            "open_timeout": open_timeout,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "close_timeout": close_timeout,
+        }
         self.connections = 0
-        """How many times a connection was established (1 + reconnections)."""
+        """How many connections were established so far (1 + reconnections)."""
+        self._subscriptions: dict[str, Subscription[Any]] = {}
+        self._link: _Link | None = None
+        self._backlog: deque[_Command] = deque()
+        self._ids = itertools.count(1)
+        self._runner: asyncio.Task[None] | None = None
+        self._fatal: ClientError | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = (
+            "closed"
+            if self._closed
+            else "failed"
+            if self._fatal
+            else "connected"
+            if self._link
+            else "connecting"
+        )
+        return f"<Client {self.url} {state} subscriptions={len(self._subscriptions)}>"
+
+    # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Client:
-        self._runner = asyncio.get_running_loop().create_task(self._run())
+        self.start()
         return self
 
     async def __aexit__(
@@ -186,178 +195,444 @@ class Client:
     ) -> None:
         await self.close()
 
+    def start(self) -> None:
+        """Start connecting in the background (``async with`` does it). Idempotent."""
+        if self._closed:
+            raise ClientError("the client is closed")
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(
+                self._run(), name=f"agentcast-client {self.url}"
+            )
+
     async def close(self) -> None:
+        """Close the connection and stop reconnecting. Idempotent.
+
+        Every subscription's iteration ends; pending commands raise
+        :class:`~agentcast.errors.ClientError`.
+        """
+        if self._closed:
+            return
+        self._closed = True
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-            self._runner = None
-        if self._ws is not None:
-            await self._ws.close()
+        pending = list(self._backlog)
+        self._backlog.clear()
+        for cmd in pending:
+            cmd.on_lost(ClientError("the client is closed"))
+        for sub in self._subscriptions.values():
+            self._cancel_retry(sub)
+            sub.end()
+        self._subscriptions.clear()
 
-    # -- API -----------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """True while a WebSocket is open."""
+        return self._link is not None
+
+    @property
+    def subscriptions(self) -> Mapping[str, Subscription[Any]]:
+        """The active subscriptions by topic (read-only view)."""
+        return MappingProxyType(self._subscriptions)
+
+    # -- subscriptions ---------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        topic: str,
+        since: int | None = None,
+        *,
+        on_history_lost: Literal["raise"] = "raise",
+    ) -> Subscription[Event]: ...
+
+    @overload
+    def subscribe(
+        self,
+        topic: str,
+        since: int | None = None,
+        *,
+        on_history_lost: Literal["reset"],
+    ) -> Subscription[Event | HistoryLost]: ...
 
     def subscribe(
         self,
         topic: str,
         since: int | None = None,
         *,
-        on_history_lost: Literal["raise", "reset"] = "raise",
-    ) -> Subscription:
-        """Receive ``topic``'s events after ``since`` (None: live only; 0: all retained)."""
-        if topic in self.subscriptions:
+        on_history_lost: OnHistoryLost = "raise",
+    ) -> Subscription[Event] | Subscription[Event | HistoryLost]:
+        """Subscribe to ``topic``; iterate the result for its events.
+
+        ``since``: None (default) for live events only, 0 for all retained history, N to
+        resume after seq N. The ``subscribe`` command is sent at once (or when the
+        connection opens), in order with other commands: an event published after
+        ``await sub.wait_subscribed()``, or after a later command's reply, is delivered.
+
+        ``on_history_lost``: what happens when history no longer reaches back to the
+        position (``since`` at first, the last received seq after a reconnection):
+        ``"raise"`` :class:`~agentcast.errors.HistoryLostError` from the iterator, or
+        ``"reset"`` yield a :class:`HistoryLost` marker and continue from the retained
+        history. One subscription per topic and client (:class:`ClientError` otherwise).
+        """
+        if topic in self._subscriptions:
             raise ClientError(f"already subscribed to {topic!r}")
-        sub = Subscription(self, topic, since, on_history_lost)
-        self.subscriptions[topic] = sub
+        sub: Subscription[Any] = Subscription(self, topic, since, on_history_lost, self.queue_size)
+        if self._closed:
+            sub.end()
+            return sub
         if self._fatal is not None:
-            sub.queue.put_nowait(self._fatal)
-        elif self._ws is not None:
-            asyncio.get_running_loop().create_task(self._send(self._ws, sub.command()))
+            sub.fail(self._fatal)
+            return sub
+        self._subscriptions[topic] = sub
+        if self._link is not None:
+            self._send_subscribe(sub, self._link)
         return sub
 
-    async def publish(self, topic: str, type: str, data: dict[str, Any] | None = None) -> int:
-        """Publish an event over the WebSocket; returns its seq (waits for the ack)."""
-        reply = await self.request(
-            {"type": "publish", "topic": topic, "event": type, "data": data or {}}
+    def _send_subscribe(self, sub: Subscription[Any], link: _Link) -> None:
+        self._cancel_retry(sub)
+        command = self._command(
+            sub.subscribe_command(),
+            on_reply=lambda reply: self._on_subscribe_reply(sub, cid, reply),
+            on_lost=lambda _: None,
+            portable=False,
         )
-        return int(reply["data"]["seq"])
+        cid = command.id
+        sub.request = cid
+        sub.link = link
+        link.enqueue(command)
 
-    async def ping(self) -> None:
-        """Round-trip an application-level ping."""
-        await self.request({"type": "ping"})
-
-    async def request(self, command: dict[str, Any]) -> dict[str, Any]:
-        """Send a command with a fresh ``id`` and wait for its reply; an ``error`` reply
-        raises :class:`ClientError` with the server's code."""
-        ws = await self._connection()
-        cid = f"c{next(self._ids)}"
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._replies[cid] = future
+    def _on_subscribe_reply(self, sub: Subscription[Any], cid: int, reply: Reply) -> None:
+        if sub.request != cid or sub.finished:
+            return  # superseded by a later subscribe of the same subscription
+        if reply.get("type") == "error":
+            error = self._command_failed(reply)
+            if error.code in _TRANSIENT:
+                self._retry_later(sub, error)
+                return
+            self._forget(sub)
+            sub.fail(error)
+            return
         try:
-            await self._send(ws, {**command, "id": cid})
-            reply = await asyncio.wait_for(future, self.reply_timeout)
-        finally:
-            self._replies.pop(cid, None)
-        if reply["type"] == "error":
-            data = reply["data"]
-            raise CommandFailed(
-                data.get("code", "error"), data.get("message", ""), data.get("field")
-            )
+            ok = sub.on_subscribed(reply)
+        except pydantic.ValidationError as exc:
+            self._forget(sub)
+            sub.fail(ClientError(f"malformed subscribed reply for {sub.topic!r}: {exc}"))
+            return
+        if not ok:  # history lost in "raise" mode: stop the server's replay too
+            self._forget(sub)
+            self._send_unsubscribe(sub)
+
+    def _resync(self, sub: Subscription[Any], why: str) -> None:
+        """Resubscribe ``sub`` from its last buffered seq (called by the subscription)."""
+        if sub.finished or self._subscriptions.get(sub.topic) is not sub:
+            return
+        sub.offline()
+        link = self._link
+        if link is None:
+            return  # the next connection subscribes it
+        logger.info("%s: resubscribing (%s)", sub.topic, why)
+        if sub.link is link:
+            self._send_unsubscribe(sub)
+        self._send_subscribe(sub, link)
+
+    def _retry_later(self, sub: Subscription[Any], error: CommandFailed) -> None:
+        if sub.retry_delays is None:
+            sub.retry_delays = jittered_backoff(self.initial_delay, self.max_delay)
+        delay = next(sub.retry_delays)
+        logger.warning("subscribe %s failed (%s); retrying in %.1fs", sub.topic, error, delay)
+        sub.retry = asyncio.get_running_loop().call_later(
+            delay, self._resync, sub, f"retry after {error.code}"
+        )
+
+    def _cancel_retry(self, sub: Subscription[Any]) -> None:
+        if sub.retry is not None:
+            sub.retry.cancel()
+            sub.retry = None
+
+    def _forget(self, sub: Subscription[Any]) -> None:
+        self._cancel_retry(sub)
+        if self._subscriptions.get(sub.topic) is sub:
+            del self._subscriptions[sub.topic]
+
+    def _send_unsubscribe(
+        self, sub: Subscription[Any], done: asyncio.Future[None] | None = None
+    ) -> None:
+        """Unsubscribe on the connection ``sub`` was subscribed on, if it is still open."""
+
+        def finish(*_: Any) -> None:
+            if done is not None and not done.done():
+                done.set_result(None)
+
+        link = self._link
+        if link is None or sub.link is not link:
+            finish()
+            return
+        sub.link = None
+        command = self._command(
+            {"type": "unsubscribe", "topic": sub.topic},
+            on_reply=finish,
+            on_lost=finish,
+            portable=False,
+        )
+        link.enqueue(command)
+
+    async def _unsubscribe(self, sub: Subscription[Any]) -> None:
+        self._forget(sub)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._send_unsubscribe(sub, done)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done, self.reply_timeout)
+
+    # -- commands --------------------------------------------------------------------
+
+    async def publish(self, topic: str, type: str, data: Mapping[str, Any] | None = None) -> int:
+        """Publish an event on the WebSocket and return its seq (from the ``ack``).
+
+        Raises :class:`CommandFailed` when the server refuses it (``forbidden``,
+        ``invalid_field``, ``payload_too_large``, …), :class:`ConnectionLostError` when the
+        connection dropped before the ack (it may have been published), ``TimeoutError``
+        after ``reply_timeout``. Use the HTTP API to publish in batches.
+        """
+        reply = await self.request(
+            {"type": "publish", "topic": topic, "event": type, "data": dict(data or {})}
+        )
+        return AckFrame.model_validate(reply).data.seq
+
+    async def ping(self) -> float:
+        """Round-trip an application ``ping``; returns the time to the ``pong`` in seconds.
+
+        Every command sent before it has been answered when it returns.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self.request({"type": "ping"})
+        return loop.time() - started
+
+    async def request(self, command: Mapping[str, Any]) -> Reply:
+        """Send ``command`` with a fresh ``id`` and return the server's reply frame.
+
+        The generic form of :meth:`publish` and :meth:`ping`, for commands this class has
+        no method for. An ``error`` reply raises :class:`CommandFailed`. Waits for a
+        connection when there is none; the whole is bounded by ``reply_timeout``.
+        """
+        self._check_usable()
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def on_reply(reply: Reply) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        def on_lost(error: ClientError) -> None:
+            if not future.done():
+                future.set_exception(error)
+
+        cmd = self._command(command, on_reply=on_reply, on_lost=on_lost, portable=True)
+        if self._link is not None:
+            self._link.enqueue(cmd)
+        else:
+            self._backlog.append(cmd)
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                reply = await future
+        except TimeoutError:
+            self._withdraw(cmd)
+            raise
+        if reply.get("type") == "error":
+            raise self._command_failed(reply)
         return reply
 
-    # -- connection ----------------------------------------------------------------
+    def _command(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        on_reply: Callable[[Reply], None],
+        on_lost: Callable[[ClientError], None],
+        portable: bool,
+    ) -> _Command:
+        cid = next(self._ids)
+        frame = orjson.dumps({**payload, "id": cid}).decode()
+        return _Command(cid, frame, on_reply, on_lost, portable)
 
-    async def _connection(self) -> ClientConnection:
-        while True:
-            if self._fatal is not None:
-                raise self._fatal
-            if self._ws is not None:
-                return self._ws
-            self._connected.clear()
-            await self._connected.wait()
+    def _withdraw(self, cmd: _Command) -> None:
+        """Do not send ``cmd`` after all (its caller gave up)."""
+        with contextlib.suppress(ValueError):
+            self._backlog.remove(cmd)
+        if self._link is not None:
+            with contextlib.suppress(ValueError):
+                self._link.outbox.remove(cmd)
 
-    async def _send(self, ws: ClientConnection, obj: dict[str, Any]) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(json.dumps(obj))
+    @staticmethod
+    def _command_failed(reply: Reply) -> CommandFailed:
+        try:
+            data = ErrorFrame.model_validate(reply).data
+        except pydantic.ValidationError:
+            return CommandFailed("internal", f"malformed error reply: {reply!r}")
+        return CommandFailed(data.code, data.message, data.field)
 
-    def _process_exception(self, exc: Exception) -> Exception | None:
-        if isinstance(exc, InvalidStatus):
-            status = exc.response.status_code
-            if status in (500, 502, 503, 504):
-                return None
-            code = CloseCode.UNAUTHORIZED if status in (401, 403) else CloseCode.POLICY_VIOLATION
-            return ConnectionClosedError(int(code), f"handshake refused: HTTP {status}")
-        if isinstance(exc, OSError | asyncio.TimeoutError | EOFError) or "EOF" in repr(exc):
-            return None
-        return None if isinstance(exc, ConnectionError) else exc
+    def _check_usable(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closed:
+            raise ClientError("the client is closed")
+        if self._runner is None:
+            raise ClientError("the client is not started: use `async with connect(...)`")
+
+    # -- the connection --------------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delays = functools.partial(jittered_backoff, self.initial_delay, self.max_delay)
+        after_close = delays()
+        connector = websockets.connect(
+            self.url,
+            additional_headers=self.headers,
+            process_exception=classify_failure,
+            reconnect_delays=delays,
+            compression=None,  # the server negotiates no extension
+            max_size=None,  # the server bounds its frames (max_event_bytes)
+            **self._ws_options,
+        )
         try:
-            async for ws in websockets.connect(
-                self.url,
-                additional_headers=self.headers,
-                reconnect_delays=self.delays,
-                process_exception=self._process_exception,
-                max_size=None,
-                max_queue=None,
-            ):
-                self._ws = ws
-                self.connections += 1
-                self._connected.set()
-                for sub in list(self.subscriptions.values()):
-                    await self._send(ws, sub.command())
-                try:
-                    async for raw in ws:
-                        await self._dispatch(json.loads(raw))
-                except ConnectionClosed:
-                    pass
-                finally:
-                    self._ws = None
-                code = ws.close_code or 1006
-                lost: ClientError = (
-                    ConnectionClosedError(code, ws.close_reason or "")
-                    if _terminal(code)
-                    else ClientError("connection lost before the reply")
-                )
-                for future in self._replies.values():
-                    if not future.done():
-                        future.set_exception(lost)
-                if isinstance(lost, ConnectionClosedError):
-                    raise lost
-                self._connected.set()  # wake waiters: they wait for the next connection
-        except ConnectionClosedError as exc:
+            attempts = cast(AsyncGenerator[ClientConnection, None], aiter(connector))
+            async with contextlib.aclosing(attempts):
+                async for ws in attempts:
+                    opened = loop.time()
+                    terminal = await self._serve(ws)
+                    if terminal is not None:
+                        raise terminal
+                    code, reason = ws.close_code or 1006, ws.close_reason or ""
+                    # websockets backs off failed attempts only: back off connections
+                    # that close soon after opening too (a server closing each at once)
+                    if loop.time() - opened >= self.max_delay:
+                        after_close = delays()
+                    delay = next(after_close)
+                    logger.info(
+                        "connection closed (%d %s); reconnecting in %.2fs", code, reason, delay
+                    )
+                    await asyncio.sleep(delay)
+        except ClientError as exc:
             self._fail(exc)
-        except Exception as exc:  # a fatal error of websockets' connect
-            self._fail(ClientError(f"cannot connect to {self.url}: {exc}"))
+        except Exception as exc:  # websockets' connect gave up (a fatal handshake error)
+            error = ClientError(f"client of {self.url} stopped: {exc!r}")
+            error.__cause__ = exc
+            self._fail(error)
 
-    def _fail(self, exc: BaseException) -> None:
-        self._fatal = exc
-        self._connected.set()
-        for sub in self.subscriptions.values():
-            with contextlib.suppress(asyncio.QueueFull):
-                sub.queue.put_nowait(exc)
+    async def _serve(self, ws: ClientConnection) -> ConnectionClosedError | None:
+        """Run one connection: resubscribe, send, read and dispatch until it closes.
 
-    async def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
+        Returns the error to stop with when it closed with a terminal close code.
+        """
+        link = _Link(ws)
+        self._link = link
+        self.connections += 1
+        for sub in list(self._subscriptions.values()):
+            if not sub.stalled:  # a stalled one resubscribes once its buffer drained
+                self._send_subscribe(sub, link)
+        link.outbox.extend(self._backlog)
+        self._backlog.clear()
+        link.wake.set()
+        writer = asyncio.get_running_loop().create_task(link.write())
+        try:
+            async for raw in ws:
+                self._dispatch(link, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+            code = ws.close_code if ws.close_code is not None else 1006
+            terminal = (
+                None if reconnectable(code) else ConnectionClosedError(code, ws.close_reason or "")
+            )
+            self._detach(link, terminal)
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return terminal
+
+    def _detach(self, link: _Link, terminal: ClientError | None) -> None:
+        if self._link is link:
+            self._link = None
+        for sub in self._subscriptions.values():
+            sub.offline()
+        lost = list(link.in_flight.values())
+        link.in_flight.clear()
+        unsent = list(link.outbox)
+        link.outbox.clear()
+        self._backlog.extendleft(reversed([cmd for cmd in unsent if cmd.portable]))
+        if terminal is not None:
+            error = terminal
+        elif self._closed:
+            error = ClientError("the client is closed")
+        else:
+            error = ConnectionLostError("the connection was lost before the reply")
+        for cmd in lost + [cmd for cmd in unsent if not cmd.portable]:
+            cmd.on_lost(error)
+
+    def _fail(self, error: ClientError) -> None:
+        """A terminal error: every subscription and pending command raises it."""
+        logger.warning("agentcast client stopped: %s", error)
+        self._fatal = error
+        for sub in self._subscriptions.values():
+            self._cancel_retry(sub)
+            sub.fail(error)
+        self._subscriptions.clear()
+        pending = list(self._backlog)
+        self._backlog.clear()
+        for cmd in pending:
+            cmd.on_lost(error)
+
+    def _dispatch(self, link: _Link, raw: str | bytes) -> None:
+        """Route one server frame: events by topic (checking ``seq`` first, as event types
+        may coincide with reply types), replies by ``id``."""
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            logger.warning("ignoring a frame that is not JSON: %.200r", raw)
+            return
+        if not isinstance(msg, dict):
+            return
+        if "seq" in msg:
+            if msg.get("replay"):
+                return  # a `replay` command's re-sent event: never part of a subscription
+            seq, topic, kind = msg.get("seq"), msg.get("topic"), msg.get("type")
+            if not (
+                isinstance(seq, int)
+                and isinstance(topic, str)
+                and isinstance(kind, str)
+                and not isinstance(seq, bool)
+            ):
+                logger.warning("ignoring a malformed event: %.200r", msg)
+                return
+            sub = self._subscriptions.get(topic)
+            if sub is not None:
+                data = msg.get("data")
+                timestamp = msg.get("timestamp")
+                sub.on_event(
+                    kind,
+                    seq,
+                    timestamp if isinstance(timestamp, str) else "",
+                    data if isinstance(data, dict) else {},
+                )
+            return
         cid = msg.get("id")
-        if isinstance(cid, str) and cid in self._replies and kind in _REPLIES:
-            future = self._replies[cid]
-            if not future.done():
-                future.set_result(msg)
-            return
-        topic = msg.get("topic")
-        sub = self.subscriptions.get(topic) if isinstance(topic, str) else None
-        if sub is None:
-            return
-        if kind == "subscribed":
-            await sub._on_subscribed(msg["data"])
-        elif kind == "error":
-            await sub.queue.put(CommandFailed(msg["data"]["code"], msg["data"]["message"], None))
-        elif "seq" in msg and not msg.get("replay"):
-            await sub._on_event(msg)
-
-    async def _unsubscribe(self, sub: Subscription) -> None:
-        if self.subscriptions.get(sub.topic) is sub:
-            del self.subscriptions[sub.topic]
-            if self._ws is not None:
-                await self._send(self._ws, {"type": "unsubscribe", "topic": sub.topic})
-
-
-class CommandFailed(ClientError):
-    """The server answered a command with an ``error`` frame."""
-
-    def __init__(self, code: str, message: str, field: str | None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.field = field
+        if isinstance(cid, int):
+            command = link.in_flight.pop(cid, None)
+            if command is not None:
+                link.wake.set()
+                command.on_reply(msg)
 
 
 def connect(
     url: str = "http://127.0.0.1:8000", *, token: str | None = None, **options: Any
 ) -> Client:
-    """A :class:`Client` for ``url`` (the server's base URL, or a ``ws://…/ws`` URL).
+    """A :class:`Client` of the server at ``url``; use ``async with connect(url) as client``.
 
-    Use it as ``async with connect(url) as client: …``.
+    ``url`` is the server's base URL (``http://host:port``, ``https://…``: the WebSocket
+    is ``/ws`` there) or a full ``ws://``/``wss://`` URL. ``token`` is sent as
+    ``Authorization: Bearer <token>`` on every (re)connection. ``options`` are those of
+    :class:`Client`: ``headers``, ``queue_size`` (events buffered per subscription),
+    ``reply_timeout``, ``initial_delay``/``max_delay`` (reconnection backoff),
+    ``open_timeout``, ``ping_interval``, ``ping_timeout``, ``close_timeout``.
     """
     return Client(url, token=token, **options)

@@ -77,6 +77,13 @@ class SubscribeCommand(_TopicCommand):
         description="The topic epoch the client's `since` belongs to (from `subscribed`). "
         "A different epoch means the topic was reset: the reply says recovered=false.",
     )
+    replay: float | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        description="Instead of subscribing, replay the recorded events after `since` at "
+        "N× their original pace (0: at once); see the `replay` command.",
+    )
 
 
 class UnsubscribeCommand(_TopicCommand):

@@ -62,6 +62,13 @@ class Replays:
         gateway.handlers["replay"] = self._start
         gateway.handlers["replay_stop"] = self._stop
 
+    async def start(
+        self, session: Session, topic: str, *, speed: float = 1.0, since: int = 0, id: object = None
+    ) -> None:
+        """Start a replay for ``session`` (the ``replay`` option of ``subscribe``)."""
+        command = ReplayCommand(topic=topic, speed=speed, since=since, id=id)  # type: ignore[arg-type]
+        await self._start(session, command)
+
     async def _start(self, session: Session, command: ReplayCommand) -> None:
         gw = self.gateway
         allowed = gw.authorizer.can_subscribe(session.principal, command.topic)

@@ -121,3 +121,19 @@ async def test_cli_replay(tmp_path: object) -> None:
     finally:
         await asyncio.to_thread(proc.stop)
         proc.log.close()
+
+
+async def test_replay_as_a_subscribe_option(server: RunningServer) -> None:
+    await record(server, 3)
+    async with websockets.connect(server.ws_url) as ws:
+        await send(
+            ws, {"type": "subscribe", "topic": "workflow:r", "since": 1, "replay": 0, "id": "s"}
+        )
+        started = await recv(ws)
+        assert (started["type"], started["id"], started["data"]["events"]) == (
+            "replay_started",
+            "s",
+            2,
+        )
+        assert [(await recv(ws))["seq"] for _ in range(2)] == [2, 3]
+        assert (await recv(ws))["type"] == "replay_complete"

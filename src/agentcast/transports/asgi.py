@@ -21,21 +21,11 @@ from agentcast.codes import CloseCode
 from agentcast.core.envelope import payload_of_frame
 from agentcast.core.session import Session
 from agentcast.gateway import Gateway
-from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.policy import AuthenticationError, Principal
 from agentcast.runs.endpoints import RunEndpoint, open_run_endpoint
+from agentcast.transports.auth import request_of
 
-__all__ = ["AsgiWriter", "connection_request", "websocket_route"]
-
-
-def connection_request(websocket: WebSocket) -> ConnectionRequest:
-    """The authenticator's view of an ASGI WebSocket or HTTP request."""
-    client = websocket.client
-    return ConnectionRequest(
-        path=websocket.url.path,
-        query=dict(websocket.query_params),
-        headers={k.lower(): v for k, v in websocket.headers.items()},
-        client=(client.host, client.port) if client else None,
-    )
+__all__ = ["AsgiWriter", "websocket_route"]
 
 
 class AsgiWriter:
@@ -107,7 +97,7 @@ def websocket_route(
 
     async def endpoint(websocket: WebSocket) -> None:
         try:
-            result = gateway.authenticator.authenticate(connection_request(websocket))
+            result = gateway.authenticator.authenticate(request_of(websocket))
             principal: Principal = await result if inspect.isawaitable(result) else result
         except AuthenticationError as exc:
             # HTTP 401 on the handshake, as on the native path, where the server supports

@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from agentcast.codes import ErrorCode
 from agentcast.gateway import Gateway
@@ -15,13 +16,13 @@ from agentcast.transports.errors import http_error
 __all__ = ["allowed", "principal_of", "request_of"]
 
 
-def request_of(request: Request) -> ConnectionRequest:
-    """The authenticator's view of an HTTP request."""
-    client = request.client
+def request_of(conn: HTTPConnection) -> ConnectionRequest:
+    """The authenticator's view of an HTTP request or a WebSocket handshake."""
+    client = conn.client
     return ConnectionRequest(
-        path=request.url.path,
-        query=dict(request.query_params),
-        headers={k.lower(): v for k, v in request.headers.items()},
+        path=conn.url.path,
+        query=dict(conn.query_params),
+        headers={k.lower(): v for k, v in conn.headers.items()},
         client=(client.host, client.port) if client else None,
     )
 

@@ -1,26 +1,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from agentcast.gateway import Gateway
 from agentcast.runs.engine import NodeContext, Workflow, WorkflowError, WorkflowRun, sample_workflow
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[Gateway]:
-    gw = Gateway()
-    await gw.start()
-    yield gw
-    await gw.stop()
-
-
-def kinds(gw: Gateway, topic: str) -> list[tuple[str, dict[str, Any]]]:
-    page = gw.broker.history_now(topic, 0)  # type: ignore[attr-defined]
-    return [(p.type, p.to_dict()["data"]) for p in page.publications]
+from tests.unit.runs.conftest import recorded as kinds
 
 
 def test_graph_validation() -> None:

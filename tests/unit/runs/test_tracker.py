@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from agentcast.gateway import Gateway
 from agentcast.runs.tracker import ExecutionTracker, WorkflowTracker
+from tests.unit.runs.conftest import recorded as events
 
 
 class Clock:
@@ -16,19 +15,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[Gateway]:
-    gw = Gateway()
-    await gw.start()
-    yield gw
-    await gw.stop()
-
-
-def events(gw: Gateway, topic: str) -> list[tuple[str, dict[str, Any]]]:
-    page = gw.broker.history_now(topic, 0)  # type: ignore[attr-defined]
-    return [(p.type, p.to_dict()["data"]) for p in page.publications]
 
 
 async def test_workflow_tracker_success(gateway: Gateway) -> None:

@@ -13,6 +13,7 @@ from agentcast.client import (
     ClientError,
     CommandFailed,
     ConnectionClosedError,
+    ConnectionLostError,
     Event,
     HandshakeRefused,
     HistoryLost,
@@ -348,3 +349,59 @@ async def test_reconnects_until_the_server_is_up_and_resets_after_a_restart() ->
             if server.proc is not None:
                 await asyncio.to_thread(server.stop)
             server.log.close()
+
+
+async def test_event_types_may_look_like_replies(server: RunningServer) -> None:
+    """Frames with a ``seq`` are events whatever their type (seed 004 publishes `error`)."""
+    async with connect(server.url) as client:
+        sub = client.subscribe("looks:1", since=0)
+        for kind in ("error", "subscribed", "pong", "ack"):
+            await client.publish("looks:1", kind, {"code": "not a reply"})
+        events = await take(sub, 4)
+        assert [(e.type, e.seq) for e in events] == [
+            ("error", 1),
+            ("subscribed", 2),
+            ("pong", 3),
+            ("ack", 4),
+        ]
+        assert all(e.data == {"code": "not a reply"} for e in events)
+
+
+async def test_reply_lost_with_the_connection(native_server: RunningServer) -> None:
+    """A publish in flight when the connection drops raises ConnectionLostError; the
+    client reconnects and goes on."""
+    gw = native_server.gateway
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowToPublish:
+        def can_subscribe(self, principal: Any, topic: str) -> bool:
+            return True
+
+        async def can_publish(self, principal: Any, topic: str) -> bool:
+            entered.set()
+            await release.wait()
+            return True
+
+    gw.authorizer = SlowToPublish()
+    async with connect(native_server.url, initial_delay=0.05) as client:
+        assert repr(client).endswith("subscriptions=0>")
+        publishing = asyncio.create_task(client.publish("p", "e", {}))
+        await asyncio.wait_for(entered.wait(), 5 * UNIT)
+        assert client.connected
+        drop_connections(gw)
+        release.set()
+        with pytest.raises(ConnectionLostError):
+            await asyncio.wait_for(publishing, 5 * UNIT)
+        await client.ping()
+        assert client.connections == 2
+
+
+async def test_requests_wait_for_a_connection_within_reply_timeout() -> None:
+    async with connect(f"http://127.0.0.1:{free_port()}", reply_timeout=0.3) as client:
+        with pytest.raises(TimeoutError):
+            await client.ping()
+        assert not client.connected
+        assert "connecting" in repr(client)
+    with pytest.raises(ClientError, match="not started"):
+        await connect("http://127.0.0.1:1").ping()

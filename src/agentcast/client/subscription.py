@@ -100,7 +100,8 @@ class Subscription(Generic[T_co]):
 
     @property
     def last_seq(self) -> int | None:
-        """The seq of the last event yielded to you (None before the first).
+        """The seq of the last event yielded to you (None before the first, and again
+        right after a :class:`~agentcast.client.HistoryLost` marker).
 
         With :attr:`epoch`, the position to resume from later: ``subscribe(topic,
         since=last_seq)``.

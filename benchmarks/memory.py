@@ -9,8 +9,7 @@ and opens N subscribed connections with ``wsload``, three times:
 2. under ``tracemalloc``: the allocations that appeared, grouped by the source line that
    made them, per connection (Python objects and anything allocated through PyMem, which
    includes uvloop's libuv handles);
-3. the objects reachable from one connection's protocol object but not from another's
-   (``gc.get_referents`` walk, ``sys.getsizeof`` per object), grouped by type.
+3. a census of the new objects the garbage collector tracks, by type (``sys.getsizeof``).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import sys
 import tracemalloc
 from collections import Counter
 from pathlib import Path
-from types import FunctionType, ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -112,7 +110,22 @@ def rss_pass(n: int) -> float:
 # -- 2. tracemalloc ---------------------------------------------------------------------
 
 
-def trace_pass(n: int, top: int) -> tuple[float, list[tuple[str, float, float]]]:
+def owner(path: str) -> str:
+    """Who allocated: the package of the allocating frame (uvloop's C code runs under
+    asyncio's ``run_until_complete``, so its allocations carry that frame)."""
+    short = _short(path)
+    if short == "stdlib/asyncio/runners.py":
+        return "uvloop (C: transport, libuv handle)"
+    if short == "stdlib/weakref.py":
+        return "uvloop (its transports registry, a WeakValueDictionary)"
+    if short == "uvicorn/protocols/utils.py":
+        return "uvloop PseudoSocket + cached peer/sock names (asked for by uvicorn's HTTP protocol)"
+    if short == "uvicorn/protocols/http/httptools_impl.py":
+        return "agentcast (its protocol object, created by uvicorn's HTTP protocol)"
+    return short.split("/", 1)[0]
+
+
+def trace_pass(n: int, top: int) -> tuple[float, list[tuple[str, float, float]], Counter[str]]:
     def inspect_now(before: Any, gateway: Any, server: Any) -> Any:
         if before is None:
             tracemalloc.start(1)
@@ -123,85 +136,53 @@ def trace_pass(n: int, top: int) -> tuple[float, list[tuple[str, float, float]]]
 
     diff = run(n, 1.0, inspect_now)
     total = sum(d.size_diff for d in diff) / n
+    owners: Counter[str] = Counter()
+    for d in diff:
+        owners[owner(d.traceback[0].filename)] += d.size_diff / n
     rows = []
     for d in diff[:top]:
         frame = d.traceback[0]
         where = f"{_short(frame.filename)}:{frame.lineno}"
         code = linecache.getline(frame.filename, frame.lineno).strip()[:70]
         rows.append((f"`{where}` {code}", d.size_diff / n, d.count_diff / n))
-    return total, rows
+    return total, rows, owners
 
 
 def _short(path: str) -> str:
-    for marker in ("site-packages/", "src/", "lib/python3"):
+    for marker in ("site-packages/", "src/"):
         if marker in path:
             return path.split(marker, 1)[1]
+    if "/lib/python3" in path:
+        return "stdlib/" + path.rsplit("/lib/python3", 1)[1].split("/", 1)[1]
     return path
 
 
-# -- 3. objects of one connection ------------------------------------------------------------
+# -- 3. objects by type ------------------------------------------------------------------
 
 
-def objects_pass(n: int) -> list[tuple[str, int, int]]:
+def census() -> tuple[Counter[str], Counter[str]]:
+    """Count and ``sys.getsizeof`` of every object the cyclic GC tracks, by type."""
+    counts: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    for o in gc.get_objects():
+        t = type(o)
+        name = (
+            f"{t.__module__}.{t.__qualname__}" if isinstance(t.__module__, str) else t.__qualname__
+        )
+        counts[name] += 1
+        sizes[name] += sys.getsizeof(o)
+    return counts, sizes
+
+
+def objects_pass(n: int) -> list[tuple[str, float, float]]:
     def inspect_now(before: Any, gateway: Any, server: Any) -> Any:
         if before is None:
-            return True
-        conns = [c for c in server.server_state.connections if getattr(c, "session", None)]
-        a, b = conns[len(conns) // 2], conns[len(conns) // 2 + 1]
-        shared = {
-            id(x)
-            for x in (
-                gateway,
-                server,
-                server.server_state,
-                server.config,
-                gateway.loop,
-                gateway.settings,
-                gateway.hub,
-                a.app_state,
-            )
-        }
-        mine, theirs = reach(a, shared), reach(b, shared)
-        unique = [o for i, o in mine.items() if i not in theirs]
-        sizes: Counter[str] = Counter()
-        counts: Counter[str] = Counter()
-        for o in unique:
-            name = type(o).__module__ + "." + type(o).__qualname__
-            sizes[name] += sys.getsizeof(o)
-            counts[name] += 1
-        # the connection's entries in shared containers (amortized hash-table slots)
-        slots = [
-            ("hub: TopicState.live dict entry", 16 * 3 // 2),
-            ("gateway.sessions dict entry", 24 * 3 // 2),
-            ("server_state.connections set entry", 16 * 5 // 3),
-        ]
-        rows = [(name, size, counts[name]) for name, size in sizes.most_common()]
-        rows += [(name, size, 1) for name, size in slots]
-        return rows
+            return census()
+        (c0, s0), (c1, s1) = before, census()
+        rows = [(name, (c1[name] - c0[name]) / n, (s1[name] - s0[name]) / n) for name in c1]
+        return sorted((r for r in rows if r[1] >= 0.5), key=lambda r: -r[2])
 
     return list(run(n, 1.0, inspect_now))
-
-
-def reach(root: Any, shared: set[int]) -> dict[int, Any]:
-    """Objects reachable from ``root`` without crossing shared or global objects."""
-    seen: dict[int, Any] = {}
-    todo = [root]
-    while todo:
-        o = todo.pop()
-        if id(o) in seen or id(o) in shared:
-            continue
-        if isinstance(o, type | ModuleType | FunctionType) or type(o).__name__ in (
-            "Loop",
-            "Server",
-            "method",
-            "builtin_function_or_method",
-            "cell",
-            "code",
-        ):
-            continue
-        seen[id(o)] = o
-        todo.extend(gc.get_referents(o))
-    return seen
 
 
 def main() -> None:
@@ -215,28 +196,31 @@ def main() -> None:
     os.sched_setaffinity(0, {0})
     n = args.n
     rss = rss_pass(n)
-    traced, sites = trace_pass(n, args.top)
+    traced, sites, owners = trace_pass(n, args.top)
     objects = objects_pass(n)
     print(f"## agentcast memory per idle subscribed connection ({n:,} connections, topic t0)\n")
     print(f"RSS growth: **{rss:.2f} KiB per connection** (plain run, no tracing).  ")
     print(
-        f"tracemalloc: {traced * 1024 / 1024:.0f} B per connection in Python-visible allocations; "
-        f"the rest of RSS ({max(0.0, rss * 1024 - traced):.0f} B) is allocator overhead and memory "
-        "outside PyMem.\n"
+        f"tracemalloc: {traced:.0f} B per connection allocated through Python's allocators; "
+        f"the rest of the RSS growth ({max(0.0, rss * 1024 - traced):.0f} B) is allocator "
+        "overhead and memory outside them.\n"
     )
-    print("### Allocation sites (tracemalloc, new since before the connections, per connection)\n")
+    print("### By owner (tracemalloc, per connection)\n")
+    print("| allocated by | bytes/conn |\n|---|---|")
+    for name, size in owners.most_common():
+        if abs(size) >= 1:
+            print(f"| {name} | {size:.0f} |")
+    print("\n### Allocation sites (tracemalloc, per connection)\n")
     print("| site | bytes/conn | blocks/conn |\n|---|---|---|")
     for where, size, count in sites:
         print(f"| {where} | {size:.0f} | {count:.2f} |")
     print(
-        "\n### Objects of one connection (reachable from its protocol object, not from another's)\n"
+        "\n### GC-tracked objects by type (per connection; `sys.getsizeof`, without the "
+        "attribute values of plain instances)\n"
     )
-    print("| object type | bytes | objects |\n|---|---|---|")
-    total = 0
-    for name, size, count in objects:
-        total += size
-        print(f"| {name} | {size} | {count} |")
-    print(f"| **total** | **{total}** | |")
+    print("| type | objects/conn | bytes/conn |\n|---|---|---|")
+    for name, count, size in objects:
+        print(f"| {name} | {count:.2f} | {size:.0f} |")
 
 
 if __name__ == "__main__":

@@ -435,7 +435,7 @@ def derived(r: dict[str, Any]) -> dict[str, Any]:
         d["client_util"] = r.get("client_run_cpu_s", r.get("client_cpu_s", 0)) / secs
         d["server_us_per_delivery"] = 1e6 * r.get("server_cpu_s", 0) / r["deliveries"]
     if r.get("rate"):
-        d["lateness_s"] = secs - r["count"] / r["rate"]
+        d["lateness_s"] = max(0.0, secs - r["count"] / r["rate"])  # early: on time
     return d
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
 import itertools
 import logging
 import time
@@ -41,7 +40,7 @@ from agentcast.core.outbox import Outbox
 from agentcast.core.session import Session, Writer
 from agentcast.errors import BrokerError, CommandError, ConfigError, ProtocolError
 from agentcast.monitoring import Monitoring
-from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal
+from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal, resolve
 from agentcast.runs.engine import WorkflowRegistry
 from agentcast.runs.registry import RunRegistry
 from agentcast.runs.replay import Replays
@@ -59,12 +58,6 @@ CommandHandler = Callable[[Session, Any], Awaitable[None] | None]
 
 _MAX_PENDING_COMMANDS = 256
 _YIELD_EVERY_PUSHES = 16384
-
-
-async def _resolve(value: T | Awaitable[T]) -> T:
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 class Stats:
@@ -501,7 +494,7 @@ class Gateway:
         self._spawn(self._run_commands(session, guarded))
 
     async def _cmd_publish(self, session: Session, command: PublishCommand) -> None:
-        allowed = await _resolve(self.authorizer.can_publish(session.principal, command.topic))
+        allowed = await resolve(self.authorizer.can_publish(session.principal, command.topic))
         if not allowed:
             raise CommandError(ErrorCode.FORBIDDEN, f"may not publish to {command.topic!r}")
         try:
@@ -584,7 +577,7 @@ class Gateway:
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"at most {self.settings.max_subscriptions} subscriptions per connection",
             )
-        allowed = await _resolve(self.authorizer.can_subscribe(session.principal, topic))
+        allowed = await resolve(self.authorizer.can_subscribe(session.principal, topic))
         if not allowed:
             raise CommandError(ErrorCode.FORBIDDEN, f"may not subscribe to {topic!r}")
         if session.closed:

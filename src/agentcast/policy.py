@@ -10,11 +10,12 @@ everything (the server says so at start-up and refuses a non-loopback bind witho
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "AuthenticationError",
@@ -23,6 +24,7 @@ __all__ = [
     "ConnectionRequest",
     "OpenPolicy",
     "Principal",
+    "resolve",
 ]
 
 _anonymous_ids = itertools.count(1)
@@ -51,6 +53,16 @@ class ConnectionRequest:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     client: tuple[str, int] | None = None
+
+
+T = TypeVar("T")
+
+
+async def resolve(value: T | Awaitable[T]) -> T:
+    """A hook's answer, awaited when the hook answered with an awaitable."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 class AuthenticationError(Exception):

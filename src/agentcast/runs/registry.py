@@ -31,6 +31,7 @@ from agentcast.core.commands import register
 from agentcast.core.envelope import Publication
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
 from agentcast.errors import CommandError
+from agentcast.policy import resolve
 from agentcast.runs.recorder import RunRecorder, summary_of
 from agentcast.runs.state import RunState, run_kind
 from agentcast.storage.base import RunStore, RunSummary
@@ -273,5 +274,5 @@ class RunRegistry:
         if run_kind(topic) is None:
             raise CommandError(ErrorCode.INVALID_TOPIC, f"{topic!r} is not a run", field="topic")
         allowed = self.gateway.authorizer.can_publish(session.principal, topic)
-        if not (await allowed if isinstance(allowed, Awaitable) else allowed):
+        if not await resolve(allowed):
             raise CommandError(ErrorCode.FORBIDDEN, f"may not control {topic!r}")

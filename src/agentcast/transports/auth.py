@@ -10,7 +10,7 @@ from starlette.requests import HTTPConnection
 
 from agentcast.codes import ErrorCode
 from agentcast.gateway import Gateway
-from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.policy import AuthenticationError, ConnectionRequest, Principal, resolve
 from agentcast.transports.errors import http_error
 
 __all__ = ["allowed", "principal_of", "request_of"]
@@ -38,4 +38,4 @@ async def principal_of(gateway: Gateway, request: Request) -> Principal:
 
 async def allowed(value: Any) -> bool:
     """An authorizer's answer, awaited when it is awaitable."""
-    return bool(await value if inspect.isawaitable(value) else value)
+    return bool(await resolve(value))

@@ -123,6 +123,13 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_ERROR = "upstream_error"
+    AGENT_ERROR = "agent_error"
+    CANCELLED = "cancelled"
 
 
 ERROR_CODES: dict[ErrorCode, str] = {
@@ -140,6 +147,15 @@ ERROR_CODES: dict[ErrorCode, str] = {
     ErrorCode.PAYLOAD_TOO_LARGE: "An event's data exceeds `max_event_bytes`.",
     ErrorCode.UNAVAILABLE: "The broker or store is unreachable; the command was not applied.",
     ErrorCode.INTERNAL: "An unexpected server error; the command may not have been applied.",
+    ErrorCode.NOT_FOUND: "The conversation (or other resource) does not exist or is not yours.",
+    ErrorCode.CONFLICT: "The resource is busy, e.g. a conversation already generating an answer.",
+    ErrorCode.UPSTREAM_UNAVAILABLE: "The LLM server is unreachable or refused the request "
+    "(after retries and fallback models); the user's message is stored.",
+    ErrorCode.UPSTREAM_TIMEOUT: "The LLM server stalled longer than its read timeout.",
+    ErrorCode.UPSTREAM_ERROR: "The LLM server answered with an error or a broken stream.",
+    ErrorCode.AGENT_ERROR: "The agent raised an error while answering; `message` says which.",
+    ErrorCode.CANCELLED: "The generation was cancelled (`chat:cancel`); the partial answer "
+    "is stored as cancelled.",
 }
 
 

@@ -7,6 +7,10 @@
     │   └── CommandError         a well-formed command that was refused (forbidden, limits)
     ├── ConfigError              invalid settings
     ├── BrokerError              the broker failed; the publish or read was not applied
+    ├── AgentError               an agent failed to answer (carries an ErrorCode)
+    │   └── UpstreamError        the OpenAI-compatible LLM server failed
+    │       ├── UpstreamUnavailable  unreachable, refused, 5xx (after retries/fallback)
+    │       └── UpstreamTimeout      stalled longer than the read timeout
     └── ClientError              raised by agentcast.client
         ├── ConnectionClosedError  the server closed with a terminal close code
         └── HistoryLostError       resume impossible: history no longer reaches back
@@ -56,6 +60,37 @@ class ConfigError(AgentcastError):
 
 class BrokerError(AgentcastError):
     """The broker failed; the operation was not applied."""
+
+
+class AgentError(AgentcastError):
+    """An agent could not answer. ``code`` is sent to the client with ``message``."""
+
+    code: ErrorCode = ErrorCode.AGENT_ERROR
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class UpstreamError(AgentError):
+    """The OpenAI-compatible upstream answered with an error or a broken stream."""
+
+    code = ErrorCode.UPSTREAM_ERROR
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream is unreachable, refused the request or answered 5xx/429, after the
+    configured retries and fallback models."""
+
+    code = ErrorCode.UPSTREAM_UNAVAILABLE
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream sent nothing for longer than its read timeout."""
+
+    code = ErrorCode.UPSTREAM_TIMEOUT
 
 
 class ClientError(AgentcastError):

@@ -92,6 +92,55 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds between monitoring:metrics frames (while subscribed)."
     )
 
+    agent: str = Field(
+        "",
+        description="Default chat agent: package.module:factory (empty: the built-in "
+        "offline agent, or the LLM upstream when llm_url is set).",
+    )
+    llm_url: str = Field(
+        "", description="OpenAI-compatible base URL, e.g. http://localhost:1234/v1 (LM Studio)."
+    )
+    llm_model: str = Field("", description="Model name at llm_url.")
+    llm_api_key: str = Field("", description="API key for llm_url (empty: none).")
+    llm_fallback_models: list[str] = Field(
+        default_factory=list, description="Models tried in order when llm_model fails."
+    )
+    llm_concurrency: int = Field(
+        4, ge=1, description="Generations at once per upstream; the rest wait in a fair queue."
+    )
+    llm_connect_timeout: float = Field(5.0, gt=0, description="Upstream connect timeout.")
+    llm_read_timeout: float = Field(
+        60.0, gt=0, description="Upstream silence after which a generation fails (stall)."
+    )
+    llm_max_retries: int = Field(2, ge=0, description="Retries before the first token.")
+    llm_context_tokens: int = Field(
+        4096, ge=256, description="The upstream model's context window (tokens)."
+    )
+    chat_context_tokens: int = Field(
+        3072,
+        ge=64,
+        description="Token budget of a prompt: system prompt + recent messages + the new one "
+        "(at most the model's context minus room for the answer).",
+    )
+    chat_system_prompt: str = Field(
+        "You are a helpful assistant.", description="System prompt of LLM conversations."
+    )
+    chat_max_message_chars: int = Field(
+        32_000, ge=1, description="Longest chat message accepted (characters)."
+    )
+    chat_history_limit: int = Field(
+        10, ge=1, le=1000, description="Messages a chat:history returns by default."
+    )
+    chat_idle_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seed 003 endpoint /api/v1/ws/{agent_id}: close after this long "
+        "without a message (close code 4000).",
+    )
+    offline_tokens_per_second: float = Field(
+        40.0, ge=0, description="Pace of the built-in offline agent (0: no pacing)."
+    )
+
     bench_endpoint: bool = Field(
         False, description="Serve GET /_bench/publish for the benchmark (never in production)."
     )

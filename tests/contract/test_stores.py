@@ -27,7 +27,13 @@ async def _reset_postgres(url: str) -> bool:
     engine = create_async_engine(async_url(url))
     try:
         async with engine.begin() as conn:
-            for table in ("agentcast_run_events", "agentcast_runs", "alembic_version"):
+            for table in (
+                "agentcast_messages",
+                "agentcast_conversations",
+                "agentcast_run_events",
+                "agentcast_runs",
+                "alembic_version",
+            ):
                 await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
         return True
     except (OSError, Exception):

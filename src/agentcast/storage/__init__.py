@@ -8,8 +8,17 @@ SQLite (the embedded default, ``sqlite:///agentcast.db``) and PostgreSQL
 from __future__ import annotations
 
 from agentcast.storage.base import RunStore, RunSummary, StoredEvent
+from agentcast.storage.chat import ChatStore, MemoryChatStore
 
-__all__ = ["RunStore", "RunSummary", "StoredEvent", "create_store"]
+__all__ = [
+    "ChatStore",
+    "MemoryChatStore",
+    "RunStore",
+    "RunSummary",
+    "StoredEvent",
+    "create_chat_store",
+    "create_store",
+]
 
 
 def create_store(url: str) -> RunStore | None:
@@ -19,3 +28,14 @@ def create_store(url: str) -> RunStore | None:
     from agentcast.storage.sql import SqlRunStore
 
     return SqlRunStore(url)
+
+
+def create_chat_store(runs: RunStore | None) -> ChatStore:
+    """The conversation store next to ``runs`` (in memory when storage is disabled)."""
+    if runs is None:
+        return MemoryChatStore()
+    from agentcast.storage.sql import SqlChatStore, SqlRunStore
+
+    if isinstance(runs, SqlRunStore):
+        return SqlChatStore(runs)
+    return MemoryChatStore()  # pragma: no cover - a custom run store without chat support

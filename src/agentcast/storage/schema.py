@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Index, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 metadata = MetaData()
 
@@ -32,4 +43,45 @@ run_events = Table(
     Column("timestamp", String(40), nullable=False),
     Column("at", Float, nullable=False),
     Column("data", Text, nullable=False),
+)
+
+conversations = Table(
+    "agentcast_conversations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("agent_id", String(200), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("message_count", Integer, nullable=False),
+    Index("ix_agentcast_conversations_user_updated", "user_id", "updated_at"),
+)
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY
+MESSAGE_ID = BigInteger().with_variant(Integer, "sqlite")
+
+messages = Table(
+    "agentcast_messages",
+    metadata,
+    Column("id", MESSAGE_ID, primary_key=True, autoincrement=True),
+    Column(
+        "conversation_id",
+        String(64),
+        ForeignKey("agentcast_conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("completed_at", Float),
+    Column("reply_to", BigInteger),
+    Column("model", String(200)),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("ttft_ms", Float),
+    Column("duration_ms", Float),
+    Column("error", Text),
+    Index("ix_agentcast_messages_conversation_id", "conversation_id", "id"),
 )

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -22,9 +22,10 @@ from sqlalchemy.pool import NullPool
 
 from agentcast.core.envelope import Publication
 from agentcast.storage.base import RunStore, RunSummary, StoredEvent, StoreError
-from agentcast.storage.schema import run_events, runs
+from agentcast.storage.chat import ChatMessage, ChatStore, Conversation, NewMessage
+from agentcast.storage.schema import conversations, messages, run_events, runs
 
-__all__ = ["SqlRunStore", "async_url"]
+__all__ = ["SqlChatStore", "SqlRunStore", "async_url"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -205,3 +206,131 @@ class SqlRunStore(RunStore):
         query = select(runs.c.topic).where(runs.c.status.not_in(done))
         async with self._engine.connect() as conn:
             return [row.topic for row in (await conn.execute(query)).all()]
+
+
+def _conversation(row: Any) -> Conversation:
+    return Conversation(
+        id=row.id,
+        user=row.user_id,
+        agent_id=row.agent_id,
+        title=row.title,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        message_count=row.message_count,
+    )
+
+
+_MESSAGE_FIELDS = tuple(NewMessage.__dataclass_fields__)
+
+
+class SqlChatStore(ChatStore):
+    """Conversations in the run store's database (same engine, same migrations)."""
+
+    def __init__(self, runs: SqlRunStore) -> None:
+        self.runs = runs
+
+    async def create_conversation(self, conversation: Conversation) -> Conversation:
+        row = {
+            "id": conversation.id,
+            "user_id": conversation.user,
+            "agent_id": conversation.agent_id,
+            "title": conversation.title,
+            "created_at": conversation.created_at,
+            "updated_at": conversation.updated_at,
+            "message_count": conversation.message_count,
+        }
+        try:
+            async with self.runs._engine.begin() as conn:
+                await conn.execute(insert(conversations), row)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"storing conversation {conversation.id!r} failed: {exc}") from exc
+        return conversation
+
+    async def get_conversation(self, id: str) -> Conversation | None:
+        query = select(conversations).where(conversations.c.id == id)
+        try:
+            async with self.runs._engine.connect() as conn:
+                row = (await conn.execute(query)).first()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"reading conversation {id!r} failed: {exc}") from exc
+        return _conversation(row) if row is not None else None
+
+    async def list_conversations(
+        self, user: str | None, limit: int, offset: int
+    ) -> tuple[list[Conversation], int]:
+        query = select(conversations)
+        count = select(func.count()).select_from(conversations)
+        if user is not None:
+            query = query.where(conversations.c.user_id == user)
+            count = count.where(conversations.c.user_id == user)
+        query = query.order_by(conversations.c.updated_at.desc(), conversations.c.id)
+        try:
+            async with self.runs._engine.connect() as conn:
+                rows = (await conn.execute(query.limit(limit).offset(offset))).all()
+                total = (await conn.execute(count)).scalar_one()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"listing conversations failed: {exc}") from exc
+        return [_conversation(r) for r in rows], int(total)
+
+    async def rename_conversation(self, id: str, title: str, now: float) -> Conversation | None:
+        stmt = (
+            update(conversations)
+            .where(conversations.c.id == id)
+            .values(title=title, updated_at=now)
+        )
+        try:
+            async with self.runs._engine.begin() as conn:
+                if (await conn.execute(stmt)).rowcount == 0:
+                    return None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"renaming conversation {id!r} failed: {exc}") from exc
+        return await self.get_conversation(id)
+
+    async def delete_conversation(self, id: str) -> bool:
+        try:
+            async with self.runs._engine.begin() as conn:
+                await conn.execute(delete(messages).where(messages.c.conversation_id == id))
+                result = await conn.execute(delete(conversations).where(conversations.c.id == id))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"deleting conversation {id!r} failed: {exc}") from exc
+        return bool(result.rowcount)
+
+    async def add_message(self, message: NewMessage) -> ChatMessage:
+        row = {f: getattr(message, f) for f in _MESSAGE_FIELDS}
+        touched = message.completed_at or message.created_at
+        bump = (
+            update(conversations)
+            .where(conversations.c.id == message.conversation_id)
+            .values(
+                message_count=conversations.c.message_count + 1,
+                updated_at=func.max(conversations.c.updated_at, touched)
+                if self.runs._engine.dialect.name == "sqlite"
+                else func.greatest(conversations.c.updated_at, touched),
+            )
+        )
+        try:
+            async with self.runs._engine.begin() as conn:
+                if (await conn.execute(bump)).rowcount == 0:
+                    raise StoreError(f"no conversation {message.conversation_id!r}")
+                result = await conn.execute(insert(messages).returning(messages.c.id), row)
+                new_id = int(result.scalar_one())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"storing a message failed: {exc}") from exc
+        return ChatMessage.of(new_id, message)
+
+    async def messages(
+        self, conversation_id: str, before: int | None, limit: int
+    ) -> list[ChatMessage]:
+        query = select(messages).where(messages.c.conversation_id == conversation_id)
+        if before is not None:
+            query = query.where(messages.c.id < before)
+        query = query.order_by(messages.c.id.desc()).limit(limit)
+        try:
+            async with self.runs._engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"reading messages failed: {exc}") from exc
+        return [
+            ChatMessage(id=r.id, **{f: getattr(r, f) for f in _MESSAGE_FIELDS})
+            for r in reversed(rows)
+        ]

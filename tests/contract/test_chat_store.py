@@ -1,0 +1,121 @@
+"""The conversation store contract (``agentcast/storage/chat.py``) in memory, on SQLite
+and on PostgreSQL (skipped with a reason where PostgreSQL is unreachable; CI starts it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agentcast.storage import ChatStore, MemoryChatStore, create_chat_store, create_store
+from agentcast.storage.base import RunStore, StoreError
+from agentcast.storage.chat import Conversation, NewMessage
+from tests.contract.test_stores import POSTGRES, _reset_postgres
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def chats(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
+    if request.param == "memory":
+        yield MemoryChatStore()
+        return
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'chat.db'}"
+    else:
+        if not await _reset_postgres(POSTGRES):
+            pytest.skip(f"PostgreSQL not reachable at {POSTGRES}")
+        url = POSTGRES
+    runs: RunStore | None = create_store(url)
+    assert runs is not None
+    await runs.start()
+    try:
+        yield create_chat_store(runs)
+    finally:
+        await runs.stop()
+
+
+def conv(id: str, user: str = "alice", at: float = 100.0) -> Conversation:
+    return Conversation(id, user, "agent-1", f"title {id}", at, at)
+
+
+def msg(cid: str, role: str, content: str, at: float, **kw: object) -> NewMessage:
+    return NewMessage(cid, role, content, created_at=at, completed_at=at, **kw)  # type: ignore[arg-type]
+
+
+async def test_conversation_roundtrip_and_listing(chats: ChatStore) -> None:
+    await chats.create_conversation(conv("c1", at=100.0))
+    await chats.create_conversation(conv("c2", at=200.0))
+    await chats.create_conversation(conv("c3", user="bob", at=300.0))
+    got = await chats.get_conversation("c1")
+    assert got == conv("c1", at=100.0)
+    assert await chats.get_conversation("nope") is None
+    mine, total = await chats.list_conversations("alice", limit=10, offset=0)
+    assert [c.id for c in mine] == ["c2", "c1"] and total == 2
+    page, total = await chats.list_conversations(None, limit=2, offset=1)
+    assert [c.id for c in page] == ["c2", "c1"] and total == 3
+    with pytest.raises(StoreError):
+        await chats.create_conversation(conv("c1"))
+
+
+async def test_messages_get_increasing_ids_and_page_backwards(chats: ChatStore) -> None:
+    await chats.create_conversation(conv("c1"))
+    await chats.create_conversation(conv("other"))
+    stored = []
+    for i in range(7):
+        stored.append(await chats.add_message(msg("c1", "user", f"q{i}", 101.0 + i)))
+        await chats.add_message(msg("other", "user", f"x{i}", 101.0 + i))
+    ids = [m.id for m in stored]
+    assert ids == sorted(ids) and len(set(ids)) == 7
+    last3 = await chats.messages("c1", None, 3)
+    assert [m.content for m in last3] == ["q4", "q5", "q6"]
+    before = await chats.messages("c1", last3[0].id, 3)
+    assert [m.content for m in before] == ["q1", "q2", "q3"]
+    first = await chats.messages("c1", before[0].id, 3)
+    assert [m.content for m in first] == ["q0"]
+    assert await chats.messages("c1", first[0].id, 3) == []
+    c = await chats.get_conversation("c1")
+    assert c is not None and c.message_count == 7 and c.updated_at == 107.0
+
+
+async def test_message_fields_survive(chats: ChatStore) -> None:
+    await chats.create_conversation(conv("c1"))
+    q = await chats.add_message(msg("c1", "user", "question ✓", 101.0))
+    a = await chats.add_message(
+        NewMessage(
+            "c1",
+            "assistant",
+            "partial answ",
+            status="cancelled",
+            created_at=101.5,
+            completed_at=102.25,
+            reply_to=q.id,
+            model="smollm2",
+            prompt_tokens=12,
+            completion_tokens=3,
+            ttft_ms=15.5,
+            duration_ms=750.0,
+            error="cancelled by the user",
+        )
+    )
+    (back_q, back_a) = await chats.messages("c1", None, 10)
+    assert back_q == q and back_a == a
+    wire = back_a.to_wire()
+    assert wire["status"] == "cancelled" and wire["reply_to"] == q.id
+    assert wire["tokens"] == {"prompt": 12, "completion": 3}
+
+
+async def test_message_to_missing_conversation_is_refused(chats: ChatStore) -> None:
+    with pytest.raises(StoreError):
+        await chats.add_message(msg("ghost", "user", "hello", 1.0))
+
+
+async def test_rename_and_delete(chats: ChatStore) -> None:
+    await chats.create_conversation(conv("c1"))
+    await chats.add_message(msg("c1", "user", "hello", 101.0))
+    renamed = await chats.rename_conversation("c1", "New title", 150.0)
+    assert renamed is not None and renamed.title == "New title" and renamed.updated_at == 150.0
+    assert await chats.rename_conversation("ghost", "x", 1.0) is None
+    assert await chats.delete_conversation("c1") is True
+    assert await chats.get_conversation("c1") is None
+    assert await chats.messages("c1", None, 10) == []
+    assert await chats.delete_conversation("c1") is False

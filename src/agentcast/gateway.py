@@ -105,6 +105,10 @@ class Gateway:
         self.validators: list[Callable[[str, str, dict[str, Any]], None]] = [validate_event]
         """Checks run on every published event's ``data`` (raise ProtocolError to refuse).
         The default validates the seeds' run vocabularies on ``execution:``/``workflow:``."""
+        self.server_prefixes: set[str] = set()
+        """Topic prefixes only the server publishes to (clients get ``forbidden``)."""
+        self.subscribe_guards: dict[str, Callable[[Principal, str], Awaitable[bool] | bool]] = {}
+        """Per topic prefix, a check after the authorizer (e.g. conversation ownership)."""
         self.handlers: dict[str, CommandHandler] = {
             "subscribe": self._cmd_subscribe,
             "unsubscribe": self._cmd_unsubscribe,
@@ -141,6 +145,10 @@ class Gateway:
         self.runs.install(self)
         self.replays = Replays(self)
         """Timed replay of recorded events (``replay`` command)."""
+        from agentcast.chat.service import ChatService
+
+        self.chat = ChatService(self)
+        """Conversations with agents: ``chat:*`` commands, generations, the LLM queue."""
 
     @property
     def open_mode(self) -> bool:
@@ -493,8 +501,23 @@ class Gateway:
         session.running = True
         self._spawn(self._run_commands(session, guarded))
 
+    def server_owned(self, topic: str) -> bool:
+        """True for topics only the server publishes to (see :attr:`server_prefixes`)."""
+        return any(topic.startswith(p) for p in self.server_prefixes)
+
+    async def may_subscribe(self, principal: Principal, topic: str) -> bool:
+        """The authorizer's answer, then the guard of the topic's prefix, if any."""
+        if not await resolve(self.authorizer.can_subscribe(principal, topic)):
+            return False
+        for prefix, guard in self.subscribe_guards.items():
+            if topic.startswith(prefix) and not await resolve(guard(principal, topic)):
+                return False
+        return True
+
     async def _cmd_publish(self, session: Session, command: PublishCommand) -> None:
-        allowed = await resolve(self.authorizer.can_publish(session.principal, command.topic))
+        allowed = not self.server_owned(command.topic) and await resolve(
+            self.authorizer.can_publish(session.principal, command.topic)
+        )
         if not allowed:
             raise CommandError(ErrorCode.FORBIDDEN, f"may not publish to {command.topic!r}")
         try:
@@ -577,8 +600,7 @@ class Gateway:
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"at most {self.settings.max_subscriptions} subscriptions per connection",
             )
-        allowed = await resolve(self.authorizer.can_subscribe(session.principal, topic))
-        if not allowed:
+        if not await self.may_subscribe(session.principal, topic):
             raise CommandError(ErrorCode.FORBIDDEN, f"may not subscribe to {topic!r}")
         if session.closed:
             return

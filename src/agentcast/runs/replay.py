@@ -24,7 +24,6 @@ from agentcast.core.commands import register
 from agentcast.core.envelope import Publication, encode_json
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
 from agentcast.errors import CommandError
-from agentcast.policy import resolve
 from agentcast.runs.state import run_kind
 from agentcast.storage.base import StoreError
 
@@ -72,8 +71,7 @@ class Replays:
 
     async def _start(self, session: Session, command: ReplayCommand) -> None:
         gw = self.gateway
-        allowed = gw.authorizer.can_subscribe(session.principal, command.topic)
-        if not await resolve(allowed):
+        if not await gw.may_subscribe(session.principal, command.topic):
             raise CommandError(ErrorCode.FORBIDDEN, f"may not read {command.topic!r}")
         key = (session.id, command.topic)
         if key in self.running:

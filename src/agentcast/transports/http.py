@@ -119,7 +119,9 @@ def http_router(gateway: Gateway) -> APIRouter:
         sequence numbers in order.
         """
         principal = await principal_of(gateway, request)
-        if not await allowed(gateway.authorizer.can_publish(principal, topic)):
+        if gateway.server_owned(topic) or not await allowed(
+            gateway.authorizer.can_publish(principal, topic)
+        ):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
         try:
             events = (
@@ -161,7 +163,7 @@ def http_router(gateway: Gateway) -> APIRouter:
         if not valid_topic(topic):
             raise http_error(400, ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", "topic")
         principal = await principal_of(gateway, request)
-        if not await allowed(gateway.authorizer.can_subscribe(principal, topic)):
+        if not await gateway.may_subscribe(principal, topic):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")
         page = await gateway.broker.history(topic, since, limit)
         return HistoryOut(
@@ -178,7 +180,7 @@ def http_router(gateway: Gateway) -> APIRouter:
         principal = await principal_of(gateway, request)
         visible = []
         for name, seq in sorted(gateway.broker.topics().items()):
-            if await allowed(gateway.authorizer.can_subscribe(principal, name)):
+            if await gateway.may_subscribe(principal, name):
                 visible.append(
                     TopicOut(topic=name, last_seq=seq, subscribers=gateway.hub.presence(name))
                 )

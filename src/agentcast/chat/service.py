@@ -1,0 +1,536 @@
+"""Conversations with agents on the gateway: the ``chat:*`` commands and generations.
+
+Contract of one message (``chat:send`` on ``/ws``, or seed 003's endpoint):
+
+1. The user's message is stored *before* the agent is called, then published as
+   ``chat:message`` on ``chat:<conversation_id>``; the sending connection is subscribed
+   to that topic first, so it sees every event of the conversation (as does a second tab
+   subscribed to it, and a reconnecting client resumes it by seq like any topic).
+2. The generation waits in the agent's :class:`~agentcast.chat.queue.FairQueue` when its
+   upstream is busy (``chat:queued`` with the position, whenever it changes), then
+   streams: one ``chat:streaming`` ``{chunk, done: false}`` per delta, then
+   ``{chunk: "", done: true, status}``.
+3. The answer is stored (status ``complete``, ``cancelled`` or ``error``, with the
+   partial text) and published as ``chat:message``. A failed answer also sends an
+   ``error`` frame (upstream codes) to the connection that asked, if it is still there.
+
+A generation belongs to the conversation, not to the socket: when the socket drops, the
+answer is still generated and stored. One generation per conversation at a time
+(``conflict`` otherwise). ``chat:cancel`` cancels the generation's task: the agent's
+stream is closed at once (an upstream HTTP request is closed), or the request leaves the
+queue without reaching the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from agentcast.chat.agents import Agent, ChatRequest, OfflineAgent, as_agent, load_agent
+from agentcast.chat.protocol import ChatCancelCommand, ChatHistoryCommand, ChatSendCommand
+from agentcast.chat.queue import FairQueue
+from agentcast.chat.stats import AgentStats
+from agentcast.chat.text import Turn, build_context, estimate_tokens
+from agentcast.codes import ErrorCode
+from agentcast.core.commands import error_frame
+from agentcast.errors import AgentError, BrokerError, CommandError, ConfigError, ProtocolError
+from agentcast.storage import ChatStore, create_chat_store
+from agentcast.storage.base import StoreError
+from agentcast.storage.chat import ChatMessage, Conversation, NewMessage
+
+if TYPE_CHECKING:
+    from agentcast.core.session import Session
+    from agentcast.gateway import Gateway
+    from agentcast.policy import Principal
+
+__all__ = ["CHAT_PREFIX", "ChatService", "Generation"]
+
+logger = logging.getLogger("agentcast.chat")
+
+CHAT_PREFIX = "chat:"
+DEFAULT_AGENT = "default"
+_CONTEXT_MESSAGES = 200
+"""Most recent stored messages considered for the context window."""
+_ANSWER_RESERVE = 512
+"""Tokens of a model's context kept free for the answer."""
+
+
+class _Reserved:
+    """Marks a conversation whose message is being stored (a generation is about to start)."""
+
+
+@dataclass(eq=False)
+class Generation:
+    """One answer being generated for a conversation."""
+
+    conversation: Conversation
+    agent_id: str
+    agent: Agent
+    user: str
+    message: ChatMessage
+    session: Session | None = None
+    command_id: Any = None
+    task: asyncio.Task[None] | None = None
+    cancel_reason: str | None = None
+    done: asyncio.Future[ChatMessage] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def topic(self) -> str:
+        return CHAT_PREFIX + self.conversation.id
+
+
+class ChatService:
+    """The chat feature of one gateway (``gateway.chat``)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.store: ChatStore = create_chat_store(gateway.store)
+        self.agents: dict[str, Agent] = {}
+        self.default_agent = DEFAULT_AGENT
+        self.generations: dict[str, Generation | _Reserved] = {}
+        self.queues: dict[str, FairQueue] = {}
+        self.stats: dict[tuple[str, str], AgentStats] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.register_agent(DEFAULT_AGENT, self._default_agent())
+        gateway.handlers["chat:send"] = self._cmd_send
+        gateway.handlers["chat:history"] = self._cmd_history
+        gateway.handlers["chat:cancel"] = self._cmd_cancel
+        gateway.server_prefixes.add(CHAT_PREFIX)
+        gateway.subscribe_guards[CHAT_PREFIX] = self._may_subscribe
+        gateway.add_shutdown(self.stop)
+
+    # -- agents --------------------------------------------------------------------
+
+    def _default_agent(self) -> Agent:
+        s = self.settings
+        if s.agent:
+            try:
+                return load_agent(s.agent)
+            except (ImportError, ValueError, TypeError) as exc:
+                raise ConfigError(f"agent {s.agent!r}: {exc}") from exc
+        if s.llm_url:
+            if not s.llm_model:
+                raise ConfigError("llm_url needs llm_model (--model NAME)")
+            from agentcast.chat.llm import LLMAgent, OpenAIUpstream, UpstreamConfig
+
+            upstream = OpenAIUpstream(
+                UpstreamConfig(
+                    base_url=s.llm_url,
+                    model=s.llm_model,
+                    api_key=s.llm_api_key or None,
+                    fallback_models=tuple(s.llm_fallback_models),
+                    connect_timeout=s.llm_connect_timeout,
+                    read_timeout=s.llm_read_timeout,
+                    max_retries=s.llm_max_retries,
+                    concurrency=s.llm_concurrency,
+                    context_tokens=s.llm_context_tokens,
+                )
+            )
+            self.gateway.add_shutdown(upstream.aclose)
+            return LLMAgent(upstream, system_prompt=s.chat_system_prompt)
+        return OfflineAgent(tokens_per_second=s.offline_tokens_per_second)
+
+    def register_agent(self, agent_id: str, agent: Any, *, default: bool = False) -> Agent:
+        """Serve ``agent`` (any shape :func:`~agentcast.chat.agents.as_agent` accepts) as
+        ``agent_id``; ``default=True`` makes it the agent of unknown ids and new
+        conversations without one."""
+        coerced = as_agent(agent)
+        self.agents[agent_id] = coerced
+        if default:
+            self.default_agent = agent_id
+        return coerced
+
+    def agent_for(self, agent_id: str | None) -> tuple[str, Agent]:
+        """The agent serving ``agent_id``: a registered one, else the default agent
+        (answering as ``agent_id``, as seed 003's endpoint does for any agent id)."""
+        if agent_id is not None and agent_id in self.agents:
+            return agent_id, self.agents[agent_id]
+        return agent_id or self.default_agent, self.agents[self.default_agent]
+
+    def _queue(self, agent: Agent) -> FairQueue:
+        key = str(getattr(agent, "queue_key", f"agent:{id(agent)}"))
+        queue = self.queues.get(key)
+        if queue is None:
+            queue = self.queues[key] = FairQueue(getattr(agent, "concurrency", None))
+        return queue
+
+    def _stats(self, agent: Agent) -> AgentStats:
+        key = str(getattr(agent, "queue_key", "agent"))
+        model = str(getattr(agent, "model", None) or getattr(agent, "name", type(agent).__name__))
+        stats = self.stats.get((key, model))
+        if stats is None:
+            stats = self.stats[(key, model)] = AgentStats(key, model)
+        return stats
+
+    # -- ownership -----------------------------------------------------------------
+
+    def owns(self, principal: Principal, conversation: Conversation) -> bool:
+        """May ``principal`` use ``conversation``? Its owner may; in open dev mode every
+        anonymous connection is its own user, so there the (unguessable) conversation
+        id is the capability, which lets a reconnecting client or a second tab in."""
+        if conversation.user == principal.subject:
+            return True
+        return principal.anonymous and self.gateway.open_mode
+
+    async def _may_subscribe(self, principal: Principal, topic: str) -> bool:
+        conv = await self.store.get_conversation(topic[len(CHAT_PREFIX) :])
+        return conv is not None and self.owns(principal, conv)
+
+    async def conversation(self, principal: Principal, conversation_id: str) -> Conversation:
+        """The caller's conversation; CommandError ``not_found`` otherwise."""
+        try:
+            conv = await self.store.get_conversation(conversation_id)
+        except StoreError as exc:
+            raise CommandError(ErrorCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
+        if conv is None or not self.owns(principal, conv):
+            raise CommandError(
+                ErrorCode.NOT_FOUND,
+                f"no conversation {conversation_id!r}",
+                field="data.conversation_id",
+            )
+        return conv
+
+    async def new_conversation(
+        self, principal: Principal, agent_id: str | None, title: str
+    ) -> Conversation:
+        agent_id, _ = self.agent_for(agent_id)
+        now = time.time()
+        conv = Conversation(uuid.uuid4().hex, principal.subject, agent_id, title[:200], now, now)
+        try:
+            return await self.store.create_conversation(conv)
+        except StoreError as exc:
+            raise CommandError(ErrorCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
+
+    # -- commands ------------------------------------------------------------------
+
+    async def _cmd_send(self, session: Session, command: ChatSendCommand) -> None:
+        data = command.data
+        if data.conversation_id is not None:
+            conv = await self.conversation(session.principal, data.conversation_id)
+        else:
+            title = data.title or _title(data.message)
+            conv = await self.new_conversation(session.principal, data.agent, title)
+        await self.submit(
+            session.principal, conv, data.message, session=session, command_id=command.id
+        )
+
+    async def submit(
+        self,
+        principal: Principal,
+        conversation: Conversation,
+        text: str,
+        *,
+        session: Session | None = None,
+        command_id: Any = None,
+    ) -> Generation:
+        """Store ``text`` as the user's message, publish it and start the answer.
+
+        Raises CommandError (``invalid_field``, ``payload_too_large``, ``conflict``,
+        ``unavailable``) without storing anything. With ``session`` the connection is
+        subscribed to the conversation first.
+        """
+        limit = self.settings.chat_max_message_chars
+        if not text.strip():
+            raise CommandError(ErrorCode.INVALID_FIELD, "data.message: empty", field="data.message")
+        if len(text) > limit:
+            raise CommandError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"data.message: {len(text)} characters, more than chat_max_message_chars ({limit})",
+                field="data.message",
+            )
+        cid = conversation.id
+        if cid in self.generations:
+            raise CommandError(
+                ErrorCode.CONFLICT,
+                f"conversation {cid!r} is answering a message: wait for it or chat:cancel",
+                field="data.conversation_id",
+            )
+        agent_id, agent = self.agent_for(conversation.agent_id)
+        topic = CHAT_PREFIX + cid
+        self.generations[cid] = placeholder = _Reserved()
+        try:
+            if session is not None and topic not in session.topics:
+                await self.gateway.subscribe(session, topic, None, reply=False)
+            now = time.time()
+            try:
+                stored = await self.store.add_message(
+                    NewMessage(
+                        cid,
+                        "user",
+                        text,
+                        created_at=now,
+                        completed_at=now,
+                        prompt_tokens=estimate_tokens(text),
+                    )
+                )
+            except StoreError as exc:
+                raise CommandError(ErrorCode.UNAVAILABLE, f"message not stored: {exc}") from exc
+        except BaseException:
+            if self.generations.get(cid) is placeholder:
+                del self.generations[cid]
+            raise
+        gen = Generation(
+            conversation, agent_id, agent, principal.subject, stored, session, command_id
+        )
+        self.generations[cid] = gen
+        if session is not None:
+            if session.meta is None:
+                session.meta = {}
+            session.meta["chat_last"] = cid
+        await self._publish(topic, "chat:message", stored.to_wire())
+        gen.task = asyncio.get_running_loop().create_task(self._generate(gen), name=f"chat:{cid}")
+        self._tasks.add(gen.task)
+        gen.task.add_done_callback(self._tasks.discard)
+        return gen
+
+    async def _cmd_history(self, session: Session, command: ChatHistoryCommand) -> None:
+        data = command.data
+        limit = data.limit or self.settings.chat_history_limit
+        if data.conversation_id is not None:
+            conv: Conversation | None = await self.conversation(
+                session.principal, data.conversation_id
+            )
+        else:
+            try:
+                found, _ = await self.store.list_conversations(session.principal.subject, 1, 0)
+            except StoreError as exc:
+                raise CommandError(ErrorCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
+            conv = found[0] if found else None
+        messages: list[ChatMessage] = []
+        if conv is not None:
+            try:
+                messages = await self.store.messages(conv.id, data.before, limit + 1)
+            except StoreError as exc:
+                raise CommandError(ErrorCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
+        has_more = len(messages) > limit
+        messages = messages[-limit:]
+        generating = conv is not None and isinstance(self.generations.get(conv.id), Generation)
+        self.gateway.reply(
+            session,
+            "chat:history",
+            {
+                "conversation_id": conv.id if conv else None,
+                "conversation": conv.to_wire() if conv else None,
+                "messages": [m.to_wire() for m in messages],
+                "has_more": has_more,
+                "before": messages[0].id if has_more and messages else None,
+                "generating": generating,
+            },
+            id=command.id,
+        )
+
+    async def _cmd_cancel(self, session: Session, command: ChatCancelCommand) -> None:
+        cid = command.data.conversation_id or (session.meta or {}).get("chat_last")
+        if cid is None:
+            raise CommandError(ErrorCode.NOT_FOUND, "no generation to cancel")
+        conv = await self.conversation(session.principal, cid)
+        gen = self.generations.get(conv.id)
+        cancelled = isinstance(gen, Generation) and self.cancel(gen, "cancelled by the user")
+        self.gateway.reply(
+            session,
+            "chat:cancelled",
+            {"conversation_id": conv.id, "cancelled": cancelled},
+            id=command.id,
+        )
+
+    def cancel(self, gen: Generation, reason: str) -> bool:
+        """Stop ``gen`` (True if it was still running)."""
+        if gen.task is None or gen.task.done() or gen.cancel_reason is not None:
+            return False
+        gen.cancel_reason = reason
+        gen.task.cancel()
+        return True
+
+    async def stop(self) -> None:
+        """Gateway shutdown: cancel generations; their partial answers are stored."""
+        for gen in list(self.generations.values()):
+            if isinstance(gen, Generation):
+                self.cancel(gen, "server shutting down")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- generation ----------------------------------------------------------------
+
+    async def _request(self, gen: Generation) -> ChatRequest:
+        history = await self.store.messages(gen.conversation.id, gen.message.id, _CONTEXT_MESSAGES)
+        turns = [
+            Turn(m.role, m.content)
+            for m in history
+            if m.status == "complete" and m.role in ("user", "assistant")
+        ]
+        agent = gen.agent
+        budget = self.settings.chat_context_tokens
+        context = getattr(agent, "context_tokens", None)
+        if isinstance(context, int):
+            budget = max(64, min(budget, context - _ANSWER_RESERVE))
+        system = getattr(agent, "system_prompt", None)
+        messages, truncated = build_context(
+            system if isinstance(system, str) else None, turns, gen.message.content, budget
+        )
+        return ChatRequest(
+            conversation_id=gen.conversation.id,
+            agent_id=gen.agent_id,
+            user=gen.user,
+            message=gen.message.content,
+            messages=messages,
+            context={"truncated": truncated, "title": gen.conversation.title},
+        )
+
+    async def _generate(self, gen: Generation) -> None:
+        loop = asyncio.get_running_loop()
+        topic = gen.topic
+        reply_to = gen.message.id
+        parts: list[str] = []
+        status, error, code = "complete", None, None
+        ttft: float | None = None
+        prompt_tokens = 0
+        t0 = loop.time()
+        started = t0
+
+        def on_position(position: int) -> None:
+            self._publish_soon(
+                topic,
+                "chat:queued",
+                {
+                    "conversation_id": gen.conversation.id,
+                    "reply_to": reply_to,
+                    "position": position,
+                },
+            )
+
+        try:
+            async with self._queue(gen.agent).slot(gen.user, on_position):
+                started = loop.time()
+                request = await self._request(gen)
+                prompt_tokens = sum(estimate_tokens(t.content) for t in request.messages)
+                async with _closing(gen.agent.stream(request)) as deltas:
+                    async for delta in deltas:
+                        if not delta:
+                            continue
+                        if ttft is None:
+                            ttft = (loop.time() - started) * 1000
+                        parts.append(delta)
+                        await self._publish(
+                            topic,
+                            "chat:streaming",
+                            {
+                                "conversation_id": gen.conversation.id,
+                                "reply_to": reply_to,
+                                "index": len(parts) - 1,
+                                "chunk": delta,
+                                "done": False,
+                            },
+                        )
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            status, code = "cancelled", ErrorCode.CANCELLED
+            error = gen.cancel_reason or "cancelled"
+        except AgentError as exc:
+            status, code, error = "error", exc.code, exc.message
+        except StoreError as exc:
+            status, code, error = "error", ErrorCode.UNAVAILABLE, f"store unavailable: {exc}"
+        except Exception as exc:
+            logger.exception("agent %s failed", gen.agent_id)
+            status, code = "error", ErrorCode.AGENT_ERROR
+            error = f"agent {gen.agent_id!r} failed: {type(exc).__name__}: {exc}"
+        end = loop.time()
+        stream_s = end - started - (ttft or 0) / 1000
+        self._stats(gen.agent).record(status, len(parts), ttft, stream_s, (started - t0) * 1000)
+        await self._publish(
+            topic,
+            "chat:streaming",
+            {
+                "conversation_id": gen.conversation.id,
+                "reply_to": reply_to,
+                "index": len(parts),
+                "chunk": "",
+                "done": True,
+                "status": status,
+            },
+        )
+        content = "".join(parts)
+        now = time.time()
+        answer_row = NewMessage(
+            gen.conversation.id,
+            "assistant",
+            content,
+            status=status,
+            created_at=now - (end - t0),
+            completed_at=now,
+            reply_to=reply_to,
+            model=str(getattr(gen.agent, "model", None) or getattr(gen.agent, "name", "agent")),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=estimate_tokens(content),
+            ttft_ms=ttft,
+            duration_ms=(end - t0) * 1000,
+            error=error,
+        )
+        try:
+            answer = await self._store_answer(answer_row)
+        except StoreError as exc:
+            logger.error("answer in %s not stored: %s", gen.conversation.id, exc)
+            answer = ChatMessage.of(0, answer_row)
+            code, error = ErrorCode.UNAVAILABLE, f"answer not stored: {exc}"
+        await self._publish(topic, "chat:message", answer.to_wire())
+        session = gen.session
+        if code is not None and code is not ErrorCode.CANCELLED and session is not None:
+            exc_ = ProtocolError(code, error or status)
+            self.gateway.send(session, error_frame(exc_, self.gateway.now_iso(), id=gen.command_id))
+        if self.generations.get(gen.conversation.id) is gen:
+            del self.generations[gen.conversation.id]
+        if not gen.done.done():
+            gen.done.set_result(answer)
+
+    async def _store_answer(self, row: NewMessage) -> ChatMessage:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(4),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            retry=retry_if_exception_type(StoreError),
+            reraise=True,
+        ):
+            with attempt:
+                return await self.store.add_message(row)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _publish(self, topic: str, kind: str, data: dict[str, Any]) -> None:
+        try:
+            await self.gateway.publish(topic, kind, data)
+        except (BrokerError, ProtocolError) as exc:
+            logger.error("%s on %s not published: %s", kind, topic, exc)
+
+    def _publish_soon(self, topic: str, kind: str, data: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(self._publish(topic, kind, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _title(message: str) -> str:
+    line = " ".join(message.split())
+    return line if len(line) <= 60 else line[:57] + "..."
+
+
+class _closing:
+    """``async with`` that closes an async iterator (``aclose``) on the way out."""
+
+    def __init__(self, iterator: AsyncIterator[str]) -> None:
+        self.iterator = iterator
+
+    async def __aenter__(self) -> AsyncIterator[str]:
+        return self.iterator
+
+    async def __aexit__(self, *exc: object) -> None:
+        close: Callable[[], Any] | None = getattr(self.iterator, "aclose", None)
+        if close is not None:
+            await close()

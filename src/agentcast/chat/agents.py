@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -161,7 +162,7 @@ _TOPICS: tuple[tuple[tuple[str, ...], str], ...] = (
         "Glad to help! Ask again whenever you need more information.",
     ),
     (
-        ("hello", "hi ", "olá", "ola", "hola", "bom dia"),
+        ("hello", "hi", "olá", "ola", "hola", "bom dia"),
         "Hello! I am the offline demo agent of agentcast. Ask me anything.",
     ),
 )
@@ -207,8 +208,9 @@ class OfflineAgent:
         message = request.message.strip()
         lower = message.lower()
         earlier = sum(1 for t in request.messages[:-1] if t.role == "user")
+        words = set(re.findall(r"\w+", lower))
         for keywords, text in _TOPICS:
-            if any(k in lower for k in keywords):
+            if any(k in words or (len(k) > 3 and k in lower) for k in keywords):
                 answer = text
                 break
         else:

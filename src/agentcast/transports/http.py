@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
 from agentcast.__about__ import __version__
+from agentcast.chat.endpoint import SEED003_PATH, seed003_endpoint
+from agentcast.chat.http import chat_router
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
 from agentcast.errors import BrokerError, ProtocolError
@@ -274,6 +276,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not run {topic!r}")
 
     app.include_router(runs_router(gateway, authorize_publish))
+    app.include_router(chat_router(gateway))
+    app.add_api_websocket_route(SEED003_PATH, seed003_endpoint(gateway))
     app.add_api_websocket_route("/ws", websocket_route(gateway))
     for endpoint in RUN_ENDPOINTS:
         path = endpoint.path.replace("{id}", "{" + endpoint.id_field + "}")

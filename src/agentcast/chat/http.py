@@ -1,0 +1,193 @@
+"""HTTP routes of chat: conversations (list, read, rename, delete), their messages (paged),
+agents, and the LLM upstreams (models, health, figures)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from agentcast.chat.service import Generation
+from agentcast.codes import ErrorCode
+from agentcast.errors import ProtocolError
+from agentcast.gateway import Gateway
+from agentcast.policy import Principal
+from agentcast.storage.base import StoreError
+from agentcast.storage.chat import Conversation
+from agentcast.transports.auth import principal_of
+from agentcast.transports.errors import http_error
+
+__all__ = ["chat_router"]
+
+_CID = r"^[A-Za-z0-9_\-.@=+]{1,64}$"
+
+
+class ConversationOut(BaseModel):
+    id: str
+    agent_id: str
+    title: str
+    created_at: str
+    updated_at: str
+    message_count: int
+    generating: bool = Field(description="An answer is being generated right now.")
+
+
+class ConversationPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    conversations: list[ConversationOut]
+
+
+class RenameIn(BaseModel):
+    title: str = Field(min_length=1, max_length=200)
+
+
+class MessagePage(BaseModel):
+    conversation_id: str
+    messages: list[dict[str, Any]] = Field(description="Oldest first.")
+    has_more: bool = Field(description="Older messages exist: ask again with `before`.")
+    before: int | None = Field(description="The `before` that fetches the previous page.")
+
+
+class AgentOut(BaseModel):
+    id: str
+    name: str
+    model: str | None
+    concurrency: int | None
+    default: bool
+
+
+def chat_router(gateway: Gateway) -> APIRouter:
+    """The chat HTTP API bound to ``gateway``."""
+    router = APIRouter(tags=["chat"])
+    chat = gateway.chat
+
+    def out(conv: Conversation) -> ConversationOut:
+        return ConversationOut(
+            **conv.to_wire(), generating=isinstance(chat.generations.get(conv.id), Generation)
+        )
+
+    async def owned(request: Request, cid: str) -> tuple[Principal, Conversation]:
+        principal = await principal_of(gateway, request)
+        try:
+            return principal, await chat.conversation(principal, cid)
+        except ProtocolError as exc:
+            status = 404 if exc.code is ErrorCode.NOT_FOUND else 503
+            raise http_error(status, exc.code, exc.message) from exc
+
+    @router.get("/api/conversations", response_model=ConversationPage)
+    async def list_conversations(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> ConversationPage:
+        """The caller's conversations, most recently updated first (in open dev mode,
+        where every request is a new anonymous user, every conversation)."""
+        principal = await principal_of(gateway, request)
+        user = None if principal.anonymous and gateway.open_mode else principal.subject
+        try:
+            found, total = await chat.store.list_conversations(user, limit, offset)
+        except StoreError as exc:
+            raise http_error(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        return ConversationPage(
+            total=total, limit=limit, offset=offset, conversations=[out(c) for c in found]
+        )
+
+    Cid = Annotated[str, Path(pattern=_CID, description="Conversation id.")]
+
+    @router.get("/api/conversations/{conversation_id}", response_model=ConversationOut)
+    async def get_conversation(request: Request, conversation_id: Cid) -> ConversationOut:
+        """One conversation."""
+        _, conv = await owned(request, conversation_id)
+        return out(conv)
+
+    @router.patch("/api/conversations/{conversation_id}", response_model=ConversationOut)
+    async def rename_conversation(
+        request: Request, conversation_id: Cid, body: RenameIn
+    ) -> ConversationOut:
+        """Rename a conversation."""
+        _, conv = await owned(request, conversation_id)
+        try:
+            renamed = await chat.store.rename_conversation(conv.id, body.title, time.time())
+        except StoreError as exc:
+            raise http_error(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        if renamed is None:  # pragma: no cover - deleted in between
+            raise http_error(404, ErrorCode.NOT_FOUND, f"no conversation {conversation_id!r}")
+        return out(renamed)
+
+    @router.delete("/api/conversations/{conversation_id}", status_code=204)
+    async def delete_conversation(request: Request, conversation_id: Cid) -> Response:
+        """Delete a conversation and its messages (a running generation is cancelled)."""
+        _, conv = await owned(request, conversation_id)
+        gen = chat.generations.get(conv.id)
+        if isinstance(gen, Generation):
+            chat.cancel(gen, "conversation deleted")
+            await gen.done
+        try:
+            await chat.store.delete_conversation(conv.id)
+        except StoreError as exc:
+            raise http_error(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        return Response(status_code=204)
+
+    @router.get("/api/conversations/{conversation_id}/messages", response_model=MessagePage)
+    async def messages(
+        request: Request,
+        conversation_id: Cid,
+        before: Annotated[int | None, Query(ge=1, description="Messages with id < before.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> MessagePage:
+        """Stored messages, oldest first; page back with ``before``."""
+        _, conv = await owned(request, conversation_id)
+        try:
+            found = await chat.store.messages(conv.id, before, limit + 1)
+        except StoreError as exc:
+            raise http_error(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        has_more = len(found) > limit
+        found = found[-limit:]
+        return MessagePage(
+            conversation_id=conv.id,
+            messages=[m.to_wire() for m in found],
+            has_more=has_more,
+            before=found[0].id if has_more and found else None,
+        )
+
+    @router.get("/api/agents", response_model=list[AgentOut])
+    async def agents() -> list[AgentOut]:
+        """The agents this server answers with."""
+        return [
+            AgentOut(
+                id=agent_id,
+                name=str(getattr(agent, "name", type(agent).__name__)),
+                model=getattr(agent, "model", None),
+                concurrency=getattr(agent, "concurrency", None),
+                default=agent_id == chat.default_agent,
+            )
+            for agent_id, agent in chat.agents.items()
+        ]
+
+    @router.get("/api/llm/stats")
+    async def llm_stats() -> dict[str, Any]:
+        """Per upstream and model: generations, time to first token, tokens/s, cancel
+        and error rates, queue wait; and each queue's load now."""
+        return {
+            "agents": [s.to_dict() for s in chat.stats.values()],
+            "queues": [
+                {"key": key, "limit": q.limit, "active": q.active, "waiting": q.waiting}
+                for key, q in chat.queues.items()
+            ],
+        }
+
+    @router.get("/api/llm/health")
+    async def llm_health() -> dict[str, Any]:
+        """Health of every LLM upstream in use (agents without one are left out)."""
+        found = []
+        for agent_id, agent in chat.agents.items():
+            upstream = getattr(agent, "upstream", None)
+            if upstream is not None and hasattr(upstream, "health"):
+                found.append({"agent": agent_id, **(await upstream.health())})
+        return {"upstreams": found}
+
+    return router

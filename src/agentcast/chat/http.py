@@ -22,6 +22,7 @@ from agentcast.transports.errors import http_error
 __all__ = ["chat_router"]
 
 _CID = r"^[A-Za-z0-9_\-.@=+]{1,64}$"
+Cid = Annotated[str, Path(pattern=_CID, description="Conversation id.")]
 
 
 class ConversationOut(BaseModel):
@@ -95,8 +96,6 @@ def chat_router(gateway: Gateway) -> APIRouter:
         return ConversationPage(
             total=total, limit=limit, offset=offset, conversations=[out(c) for c in found]
         )
-
-    Cid = Annotated[str, Path(pattern=_CID, description="Conversation id.")]
 
     @router.get("/api/conversations/{conversation_id}", response_model=ConversationOut)
     async def get_conversation(request: Request, conversation_id: Cid) -> ConversationOut:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from agentcast.brokers import Broker, create_broker
 from agentcast.brokers.memory import MemoryBroker
+from agentcast.chat.service import ChatService
 from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode
 from agentcast.core.commands import command_id, encode_reply, error_frame, parse
 from agentcast.core.envelope import Publication, encode_json, format_timestamp
@@ -145,8 +146,6 @@ class Gateway:
         self.runs.install(self)
         self.replays = Replays(self)
         """Timed replay of recorded events (``replay`` command)."""
-        from agentcast.chat.service import ChatService
-
         self.chat = ChatService(self)
         """Conversations with agents: ``chat:*`` commands, generations, the LLM queue."""
 

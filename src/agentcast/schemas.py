@@ -31,6 +31,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from agentcast.chat.protocol import (
+    AgentFrame,
+    ChatCancelledData,
+    ChatHistoryReplyData,
+    ChatMessageData,
+    ChatQueuedData,
+    ChatStreamingData,
+)
 from agentcast.core.commands import COMMANDS
 from agentcast.core.frames import (
     AckFrame,
@@ -324,6 +332,39 @@ for _kind, _model in WORKFLOW_EVENTS.items():
         "data",
         description=f"`data` of a `{_kind}` event on workflow:<id> (seed 004).",
     )
+for _kind, _model in (
+    ("message", ChatMessageData),
+    ("streaming", ChatStreamingData),
+    ("queued", ChatQueuedData),
+):
+    register(
+        f"data.chat.{_kind}",
+        _model,
+        "data",
+        mode="serialization",
+        description=f"`data` of a `chat:{_kind}` event on chat:<conversation_id> (seed 001).",
+    )
+register(
+    "data.chat.history",
+    ChatHistoryReplyData,
+    "data",
+    mode="serialization",
+    description="`data` of the `chat:history` reply.",
+)
+register(
+    "data.chat.cancelled",
+    ChatCancelledData,
+    "data",
+    mode="serialization",
+    description="`data` of the `chat:cancelled` reply.",
+)
+register(
+    "seed003.agent-frame",
+    AgentFrame,
+    "data",
+    mode="serialization",
+    description="Every frame of seed 003's endpoint /api/v1/ws/{agent_id}.",
+)
 entries()  # the commands of every feature the gateway loads (seed 001, runs, …)
 
 

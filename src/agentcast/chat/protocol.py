@@ -100,3 +100,104 @@ class ChatCancelCommand(ClientCommand):
 register(ChatSendCommand, "chat:send")
 register(ChatHistoryCommand, "chat:history")
 register(ChatCancelCommand, "chat:cancel")
+
+
+# -- what the server sends (described here; encoded by the service) ------------------------
+
+
+class TokenCounts(BaseModel):
+    prompt: int = Field(ge=0, description="Estimated prompt tokens (whole budgeted prompt).")
+    completion: int = Field(ge=0, description="Estimated tokens of the content.")
+
+
+class ChatMessageData(BaseModel):
+    """``data`` of ``chat:message`` on ``chat:<conversation_id>``, and an item of
+    ``chat:history``: one stored message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = Field(description="Message id: increasing, orders a conversation; 0 if unstored.")
+    conversation_id: str
+    role: Literal["user", "assistant", "system"]
+    content: str = Field(description="The text; for a cancelled or failed answer, the partial.")
+    status: Literal["complete", "cancelled", "error"]
+    created_at: str
+    completed_at: str | None = None
+    reply_to: int | None = Field(default=None, description="The user message answered.")
+    model: str | None = Field(default=None, description="Model or agent that answered.")
+    tokens: TokenCounts
+    ttft_ms: float | None = Field(default=None, description="Time to first token.")
+    duration_ms: float | None = Field(default=None, description="Queue + generation time.")
+    error: str | None = Field(default=None, description="Why the answer is not complete.")
+
+
+class ChatStreamingData(BaseModel):
+    """``data`` of ``chat:streaming``: one delta of the answer being generated; the last
+    frame has ``chunk: ""``, ``done: true`` and the final ``status``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str
+    reply_to: int = Field(description="Id of the user message being answered.")
+    index: int = Field(ge=0, description="0, 1, 2, … per answer (the done frame: count).")
+    chunk: str
+    done: bool
+    status: Literal["complete", "cancelled", "error"] | None = Field(
+        default=None, description="Only on the done frame."
+    )
+
+
+class ChatQueuedData(BaseModel):
+    """``data`` of ``chat:queued``: the request waits for the upstream; ``position`` 1 is
+    next. Sent on arrival and whenever the position changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str
+    reply_to: int
+    position: int = Field(ge=1)
+
+
+class ConversationData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    agent_id: str
+    title: str
+    created_at: str
+    updated_at: str
+    message_count: int
+
+
+class ChatHistoryReplyData(BaseModel):
+    """``data`` of the ``chat:history`` reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str | None = Field(description="None when the user has no conversation.")
+    conversation: ConversationData | None
+    messages: list[ChatMessageData] = Field(description="Oldest first.")
+    has_more: bool = Field(description="Older messages exist: ask again with `before`.")
+    before: int | None = Field(description="The `before` of the previous page.")
+    generating: bool = Field(description="An answer is being generated right now.")
+
+
+class ChatCancelledData(BaseModel):
+    """``data`` of the ``chat:cancelled`` reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str
+    cancelled: bool = Field(description="False when nothing was running any more.")
+
+
+class AgentFrame(BaseModel):
+    """Seed 003's endpoint ``/api/v1/ws/{agent_id}``: every frame the server sends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["welcome", "message", "error"]
+    sender: Literal["agent"]
+    message: str
+    agent_id: str | None = Field(default=None, description="Welcome frame only.")
+    conversation_id: str | None = Field(default=None, description="Welcome frame only.")

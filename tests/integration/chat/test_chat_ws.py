@@ -15,6 +15,7 @@ import websockets
 
 from agentcast.errors import AgentError
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.schemas import SCHEMAS
 from tests.conftest import UNIT, RunningServer, start_server, stop_server
 from tests.integration.chat.support import (
     FailingAgent,
@@ -90,6 +91,9 @@ async def test_seed001_flow_in_order_and_history(transport: str) -> None:
             )
             seqs = [f["seq"] for f in frames]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "one topic, no gap"
+            for f in frames:  # every frame matches its documented schema
+                SCHEMAS["server.event"].validate(json.dumps(f))
+                SCHEMAS[f"data.chat.{f['type'].split(':')[1]}"].validate(json.dumps(f["data"]))
             cid = answer["conversation_id"]
             assert all(f["topic"] == f"chat:{cid}" for f in frames)
 
@@ -99,6 +103,7 @@ async def test_seed001_flow_in_order_and_history(transport: str) -> None:
             assert [m["role"] for m in history["data"]["messages"]] == ["user", "assistant"]
             assert history["data"]["messages"][1]["content"] == answer["content"]
             assert history["data"]["has_more"] is False
+            SCHEMAS["data.chat.history"].validate(json.dumps(history["data"]))
     finally:
         await stop_server(running, task)
 
@@ -402,8 +407,3 @@ async def test_history_survives_a_restart(tmp_path: Path) -> None:
             assert frames[-1]["data"]["id"] > answer["id"]
     finally:
         await stop_server(running, task)
-
-
-def test_frames_are_json_objects() -> None:
-    # guard for the helpers above: seed 001 clients parse every frame with JSON.parse
-    assert json.loads('{"type": "chat:streaming"}')["type"] == "chat:streaming"

@@ -12,6 +12,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from agentcast.errors import AgentError
+from agentcast.schemas import SCHEMAS
 from tests.conftest import UNIT, RunningServer, start_server, stop_server
 from tests.integration.chat.support import FailingAgent, chat_send, read_answer
 from tests.integration.chat.test_chat_ws import UserAuth
@@ -44,6 +45,8 @@ async def test_seed003_script_passes_as_written(srv: RunningServer) -> None:
         answers.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=10.0)))
     await ws.close()
     assert all(a["type"] == "message" and a["sender"] == "agent" for a in answers)
+    for frame in (welcome, *answers):
+        SCHEMAS["seed003.agent-frame"].validate(json.dumps(frame))
     assert "ABEND" in answers[0]["message"]
     assert "TWS_AGENT2" in answers[1]["message"] and "1 earlier" in answers[1]["message"]
     assert "2 earlier" in answers[2]["message"], "the conversation keeps its context"

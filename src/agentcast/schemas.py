@@ -332,17 +332,18 @@ for _kind, _model in WORKFLOW_EVENTS.items():
         "data",
         description=f"`data` of a `{_kind}` event on workflow:<id> (seed 004).",
     )
-for _kind, _model in (
+_chat_data: tuple[tuple[str, type[BaseModel]], ...] = (
     ("message", ChatMessageData),
     ("streaming", ChatStreamingData),
     ("queued", ChatQueuedData),
-):
+)
+for _name, _data_model in _chat_data:
     register(
-        f"data.chat.{_kind}",
-        _model,
+        f"data.chat.{_name}",
+        _data_model,
         "data",
         mode="serialization",
-        description=f"`data` of a `chat:{_kind}` event on chat:<conversation_id> (seed 001).",
+        description=f"`data` of a `chat:{_name}` event on chat:<conversation_id> (seed 001).",
     )
 register(
     "data.chat.history",

@@ -82,7 +82,7 @@ def test_load_agent_by_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(load_agent("my_agents:instance"), QAAgentAdapter)
     assert isinstance(load_agent("my_agents:factory"), OfflineAgent)
     assert isinstance(load_agent("my_agents:gen"), GeneratorAgent)
-    with pytest.raises(ValueError, match="package.module:factory"):
+    with pytest.raises(ValueError, match=r"package\.module:factory"):
         load_agent("my_agents")
     with pytest.raises(ValueError, match="no attribute"):
         load_agent("my_agents:missing")

@@ -33,6 +33,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from agentcast.chat.protocol import (
     AgentFrame,
+    ChatAcceptedData,
     ChatCancelledData,
     ChatHistoryReplyData,
     ChatMessageData,
@@ -351,6 +352,13 @@ register(
     "data",
     mode="serialization",
     description="`data` of the `chat:history` reply.",
+)
+register(
+    "data.chat.accepted",
+    ChatAcceptedData,
+    "data",
+    mode="serialization",
+    description="`data` of the `chat:accepted` reply.",
 )
 register(
     "data.chat.cancelled",

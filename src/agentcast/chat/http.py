@@ -42,6 +42,13 @@ class ConversationPage(BaseModel):
     conversations: list[ConversationOut]
 
 
+class ConversationIn(BaseModel):
+    agent_id: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Default: the default agent."
+    )
+    title: str = Field(default="New conversation", min_length=1, max_length=200)
+
+
 class RenameIn(BaseModel):
     title: str = Field(min_length=1, max_length=200)
 
@@ -96,6 +103,17 @@ def chat_router(gateway: Gateway) -> APIRouter:
         return ConversationPage(
             total=total, limit=limit, offset=offset, conversations=[out(c) for c in found]
         )
+
+    @router.post("/api/conversations", response_model=ConversationOut, status_code=201)
+    async def create_conversation(request: Request, body: ConversationIn) -> ConversationOut:
+        """Start a conversation (a client can subscribe to ``chat:<id>`` before its first
+        ``chat:send``; ``chat:send`` without a conversation id creates one too)."""
+        principal = await principal_of(gateway, request)
+        try:
+            conv = await chat.new_conversation(principal, body.agent_id, body.title)
+        except ProtocolError as exc:
+            raise http_error(503, exc.code, exc.message) from exc
+        return out(conv)
 
     @router.get("/api/conversations/{conversation_id}", response_model=ConversationOut)
     async def get_conversation(request: Request, conversation_id: Cid) -> ConversationOut:

@@ -182,6 +182,17 @@ class ChatHistoryReplyData(BaseModel):
     generating: bool = Field(description="An answer is being generated right now.")
 
 
+class ChatAcceptedData(BaseModel):
+    """``data`` of the ``chat:accepted`` reply, sent when ``chat:send`` had an ``id``: the
+    message is stored (acknowledged) and its answer is under way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str
+    message_id: int
+    topic: str = Field(description="`chat:<conversation_id>`, where the answer streams.")
+
+
 class ChatCancelledData(BaseModel):
     """``data`` of the ``chat:cancelled`` reply."""
 

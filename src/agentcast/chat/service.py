@@ -288,6 +288,13 @@ class ChatService:
                 session.meta = {}
             session.meta["chat_last"] = cid
         await self._publish(topic, "chat:message", stored.to_wire())
+        if session is not None and command_id is not None:
+            self.gateway.reply(
+                session,
+                "chat:accepted",
+                {"conversation_id": cid, "message_id": stored.id, "topic": topic},
+                id=command_id,
+            )
         gen.task = asyncio.get_running_loop().create_task(self._generate(gen), name=f"chat:{cid}")
         self._tasks.add(gen.task)
         gen.task.add_done_callback(self._tasks.discard)

@@ -73,8 +73,13 @@ async def test_seed001_flow_in_order_and_history(transport: str) -> None:
     running, task = await start_server(transport, offline_tokens_per_second=0)
     try:
         async with websockets.connect(running.ws_url) as ws:
-            await chat_send(ws, "What does agentcast do?")
+            await chat_send(ws, "What does agentcast do?", id="s1")
             frames = await read_answer(ws)
+            accepted = [f for f in frames if f["type"] == "chat:accepted"]
+            assert len(accepted) == 1 and accepted[0]["id"] == "s1"
+            assert accepted[0]["data"]["message_id"] == frames[0]["data"]["id"]
+            SCHEMAS["data.chat.accepted"].validate(json.dumps(accepted[0]["data"]))
+            frames = [f for f in frames if f["type"] != "chat:accepted"]
             kinds = [f["type"] for f in frames]
             assert kinds[0] == "chat:message" and frames[0]["data"]["role"] == "user"
             assert frames[0]["data"]["content"] == "What does agentcast do?"

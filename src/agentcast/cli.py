@@ -67,6 +67,17 @@ def serve(
     demo: Annotated[
         bool, typer.Option("--demo", help="Keep demo runs going (workflow:demo, execution:demo).")
     ] = False,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", help="Default chat agent: package.module:factory."),
+    ] = None,
+    llm_url: Annotated[
+        str | None,
+        typer.Option(
+            "--llm-url", help="OpenAI-compatible upstream, e.g. http://localhost:1234/v1."
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model at --llm-url.")] = None,
 ) -> None:
     """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port."""
     from agentcast.gateway import Gateway
@@ -81,6 +92,9 @@ def serve(
             insecure=insecure,
             log_level=log_level,
             bench_endpoint=bench_endpoint,
+            agent=agent,
+            llm_url=llm_url,
+            llm_model=model,
         )
         gateway = Gateway(settings)
         if gateway.open_mode and not settings.loopback and not settings.insecure:
@@ -247,6 +261,93 @@ def replay(
         err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+@app.command()
+def chat(
+    agent_id: Annotated[str, typer.Argument(help="Agent to talk to (unknown ids: the default).")],
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", "-c", help="Continue this conversation.")
+    ] = None,
+    message: Annotated[
+        list[str] | None,
+        typer.Option("--message", "-m", help="Send this (repeatable) and exit; else read stdin."),
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Chat with an agent in the terminal: answers stream as they are generated; Ctrl-C
+    stops a generation (the partial answer is kept), Ctrl-C at the prompt or Ctrl-D exits."""
+    from agentcast.chat.terminal import run_chat
+
+    try:
+        code = asyncio.run(run_chat(url, agent_id, conversation, message, out=out, err=err))
+    except ValueError as exc:  # an unusable --url
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except (OSError, httpx.HTTPError) as exc:
+        err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
+        raise typer.Exit(1) from None
+    except AgentcastError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+llm_app = typer.Typer(help="OpenAI-compatible upstreams: models, health, benchmark.")
+app.add_typer(llm_app, name="llm")
+
+LlmUrl = Annotated[
+    str,
+    typer.Option("--llm-url", envvar="AGENTCAST_LLM_URL", help="Upstream base URL (…/v1)."),
+]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", envvar="AGENTCAST_LLM_API_KEY", help="API key.")
+]
+
+
+@llm_app.command("models")
+def llm_models(llm_url: LlmUrl = "http://localhost:1234/v1", api_key: ApiKey = None) -> None:
+    """List the upstream's models (seed 001's listModels)."""
+    from agentcast.chat.terminal import llm_models as run
+
+    raise typer.Exit(asyncio.run(run(llm_url, api_key, out=out, err=err)))
+
+
+@llm_app.command("health")
+def llm_health(llm_url: LlmUrl = "http://localhost:1234/v1", api_key: ApiKey = None) -> None:
+    """Is the upstream up? Exit status 0 when it answers."""
+    from agentcast.chat.terminal import llm_health as run
+
+    raise typer.Exit(asyncio.run(run(llm_url, api_key, out=out, err=err)))
+
+
+@llm_app.command("bench")
+def llm_bench(
+    llm_url: LlmUrl = "http://localhost:1234/v1",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", envvar="AGENTCAST_LLM_MODEL", help="Model to measure (repeatable)."
+        ),
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Generations per model.")] = 3,
+    prompt: Annotated[
+        str, typer.Option(help="Prompt of every run.")
+    ] = "Explain in three sentences what a WebSocket is.",
+    api_key: ApiKey = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Also print a running agentcast server's live figures."),
+    ] = None,
+) -> None:
+    """Time to first token and tokens/s of each configured model (seed 001's
+    benchmarkModel); with --url, the server's live figures per model too (TTFT p50/p99,
+    tokens/s, cancel and error rates, queue wait)."""
+    from agentcast.chat.terminal import llm_bench as run
+
+    raise typer.Exit(
+        asyncio.run(run(llm_url, model or [], runs, prompt, api_key, url, out=out, err=err))
+    )
 
 
 def _print_event(topic: str, seq: int, type: str, timestamp: str, data: Any) -> None:

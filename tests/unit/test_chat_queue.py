@@ -33,9 +33,7 @@ async def test_round_robin_and_positions() -> None:
         tasks.append(asyncio.create_task(request(name, user)))
         await asyncio.sleep(0)  # arrive in this order
     assert queue.order() == ["a", "b", "c", "a", "a"]
-    assert {k: v[-1] for k, v in positions.items()} == {
-        "a1": 1, "b1": 2, "c1": 3, "a2": 4, "a3": 5
-    }
+    assert {k: v[-1] for k, v in positions.items()} == {"a1": 1, "b1": 2, "c1": 3, "a2": 4, "a3": 5}
     for _ in range(5):
         queue.release()
         await asyncio.sleep(0)

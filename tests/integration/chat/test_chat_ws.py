@@ -412,3 +412,30 @@ async def test_history_survives_a_restart(tmp_path: Path) -> None:
             assert frames[-1]["data"]["id"] > answer["id"]
     finally:
         await stop_server(running, task)
+
+
+async def test_context_window_keeps_recent_messages_and_cuts_long_input() -> None:
+    running, task = await start_server("native", chat_context_tokens=120)
+    try:
+        agent = GatedAgent(before=1, after=0)
+        agent.gate.set()
+        running.gateway.chat.register_agent("small", agent)
+        async with websockets.connect(running.ws_url) as ws:
+            await chat_send(ws, "message number zero " * 5, agent="small")
+            cid = (await read_answer(ws))[-1]["data"]["conversation_id"]
+            for i in range(1, 6):
+                await chat_send(ws, f"message number {i} " * 5, conversation_id=cid)
+                await read_answer(ws)
+            prompt = agent.calls[-1].messages
+            assert prompt[-1].content == "message number 5 " * 5
+            kept_users = [t.content for t in prompt if t.role == "user"]
+            assert 1 < len(kept_users) < 6, "older turns were dropped, recent ones kept"
+            assert kept_users == [f"message number {i} " * 5 for i in range(6 - len(kept_users), 6)]
+            await chat_send(ws, "x " * 2000, conversation_id=cid)
+            await read_answer(ws)
+        last = agent.calls[-1]
+        assert "truncated by agentcast" in last.messages[-1].content
+        assert len(last.messages[-1].content) < 1000 and last.context["truncated"] is True
+        assert last.message == "x " * 2000, "the stored message is whole"
+    finally:
+        await stop_server(running, task)

@@ -39,7 +39,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from agentcast.chat.agents import ChatRequest
@@ -243,7 +244,8 @@ class OpenAIUpstream:
         c = self.config
         return AsyncRetrying(
             stop=stop_after_attempt(c.max_retries + 1),
-            wait=wait_exponential_jitter(initial=c.backoff_initial, max=c.backoff_max),
+            wait=wait_exponential(multiplier=c.backoff_initial, max=c.backoff_max)
+            + wait_random(0, c.backoff_initial),
             retry=retry_if_exception_type(_Retryable),
             reraise=True,
         )

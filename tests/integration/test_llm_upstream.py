@@ -164,9 +164,7 @@ async def test_cancel_closes_the_upstream_request_at_once(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    async with asyncio.timeout(UNIT):
-        while len(fake.disconnects) == seen:  # the fake server's thread records it
-            await asyncio.sleep(0.005)
+    assert await asyncio.to_thread(fake.wait_for, lambda f: len(f.disconnects) > seen, UNIT)
     assert fake.disconnects[-1] - cancelled_at < 0.1
 
 

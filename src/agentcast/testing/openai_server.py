@@ -38,6 +38,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,11 @@ class _State:
     active: int = 0
     max_active: int = 0
     flaky_seen: int = 0
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def note(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
 
 
 def _sse(obj: Any) -> bytes:
@@ -114,6 +120,7 @@ class _Connection(asyncio.Protocol):
         if self.streaming is not None and not self.streaming.done():
             self.state.disconnects.append(time.monotonic())
             self.streaming.cancel()
+            self.state.note()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -163,6 +170,7 @@ class _Connection(asyncio.Protocol):
             return
         stream = bool(request.get("stream"))
         state.requests.append(Recorded(model, messages, stream, time.monotonic()))
+        state.note()
         if model == "fake-500":
             self.write_json("500 Internal Server Error", {"error": {"message": "model crashed"}})
             return
@@ -293,6 +301,13 @@ class FakeOpenAIServer:
     @property
     def active(self) -> int:
         return self.state.active
+
+    def wait_for(self, predicate: Callable[[FakeOpenAIServer], bool], timeout: float) -> bool:
+        """Block until ``predicate(self)`` holds (after a request or a disconnect), at
+        most ``timeout`` seconds; returns whether it holds. From async code, run it with
+        ``asyncio.to_thread``."""
+        with self.state.changed:
+            return self.state.changed.wait_for(lambda: predicate(self), timeout)
 
     def start(self) -> FakeOpenAIServer:
         self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)

@@ -93,3 +93,36 @@ async def test_ctrl_c_stops_the_answer_and_keeps_the_partial(slow_server: Server
     assert answer["content"] and (first + stdout).decode().strip().startswith(
         answer["content"].strip()[:8]
     )
+
+
+async def test_llm_commands_against_a_fake_upstream(server_process: ServerProcess) -> None:
+    from agentcast.testing.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer(tokens=8, tokens_per_second=200) as fake:
+        models = await run("llm", "models", "--llm-url", fake.base_url)
+        assert models.returncode == 0 and "fake-slow" in models.stdout.split()
+        health = await run("llm", "health", "--llm-url", fake.base_url)
+        assert health.returncode == 0 and health.stdout.startswith("ok:")
+        bench = await run(
+            "llm",
+            "bench",
+            "--llm-url",
+            fake.base_url,
+            "--model",
+            "fake",
+            "--model",
+            "fake-500",
+            "--runs",
+            "2",
+            "--url",
+            server_process.url,
+        )
+        assert bench.returncode == 1, "one model failed"
+        assert "fake" in bench.stdout and "error" in bench.stdout
+        assert "TTFT" in bench.stdout and "live figures" in bench.stdout
+        default = await run("llm", "bench", "--llm-url", fake.base_url, "--runs", "1")
+        assert default.returncode == 0 and "fake" in default.stdout
+    down = await run("llm", "health", "--llm-url", f"http://127.0.0.1:{free_port()}/v1")
+    assert down.returncode == 1 and "down" in down.stderr
+    none = await run("llm", "models", "--llm-url", f"http://127.0.0.1:{free_port()}/v1")
+    assert none.returncode == 1 and "unreachable" in none.stderr

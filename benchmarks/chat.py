@@ -153,6 +153,8 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
                 str(args.rate),
                 "--tokens",
                 str(args.tokens),
+                "--streams",
+                str(args.conns),
             ],
         ),
         stdout=subprocess.DEVNULL,
@@ -208,8 +210,12 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
         )
         line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
         result: dict[str, Any] = json.loads(line)
+        # the delivery window: first to last token (the trigger waits for every stream)
+        active = float(result.get("seconds", 0)) - float(result.get("first_delivery_s", 0))
+        result["tokens_per_s"] = result.get("deliveries", 0) / active if active > 0 else 0.0
+        result["ideal_window_s"] = args.tokens / args.rate
+        result["window_s"] = active
         result["offered_per_s"] = args.conns * args.rate
-        result["window_s"] = args.tokens / args.rate
         return result
     finally:
         for proc in (server, upstream):
@@ -260,7 +266,8 @@ def main() -> None:
             results[name].append(r)
             print(
                 f"rep {rep + 1} {name}: {r.get('deliveries', 0):,} tokens, "
-                f"{r.get('deliveries_per_s', 0):,.0f}/s, p99 {r.get('p99_ms', -1):.2f} ms, "
+                f"{r.get('tokens_per_s', 0):,.0f}/s over {r.get('window_s', 0):.2f} s "
+                f"(ideal {r.get('ideal_window_s', 0):.2f}), p99 {r.get('p99_ms', -1):.2f} ms, "
                 f"server CPU {r.get('server_cpu_s', 0):.1f} s",
                 file=sys.stderr,
                 flush=True,
@@ -277,7 +284,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
         rows = results[name]
-        rate = med(rows, "deliveries_per_s")
+        rate = med(rows, "tokens_per_s")
         complete = sum(1 for r in rows if r.get("deliveries") == r.get("expected"))
         print(
             f"| {name} | {show(rate)} | {100 * rate[0] / offered:.0f} % | "
@@ -296,9 +303,9 @@ def main() -> None:
             if other == "agentcast":
                 continue
             o = med(results[other], "p99_ms")
-            a_rate = med(results["agentcast"], "deliveries_per_s")
-            o_rate = med(results[other], "deliveries_per_s")
-            if base and o and a_rate and o_rate:
+            a_rate = med(results["agentcast"], "tokens_per_s")
+            o_rate = med(results[other], "tokens_per_s")
+            if base and o and a_rate and o_rate and o_rate[0] > 0 and o[0] > 0:
                 print(
                     f"* agentcast vs {other}: tokens/s ×{a_rate[0] / o_rate[0]:.2f}, "
                     f"p99 delay ×{base[0] / o[0]:.2f} (lower is better)"

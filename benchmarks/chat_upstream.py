@@ -3,7 +3,7 @@ tens of thousands of tokens per second from one core.
 
 Plain asyncio (uvloop when installed), HTTP/1.1 keep-alive, chunked SSE exactly as
 OpenAI's ``/v1/chat/completions`` with ``stream: true``. Streams are held (headers sent,
-no token) until ``GET /go``; then stream *i* of *N* gets its tokens at
+no token) until ``GET /go``, which waits until ``--streams`` are held; then stream *i* of *N* gets its tokens at
 ``t0 + i/N·period + k·period`` (``period`` = 1 / ``--rate``), so the load is spread evenly
 instead of arriving in bursts. Every token's text is ``ts=<time_ns> ``: the nanosecond
 wall-clock time it was written, from which a client computes the delay added after it.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import json
 import time
@@ -58,7 +59,9 @@ class Stream:
 
 
 class Upstream:
-    def __init__(self, rate: float, tokens: int) -> None:
+    def __init__(self, rate: float, tokens: int, streams: int = 0) -> None:
+        self.expected = streams
+        self.all_held = asyncio.Event()
         self.period = 1.0 / rate
         self.tokens = tokens
         self.held: list[Stream] = []
@@ -78,6 +81,8 @@ class Upstream:
             self._schedule(stream, time.monotonic())
         else:
             self.held.append(stream)
+            if len(self.held) >= self.expected:
+                self.all_held.set()
 
     def _schedule(self, stream: Stream, due: float) -> None:
         heapq.heappush(self.heap, (due, id(stream), stream))
@@ -150,6 +155,15 @@ class Connection(asyncio.Protocol):
             self.buffer = self.buffer[end + 4 + length :]
             self.handle(head.split(" ", 2)[:2], body)
 
+    async def go(self) -> None:
+        """Start when every expected stream is held (at most 30 s), then answer."""
+        up = self.upstream
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(up.all_held.wait(), 30)
+        started = up.go()
+        assert self.transport is not None
+        self.transport.write(_json("200 OK", {"started": started}))
+
     def handle(self, line: list[str], body: bytes) -> None:
         assert self.transport is not None
         method, path = line if len(line) == 2 else ("GET", "/")
@@ -182,7 +196,7 @@ class Connection(asyncio.Protocol):
                 _json("200 OK", {"object": "list", "data": [{"id": "bench", "object": "model"}]})
             )
         elif path.startswith("/go"):
-            self.transport.write(_json("200 OK", {"started": up.go()}))
+            asyncio.get_running_loop().create_task(self.go())
         elif path.startswith("/stats"):
             self.transport.write(
                 _json(
@@ -199,8 +213,8 @@ class Connection(asyncio.Protocol):
             self.transport.write(_json("404 Not Found", {"error": {"message": "not found"}}))
 
 
-async def main(port: int, rate: float, tokens: int) -> None:
-    upstream = Upstream(rate, tokens)
+async def main(port: int, rate: float, tokens: int, streams: int) -> None:
+    upstream = Upstream(rate, tokens, streams)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Connection(upstream), "127.0.0.1", port, backlog=4096)
     print(
@@ -215,10 +229,11 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, default=9100)
     ap.add_argument("--rate", type=float, default=50.0, help="tokens per second per stream")
     ap.add_argument("--tokens", type=int, default=250, help="tokens per answer")
+    ap.add_argument("--streams", type=int, default=0, help="GET /go waits for this many")
     args = ap.parse_args()
     try:
         import uvloop
 
-        uvloop.run(main(args.port, args.rate, args.tokens))
+        uvloop.run(main(args.port, args.rate, args.tokens, args.streams))
     except ImportError:
-        asyncio.run(main(args.port, args.rate, args.tokens))
+        asyncio.run(main(args.port, args.rate, args.tokens, args.streams))

@@ -111,6 +111,7 @@ def serve(
     )
     if settings.log_level not in ("debug", "trace"):
         logging.getLogger("agentcast.transport.ws").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per LLM request
     if gateway.open_mode:
         err.print(
             "[yellow]agentcast runs in OPEN DEV MODE: no authentication, every client may "

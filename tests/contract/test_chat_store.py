@@ -119,3 +119,16 @@ async def test_rename_and_delete(chats: ChatStore) -> None:
     assert await chats.get_conversation("c1") is None
     assert await chats.messages("c1", None, 10) == []
     assert await chats.delete_conversation("c1") is False
+
+
+async def test_concurrent_writes_all_succeed(chats: ChatStore) -> None:
+    """Under load every write queues and succeeds (SQLite: no "database is locked")."""
+    import asyncio
+
+    await asyncio.gather(*(chats.create_conversation(conv(f"c{i}")) for i in range(50)))
+    stored = await asyncio.gather(
+        *(chats.add_message(msg(f"c{i % 50}", "user", f"m{i}", 101.0)) for i in range(1000))
+    )
+    assert len({m.id for m in stored}) == 1000
+    total = sum([len(await chats.messages(f"c{i}", None, 100)) for i in range(50)])
+    assert total == 1000

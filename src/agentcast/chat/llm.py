@@ -123,12 +123,18 @@ def _transport(kind: str) -> httpx.AsyncBaseTransport | None:
     if kind == "httpx":
         return None
     try:
+        import aiohttp
         from httpx_aiohttp import AiohttpTransport
     except ImportError:  # pragma: no cover - a declared dependency
         if kind == "aiohttp":
             raise
         return None
-    return AiohttpTransport(limits=httpx.Limits(max_connections=None))
+
+    def session() -> aiohttp.ClientSession:
+        # no connection limit (aiohttp's default is 100): the fair queue bounds concurrency
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    return AiohttpTransport(client=session)
 
 
 class OpenAIUpstream:

@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from agentcast.core.envelope import Publication
 from agentcast.storage.base import RunStore, RunSummary, StoredEvent, StoreError
@@ -45,6 +45,16 @@ def _upgrade(connection: Connection) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL (readers do not block the writer), and wait up to 10 s for another process's
+    lock instead of failing at once."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
 
 
 def _summary(row: Any) -> RunSummary:
@@ -90,8 +100,18 @@ class SqlRunStore(RunStore):
                     f"cannot open the run store {self.url!r}: directory "
                     f"{str(Path(path).parent)!r} does not exist"
                 )
-            # no pool: each connection (and aiosqlite's thread) ends when it is released
-            engine = create_async_engine(self.url, poolclass=NullPool)
+            # One connection, shared in turn: SQLite has one writer at a time, and
+            # concurrent connections of one process would fail with "database is locked"
+            # under load instead of queueing. Waiting for the pool is that queue.
+            engine = create_async_engine(
+                self.url,
+                poolclass=AsyncAdaptedQueuePool,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=120,
+            )
+            if path and path != ":memory:":
+                event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             engine = create_async_engine(self.url, pool_pre_ping=True)
         try:

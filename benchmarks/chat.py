@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from chat_upstream import answer_tokens  # noqa: E402
+
 ROOT = HERE.parent
 PY = sys.executable
 AGENTCAST = str(Path(PY).with_name("agentcast"))
@@ -174,7 +177,7 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
             stderr=subprocess.PIPE,
         )
         wait_port(port, server)
-        expect = args.conns * args.tokens
+        expect = sum(answer_tokens(args.tokens, i, args.conns) for i in range(args.conns))
         cmd = pinned(
             args.load_cpu,
             [
@@ -213,7 +216,7 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
         # the delivery window: first to last token (the trigger waits for every stream)
         active = float(result.get("seconds", 0)) - float(result.get("first_delivery_s", 0))
         result["tokens_per_s"] = result.get("deliveries", 0) / active if active > 0 else 0.0
-        result["ideal_window_s"] = args.tokens / args.rate
+        result["ideal_window_s"] = 1.2 * args.tokens / args.rate
         result["window_s"] = active
         result["offered_per_s"] = args.conns * args.rate
         return result
@@ -285,7 +288,7 @@ def main() -> None:
     for name in names:
         rows = results[name]
         rate = med(rows, "tokens_per_s")
-        complete = sum(1 for r in rows if r.get("deliveries") == r.get("expected"))
+        complete = sum(1 for r in rows if r.get("deliveries", 0) >= r.get("expected", 1))
         print(
             f"| {name} | {show(rate)} | {100 * rate[0] / offered:.0f} % | "
             f"{show(med(rows, 'p50_ms'), '{:.2f}')} | {show(med(rows, 'p99_ms'), '{:.2f}')} | "

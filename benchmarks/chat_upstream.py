@@ -4,8 +4,9 @@ tens of thousands of tokens per second from one core.
 Plain asyncio (uvloop when installed), HTTP/1.1 keep-alive, chunked SSE exactly as
 OpenAI's ``/v1/chat/completions`` with ``stream: true``. Streams are held (headers sent,
 no token) until ``GET /go``, which waits until ``--streams`` are held; then stream *i* of *N* gets its tokens at
-``t0 + i/N·period + k·period`` (``period`` = 1 / ``--rate``), so the load is spread evenly
-instead of arriving in bursts. Every token's text is ``ts=<time_ns> ``: the nanosecond
+``t0 + i/N·period + k·period`` (``period`` = 1 / ``--rate``, ``t0`` one second after
+``/go``), so the load is spread evenly instead of arriving in bursts; answers have 0.8× to
+1.2× ``--tokens`` tokens, so they also end spread over time. Every token's text is ``ts=<time_ns> ``: the nanosecond
 wall-clock time it was written, from which a client computes the delay added after it.
 ``GET /stats`` gives the counts.
 
@@ -50,6 +51,17 @@ def _json(status: str, obj: Any) -> bytes:
     ).encode() + body
 
 
+SETTLE_S = 1.0
+"""Between ``/go`` and the first token: the gateway finishes opening every stream."""
+
+
+def answer_tokens(tokens: int, index: int, streams: int) -> int:
+    """Tokens of stream ``index``: from 0.8× to 1.2× ``tokens`` across the streams, so
+    answers end over a spread of time instead of all at once (as they do in real use)."""
+    n = max(1, streams)
+    return max(1, int(tokens * (0.8 + 0.4 * (index % n) / n)))
+
+
 class Stream:
     __slots__ = ("left", "transport")
 
@@ -75,7 +87,7 @@ class Upstream:
 
     def add(self, transport: asyncio.Transport) -> None:
         transport.write(_HEAD)
-        stream = Stream(transport, self.tokens)
+        stream = Stream(transport, answer_tokens(self.tokens, self.streams, self.expected))
         self.streams += 1
         if self.started:
             self._schedule(stream, time.monotonic())
@@ -92,7 +104,7 @@ class Upstream:
         if self.started:
             return 0
         self.started = True
-        t0 = time.monotonic() + 0.05
+        t0 = time.monotonic() + SETTLE_S
         n = max(1, len(self.held))
         for i, stream in enumerate(self.held):
             self._schedule(stream, t0 + i / n * self.period)

@@ -1,0 +1,111 @@
+"""The HTTP-client floor under the chat benchmark: what reading N paced token streams
+costs with no gateway at all, per token, for each way of reading them.
+
+Starts ``chat_upstream.py`` on CPU 1, reads ``--conns`` streams on CPU 0 with (a) raw
+aiohttp lines, (b) agentcast's upstream client on the aiohttp transport (httpx +
+httpx-sse), (c) the same on httpx's own transport, and prints CPU µs per token. Whatever
+a gateway adds comes on top of (b).
+
+    .venv/bin/python benchmarks/chat_floor.py --conns 200 --rate 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+import orjson
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from agentcast.chat.llm import OpenAIUpstream, UpstreamConfig  # noqa: E402
+from agentcast.chat.text import Turn  # noqa: E402
+
+
+async def measure(kind: str, url: str, n: int) -> tuple[int, float]:
+    count = 0
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    transport = "httpx" if kind == "upstream-httpx" else "aiohttp"
+    upstream = OpenAIUpstream(UpstreamConfig(url + "/v1", "bench", transport=transport))  # type: ignore[arg-type]
+
+    async def raw() -> None:
+        nonlocal count
+        body = {"model": "bench", "stream": True, "messages": []}
+        async with session.post(url + "/v1/chat/completions", json=body) as response:
+            async for line in response.content:
+                if line.startswith(b"data: {") and orjson.loads(line[6:])["choices"][0][
+                    "delta"
+                ].get("content"):
+                    count += 1
+
+    async def ours(i: int) -> None:
+        nonlocal count
+        async for _ in upstream.stream([Turn("user", f"q{i}")]):
+            count += 1
+
+    tasks = [asyncio.create_task(raw() if kind == "raw-aiohttp" else ours(i)) for i in range(n)]
+    async with httpx.AsyncClient() as client:
+        await client.get(url + "/go", timeout=120)  # returns once every stream is held
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seen = count
+    await asyncio.gather(*tasks)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    await session.close()
+    await upstream.aclose()
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return count - seen, cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--conns", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--tokens", type=int, default=100)
+    args = ap.parse_args()
+    import uvloop
+
+    print(f"{args.conns} streams × {args.rate:g} tokens/s, {args.tokens} tokens each")
+    for kind in ("raw-aiohttp", "upstream-aiohttp", "upstream-httpx"):
+        port = 9190
+        up = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                "1",
+                sys.executable,
+                str(HERE / "chat_upstream.py"),
+                "--port",
+                str(port),
+                "--rate",
+                str(args.rate),
+                "--tokens",
+                str(args.tokens),
+                "--streams",
+                str(args.conns),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1.0)
+            import os
+
+            os.sched_setaffinity(0, {0})
+            tokens, cpu = uvloop.run(measure(kind, f"http://127.0.0.1:{port}", args.conns))
+            print(
+                f"  {kind:17s} {tokens:>8,} tokens  {cpu:6.2f} s CPU  {cpu / tokens * 1e6:6.1f} µs/token"
+            )
+        finally:
+            up.terminate()
+            up.wait(10)
+
+
+if __name__ == "__main__":
+    main()

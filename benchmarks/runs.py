@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,10 @@ def run_one(
     rep: int,
     cores: tuple[str, str],
     logs: Path,
+    attach: Callable[[int], Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
+    """One run of ``cfg``; ``attach(server_pid)``, if given, is called once the server
+    listens and returns what to call when the load is over (a profiler)."""
     port = free_port()
     scratch = Path(tempfile.mkdtemp(prefix="agentcast-runs-"))
     env = {**os.environ, **{k: v.format(scratch=scratch) for k, v in cfg.env.items()}}
@@ -230,9 +234,12 @@ def run_one(
     joins: list[dict[str, Any]] = []
     stop = threading.Event()
     joiner = None
+    detach = None
     try:
         if not wait_port(port, server):
             return {**base, "failed": f"server did not start (see {log.name})"}
+        if attach is not None:
+            detach = attach(server.pid)
         time.sleep(0.5)
         timeout = (events / args.rate if cfg.paced else 30) + args.grace
         trigger = (
@@ -263,6 +270,9 @@ def run_one(
         )
         wall, srv1, stat1 = time.monotonic() - t0, tree_cpu(server.pid), cpu_times(cores)
         stop.set()
+        if detach is not None:
+            detach()
+            detach = None
         if joiner is not None:
             joiner.join(10)
         try:
@@ -294,6 +304,8 @@ def run_one(
         return {**base, **result}
     finally:
         stop.set()
+        if detach is not None:
+            detach()
         for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
             try:
                 os.killpg(server.pid, sig)

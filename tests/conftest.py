@@ -29,6 +29,8 @@ from agentcast.transports.server import build_server
 
 # tests use no run store unless they ask for one (no agentcast.db in the working tree)
 os.environ.setdefault("AGENTCAST_STORE_URL", "")
+# one test process starts hundreds of gateways: do not pin their objects in memory
+os.environ.setdefault("AGENTCAST_GC_FREEZE", "false")
 
 UNIT = 2.0 * float(os.environ.get("AGENTCAST_TEST_TIMEOUT_SCALE", "1"))
 """One test timeout unit in seconds."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import itertools
 import logging
 import time
@@ -175,6 +176,9 @@ class Gateway:
         await self.broker.start(self._on_publication)
         for hook in self._startup:
             await hook()
+        if self.settings.gc_freeze:
+            gc.collect()
+            gc.freeze()  # the code and start-up state: never garbage, no longer scanned
         self._sweeper = self._loop.create_task(self._sweep(), name="agentcast-sweep")
         self.started = True
         for factory in self._background:

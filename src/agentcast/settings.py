@@ -141,6 +141,14 @@ class Settings(BaseSettings):
         40.0, ge=0, description="Pace of the built-in offline agent (0: no pacing)."
     )
 
+    gc_freeze: bool = Field(
+        True,
+        description="After start-up, move every live object to the garbage collector's "
+        "permanent generation (gc.freeze): full collections then skip the ~10^5 objects of "
+        "the loaded code, which otherwise stall the loop for tens of milliseconds "
+        "(chat benchmark: p99 added delay 293 ms -> 4.7 ms).",
+    )
+
     bench_endpoint: bool = Field(
         False, description="Serve GET /_bench/publish for the benchmark (never in production)."
     )

@@ -328,7 +328,9 @@ def llm_bench(
     model: Annotated[
         list[str] | None,
         typer.Option(
-            "--model", envvar="AGENTCAST_LLM_MODEL", help="Model to measure (repeatable)."
+            "--model",
+            help="Model to measure (repeatable); default: AGENTCAST_LLM_MODEL and "
+            "AGENTCAST_LLM_FALLBACK_MODELS, else the server's first model.",
         ),
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Generations per model.")] = 3,
@@ -345,7 +347,11 @@ def llm_bench(
     benchmarkModel); with --url, the server's live figures per model too (TTFT p50/p99,
     tokens/s, cancel and error rates, queue wait)."""
     from agentcast.chat.terminal import llm_bench as run
+    from agentcast.settings import load_settings
 
+    if not model:  # the configured models: llm_model, then llm_fallback_models
+        settings = load_settings()
+        model = [m for m in (settings.llm_model, *settings.llm_fallback_models) if m]
     raise typer.Exit(
         asyncio.run(run(llm_url, model or [], runs, prompt, api_key, url, out=out, err=err))
     )

@@ -4,6 +4,7 @@ answer and keeps the partial text."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -122,6 +123,30 @@ async def test_llm_commands_against_a_fake_upstream(server_process: ServerProces
         assert "TTFT" in bench.stdout and "live figures" in bench.stdout
         default = await run("llm", "bench", "--llm-url", fake.base_url, "--runs", "1")
         assert default.returncode == 0 and "fake" in default.stdout
+        configured = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "agentcast.cli",
+                "llm",
+                "bench",
+                "--llm-url",
+                fake.base_url,
+                "--runs",
+                "1",
+            ],
+            env={
+                **os.environ,
+                "AGENTCAST_LLM_MODEL": "fake-slow",
+                "AGENTCAST_LLM_FALLBACK_MODELS": '["fake"]',
+            },
+            capture_output=True,
+            text=True,
+            timeout=60 * UNIT,
+        )
+        assert configured.returncode == 0, configured.stderr
+        assert "fake-slow" in configured.stdout and "│ fake " in configured.stdout
     down = await run("llm", "health", "--llm-url", f"http://127.0.0.1:{free_port()}/v1")
     assert down.returncode == 1 and "down" in down.stderr
     none = await run("llm", "models", "--llm-url", f"http://127.0.0.1:{free_port()}/v1")

@@ -199,3 +199,43 @@ async def test_queue_in_front_of_the_upstream_is_fair() -> None:
             assert upstream.max_active == 1, "the upstream never served two at once"
         finally:
             await stop_server(running, task)
+
+
+async def test_two_tabs_reconnect_mid_answer_and_restart_with_a_real_upstream(
+    fake: FakeOpenAIServer, tmp_path: Any
+) -> None:
+    store = f"sqlite:///{tmp_path / 'chat.db'}"
+    running, task = await gateway_for(fake.base_url, "fake-slow", store_url=store)
+    try:
+        async with websockets.connect(running.ws_url) as tab1:
+            await chat_send(tab1, "stream it to both tabs")
+            first = await read_until(
+                tab1, lambda f: f["type"] == "chat:streaming" and f["data"]["index"] == 1
+            )
+            cid = first[0]["data"]["conversation_id"]
+            async with websockets.connect(running.ws_url) as tab2:
+                await send(tab2, {"type": "subscribe", "topic": f"chat:{cid}", "since": 0})
+                await recv_until(tab2, "subscribed")
+                last_seq = first[-1]["seq"]
+                await tab1.close()  # tab 1 drops mid-answer
+                two = await read_answer(tab2, timeout=10 * UNIT)
+        async with websockets.connect(running.ws_url) as again:  # tab 1 comes back
+            await send(again, {"type": "subscribe", "topic": f"chat:{cid}", "since": last_seq})
+            assert (await recv_until(again, "subscribed"))["data"]["recovered"] is True
+            rest = await read_answer(again)
+        one = first + rest
+        assert [f["seq"] for f in one] == list(range(one[0]["seq"], one[-1]["seq"] + 1))
+        expected = "".join(answer_for("stream it to both tabs", 12))
+        assert streamed(one) == streamed(two) == expected
+        assert one[-1]["data"] == two[-1]["data"]
+    finally:
+        await stop_server(running, task)
+    running, task = await gateway_for(fake.base_url, "fake", store_url=store)
+    try:
+        stored = await history(running, cid)
+        assert [(m["role"], m["content"]) for m in stored] == [
+            ("user", "stream it to both tabs"),
+            ("assistant", expected),
+        ]
+    finally:
+        await stop_server(running, task)

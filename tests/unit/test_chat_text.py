@@ -58,8 +58,8 @@ def test_chunks_cover_the_text_with_overlap(text: str, size: int, data: st.DataO
     position = 0
     rebuilt = ""
     for chunk in chunks:
-        start = text.find(chunk, max(0, position - len(chunk)))
-        assert start >= 0 and start <= position
+        start = text.rfind(chunk, 0, position + len(chunk))  # the latest start <= position
+        assert 0 <= start <= position
         rebuilt = rebuilt[:start] + chunk
         position = start + len(chunk)
     assert rebuilt == text

@@ -5,13 +5,17 @@
 * :meth:`~OpenAIUpstream.list_models` (cached 5 minutes), :meth:`~OpenAIUpstream.health`,
   :meth:`~OpenAIUpstream.switch_model`;
 * :meth:`~OpenAIUpstream.complete` (non-streaming) and :meth:`~OpenAIUpstream.stream`
-  (server-sent events, parsed by httpx-sse);
+  (server-sent events, parsed by httpx-sse; the text of ``choices[0].delta.content``,
+  until ``data: [DONE]`` or a ``finish_reason``);
 * retries with exponential backoff and jitter (tenacity) on connection errors, 5xx and 429,
-  **only before the first token** (text is never duplicated), then fallback to the
-  configured other models; :class:`~agentcast.errors.UpstreamUnavailable` when all fail,
-  :class:`~agentcast.errors.UpstreamTimeout` when the server is silent longer than
-  ``read_timeout`` (a stalled generation), :class:`~agentcast.errors.UpstreamError` for
-  an error answer or an ``error`` object mid-stream;
+  and on a stream cut before its first token, **only before the first token** (text is
+  never duplicated), then fallback to the configured other models, in order;
+  :class:`~agentcast.errors.UpstreamUnavailable` when all fail (its message names the
+  URL, the models tried and the last cause), :class:`~agentcast.errors.UpstreamTimeout`
+  when the server is silent longer than ``read_timeout`` (a stalled generation; never
+  retried), :class:`~agentcast.errors.UpstreamError` at once for another 4xx answer, an
+  ``error`` object mid-stream (with the server's message) or a stream cut after its
+  first token;
 * token estimates, truncation to the model's context, overlapping chunks, processing a
   long text chunk by chunk, and :meth:`~OpenAIUpstream.benchmark` (seed 001's
   ``benchmarkModel``).
@@ -26,9 +30,10 @@ streamed token it costs about a quarter of httpx's own transport
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,11 +61,25 @@ __all__ = [
 ]
 
 MODEL_CACHE_SECONDS = 300.0
+"""How long :meth:`OpenAIUpstream.list_models` answers from its cache (seed 001: 5 min)."""
+_DONE_GRACE = 0.5
+"""After the last ``finish_reason``, how long a stream waits for ``[DONE]`` (so the HTTP
+connection can be reused) before closing the response anyway."""
 
 
 @dataclass(frozen=True)
 class UpstreamConfig:
-    """Where and how to reach one OpenAI-compatible server."""
+    """Where and how to reach one OpenAI-compatible server.
+
+    ``base_url`` ends with the API version (``http://localhost:1234/v1``). Timeouts are
+    seconds: ``read_timeout`` is the longest silence allowed between two chunks of a
+    stream (stall detection), not a limit on the whole answer. ``max_retries`` retries
+    follow the first attempt, waiting ``backoff_initial`` × 2ⁿ (at most ``backoff_max``)
+    plus up to ``backoff_initial`` of jitter. ``concurrency`` (generations at once; None:
+    unlimited) is enforced by the gateway's fair queue, ``context_tokens`` (the model's
+    context window) by the prompt budget. ``max_tokens`` and ``temperature`` are sent
+    when set. ``transport``: ``auto`` (aiohttp's when installed), ``aiohttp`` or ``httpx``.
+    """
 
     base_url: str
     model: str
@@ -81,6 +100,9 @@ class UpstreamConfig:
 
 @dataclass(frozen=True)
 class Completion:
+    """A non-streamed answer. Token counts are the server's ``usage`` when it reports
+    one, else estimates (:func:`~agentcast.chat.text.estimate_tokens`)."""
+
     text: str
     model: str
     prompt_tokens: int
@@ -89,7 +111,10 @@ class Completion:
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Seed 001's benchmarkModel: per run and median."""
+    """Seed 001's benchmarkModel for ``model``: one entry per run in each list (time to
+    first token in ms, tokens per second after the first token, tokens, and seconds from
+    the request to the end), and medians/totals as properties. A token is a streamed
+    delta."""
 
     model: str
     runs: int
@@ -97,6 +122,10 @@ class BenchResult:
     tokens_per_second: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_median(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else 0.0
 
     @property
     def ttft_ms_median(self) -> float:
@@ -116,7 +145,11 @@ class BenchResult:
 
 
 class _Retryable(Exception):
-    """A failure worth another attempt (connection, 5xx, 429)."""
+    """A failure worth another attempt (connection, 5xx, 429, cut before the first token)."""
+
+
+class _StreamBroken(UpstreamError):
+    """The connection failed in the middle of a stream."""
 
 
 def _transport(kind: str) -> httpx.AsyncBaseTransport | None:
@@ -138,8 +171,10 @@ def _transport(kind: str) -> httpx.AsyncBaseTransport | None:
 
 
 class OpenAIUpstream:
-    """One OpenAI-compatible server (see the module docstring). Use as an async context
-    manager, or call :meth:`aclose` when done."""
+    """One OpenAI-compatible server (see the module docstring). Its HTTP client is created
+    at first use; use the upstream as an async context manager, or call :meth:`aclose`
+    when done. ``model`` is the model used when a call names none (see
+    :meth:`switch_model`)."""
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
@@ -157,6 +192,7 @@ class OpenAIUpstream:
 
     @property
     def client(self) -> httpx.AsyncClient:
+        """The one HTTP client of this upstream (created lazily)."""
         if self._client is None:
             c = self.config
             headers = {"authorization": f"Bearer {c.api_key}"} if c.api_key else {}
@@ -171,6 +207,7 @@ class OpenAIUpstream:
         return self._client
 
     async def aclose(self) -> None:
+        """Close the HTTP client (a later call creates a new one)."""
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -197,17 +234,18 @@ class OpenAIUpstream:
         return list(models)
 
     async def health(self) -> dict[str, Any]:
-        """``{"ok", "models", "latency_ms", "error"}``; never raises (seed 001's isRunning)."""
+        """``{"ok", "url", "models", "latency_ms", "error"}`` from a fresh model list;
+        never raises (seed 001's isRunning)."""
         started = time.perf_counter()
         try:
             models = await self.list_models(force=True)
-        except UpstreamError as exc:
+        except Exception as exc:
             return {
                 "ok": False,
                 "url": self.base_url,
                 "models": [],
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                "error": exc.message,
+                "error": exc.message if isinstance(exc, UpstreamError) else _why(exc),
             }
         return {
             "ok": True,
@@ -242,9 +280,16 @@ class OpenAIUpstream:
         body.update(params)
         return body
 
-    def _models_to_try(self, model: str | None) -> list[str]:
+    def _models_to_try(self, model: str | None, fallback: bool = True) -> list[str]:
         first = model or self.model
+        if not fallback:
+            return [first]
         return [first, *(m for m in self.config.fallback_models if m != first)]
+
+    def _unavailable(self, tried: list[str], last: Exception | None) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"{self.base_url} unavailable (models tried: {', '.join(tried)}): {last}"
+        )
 
     def _retrying(self) -> AsyncRetrying:
         c = self.config
@@ -265,7 +310,7 @@ class OpenAIUpstream:
         )
         try:
             response = await self.client.send(request, stream=stream)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Retryable(f"{self.base_url} unreachable: {_why(exc)}") from exc
         except httpx.ReadTimeout as exc:
             raise UpstreamTimeout(
@@ -291,11 +336,19 @@ class OpenAIUpstream:
         return response
 
     async def complete(
-        self, messages: Sequence[Turn], model: str | None = None, **params: Any
+        self,
+        messages: Sequence[Turn],
+        model: str | None = None,
+        *,
+        fallback: bool = True,
+        **params: Any,
     ) -> Completion:
-        """One non-streaming completion (retries and fallback as :meth:`stream`)."""
+        """One non-streaming completion of ``model`` (default: :attr:`model`); ``params``
+        are added to the request body. Retries, fallback models (unless ``fallback`` is
+        false) and errors as :meth:`stream`."""
         last: Exception | None = None
-        for name in self._models_to_try(model):
+        tried = self._models_to_try(model, fallback)
+        for name in tried:
             body = self._body(messages, name, False, params)
             try:
                 async for attempt in self._retrying():
@@ -318,36 +371,74 @@ class OpenAIUpstream:
                 ),
                 completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(text)),
             )
-        raise UpstreamUnavailable(
-            f"every model failed ({', '.join(self._models_to_try(model))}): {last}"
-        )
+        raise self._unavailable(tried, last)
 
     async def stream(
-        self, messages: Sequence[Turn], model: str | None = None, **params: Any
+        self,
+        messages: Sequence[Turn],
+        model: str | None = None,
+        *,
+        fallback: bool = True,
+        **params: Any,
     ) -> AsyncIterator[str]:
-        """Stream the completion's text deltas (see the module docstring for failures)."""
+        """Stream the answer of ``model`` (default: :attr:`model`) as text deltas;
+        ``params`` are added to the request body.
+
+        Until the first delta, connection errors, 5xx, 429 and a stream cut short are
+        retried (``max_retries``, with backoff), then each of ``fallback_models`` is tried
+        in turn (unless ``fallback`` is false); when all fail, UpstreamUnavailable. After
+        the first delta nothing is retried: a failure raises UpstreamError (the server's
+        ``error`` message, or the cut) and silence longer than ``read_timeout`` raises
+        UpstreamTimeout. Another 4xx answer raises UpstreamError at once. Closing the
+        iterator or cancelling its task closes the HTTP response at once.
+        """
         last: Exception | None = None
-        for name in self._models_to_try(model):
+        tried = self._models_to_try(model, fallback)
+        for name in tried:
             body = self._body(messages, name, True, params)
             try:
                 async for attempt in self._retrying():
                     with attempt:
-                        response = await self._open(body, stream=True)
+                        response, deltas, first = await self._start(body)
             except _Retryable as exc:
                 last = exc
                 continue
             try:
-                async for delta in self._deltas(response):
+                if first is not None:
+                    yield first
+                async for delta in deltas:
                     yield delta
             finally:
+                await deltas.aclose()
                 await response.aclose()
             return
-        tried = ", ".join(self._models_to_try(model))
-        raise UpstreamUnavailable(f"LLM server unavailable (models tried: {tried}): {last}")
+        raise self._unavailable(tried, last)
 
-    async def _deltas(self, response: httpx.Response) -> AsyncIterator[str]:
+    async def _start(
+        self, body: dict[str, Any]
+    ) -> tuple[httpx.Response, AsyncGenerator[str, None], str | None]:
+        """Open a stream and wait for its first delta (None: an empty answer). A stream
+        cut before its first delta is retryable."""
+        response = await self._open(body, stream=True)
+        deltas = self._deltas(response)
         try:
-            async for sse in EventSource(response).aiter_sse():
+            first = await anext(deltas)
+        except StopAsyncIteration:
+            first = None
+        except _StreamBroken as exc:
+            await response.aclose()
+            raise _Retryable(exc.message) from exc
+        except BaseException:
+            await deltas.aclose()
+            await response.aclose()
+            raise
+        return response, deltas, first
+
+    async def _deltas(self, response: httpx.Response) -> AsyncGenerator[str, None]:
+        """The content deltas of choice 0, until ``[DONE]`` or its ``finish_reason``."""
+        events = EventSource(response).aiter_sse()
+        try:
+            async for sse in events:
                 data = sse.data
                 if data == "[DONE]":
                     return
@@ -363,10 +454,16 @@ class OpenAIUpstream:
                 if error:
                     message = error.get("message") if isinstance(error, dict) else str(error)
                     raise UpstreamError(f"the LLM server failed mid-answer: {message}")
-                for choice in obj.get("choices") or ():
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        yield content
+                choice = _first_choice(obj)
+                if choice is None:
+                    continue
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    yield content
+                if choice.get("finish_reason"):
+                    break
+            else:
+                return
         except httpx.ReadTimeout as exc:
             raise UpstreamTimeout(
                 f"{self.base_url} stalled: nothing for {self.config.read_timeout:g} s"
@@ -374,18 +471,40 @@ class OpenAIUpstream:
         except SSEError as exc:
             raise UpstreamError(f"{self.base_url}: not an event stream ({exc})") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"{self.base_url}: stream broken: {_why(exc)}") from exc
+            raise _StreamBroken(f"{self.base_url}: stream broken: {_why(exc)}") from exc
+        # the answer is whole: read on to [DONE] briefly, so the connection can be reused
+        try:
+            async with asyncio.timeout(min(_DONE_GRACE, self.config.read_timeout)):
+                async for sse in events:
+                    if sse.data == "[DONE]":
+                        break
+        except (TimeoutError, httpx.HTTPError, SSEError):
+            pass
 
     # -- long texts ----------------------------------------------------------------
 
     def estimate_tokens(self, text: str) -> int:
+        """Estimated tokens of ``text`` (seed 001's estimateTokens; see
+        :func:`~agentcast.chat.text.estimate_tokens`)."""
         return estimate_tokens(text)
 
-    def truncate_to_context(self, text: str, reserve: int = 512) -> str:
-        """``text`` cut (with a note) to the model's context minus ``reserve`` tokens."""
-        return truncate_to_tokens(text, max(1, self.config.context_tokens - reserve))[0]
+    def answer_reserve(self) -> int:
+        """Tokens of the context kept for the answer: ``max_tokens`` when configured, else
+        a quarter of the context (at least 64)."""
+        c = self.config
+        return c.max_tokens if c.max_tokens is not None else max(64, c.context_tokens // 4)
+
+    def truncate_to_context(self, text: str, reserve: int | None = None) -> str:
+        """``text`` cut, with a note saying so, to fit the model's context minus
+        ``reserve`` tokens (default :meth:`answer_reserve`) (seed 001's
+        truncateToContext); unchanged when it fits."""
+        room = self.config.context_tokens - (self.answer_reserve() if reserve is None else reserve)
+        return truncate_to_tokens(text, max(1, room))[0]
 
     def chunk_text(self, text: str, chunk_tokens: int = 1000, overlap: int = 100) -> list[str]:
+        """Chunks of at most ``chunk_tokens`` estimated tokens, each overlapping the
+        previous by up to ``overlap`` tokens (seed 001's chunkText; see
+        :func:`~agentcast.chat.text.chunk_text`)."""
         return chunk_text(text, chunk_tokens, overlap)
 
     async def process_long_text(
@@ -397,9 +516,14 @@ class OpenAIUpstream:
         overlap: int = 100,
         model: str | None = None,
     ) -> str:
-        """Apply ``instruction`` to each chunk of ``text``, then combine the partial
-        answers with one more completion when there is more than one (seed 001)."""
-        size = chunk_tokens or max(64, self.config.context_tokens // 2)
+        """Apply ``instruction`` to a text too long for the context (seed 001's
+        processLongText): one :meth:`complete` per chunk (``chunk_tokens``, default: what
+        fits the context with the instruction and :meth:`answer_reserve`), then, when
+        there is more than one chunk, one more that combines the partial answers (cut to
+        fit the context if they are too long). ``""`` for an empty text."""
+        overhead = estimate_tokens(instruction) + 32  # the part header and message costs
+        room = max(64, self.config.context_tokens - self.answer_reserve() - overhead)
+        size = chunk_tokens or room
         chunks = chunk_text(text, size, min(overlap, size - 1))
         partials = []
         for i, chunk in enumerate(chunks, 1):
@@ -408,6 +532,7 @@ class OpenAIUpstream:
         if len(partials) <= 1:
             return partials[0] if partials else ""
         joined = "\n\n".join(f"[part {i}] {p}" for i, p in enumerate(partials, 1))
+        joined = truncate_to_tokens(joined, room)[0]
         combine = f"{instruction}\n\nCombine these partial answers into one:\n\n{joined}"
         return (await self.complete([Turn("user", combine)], model)).text
 
@@ -417,21 +542,21 @@ class OpenAIUpstream:
         runs: int = 3,
         model: str | None = None,
     ) -> BenchResult:
-        """Time to first token and tokens/s (deltas per second after the first) per run."""
+        """Stream ``prompt`` ``runs`` times from ``model`` (default :attr:`model`; no
+        fallback, so the figures are that model's) and measure each run (seed 001's
+        benchmarkModel; see :class:`BenchResult`). Failures raise as :meth:`stream`."""
         name = model or self.model
         result = BenchResult(name, runs)
         for _ in range(runs):
             started = time.perf_counter()
             first: float | None = None
             count = 0
-            async for _delta in self.stream([Turn("user", prompt)], name):
-                now = time.perf_counter()
+            async for _delta in self.stream([Turn("user", prompt)], name, fallback=False):
                 if first is None:
-                    first = now
+                    first = time.perf_counter()
                 count += 1
             end = time.perf_counter()
-            ttft = ((first or end) - started) * 1000
-            result.ttft_ms.append(ttft)
+            result.ttft_ms.append(((first or end) - started) * 1000)
             result.tokens.append(count)
             result.seconds.append(end - started)
             span = end - (first or end)
@@ -441,6 +566,17 @@ class OpenAIUpstream:
 
 def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _first_choice(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """Choice 0 of a stream chunk (None in chunks without it, e.g. a usage chunk)."""
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return None
+    for choice in choices:
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            return choice
+    return None
 
 
 def _error_message(text: str) -> str | None:
@@ -460,7 +596,14 @@ def _error_message(text: str) -> str | None:
 
 
 class LLMAgent:
-    """The agent of an :class:`OpenAIUpstream`: streams the budgeted prompt to the model."""
+    """The :class:`~agentcast.chat.agents.Agent` of an :class:`OpenAIUpstream`.
+
+    :meth:`stream` streams the request's budgeted prompt (``request.messages``, built by
+    the gateway with :attr:`system_prompt` and :attr:`context_tokens`) to the upstream's
+    current model; a prompt without a system turn gets :attr:`system_prompt` first.
+    ``name`` (the configured name, else the model), ``queue_key`` (the base URL: agents
+    of one server share one fair queue) and ``concurrency`` come from the config.
+    """
 
     def __init__(self, upstream: OpenAIUpstream, *, system_prompt: str | None = None) -> None:
         self.upstream = upstream
@@ -473,7 +616,11 @@ class LLMAgent:
 
     @property
     def model(self) -> str:
+        """The model answering now (it follows :meth:`OpenAIUpstream.switch_model`)."""
         return self.upstream.model
 
     def stream(self, request: ChatRequest) -> AsyncIterator[str]:
-        return self.upstream.stream(request.messages)
+        messages = list(request.messages)
+        if self.system_prompt and not any(t.role == "system" for t in messages):
+            messages.insert(0, Turn("system", self.system_prompt))
+        return self.upstream.stream(messages)

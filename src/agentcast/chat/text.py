@@ -17,12 +17,15 @@ __all__ = [
     "TRUNCATION_NOTE",
     "Turn",
     "build_context",
+    "chunk_spans",
     "chunk_text",
     "estimate_tokens",
     "truncate_to_tokens",
 ]
 
 _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_SPACE = re.compile(r"\s+")
+_LAST_SPACE = re.compile(r"\s(?=\S*\Z)")
 _CHARS_PER_TOKEN = 4
 _MESSAGE_OVERHEAD = 4
 """Tokens a chat message costs beyond its content (role and separators), as in OpenAI's
@@ -56,6 +59,9 @@ def estimate_tokens(text: str) -> int:
 
 def _cut(text: str, max_tokens: int) -> str:
     """The longest prefix of ``text`` whose estimate is at most ``max_tokens``."""
+    # no longer prefix can fit (its estimate is at least chars / 4): the search and the
+    # estimates stay proportional to the budget, not to the text
+    text = text[: _CHARS_PER_TOKEN * max_tokens]
     lo, hi = 0, len(text)
     while lo < hi:  # binary search on the prefix length: the estimate is monotonic in it
         mid = (lo + hi + 1) // 2
@@ -69,53 +75,65 @@ def _cut(text: str, max_tokens: int) -> str:
 def truncate_to_tokens(text: str, max_tokens: int, *, note: bool = True) -> tuple[str, bool]:
     """``text`` cut to at most ``max_tokens`` estimated tokens, and whether it was cut.
 
-    With ``note`` a cut text ends with :data:`TRUNCATION_NOTE` (the note fits the
-    budget too), so the model and the user see that the input was shortened.
+    The result is a prefix of ``text``, never over the budget. With ``note`` a cut text
+    ends with :data:`TRUNCATION_NOTE` (counted in the budget), so the model and the user
+    see that the input was shortened, unless the budget is smaller than the note itself
+    (about 25 tokens).
     """
     if max_tokens < 0:
         raise ValueError("max_tokens must be >= 0")
     total = estimate_tokens(text)
     if total <= max_tokens:
         return text, False
-    if not note:
-        return _cut(text, max_tokens), True
     sample = TRUNCATION_NOTE.format(dropped=total, total=total)
-    room = max(0, max_tokens - estimate_tokens(sample))
-    head = _cut(text, room)
+    cost = estimate_tokens(sample)  # the real note has no more digits than the sample
+    if not note or cost > max_tokens:
+        return _cut(text, max_tokens), True
+    head = _cut(text, max_tokens - cost)
     dropped = total - estimate_tokens(head)
     return head + TRUNCATION_NOTE.format(dropped=dropped, total=total), True
 
 
-def chunk_text(text: str, chunk_tokens: int, overlap_tokens: int = 0) -> list[str]:
-    """Split ``text`` into chunks of at most ``chunk_tokens`` estimated tokens, each
-    starting ``overlap_tokens`` before the previous chunk's end (seed 001's
-    ``chunkText``). Chunks end at whitespace where one is near; joining the chunks
-    without their overlaps gives ``text`` back.
-    """
+def chunk_spans(text: str, chunk_tokens: int, overlap_tokens: int = 0) -> list[tuple[int, int]]:
+    """The ``(start, end)`` offsets of :func:`chunk_text`'s chunks in ``text``."""
     if chunk_tokens <= 0:
         raise ValueError("chunk_tokens must be > 0")
     if not 0 <= overlap_tokens < chunk_tokens:
         raise ValueError("overlap_tokens must be >= 0 and < chunk_tokens")
-    if not text:
-        return []
-    chunks: list[str] = []
+    spans: list[tuple[int, int]] = []
     start = 0
     n = len(text)
+    window = _CHARS_PER_TOKEN * chunk_tokens  # no chunk is longer
     while start < n:
-        piece = _cut(text[start:], chunk_tokens)
-        if not piece:  # one character is more than a chunk: take it anyway
-            piece = text[start]
+        piece = _cut(text[start : start + window], chunk_tokens)  # >= 1 char: 1 char = 1 token
         end = start + len(piece)
-        if end < n:
-            space = piece.rfind(" ", len(piece) // 2)
-            if space > 0:
-                end = start + space + 1
-        chunks.append(text[start:end])
+        if end < n:  # end after the last whitespace of the chunk's second half, if any
+            space = _LAST_SPACE.search(piece, len(piece) // 2)
+            if space is not None:
+                end = start + space.end()
+        spans.append((start, end))
         if end >= n:
             break
-        back = len(_cut(text[start:end][::-1], overlap_tokens)) if overlap_tokens else 0
-        start = max(end - back, start + 1)
-    return chunks
+        next_start = end
+        if overlap_tokens:
+            next_start -= len(_cut(text[start:end][::-1], overlap_tokens))
+            if next_start > 0 and not text[next_start - 1].isspace():  # mid-word
+                space = _SPACE.search(text, next_start, end)
+                if space is not None:  # start at the overlap's first word instead
+                    next_start = space.end()
+        start = max(next_start, start + 1)
+    return spans
+
+
+def chunk_text(text: str, chunk_tokens: int, overlap_tokens: int = 0) -> list[str]:
+    """Split ``text`` into chunks of at most ``chunk_tokens`` estimated tokens (seed
+    001's ``chunkText``), in order, each starting up to ``overlap_tokens`` before the
+    previous chunk's end (at a word where the overlap holds a word boundary), so the
+    chunks cover the text and joining them without their overlaps gives it back. Chunks
+    end at whitespace where there is some in their second half. ``[]`` for ``""``.
+    Time and memory are linear in the text's length.
+    """
+    return [text[start:end] for start, end in chunk_spans(text, chunk_tokens, overlap_tokens)]
 
 
 def build_context(

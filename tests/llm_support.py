@@ -102,6 +102,14 @@ class LlamaServer:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
+    @staticmethod
+    def _env() -> dict[str, str]:
+        """The server's environment: unbuffered output (its messages reach the log at
+        once), and not measured by coverage (under coverage's subprocess patch its
+        streams end after the first event: sse-starlette's task group is cancelled)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")}
+        return {**env, "PYTHONUNBUFFERED": "1"}
+
     def start(self, timeout: float = 60 * UNIT) -> None:
         """Start it and wait, at most ``timeout`` seconds, until it lists its model."""
         self.proc = subprocess.Popen(
@@ -124,7 +132,7 @@ class LlamaServer:
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # its messages reach the log at once
+            env=self._env(),
         )
         deadline = time.monotonic() + timeout
         while True:  # the server offers no readiness signal but answering

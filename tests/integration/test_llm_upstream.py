@@ -5,8 +5,10 @@ and the fake server itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from agentcast.chat.agents import Agent, ChatRequest
 from agentcast.chat.llm import MODEL_CACHE_SECONDS, LLMAgent, OpenAIUpstream, UpstreamConfig
@@ -312,7 +319,7 @@ async def test_cancel_before_the_first_token_closes_the_request(
     upstream: OpenAIUpstream, fake: FakeOpenAIServer
 ) -> None:
     async def consume() -> None:
-        await collect(upstream.stream(Q, "fake-slow"))  # the first token takes 200 ms
+        await collect(upstream.stream(Q, "fake:1"))  # the first token takes 1 s
 
     task = asyncio.create_task(consume())
     assert await fake.wait(lambda f: f.active == 1, 5 * UNIT)
@@ -490,3 +497,95 @@ def test_fake_server_runs_standalone() -> None:
         assert proc.wait(10 * UNIT) is not None
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# -- servers that break the protocol ---------------------------------------------------
+
+
+def _sse(*events: Any) -> Response:
+    body = "".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events)
+    return Response(body, media_type="text/event-stream")
+
+
+def _delta(content: str | None, finish: str | None = None, index: int = 0) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    return {"index": index, "delta": delta, "finish_reason": finish}
+
+
+async def _odd_completions(request: Request) -> Response:
+    """Answers by model name, each breaking the protocol in one way."""
+    model = (await request.json())["model"]
+    answers: dict[str, Response] = {
+        "empty": _sse({"choices": [_delta(None)]}, {"choices": [_delta(None, "stop")]}, "[DONE]"),
+        "not-json": _sse({"choices": [_delta("a")]}, "{oops"),
+        "odd-events": _sse(
+            [1, 2],
+            {"choices": None},
+            {"choices": [_delta("B", index=1), _delta("A")]},
+            "",
+            {"choices": [_delta("!")]},
+        ),  # and no [DONE] nor finish_reason: the end of the body ends the answer
+        "error-string": _sse({"choices": [_delta("a")]}, {"error": "boom"}),
+        "not-sse": PlainTextResponse("hello"),
+        "bad-json": PlainTextResponse("nope", media_type="application/json"),
+        "no-usage": JSONResponse({"choices": [{"message": {"content": "four word long answer"}}]}),
+        "text-error": PlainTextResponse("plain failure", status_code=400),
+        "detail-error": JSONResponse({"detail": "bad field"}, status_code=422),
+        "string-error": JSONResponse({"error": "string error"}, status_code=400),
+    }
+    return answers[model]
+
+
+async def _odd_models(request: Request) -> Response:
+    return JSONResponse({"unexpected": True})
+
+
+@contextlib.asynccontextmanager
+async def odd_server() -> AsyncIterator[str]:
+    """A server breaking the protocol (:func:`_odd_completions`), in this loop; its base URL."""
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", _odd_completions, methods=["POST"]),
+            Route("/v1/models", _odd_models),
+        ]
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections wait in the backlog until uvicorn accepts them
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 5 * UNIT)
+        sock.close()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_protocol_breaches_are_upstream_errors(transport: str) -> None:
+    async with odd_server() as base:
+        config = UpstreamConfig(base, "empty", transport=transport)  # type: ignore[arg-type]
+        async with OpenAIUpstream(config) as up:
+            assert await collect(up.stream(Q)) == [], "an empty answer is no error"
+            assert await collect(up.stream(Q, "odd-events")) == ["A", "!"], "choice 0 only"
+            with pytest.raises(UpstreamError, match="not JSON"):
+                await collect(up.stream(Q, "not-json"))
+            with pytest.raises(UpstreamError, match="mid-answer: boom"):
+                await collect(up.stream(Q, "error-string"))
+            with pytest.raises(UpstreamError, match="not an event stream"):
+                await collect(up.stream(Q, "not-sse"))
+            with pytest.raises(UpstreamError, match="unexpected completion answer"):
+                await up.complete(Q, "bad-json")
+            done = await up.complete(Q, "no-usage")
+            assert done.text == "four word long answer" and done.model == "no-usage"
+            assert done.completion_tokens == 6 and done.prompt_tokens == 5, "estimates"
+            for model, message in [
+                ("text-error", "HTTP 400 for model 'text-error': plain failure"),
+                ("detail-error", "HTTP 422 for model 'detail-error': bad field"),
+                ("string-error", "HTTP 400 for model 'string-error': string error"),
+            ]:
+                with pytest.raises(UpstreamError, match=message):
+                    await collect(up.stream(Q, model))
+            with pytest.raises(UpstreamError, match="unexpected answer"):
+                await up.list_models()

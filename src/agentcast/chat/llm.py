@@ -425,12 +425,10 @@ class OpenAIUpstream:
             first = await anext(deltas)
         except StopAsyncIteration:
             first = None
-        except _StreamBroken as exc:
+        except BaseException as exc:  # the generator is finished: close the response
             await response.aclose()
-            raise _Retryable(exc.message) from exc
-        except BaseException:
-            await deltas.aclose()
-            await response.aclose()
+            if isinstance(exc, _StreamBroken):
+                raise _Retryable(exc.message) from exc
             raise
         return response, deltas, first
 

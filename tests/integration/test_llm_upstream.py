@@ -91,6 +91,16 @@ async def test_streams_the_answer_in_several_chunks(
     assert sent.params == {}, "nothing but model, messages and stream unless configured"
 
 
+async def test_one_connection_serves_one_answer_after_another(
+    upstream: OpenAIUpstream, fake: FakeOpenAIServer
+) -> None:
+    for _ in range(3):
+        assert await collect(upstream.stream(Q)) == ANSWER
+        await upstream.complete(Q)
+    clients = {r.client for r in fake.requests}
+    assert len(clients) == 1 and None not in clients, "the HTTP connection was reused"
+
+
 async def test_configured_and_per_call_parameters_are_sent(
     upstream: OpenAIUpstream, fake: FakeOpenAIServer
 ) -> None:

@@ -63,8 +63,8 @@ __all__ = [
 MODEL_CACHE_SECONDS = 300.0
 """How long :meth:`OpenAIUpstream.list_models` answers from its cache (seed 001: 5 min)."""
 _DONE_GRACE = 0.5
-"""After the last ``finish_reason``, how long a stream waits for ``[DONE]`` (so the HTTP
-connection can be reused) before closing the response anyway."""
+"""After ``[DONE]`` or the last ``finish_reason``, how long a stream waits for the end of
+the response body (so the HTTP connection can be reused) before closing it anyway."""
 
 
 @dataclass(frozen=True)
@@ -439,7 +439,7 @@ class OpenAIUpstream:
             async for sse in events:
                 data = sse.data
                 if data == "[DONE]":
-                    return
+                    break
                 if not data:
                     continue
                 try:
@@ -461,7 +461,7 @@ class OpenAIUpstream:
                 if choice.get("finish_reason"):
                     break
             else:
-                return
+                return  # the body ended
         except httpx.ReadTimeout as exc:
             raise UpstreamTimeout(
                 f"{self.base_url} stalled: nothing for {self.config.read_timeout:g} s"
@@ -470,12 +470,12 @@ class OpenAIUpstream:
             raise UpstreamError(f"{self.base_url}: not an event stream ({exc})") from exc
         except httpx.HTTPError as exc:
             raise _StreamBroken(f"{self.base_url}: stream broken: {_why(exc)}") from exc
-        # the answer is whole: read on to [DONE] briefly, so the connection can be reused
+        # the answer is whole: read the rest ([DONE], the end of the body) if it comes at
+        # once, so that the HTTP connection is reused instead of closed
         try:
             async with asyncio.timeout(min(_DONE_GRACE, self.config.read_timeout)):
-                async for sse in events:
-                    if sse.data == "[DONE]":
-                        break
+                async for _sse in events:
+                    pass
         except (TimeoutError, httpx.HTTPError, SSEError):
             pass
 

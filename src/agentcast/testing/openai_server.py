@@ -38,12 +38,15 @@ model name (``fake:20``, ``bench:1000``; ``0`` is unpaced) or the header
 ``api_key`` set, requests without ``Authorization: Bearer <api_key>`` get HTTP 401.
 
 The server records what happened, for assertions (thread-safe; wait for a condition with
-:meth:`FakeOpenAIServer.wait_for`, never by sleeping): :attr:`~FakeOpenAIServer.requests`
-(model, messages, stream, other parameters, arrival time), :attr:`~FakeOpenAIServer.disconnects`
-(``time.monotonic()`` when a client went away before its answer ended),
-:attr:`~FakeOpenAIServer.active` and :attr:`~FakeOpenAIServer.max_active` (answers being
-generated now / at most at once), :attr:`~FakeOpenAIServer.completed` and
-:attr:`~FakeOpenAIServer.models_requests`.
+:meth:`FakeOpenAIServer.wait_for`, never by sleeping):
+
+* :attr:`~FakeOpenAIServer.requests`: model, messages, stream, the other body fields,
+  arrival time and client address (one per kept-alive connection) of each completion;
+* :attr:`~FakeOpenAIServer.disconnects`: ``time.monotonic()`` whenever a client went away
+  before its answer ended;
+* :attr:`~FakeOpenAIServer.active` and :attr:`~FakeOpenAIServer.max_active`: answers being
+  generated now, and at most at once; :attr:`~FakeOpenAIServer.completed`: answers sent
+  whole; :attr:`~FakeOpenAIServer.models_requests`.
 
 ::
 
@@ -126,6 +129,8 @@ class Recorded:
     """``time.monotonic()`` on arrival."""
     params: dict[str, Any] = field(default_factory=dict)
     """The other fields of the body (``max_tokens``, ``temperature``...)."""
+    client: tuple[str, int] | None = None
+    """The client's address and port: requests on one kept-alive connection share it."""
 
 
 class _State:
@@ -388,7 +393,8 @@ async def _completions(request: Request) -> Response:
         return _error(400, "the body must be a JSON object with model and messages", "invalid")
     stream = bool(body.get("stream"))
     params = {k: v for k, v in body.items() if k not in ("model", "messages", "stream")}
-    recorded = Recorded(model, messages, stream, time.monotonic(), params)
+    client = (request.client.host, request.client.port) if request.client else None
+    recorded = Recorded(model, messages, stream, time.monotonic(), params, client)
     state.update(lambda: state.requests.append(recorded))
     if not _authorized(state, request):
         return _error(401, "invalid API key", "invalid_request_error")

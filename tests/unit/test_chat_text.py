@@ -225,3 +225,13 @@ def test_context_cuts_an_overlong_message() -> None:
     assert "truncated by agentcast" in turns_[-1].content
     assert [t.role for t in turns_] == ["system", "user"], "no room left for history"
     assert cost(turns_) <= 100
+
+
+def test_chunks_move_on_when_the_overlap_would_repeat_a_chunk() -> None:
+    # found by hypothesis: the overlap plus a word-boundary cut once ended a chunk where
+    # the previous one ended
+    text = "0000000 000000"
+    spans = chunk_spans(text, 3, 2)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    for (s0, e0), (s1, e1) in pairwise(spans):
+        assert s0 < s1 <= e0 < e1

@@ -104,14 +104,20 @@ def chunk_spans(text: str, chunk_tokens: int, overlap_tokens: int = 0) -> list[t
     start = 0
     n = len(text)
     window = _CHARS_PER_TOKEN * chunk_tokens  # no chunk is longer
+    prev_end = 0
     while start < n:
         piece = _cut(text[start : start + window], chunk_tokens)  # >= 1 char: 1 char = 1 token
         end = start + len(piece)
+        if end <= prev_end:  # the overlap leaves no room to move on: no overlap this time
+            start = prev_end
+            piece = _cut(text[start : start + window], chunk_tokens)
+            end = start + len(piece)
         if end < n:  # end after the last whitespace of the chunk's second half, if any
             space = _LAST_SPACE.search(piece, len(piece) // 2)
-            if space is not None:
+            if space is not None and start + space.end() > prev_end:
                 end = start + space.end()
         spans.append((start, end))
+        prev_end = end
         if end >= n:
             break
         next_start = end

@@ -424,8 +424,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any], costs: dict[str, An
                 out.append(f"* ⚠ {name} rep {r['rep']}: {why}")
     if disturbed:
         out.append(
-            "* Run again (other processes used more than "
-            f"{100 * m.get('disturbed', 0.25):.0f} % of a core; left out): "
+            "* Disturbed, left out of the tables (other processes used more than "
+            f"{100 * m.get('disturbed', 0.25):.0f} % of a core; each was run again): "
             + ", ".join(
                 f"{r['config']} rep {r['rep']} ({100 * r.get('other_load', 0):.0f} %)"
                 for r in disturbed
@@ -593,6 +593,7 @@ def main() -> None:
     bad = [c for c in names if c not in CONFIGS]
     if bad:
         sys.exit(f"unknown configs {bad}; known: {', '.join(CONFIGS)}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out
     cores = cpus(args)
     os.sched_setaffinity(0, {int(cores[1])})  # this process (late joiners) on the load core
     wsload = build_wsload()
@@ -624,7 +625,7 @@ def main() -> None:
                 for attempt in range(args.retries + 1):
                     wait_quiet(cores, args.disturbed, args.patience)
                     r = run_one(CONFIGS[name], args, wsload, rep, cores, logs)
-                    if r.get("other_load", 0) > args.disturbed and attempt < args.retries:
+                    if r.get("other_load", 0) > args.disturbed:
                         r["disturbed"] = True  # kept in the .jsonl, left out of the tables
                     rows.append(r)
                     f.write(json.dumps(r) + "\n")
@@ -633,7 +634,8 @@ def main() -> None:
                         break
                     print(
                         f"[{time.monotonic() - t0:5.0f}s] rep {rep} {name}: other processes used "
-                        f"{100 * r['other_load']:.0f} % of a core, run again",
+                        f"{100 * r['other_load']:.0f} % of a core"
+                        + (", run again" if attempt < args.retries else ", left out"),
                         file=sys.stderr,
                         flush=True,
                     )

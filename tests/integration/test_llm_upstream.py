@@ -49,7 +49,7 @@ def fake(server: FakeOpenAIServer) -> FakeOpenAIServer:
     return server
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
+@pytest.fixture(params=["native", "aiohttp", "httpx"])
 async def upstream(
     request: pytest.FixtureRequest, fake: FakeOpenAIServer
 ) -> AsyncIterator[OpenAIUpstream]:
@@ -581,7 +581,7 @@ async def odd_server() -> AsyncIterator[str]:
         sock.close()
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["native", "aiohttp", "httpx"])
 async def test_protocol_breaches_are_upstream_errors(transport: str) -> None:
     async with odd_server() as base:
         config = UpstreamConfig(base, "empty", transport=transport)  # type: ignore[arg-type]

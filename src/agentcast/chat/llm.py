@@ -21,9 +21,12 @@
   ``benchmarkModel``).
 
 Closing or cancelling a stream closes its HTTP response at once, so the upstream stops
-generating. The HTTP transport is aiohttp's (through httpx-aiohttp) when available: per
-streamed token it costs about a quarter of httpx's own transport
-(``docs/performance.md``); ``transport="httpx"`` selects httpx's.
+generating. Completions go through :mod:`agentcast.chat.eventstream` (``transport="native"``,
+the default unless a proxy applies): an asyncio protocol with httptools' parser that reads
+a streamed token for about half the CPU of httpx + httpx-sse (``docs/performance-chat.md``).
+``transport="httpx"`` sends everything through httpx (with its proxy support),
+``"aiohttp"`` through httpx on aiohttp's transport (httpx-aiohttp). The model list and
+health check always use httpx.
 
 :class:`LLMAgent` is the :class:`~agentcast.chat.agents.Agent` that answers with an upstream.
 """
@@ -33,9 +36,11 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+import urllib.request
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -49,6 +54,15 @@ from tenacity import (
 )
 
 from agentcast.chat.agents import ChatRequest
+from agentcast.chat.eventstream import (
+    Broken,
+    ConnectFailed,
+    HTTPStreamClient,
+    NotAnEventStream,
+    Stalled,
+    StreamFailure,
+    StreamResponse,
+)
 from agentcast.chat.text import Turn, chunk_text, estimate_tokens, truncate_to_tokens
 from agentcast.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
@@ -78,7 +92,8 @@ class UpstreamConfig:
     plus up to ``backoff_initial`` of jitter. ``concurrency`` (generations at once; None:
     unlimited) is enforced by the gateway's fair queue, ``context_tokens`` (the model's
     context window) by the prompt budget. ``max_tokens`` and ``temperature`` are sent
-    when set. ``transport``: ``auto`` (aiohttp's when installed), ``aiohttp`` or ``httpx``.
+    when set. ``transport`` (for completions): ``auto`` (``native`` unless an environment
+    proxy applies to ``base_url``, then ``httpx``), ``native``, ``aiohttp`` or ``httpx``.
     """
 
     base_url: str
@@ -95,7 +110,7 @@ class UpstreamConfig:
     max_tokens: int | None = None
     temperature: float | None = None
     name: str | None = None
-    transport: Literal["auto", "aiohttp", "httpx"] = "auto"
+    transport: Literal["auto", "native", "aiohttp", "httpx"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -152,16 +167,79 @@ class _StreamBroken(UpstreamError):
     """The connection failed in the middle of a stream."""
 
 
+class _Response(Protocol):
+    """One open completion response, whichever client carries it (see
+    :class:`~agentcast.chat.eventstream.StreamResponse`); failures are
+    :class:`~agentcast.chat.eventstream.StreamFailure`."""
+
+    status_code: int
+
+    async def aread(self) -> bytes: ...
+
+    def events(self) -> AsyncIterator[str | bytes]: ...
+
+    async def drain(self, seconds: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HttpxResponse:
+    """An httpx response behind the :class:`_Response` interface."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status_code = response.status_code
+        self._sse: AsyncIterator[Any] | None = None
+
+    async def aread(self) -> bytes:
+        try:
+            return await self.response.aread()
+        except httpx.ReadTimeout as exc:
+            raise Stalled(_why(exc)) from exc
+        except httpx.HTTPError as exc:
+            raise Broken(_why(exc)) from exc
+
+    async def events(self) -> AsyncIterator[str]:
+        self._sse = sse = EventSource(self.response).aiter_sse()
+        try:
+            async for event in sse:
+                yield event.data
+        except httpx.ReadTimeout as exc:
+            raise Stalled(_why(exc)) from exc
+        except SSEError as exc:
+            raise NotAnEventStream(str(exc)) from exc
+        except httpx.HTTPError as exc:
+            raise Broken(_why(exc)) from exc
+
+    async def drain(self, seconds: float) -> None:
+        if self._sse is None:
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                async for _event in self._sse:
+                    pass
+        except (TimeoutError, httpx.HTTPError, SSEError):
+            pass
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+def _proxied(url: str) -> bool:
+    """Whether an environment proxy (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, not
+    bypassed by ``NO_PROXY``) applies to ``url``, as httpx would use it."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
 def _transport(kind: str) -> httpx.AsyncBaseTransport | None:
-    if kind == "httpx":
+    if kind != "aiohttp":
         return None
-    try:
-        import aiohttp
-        from httpx_aiohttp import AiohttpTransport
-    except ImportError:  # pragma: no cover - a declared dependency
-        if kind == "aiohttp":
-            raise
-        return None
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
 
     def session() -> aiohttp.ClientSession:
         # no connection limit (aiohttp's default is 100): the fair queue bounds concurrency
@@ -181,6 +259,10 @@ class OpenAIUpstream:
         self.base_url = config.base_url.rstrip("/")
         self.model = config.model
         self._client: httpx.AsyncClient | None = None
+        self._native: HTTPStreamClient | None = None
+        kind = config.transport
+        self.native = kind == "native" or (kind == "auto" and not _proxied(self.base_url))
+        """Completions go through :mod:`agentcast.chat.eventstream`."""
         self._models: list[str] | None = None
         self._models_at = 0.0
 
@@ -206,11 +288,30 @@ class OpenAIUpstream:
             )
         return self._client
 
+    @property
+    def stream_client(self) -> HTTPStreamClient:
+        """The completions' client when :attr:`native` (created lazily)."""
+        if self._native is None:
+            c = self.config
+            self._native = HTTPStreamClient(
+                self.base_url,
+                headers=[("authorization", f"Bearer {c.api_key}")] if c.api_key else [],
+                connect_timeout=c.connect_timeout,
+                read_timeout=c.read_timeout,
+                ssl_context=httpx.create_ssl_context()
+                if self.base_url.startswith("https:")
+                else None,
+            )
+        return self._native
+
     async def aclose(self) -> None:
-        """Close the HTTP client (a later call creates a new one)."""
+        """Close the HTTP clients (a later call creates new ones)."""
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._native is not None:
+            await self._native.aclose()
+            self._native = None
 
     # -- models and health ---------------------------------------------------------
 
@@ -301,27 +402,52 @@ class OpenAIUpstream:
             reraise=True,
         )
 
-    async def _open(self, body: dict[str, Any], stream: bool) -> httpx.Response:
-        """Send one request; the response is open (stream) or read. Raises _Retryable,
-        UpstreamError or UpstreamTimeout."""
-        url = f"{self.base_url}/chat/completions"
+    async def _send(self, body: dict[str, Any], stream: bool) -> _Response:
+        """Send one completion request; the response's headers are in (and its body, unless
+        ``stream``). Raises _Retryable or UpstreamTimeout."""
+        payload = orjson.dumps(body)
+        stalled = f"{self.base_url} sent nothing for {self.config.read_timeout:g} s"
+        if self.native:
+            accept = "text/event-stream" if stream else "application/json"
+            try:
+                response = await self.stream_client.request(
+                    "POST",
+                    "/chat/completions",
+                    payload,
+                    [("content-type", "application/json"), ("accept", accept)],
+                )
+                if not stream:
+                    await response.aread()
+            except ConnectFailed as exc:
+                raise _Retryable(f"{self.base_url} unreachable: {exc}") from exc
+            except Stalled as exc:
+                raise UpstreamTimeout(stalled) from exc
+            except StreamFailure as exc:
+                raise _Retryable(f"{self.base_url}: {exc}") from exc
+            return response
         request = self.client.build_request(
-            "POST", url, content=orjson.dumps(body), headers={"content-type": "application/json"}
+            "POST",
+            f"{self.base_url}/chat/completions",
+            content=payload,
+            headers={"content-type": "application/json"},
         )
         try:
-            response = await self.client.send(request, stream=stream)
+            return _HttpxResponse(await self.client.send(request, stream=stream))
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Retryable(f"{self.base_url} unreachable: {_why(exc)}") from exc
         except httpx.ReadTimeout as exc:
-            raise UpstreamTimeout(
-                f"{self.base_url} sent nothing for {self.config.read_timeout:g} s"
-            ) from exc
+            raise UpstreamTimeout(stalled) from exc
         except httpx.HTTPError as exc:
             raise _Retryable(f"{self.base_url}: {_why(exc)}") from exc
+
+    async def _open(self, body: dict[str, Any], stream: bool) -> _Response:
+        """Send one request; the response is open (stream) or read. Raises _Retryable,
+        UpstreamError or UpstreamTimeout."""
+        response = await self._send(body, stream)
         if response.status_code >= 400:
             try:
                 text = (await response.aread()).decode(errors="replace")
-            except httpx.HTTPError:
+            except StreamFailure:
                 text = ""
             finally:
                 await response.aclose()
@@ -358,7 +484,13 @@ class OpenAIUpstream:
                 last = exc
                 continue
             try:
-                data = response.json()
+                raw = await response.aread()
+            except StreamFailure as exc:  # pragma: no cover - read whole by _send
+                raise UpstreamError(f"{self.base_url}: {exc}") from exc
+            finally:
+                await response.aclose()
+            try:
+                data = orjson.loads(raw)
                 text = data["choices"][0]["message"]["content"] or ""
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 raise UpstreamError(f"{self.base_url}: unexpected completion answer") from exc
@@ -416,7 +548,7 @@ class OpenAIUpstream:
 
     async def _start(
         self, body: dict[str, Any]
-    ) -> tuple[httpx.Response, AsyncGenerator[str, None], str | None]:
+    ) -> tuple[_Response, AsyncGenerator[str, None], str | None]:
         """Open a stream and wait for its first delta (None: an empty answer). A stream
         cut before its first delta is retryable."""
         response = await self._open(body, stream=True)
@@ -432,52 +564,121 @@ class OpenAIUpstream:
             raise
         return response, deltas, first
 
-    async def _deltas(self, response: httpx.Response) -> AsyncGenerator[str, None]:
+    async def _deltas(self, response: _Response) -> AsyncGenerator[str, None]:
         """The content deltas of choice 0, until ``[DONE]`` or its ``finish_reason``."""
-        events = EventSource(response).aiter_sse()
+        interpret = self._interpret
         try:
-            async for sse in events:
-                data = sse.data
-                if data == "[DONE]":
-                    break
-                if not data:
-                    continue
-                try:
-                    obj = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    raise UpstreamError(f"{self.base_url}: a stream event is not JSON") from exc
-                if not isinstance(obj, dict):
-                    continue
-                error = obj.get("error")
-                if error:
-                    message = error.get("message") if isinstance(error, dict) else str(error)
-                    raise UpstreamError(f"the LLM server failed mid-answer: {message}")
-                choice = _first_choice(obj)
-                if choice is None:
-                    continue
-                content = (choice.get("delta") or {}).get("content")
+            async for data in response.events():
+                content, end = interpret(data)
                 if content:
                     yield content
-                if choice.get("finish_reason"):
+                if end:
                     break
             else:
                 return  # the body ended
-        except httpx.ReadTimeout as exc:
+        except Stalled as exc:
             raise UpstreamTimeout(
                 f"{self.base_url} stalled: nothing for {self.config.read_timeout:g} s"
             ) from exc
-        except SSEError as exc:
+        except NotAnEventStream as exc:
             raise UpstreamError(f"{self.base_url}: not an event stream ({exc})") from exc
-        except httpx.HTTPError as exc:
-            raise _StreamBroken(f"{self.base_url}: stream broken: {_why(exc)}") from exc
+        except StreamFailure as exc:
+            raise _StreamBroken(f"{self.base_url}: stream broken: {exc}") from exc
         # the answer is whole: read the rest ([DONE], the end of the body) if it comes at
         # once, so that the HTTP connection is reused instead of closed
+        await response.drain(min(_DONE_GRACE, self.config.read_timeout))
+
+    def _interpret(self, data: str | bytes) -> tuple[str | None, bool]:
+        """One event of a streamed completion: (choice 0's content delta, whether the
+        answer is whole). Raises UpstreamError for a non-JSON event or an error object."""
+        if data == b"[DONE]" or data == "[DONE]":
+            return None, True
+        if not data:
+            return None, False
         try:
-            async with asyncio.timeout(min(_DONE_GRACE, self.config.read_timeout)):
-                async for _sse in events:
-                    pass
-        except (TimeoutError, httpx.HTTPError, SSEError):
-            pass
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"{self.base_url}: a stream event is not JSON") from exc
+        if not isinstance(obj, dict):
+            return None, False
+        error = obj.get("error")
+        if error:
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise UpstreamError(f"the LLM server failed mid-answer: {message}")
+        choice = _first_choice(obj)
+        if choice is None:
+            return None, False
+        content = (choice.get("delta") or {}).get("content")
+        return content or None, bool(choice.get("finish_reason"))
+
+    async def stream_to(
+        self,
+        messages: Sequence[Turn],
+        on_delta: Callable[[str], None],
+        model: str | None = None,
+        *,
+        fallback: bool = True,
+        **params: Any,
+    ) -> None:
+        """:meth:`stream`, pushed: ``on_delta(text)`` is called with each delta, in order,
+        and the call returns when the answer is whole. Same retries, fallback models,
+        errors and cancellation as :meth:`stream`.
+
+        Over the native transport each delta is handed over from the socket's read
+        callback, without a task switch per token (the gateway's hot path); ``on_delta``
+        must be quick and must not raise (what it raises ends the answer with that
+        error). Over the other transports it iterates :meth:`stream`.
+        """
+        if not self.native:
+            async for delta in self.stream(messages, model, fallback=fallback, **params):
+                on_delta(delta)
+            return
+        last: Exception | None = None
+        tried = self._models_to_try(model, fallback)
+        for name in tried:
+            body = self._body(messages, name, True, params)
+            try:
+                async for attempt in self._retrying():
+                    with attempt:
+                        await self._push(body, on_delta)
+            except _Retryable as exc:
+                last = exc
+                continue
+            return
+        raise self._unavailable(tried, last)
+
+    async def _push(self, body: dict[str, Any], on_delta: Callable[[str], None]) -> None:
+        """One attempt of :meth:`stream_to`; a stream cut before its first delta is
+        retryable."""
+        response = await self._open(body, stream=True)
+        assert isinstance(response, StreamResponse)
+        interpret = self._interpret
+        started = False
+
+        def sink(data: bytes) -> bool:
+            nonlocal started
+            content, end = interpret(data)
+            if content:
+                started = True
+                on_delta(content)
+            return end
+
+        try:
+            try:
+                await response.push(sink)
+            except Stalled as exc:
+                raise UpstreamTimeout(
+                    f"{self.base_url} stalled: nothing for {self.config.read_timeout:g} s"
+                ) from exc
+            except NotAnEventStream as exc:
+                raise UpstreamError(f"{self.base_url}: not an event stream ({exc})") from exc
+            except StreamFailure as exc:
+                if not started:
+                    raise _Retryable(f"{self.base_url}: stream broken: {exc}") from exc
+                raise _StreamBroken(f"{self.base_url}: stream broken: {exc}") from exc
+            await response.drain(min(_DONE_GRACE, self.config.read_timeout))
+        finally:
+            await response.aclose()
 
     # -- long texts ----------------------------------------------------------------
 
@@ -617,8 +818,15 @@ class LLMAgent:
         """The model answering now (it follows :meth:`OpenAIUpstream.switch_model`)."""
         return self.upstream.model
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[str]:
+    def _messages(self, request: ChatRequest) -> list[Turn]:
         messages = list(request.messages)
         if self.system_prompt and not any(t.role == "system" for t in messages):
             messages.insert(0, Turn("system", self.system_prompt))
-        return self.upstream.stream(messages)
+        return messages
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[str]:
+        return self.upstream.stream(self._messages(request))
+
+    async def stream_to(self, request: ChatRequest, on_delta: Callable[[str], None]) -> None:
+        """:meth:`stream`, pushed (see :meth:`OpenAIUpstream.stream_to`)."""
+        await self.upstream.stream_to(self._messages(request), on_delta)

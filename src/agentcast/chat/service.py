@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from agentcast.chat.agents import Agent, ChatRequest, OfflineAgent, as_agent, load_agent
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["CHAT_PREFIX", "ChatService", "Generation"]
 
 logger = logging.getLogger("agentcast.chat")
+_dumps = orjson.dumps
 
 CHAT_PREFIX = "chat:"
 DEFAULT_AGENT = "default"
@@ -134,6 +136,7 @@ class ChatService:
                     max_retries=s.llm_max_retries,
                     concurrency=s.llm_concurrency,
                     context_tokens=s.llm_context_tokens,
+                    transport=s.llm_transport,
                 )
             )
             self.gateway.add_shutdown(upstream.aclose)
@@ -415,29 +418,49 @@ class ChatService:
                 },
             )
 
+        # every chunk's data, pre-encoded: {"conversation_id", "reply_to", "index", "chunk", "done"}
+        head = b'{"conversation_id":%b,"reply_to":%b,"index":' % (
+            _dumps(gen.conversation.id),
+            _dumps(reply_to),
+        )
+        gateway = self.gateway
+
+        def on_delta(delta: str) -> None:
+            """One delta, pushed by the agent: published at once, no task switch."""
+            nonlocal ttft
+            if not delta:
+                return
+            if ttft is None:
+                ttft = (loop.time() - started) * 1000
+            parts.append(delta)
+            data = b'%b%d,"chunk":%b,"done":false}' % (head, len(parts) - 1, _dumps(delta))
+            try:
+                gateway.publish_now(topic, "chat:streaming", data)
+            except (BrokerError, ProtocolError) as exc:
+                logger.error("chat:streaming on %s not published: %s", topic, exc)
+
         try:
             async with self._queue(gen.agent).slot(gen.user, on_position):
                 started = loop.time()
                 request = await self._request(gen)
                 prompt_tokens = sum(estimate_tokens(t.content) for t in request.messages)
-                async with _closing(gen.agent.stream(request)) as deltas:
-                    async for delta in deltas:
-                        if not delta:
-                            continue
-                        if ttft is None:
-                            ttft = (loop.time() - started) * 1000
-                        parts.append(delta)
-                        await self._publish(
-                            topic,
-                            "chat:streaming",
-                            {
-                                "conversation_id": gen.conversation.id,
-                                "reply_to": reply_to,
-                                "index": len(parts) - 1,
-                                "chunk": delta,
-                                "done": False,
-                            },
-                        )
+                push = getattr(gen.agent, "stream_to", None)
+                if push is not None and gateway.publishes_now:
+                    await push(request, on_delta)
+                else:
+                    async with _closing(gen.agent.stream(request)) as deltas:
+                        async for delta in deltas:
+                            if not delta:
+                                continue
+                            if ttft is None:
+                                ttft = (loop.time() - started) * 1000
+                            parts.append(delta)
+                            data = b'%b%d,"chunk":%b,"done":false}' % (
+                                head,
+                                len(parts) - 1,
+                                _dumps(delta),
+                            )
+                            await self._publish(topic, "chat:streaming", data)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
@@ -511,7 +534,7 @@ class ChatService:
                 return await self.store.add_message(row)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _publish(self, topic: str, kind: str, data: dict[str, Any]) -> None:
+    async def _publish(self, topic: str, kind: str, data: dict[str, Any] | bytes) -> None:
         try:
             await self.gateway.publish(topic, kind, data)
         except (BrokerError, ProtocolError) as exc:

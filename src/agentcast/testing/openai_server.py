@@ -251,6 +251,7 @@ class _Answer(Response):
         self.drop_first = drop_first
         self.head_sent = False
         self.finished = False
+        self.counted = False  # state.ended() was called
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -267,7 +268,7 @@ class _Answer(Response):
             for task in (producer, watcher, stopper):
                 task.cancel()
             await asyncio.gather(producer, watcher, stopper, return_exceptions=True)
-            self.state.ended(self.finished, gone)
+            self._ended(gone)
         failure = producer.exception() if producer.done() and not producer.cancelled() else None
         if failure is not None:
             raise failure  # _Drop: uvicorn cuts the connection
@@ -275,6 +276,14 @@ class _Answer(Response):
             if not self.head_sent:
                 await send({"type": "http.response.start", "status": 503, "headers": []})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _ended(self, gone: float | None = None) -> None:
+        """Count this answer as over (once): right after its last byte was handed to the
+        transport (no await in between), so that a client's next request, which the loop
+        reads later, never overlaps it in :attr:`FakeOpenAIServer.max_active`."""
+        if not self.counted:
+            self.counted = True
+            self.state.ended(self.finished, gone)
 
     async def _watch(self, receive: Receive) -> float:
         """Wait for ``http.disconnect`` (the client closed the connection); its time."""
@@ -327,6 +336,7 @@ class _Answer(Response):
         await self._head(send, b"application/json", len(body))
         self.finished = True
         await send({"type": "http.response.body", "body": body, "more_body": False})
+        self._ended()
 
     async def _produce_stream(self, send: Send, started: float) -> None:
         async def event(obj: Any) -> None:
@@ -362,6 +372,7 @@ class _Answer(Response):
         self.finished = True
         await event("[DONE]")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._ended()
 
 
 def _authorized(state: _State, request: Request) -> bool:

@@ -1,0 +1,612 @@
+"""Server-sent events over HTTP/1.1, read straight off the socket: the upstream's hot path.
+
+A streamed completion is one small event per token, and a gateway relays tens of
+thousands of them per second across its conversations. Through httpx and httpx-sse each
+event costs ~20 µs of CPU in their generator layers; here an asyncio protocol feeds the
+socket's bytes to httptools' C parser (llhttp, as in uvicorn), the body to
+:class:`EventStreamDecoder` and the events' data to one waiting reader: ~9 µs per event
+(``benchmarks/chat_floor.py``). Requests are serialized by h11. Connections are kept
+alive and reused, LIFO, up to ``max_idle`` per client.
+
+:class:`HTTPStreamClient` is deliberately small: one origin, ``http``/``https``, no
+proxies, no redirects, no compression (``accept-encoding: identity``) -- what an
+OpenAI-compatible completion endpoint needs. :class:`~agentcast.chat.llm.OpenAIUpstream`
+uses it for completions and keeps httpx for everything else (and for completions behind
+a proxy). Its failures are :class:`StreamFailure` subclasses, translated into
+:mod:`agentcast.errors` by the upstream; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+import httptools
+
+__all__ = [
+    "Broken",
+    "ConnectFailed",
+    "EventStreamDecoder",
+    "HTTPStreamClient",
+    "NotAnEventStream",
+    "Stalled",
+    "StreamFailure",
+    "StreamResponse",
+]
+
+_PAUSE_AT = 256
+"""Events buffered unread before the socket stops being read (flow control)."""
+_RESUME_AT = 32
+"""Events left unread when reading resumes."""
+_MAX_ERROR_BODY = 1 << 20
+"""The most of a non-stream body kept (an error answer or a non-streamed completion)."""
+
+
+class StreamFailure(Exception):
+    """Base of this module's failures; ``str()`` says what happened."""
+
+
+class ConnectFailed(StreamFailure):
+    """No connection (refused, unresolvable, TLS failure, connect timeout), or the
+    connection closed before any byte of the response: the request was not answered."""
+
+
+class Stalled(StreamFailure):
+    """The server sent nothing for ``read_timeout`` seconds."""
+
+
+class Broken(StreamFailure):
+    """The response was cut (connection lost mid-body) or is not valid HTTP."""
+
+
+class NotAnEventStream(StreamFailure):
+    """:meth:`StreamResponse.events` on a response that is not ``text/event-stream``."""
+
+
+class EventStreamDecoder:
+    """Incremental decoder of ``text/event-stream`` bodies (WHATWG HTML, §9.2.6).
+
+    :meth:`feed` takes body bytes as they arrive, split anywhere, and returns the ``data``
+    of every event completed by them: the event's ``data`` lines joined by ``\\n``,
+    bytes, not decoded (JSON parsers take bytes). Lines end with CRLF, LF or CR; a
+    leading BOM is dropped; comments and other fields (``event``, ``id``, ``retry``) are
+    ignored; an event without ``data`` is not dispatched.
+    """
+
+    __slots__ = ("_data", "_pending", "_skip_lf", "_started")
+
+    def __init__(self) -> None:
+        self._pending = b""  # an incomplete line
+        self._data: list[bytes] = []  # data lines of the event being read
+        self._started = False
+        self._skip_lf = False  # the last chunk ended with CR: an LF now is its CRLF's
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The data of the events that ``chunk`` completes, in order."""
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[0] == 10:  # b"\n"
+                chunk = chunk[1:]
+        buf = self._pending + chunk if self._pending else chunk
+        if not self._started and buf:
+            if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
+                self._pending = buf
+                return []
+            self._started = True
+            if buf.startswith(b"\xef\xbb\xbf"):
+                buf = buf[3:]
+        if b"\r" in buf:
+            self._skip_lf = buf.endswith(b"\r")
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        self._pending = lines.pop()
+        out: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    out.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data.clear()
+            elif line.startswith(b"data"):
+                if len(line) == 4:
+                    data.append(b"")
+                elif line[4] == 58:  # b":"
+                    data.append(line[6:] if line[5:6] == b" " else line[5:])
+        return out
+
+
+class StreamResponse:
+    """One response of a :class:`HTTPStreamClient` request, its headers read.
+
+    Read its body once, with :meth:`aread` (whole), :meth:`events` (server-sent events'
+    data as they come, pulled) or :meth:`push` (the same, handed to a callback as they are
+    parsed); then, or to stop early, :meth:`aclose` (safe to call twice). The connection
+    goes back to the client's pool only when the body was read to its end, the server
+    allows keep-alive and nothing failed.
+    """
+
+    def __init__(self, conn: _Connection, status_code: int, headers: list[tuple[bytes, bytes]]):
+        self._conn = conn
+        self.status_code = status_code
+        self.headers = headers
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), decoded as latin-1."""
+        key = name.lower().encode()
+        for k, v in self.headers:
+            if k.lower() == key:
+                return v.decode("latin-1")
+        return None
+
+    @property
+    def is_event_stream(self) -> bool:
+        return (self.header("content-type") or "").lower().startswith("text/event-stream")
+
+    async def aread(self) -> bytes:
+        """The whole body (at most 1 MiB is kept). Raises :class:`Stalled` or :class:`Broken`."""
+        conn = self._conn
+        try:
+            while not conn.complete:
+                if conn.failure is not None:
+                    raise conn.failure
+                await conn.wait()
+        except BaseException:  # a failure, or cancelled: the response is abandoned
+            conn.finish()
+            raise
+        return b"".join(conn.body)
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """The data of each server-sent event, in order, until the body ends.
+
+        Raises :class:`NotAnEventStream` (checked first), :class:`Stalled` or
+        :class:`Broken`.
+        """
+        if not self.is_event_stream:
+            raise NotAnEventStream(
+                f"content-type is {self.header('content-type')!r}, not text/event-stream"
+            )
+        conn = self._conn
+        conn.start_events()
+        queue = conn.events
+        while True:
+            while queue:
+                data = queue.popleft()
+                if conn.paused and len(queue) <= _RESUME_AT:
+                    conn.resume()
+                yield data
+            if conn.complete:
+                return
+            if conn.failure is not None:
+                raise conn.failure
+            await conn.wait()
+
+    def push(self, on_event: Callable[[bytes], bool | None]) -> asyncio.Future[None]:
+        """Hand each event's data to ``on_event`` as soon as it is parsed, from the
+        protocol's callback (no task switch per event), starting with events already
+        buffered; ``on_event`` returns True to stop. The returned future is done (None)
+        when the body ended or ``on_event`` stopped; it fails with :class:`Stalled` or
+        :class:`Broken`, or with what ``on_event`` raised (then no further call comes).
+        Raises :class:`NotAnEventStream` at once. To stop early, :meth:`aclose`.
+        """
+        if not self.is_event_stream:
+            raise NotAnEventStream(
+                f"content-type is {self.header('content-type')!r}, not text/event-stream"
+            )
+        return self._conn.start_push(on_event)
+
+    async def drain(self, seconds: float) -> None:
+        """Read what is left of the body for at most ``seconds`` (dropping it), so that the
+        connection can be reused; never raises."""
+        conn = self._conn
+        if conn.complete or conn.failure is not None:
+            return
+        conn.discard_body()
+        try:
+            async with asyncio.timeout(seconds):
+                while not conn.complete and conn.failure is None:
+                    await conn.wait()
+        except TimeoutError:
+            pass
+
+    async def aclose(self) -> None:
+        """Give the connection back (body complete, keep-alive) or close it."""
+        self._conn.finish()
+
+
+class HTTPStreamClient:
+    """HTTP/1.1 requests to one origin (``base_url``'s scheme, host and port) whose
+    answers may be event streams; see the module docstring for what it leaves out.
+
+    ``headers`` go with every request. ``connect_timeout`` bounds the TCP (and TLS)
+    connect; ``read_timeout`` the silence allowed at any point of a response (before its
+    headers, between two chunks). Call :meth:`aclose` when done: it closes idle
+    connections (those in use close when their responses do).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_idle: int = 64,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        default_port = self.port == (443 if parts.scheme == "https" else 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.authority = host if default_port else f"{host}:{self.port}"
+        self.path_prefix = parts.path.rstrip("/")
+        self.ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self.ssl = ssl_context or ssl.create_default_context()
+        self.headers = [(k, v) for k, v in headers]
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_idle = max_idle
+        self._idle: list[_Connection] = []
+        self._closed = False
+
+    @property
+    def idle_connections(self) -> int:
+        """Connections kept alive, waiting for a request."""
+        return len(self._idle)
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()
+    ) -> StreamResponse:
+        """Send one request (``path`` is relative to the base URL's path) and return its
+        response once the status and headers are in.
+
+        Raises :class:`ConnectFailed` when no connection could be made or the server
+        closed it without answering (a kept-alive connection that the server had closed
+        is replaced once, transparently), :class:`Stalled` when no header came within
+        ``read_timeout``, :class:`Broken` for an invalid answer.
+        """
+        if self._closed:
+            raise ConnectFailed("client closed")
+        all_headers = [
+            ("host", self.authority),
+            ("user-agent", "agentcast"),
+            ("accept-encoding", "identity"),
+            *self.headers,
+            *headers,
+            ("content-length", str(len(body))),
+        ]
+        h = h11.Connection(h11.CLIENT)
+        wire = (
+            h.send(h11.Request(method=method, target=self.path_prefix + path, headers=all_headers))
+            or b""
+        )
+        if body:
+            wire += h.send(h11.Data(data=body)) or b""
+        wire += h.send(h11.EndOfMessage()) or b""
+        while True:
+            conn = self._take_idle()
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect()
+            try:
+                return await conn.send(wire)
+            except ConnectFailed:
+                if not reused:
+                    raise
+                # the server had closed this kept-alive connection: once more on a new one
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.usable:
+                return conn
+        return None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl is not None else None,
+                )
+        except TimeoutError:
+            raise ConnectFailed(
+                f"connect to {self.authority} timed out after {self.connect_timeout:g} s"
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectFailed(f"cannot connect to {self.authority}: {exc}") from exc
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        if self._closed or len(self._idle) >= self.max_idle:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    async def aclose(self) -> None:
+        """Close the idle connections; later requests raise :class:`ConnectFailed`."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: the parser's callbacks and one response's state."""
+
+    def __init__(self, client: HTTPStreamClient) -> None:
+        self.client = client
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.active = False  # a request is in flight
+        self.got_bytes = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.failure: StreamFailure | None = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.decoder: EventStreamDecoder | None = None
+        self.discarding = False
+        self.events: collections.deque[bytes] = collections.deque()
+        self.sink: Callable[[bytes], bool | None] | None = None
+        self.pushed: asyncio.Future[None] | None = None
+        self.paused = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.last_read = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.active:  # bytes nobody asked for: this connection cannot be trusted
+            self.close()
+            return
+        self.got_bytes = True
+        self.last_read = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(Broken(f"invalid HTTP response from {self.client.authority}: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.client._forget(self)
+        if self.active and not self.complete:
+            if not self.got_bytes:
+                self._fail(ConnectFailed(f"{self.client.authority} closed the connection"))
+            elif self.headers_done and not self._delimited():
+                self.on_message_complete()  # a body delimited by the end of the connection
+            else:
+                why = f": {exc}" if exc else ""
+                self._fail(Broken(f"{self.client.authority} closed the connection mid-answer{why}"))
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- httptools callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second response to one request: the connection is not trusted
+            self.keep_alive = False
+            self.close()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.complete:
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.complete:
+            return
+        self.headers_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        decoder = self.decoder
+        if decoder is not None:
+            events = decoder.feed(body)
+            if self.sink is not None:
+                self._deliver(events)
+            elif events:
+                self.events.extend(events)
+                self._wake()
+                if len(self.events) >= _PAUSE_AT and not self.paused and self.transport:
+                    self.paused = True
+                    self.transport.pause_reading()
+        elif not self.discarding and self.body_size < _MAX_ERROR_BODY:
+            self.body.append(body)
+            self.body_size += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.complete:
+            return
+        # llhttp answers this only inside on_headers_complete / on_message_complete
+        self.keep_alive = not self.lost and self.parser.should_keep_alive()
+        self.complete = True
+        self._wake()
+        self._settle(None)
+
+    # -- the response's side -------------------------------------------------------------
+
+    def _delimited(self) -> bool:
+        """The body has a length or is chunked (else it ends with the connection)."""
+        names = {k.lower() for k, _ in self.headers}
+        return b"content-length" in names or b"transfer-encoding" in names
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail(self, failure: StreamFailure) -> None:
+        if self.failure is None and not self.complete:
+            self.failure = failure
+        self._wake()
+        self._settle(self.failure)
+
+    def start_push(self, on_event: Callable[[bytes], bool | None]) -> asyncio.Future[None]:
+        self.pushed = pushed = self.loop.create_future()
+        if self.decoder is None:
+            self.decoder = EventStreamDecoder()
+        self.sink = on_event
+        queued, self.events = list(self.events), collections.deque()
+        if self.body:  # bytes that came with the headers
+            body, self.body = b"".join(self.body), []
+            queued.extend(self.decoder.feed(body))
+        self.resume()
+        self._deliver(queued)
+        if self.complete:
+            self._settle(None)
+        elif self.failure is not None:
+            self._settle(self.failure)
+        return pushed
+
+    def _deliver(self, events: list[bytes]) -> None:
+        sink = self.sink
+        for data in events:
+            if sink is None:
+                return
+            try:
+                stop = sink(data)
+            except Exception as exc:
+                self._settle(exc)
+                self.close()
+                return
+            if stop:
+                self._settle(None)
+                self.discard_body()
+                return
+
+    def _settle(self, outcome: BaseException | None) -> None:
+        """End push mode: its future gets ``outcome`` (an exception, or None: done)."""
+        pushed = self.pushed
+        if pushed is None:
+            return
+        self.sink = self.pushed = None
+        if not pushed.done():
+            if outcome is None:
+                pushed.set_result(None)
+            else:
+                pushed.set_exception(outcome)
+
+    async def wait(self) -> None:
+        """Until the parser or the connection has news (or the stall timer fires)."""
+        self.waiter = waiter = self.loop.create_future()
+        await waiter
+
+    def _arm(self) -> None:
+        self.timer = self.loop.call_at(self.last_read + self.client.read_timeout, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        if not self.active or self.complete or self.failure is not None:
+            return
+        now = self.loop.time()
+        if self.paused:  # the reader is behind, not the server
+            self.last_read = now
+        elif now - self.last_read >= self.client.read_timeout:
+            self._fail(
+                Stalled(f"{self.client.authority} sent nothing for {self.client.read_timeout:g} s")
+            )
+            self.close()
+            return
+        self._arm()
+
+    async def send(self, wire: bytes) -> StreamResponse:
+        assert self.transport is not None
+        assert not self.active
+        self.active = True
+        self.last_read = self.loop.time()
+        self._arm()
+        self.transport.write(wire)
+        try:
+            while not self.headers_done:
+                if self.failure is not None:
+                    raise self.failure
+                await self.wait()
+        except BaseException:  # a failure, or cancelled: the request is abandoned
+            self.finish()
+            raise
+        status = self.parser.get_status_code()
+        return StreamResponse(self, status, self.headers)
+
+    def start_events(self) -> None:
+        self.decoder = EventStreamDecoder()
+        if self.body:  # bytes that came with the headers
+            body, self.body = b"".join(self.body), []
+            self.events.extend(self.decoder.feed(body))
+
+    def discard_body(self) -> None:
+        self.decoder = self.sink = None
+        self.discarding = True
+        self.events.clear()
+        self.resume()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def finish(self) -> None:
+        """The response is done with: back to the pool if reusable, else closed."""
+        if not self.active:
+            return
+        reusable = self.complete and self.failure is None and self.usable and self.keep_alive
+        if self.timer is not None:
+            self.timer.cancel()
+        pushed, self.sink, self.pushed = self.pushed, None, None
+        if pushed is not None and not pushed.done():  # the reader gave up (cancelled)
+            pushed.cancel()
+        if reusable:
+            self.resume()
+            self._reset()
+            self.client._release(self)
+        else:
+            self.active = False
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        state: dict[str, Any] = {"active": self.active, "complete": self.complete}
+        return f"<_Connection {self.client.authority} {state}>"

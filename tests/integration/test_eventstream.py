@@ -1,0 +1,361 @@
+"""The upstream's HTTP/1.1 event-stream client (``agentcast.chat.eventstream``) against real
+sockets: servers written for each case, so that they can misbehave exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from agentcast.chat.eventstream import (
+    Broken,
+    ConnectFailed,
+    HTTPStreamClient,
+    NotAnEventStream,
+    Stalled,
+)
+from tests.conftest import UNIT, free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+def chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+def events(*datas: bytes) -> bytes:
+    return b"".join(chunk(b"data: " + d + b"\n\n") for d in datas)
+
+
+END = b"0\r\n\r\n"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request (headers and a content-length body); b"" at end of connection."""
+    head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+class Server:
+    """A TCP server on 127.0.0.1 that runs ``handler(reader, writer, connection_number)``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.closed = asyncio.Event()  # a connection's handler ended
+        self.requests: list[bytes] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer, self.connections)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            self.closed.set()
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[tuple[Server, str]]:
+    server = Server(handler)
+    port = free_port()
+    tcp = await asyncio.start_server(server._serve, "127.0.0.1", port)
+    try:
+        yield server, f"http://127.0.0.1:{port}/v1"
+    finally:
+        tcp.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(UNIT):
+                await tcp.wait_closed()
+
+
+async def sse_answers(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):  # type: ignore[no-untyped-def]
+    """Answer every request on the connection with three events and [DONE], kept alive."""
+    while True:
+        request = await read_request(reader)
+        if not request:
+            return
+        server.requests.append(request)
+        writer.write(SSE_HEAD + events(b"1", b"2", b"3", b"[DONE]") + END)
+        await writer.drain()
+
+
+async def collect(client: HTTPStreamClient) -> list[bytes]:
+    response = await client.request("POST", "/chat/completions", b'{"q":1}')
+    try:
+        return [d async for d in response.events()]
+    finally:
+        await response.aclose()
+
+
+async def test_request_wire_form_and_keep_alive() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await sse_answers(server, r, w)
+
+    async with serve(handler) as (server, url):
+        client = HTTPStreamClient(url, headers=[("authorization", "Bearer k")])
+        for _ in range(3):
+            assert await collect(client) == [b"1", b"2", b"3", b"[DONE]"]
+        assert server.connections == 1, "one connection, kept alive"
+        assert client.idle_connections == 1
+        head = server.requests[0].lower()
+        assert head.startswith(b"post /v1/chat/completions http/1.1\r\n")
+        for header in (b"host: 127.0.0.1:", b"authorization: bearer k", b"content-length: 7"):
+            assert header in head
+        assert server.requests[0].endswith(b'\r\n\r\n{"q":1}')
+        await client.aclose()
+        assert client.idle_connections == 0
+        with pytest.raises(ConnectFailed, match="closed"):
+            await client.request("GET", "/models")
+
+
+async def test_a_kept_alive_connection_the_server_dropped_is_replaced_once() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        server.requests.append(await read_request(r))
+        w.write(SSE_HEAD + events(b"a", b"[DONE]") + END)
+        await w.drain()
+        await read_request(r)  # the second request on this connection: no answer, closed
+
+    async with serve(handler) as (server, url):
+        client = HTTPStreamClient(url)
+        assert await collect(client) == [b"a", b"[DONE]"]
+        assert await collect(client) == [b"a", b"[DONE]"], "answered on a new connection"
+        assert server.connections == 2
+        await client.aclose()
+
+
+async def test_connection_refused_and_answers_without_a_byte() -> None:
+    client = HTTPStreamClient(f"http://127.0.0.1:{free_port()}/v1", connect_timeout=UNIT)
+    with pytest.raises(ConnectFailed, match="cannot connect"):
+        await client.request("GET", "/models")
+
+    async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+
+    async with serve(hang_up) as (_server, url):
+        client = HTTPStreamClient(url)
+        with pytest.raises(ConnectFailed, match="closed the connection"):
+            await client.request("GET", "/models")
+
+
+async def test_a_body_delimited_by_the_end_of_the_connection() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        w.write(b"data: x\n\ndata: y\n\n")
+        await w.drain()
+
+    async with serve(handler) as (_server, url):
+        client = HTTPStreamClient(url)
+        assert await collect(client) == [b"x", b"y"]
+        assert client.idle_connections == 0, "not reusable"
+
+
+async def test_stalls_before_the_headers_and_mid_body() -> None:
+    release = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        if n == 2:
+            w.write(SSE_HEAD + events(b"first"))
+        await release.wait()
+
+    async with serve(handler) as (_server, url):
+        client = HTTPStreamClient(url, read_timeout=0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Stalled, match=r"sent nothing for 0\.2 s"):
+            await client.request("POST", "/chat/completions", b"{}")
+        assert 0.2 <= loop.time() - started < 0.2 + UNIT
+        response = await client.request("POST", "/chat/completions", b"{}")
+        got = []
+        with pytest.raises(Stalled):
+            async for data in response.events():
+                got.append(data)
+        assert got == [b"first"]
+        await response.aclose()
+        release.set()
+
+
+async def test_invalid_http_and_a_cut_body_are_broken() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        if n == 1:
+            w.write(b"NONSENSE\r\n\r\n")
+        else:
+            w.write(SSE_HEAD + events(b"half") + b"ff\r\ndata: cut")
+        await w.drain()
+
+    async with serve(handler) as (_server, url):
+        client = HTTPStreamClient(url)
+        with pytest.raises(Broken, match="invalid HTTP response"):
+            await client.request("GET", "/models")
+        response = await client.request("POST", "/chat/completions", b"{}")
+        got = []
+        with pytest.raises(Broken, match="mid-answer"):
+            async for data in response.events():
+                got.append(data)
+        assert got == [b"half"]
+        await response.aclose()
+
+
+async def test_a_json_answer_is_read_whole_and_is_not_an_event_stream() -> None:
+    body = b'{"error": {"message": "no such model"}}'
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await read_request(r):
+            w.write(
+                b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await w.drain()
+
+    async with serve(handler) as (_server, url):
+        client = HTTPStreamClient(url)
+        response = await client.request("POST", "/chat/completions", b"{}")
+        assert response.status_code == 404
+        assert response.header("Content-Type") == "application/json"
+        assert response.header("x-missing") is None
+        with pytest.raises(NotAnEventStream, match="application/json"):
+            await anext(response.events())
+        with pytest.raises(NotAnEventStream):
+            response.push(lambda data: None)
+        assert await response.aread() == body
+        await response.aclose()
+        assert client.idle_connections == 1, "read to its end: reusable"
+
+
+class Watched:
+    """A transport whose ``pause_reading`` sets an event."""
+
+    def __init__(self, transport: Any, paused: asyncio.Event) -> None:
+        self.transport, self.paused = transport, paused
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+        self.paused.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
+    many = [str(i).encode() for i in range(2000)]
+    go, written = asyncio.Event(), asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        w.write(SSE_HEAD + events(many[0]))
+        await go.wait()
+        for i in range(1, len(many), 100):
+            w.write(events(*many[i : i + 100]))
+        w.write(END)
+        await w.drain()
+        written.set()
+
+    async with serve(handler) as (_server, url):
+        client = HTTPStreamClient(url)
+        response = await client.request("POST", "/chat/completions", b"{}")
+        paused = asyncio.Event()
+        response._conn.transport = Watched(response._conn.transport, paused)
+        reader = response.events()
+        got = [await anext(reader)]
+        go.set()  # the rest comes while this reader is busy elsewhere
+        await asyncio.wait_for(written.wait(), UNIT)
+        await asyncio.wait_for(paused.wait(), UNIT)
+        got += [data async for data in reader]
+        assert got == many
+        assert not response._conn.paused, "reading resumed as the reader caught up"
+        await response.aclose()
+        assert client.idle_connections == 1
+
+
+async def test_push_hands_over_events_as_parsed_and_can_stop() -> None:
+    gate = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await read_request(r):
+            w.write(SSE_HEAD + events(b"with-the-headers"))
+            await gate.wait()
+            w.write(events(b"2", b"3", b"stop", b"after") + END)
+            await w.drain()
+
+    async with serve(handler) as (_server, url):
+        client = HTTPStreamClient(url)
+        response = await client.request("POST", "/chat/completions", b"{}")
+        seen: list[bytes] = []
+        done = response.push(lambda data: seen.append(data) or data == b"stop")
+        assert seen == [b"with-the-headers"], "events that came with the headers, at once"
+        gate.set()
+        await asyncio.wait_for(done, UNIT)
+        assert seen == [b"with-the-headers", b"2", b"3", b"stop"], "nothing after stop"
+        await response.drain(UNIT)
+        await response.aclose()
+        assert client.idle_connections == 1, "the rest was drained: reusable"
+
+
+async def test_push_fails_with_what_the_callback_raised_and_cancel_closes() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        w.write(SSE_HEAD + events(b"ok", b"bad"))
+        await w.drain()
+        await r.read()  # until the client closes
+
+    async with serve(handler) as (server, url):
+        client = HTTPStreamClient(url)
+        response = await client.request("POST", "/chat/completions", b"{}")
+
+        def sink(data: bytes) -> None:
+            if data == b"bad":
+                raise ValueError("cannot use it")
+
+        with pytest.raises(ValueError, match="cannot use it"):
+            await asyncio.wait_for(response.push(sink), UNIT)
+        await response.aclose()
+        await asyncio.wait_for(server.closed.wait(), UNIT)
+
+        server.closed.clear()
+        response = await client.request("POST", "/chat/completions", b"{}")
+        task = asyncio.ensure_future(response.push(lambda data: None))
+        await asyncio.sleep(0)
+        task.cancel()
+        await response.aclose()
+        await asyncio.wait_for(server.closed.wait(), UNIT)
+        assert client.idle_connections == 0
+
+
+async def test_bytes_nobody_asked_for_close_an_idle_connection() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        w.write(SSE_HEAD + events(b"[DONE]") + END)
+        await w.drain()
+        if n == 1:
+            w.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+            await w.drain()
+        await r.read()
+
+    async with serve(handler) as (server, url):
+        client = HTTPStreamClient(url)
+        assert await collect(client) == [b"[DONE]"]
+        await asyncio.wait_for(server.closed.wait(), UNIT)
+        assert client.idle_connections == 0, "dropped, not reused"
+        assert await collect(client) == [b"[DONE]"]
+        assert server.connections == 2
+
+
+def test_only_http_urls() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        HTTPStreamClient("ftp://example.com/v1")
+    client = HTTPStreamClient("https://[::1]/v1")
+    assert client.authority == "[::1]" and client.port == 443 and client.ssl is not None

@@ -18,7 +18,11 @@ Three shapes are accepted by :func:`as_agent`:
 
 Optional attributes an agent may have: ``name`` (shown to users), ``queue_key`` (agents
 that share one upstream share one fair queue) and ``concurrency`` (the upstream's limit
-of generations at once; ``None`` means no limit and no queue).
+of generations at once; ``None`` means no limit and no queue). An agent may also offer
+``async def stream_to(self, request, on_delta) -> None``, the same answer *pushed*: it
+calls ``on_delta(text)`` for each delta as it gets it (synchronously, e.g. from a socket's
+read callback) and returns when the answer is whole. The gateway prefers it when its broker
+publishes synchronously, saving a task switch per token; the LLM upstream agent has it.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 costs with no gateway at all, per token, for each way of reading them.
 
 Starts ``chat_upstream.py`` on CPU 1, reads ``--conns`` streams on CPU 0 with (a) raw
-aiohttp lines, (b) agentcast's upstream client on the aiohttp transport (httpx +
-httpx-sse), (c) the same on httpx's own transport, and prints CPU µs per token. Whatever
-a gateway adds comes on top of (b).
+aiohttp lines, (b) agentcast's upstream client pushing deltas to a callback
+(``stream_to``, native transport: what the gateway uses), (c) the same pulled as an async
+iterator (``stream``), (d) ``stream`` on the aiohttp transport (httpx + httpx-sse),
+(e) the same on httpx's own transport, and prints CPU µs per token. Whatever a gateway
+adds comes on top of (b).
 
     .venv/bin/python benchmarks/chat_floor.py --conns 200 --rate 10
 """
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -33,7 +36,7 @@ from agentcast.chat.text import Turn  # noqa: E402
 async def measure(kind: str, url: str, n: int) -> tuple[int, float]:
     count = 0
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    transport = "httpx" if kind == "upstream-httpx" else "aiohttp"
+    transport = kind.rsplit("-", 1)[1] if kind.startswith("upstream-") else "native"
     upstream = OpenAIUpstream(UpstreamConfig(url + "/v1", "bench", transport=transport))  # type: ignore[arg-type]
 
     async def raw() -> None:
@@ -51,7 +54,19 @@ async def measure(kind: str, url: str, n: int) -> tuple[int, float]:
         async for _ in upstream.stream([Turn("user", f"q{i}")]):
             count += 1
 
-    tasks = [asyncio.create_task(raw() if kind == "raw-aiohttp" else ours(i)) for i in range(n)]
+    def on_delta(_delta: str) -> None:
+        nonlocal count
+        count += 1
+
+    async def pushed(i: int) -> None:
+        await upstream.stream_to([Turn("user", f"q{i}")], on_delta)
+
+    def reader(i: int) -> Any:
+        if kind == "raw-aiohttp":
+            return raw()
+        return pushed(i) if kind == "push-native" else ours(i)
+
+    tasks = [asyncio.create_task(reader(i)) for i in range(n)]
     async with httpx.AsyncClient() as client:
         await client.get(url + "/go", timeout=120)  # returns once every stream is held
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -73,7 +88,13 @@ def main() -> None:
     import uvloop
 
     print(f"{args.conns} streams × {args.rate:g} tokens/s, {args.tokens} tokens each")
-    for kind in ("raw-aiohttp", "upstream-aiohttp", "upstream-httpx"):
+    for kind in (
+        "raw-aiohttp",
+        "push-native",
+        "upstream-native",
+        "upstream-aiohttp",
+        "upstream-httpx",
+    ):
         port = 9190
         up = subprocess.Popen(
             [

@@ -132,3 +132,32 @@ async def test_concurrent_writes_all_succeed(chats: ChatStore) -> None:
     assert len({m.id for m in stored}) == 1000
     total = sum([len(await chats.messages(f"c{i}", None, 100)) for i in range(50)])
     assert total == 1000
+
+
+async def test_writes_at_once_each_get_their_own_answer(chats: ChatStore) -> None:
+    """Messages written together (one group commit on SQL stores): each caller gets its own
+    message and id, in order per conversation; one to a missing conversation fails alone;
+    the conversations' counts and times follow."""
+    import asyncio
+
+    await chats.create_conversation(conv("a", at=100.0))
+    await chats.create_conversation(conv("b", at=100.0))
+    calls = [
+        chats.add_message(msg("a", "user", "a0", 101.0)),
+        chats.add_message(msg("b", "user", "b0", 105.0)),
+        chats.add_message(msg("ghost", "user", "lost", 102.0)),
+        chats.add_message(msg("a", "assistant", "a1", 103.0)),
+        chats.add_message(msg("a", "user", "a2", 102.0)),
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[2], StoreError) and "ghost" in str(results[2])
+    stored = [r for r in results if not isinstance(r, BaseException)]
+    assert [m.content for m in stored] == ["a0", "b0", "a1", "a2"]
+    assert len({m.id for m in stored}) == 4
+    a = await chats.messages("a", None, 10)
+    assert [m.content for m in a] == ["a0", "a1", "a2"], "stored in the order written"
+    assert [m.id for m in a] == sorted(m.id for m in a)
+    got_a, got_b = await chats.get_conversation("a"), await chats.get_conversation("b")
+    assert got_a is not None and got_b is not None
+    assert (got_a.message_count, got_a.updated_at) == (3, 103.0), "latest time, not last"
+    assert (got_b.message_count, got_b.updated_at) == (1, 105.0)

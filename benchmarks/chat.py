@@ -252,14 +252,18 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
             ],
         )
         user0, sys0 = proc_cpu(server.pid)
+        up0 = sum(proc_cpu(upstream.pid))
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=args.tokens / args.rate + 120
         )
         user1, sys1 = proc_cpu(server.pid)
+        result_upstream_cpu = sum(proc_cpu(upstream.pid)) - up0
         line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
         result: dict[str, Any] = json.loads(line)
         # connections, questions and answers: the server's user and system CPU
         result["server_user_s"], result["server_sys_s"] = user1 - user0, sys1 - sys0
+        # the load core's other tenant: when it and wsload fill that core, delays are the client's
+        result["upstream_cpu_s"] = result_upstream_cpu
         # the delivery window: first to last token (the trigger waits for every stream)
         active = float(result.get("seconds", 0)) - float(result.get("first_delivery_s", 0))
         result["tokens_per_s"] = result.get("deliveries", 0) / active if active > 0 else 0.0
@@ -326,7 +330,9 @@ def main() -> None:
                 f"(ideal {r.get('ideal_window_s', 0):.2f}), p99 {r.get('p99_ms', -1):.2f} ms, "
                 f"server CPU {r.get('server_cpu_s', 0):.1f} s; per token "
                 f"{per_token(r, 'server_user_s'):.1f} µs user + "
-                f"{per_token(r, 'server_sys_s'):.1f} µs system (connections included)",
+                f"{per_token(r, 'server_sys_s'):.1f} µs system (connections included); "
+                f"load core: upstream {r.get('upstream_cpu_s', 0):.1f} s + "
+                f"client {r.get('client_run_cpu_s', 0):.1f} s CPU",
                 file=sys.stderr,
                 flush=True,
             )

@@ -1,7 +1,9 @@
 """Chat benchmark: N concurrent conversations streaming tokens from a fake upstream.
 
 Each of ``--conns`` WebSocket connections sends one ``chat:send``; the fake
-OpenAI-compatible upstream (``chat_upstream.py``) holds every stream until all are
+OpenAI-compatible upstream (``chat_upstream.c``, the C twin of ``chat_upstream.py``: half
+its CPU per token, so that the core it shares with ``wsload`` is not saturated at 50,000
+tokens/s; ``--upstream py`` runs the Python one) holds every stream until all are
 accepted, then paces ``--tokens`` tokens per answer at ``--rate`` tokens/s per stream,
 spread evenly. Every token's text is ``ts=<ns>``, its write time at the upstream, so
 ``wsload`` measures the delay a gateway adds per token: upstream socket → gateway →
@@ -145,6 +147,17 @@ def build_wsload() -> Path:
     return out
 
 
+def build_upstream(kind: str) -> list[str]:
+    """The fake upstream's command (without its flags): the C one, built once, or Python."""
+    if kind == "py":
+        return [PY, str(HERE / "chat_upstream.py")]
+    out = Path(tempfile.gettempdir()) / "agentcast-chat-upstream"
+    src = HERE / "chat_upstream.c"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(src)], check=True)
+    return [str(out)]
+
+
 def per_token(r: dict[str, Any], key: str) -> float:
     return 1e6 * float(r.get(key, 0.0)) / max(1, int(r.get("deliveries", 0)))
 
@@ -169,8 +182,7 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
         pinned(
             args.load_cpu,
             [
-                PY,
-                str(HERE / "chat_upstream.py"),
+                *args.upstream_cmd,
                 "--port",
                 str(up_port),
                 "--rate",
@@ -306,6 +318,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--peers", default="agentcast,agentcast-nostore,fastapi-httpx")
     ap.add_argument("--server-cpu", default="0")
+    ap.add_argument(
+        "--upstream", choices=["c", "py"], default="c", help="the fake upstream: C or Python"
+    )
     ap.add_argument("--load-cpu", default="1")
     ap.add_argument("--quick", action="store_true", help="200 conversations, 100 tokens, 1 rep")
     ap.add_argument(
@@ -316,6 +331,7 @@ def main() -> None:
     if args.quick:
         args.conns, args.tokens, args.reps = 200, 100, 1
     wsload = build_wsload()
+    args.upstream_cmd = build_upstream(args.upstream)
     names = [n for n in args.peers.split(",") if n]
     scratch = Path(tempfile.mkdtemp(prefix="agentcast-chat-bench-"))
     table = peers("", scratch)

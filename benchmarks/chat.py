@@ -52,6 +52,9 @@ class Peer:
     desc: str
     start: list[str]
     env: dict[str, str]
+    # what marks a token frame: the final message, which holds the whole answer (and so
+    # every token's "ts="), must not count as a delivery of its first token
+    token_frame: str = '"chunk":"ts='
 
 
 def peers(upstream: str, scratch: Path) -> dict[str, Peer]:
@@ -250,7 +253,7 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
                 "--expect",
                 str(expect),
                 "--count-match",
-                "ts=",
+                peer.token_frame,
                 "--ts-key",
                 "ts=",
                 "--timeout",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -359,3 +361,117 @@ def test_only_http_urls() -> None:
         HTTPStreamClient("ftp://example.com/v1")
     client = HTTPStreamClient("https://[::1]/v1")
     assert client.authority == "[::1]" and client.port == 443 and client.ssl is not None
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (SO_LINGER 0), not a FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def test_a_reset_is_not_the_end_of_a_body_delimited_by_the_connection() -> None:
+    sent = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: a\n\n")
+        await w.drain()
+        await sent.wait()
+        reset(w)
+
+    async with serve(handler) as (_server, url):
+        client = HTTPStreamClient(url)
+        response = await client.request("POST", "/chat/completions", b"{}")
+        reader = response.events()
+        assert await anext(reader) == b"a"
+        sent.set()
+        with pytest.raises(Broken, match="mid-answer"):
+            await anext(reader)
+        await response.aclose()
+
+
+async def test_interim_answers_trailers_and_upgrades() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while request := await read_request(r):
+            server.requests.append(request)
+            if len(server.requests) == 1:  # 103 Early Hints, then the answer with trailers
+                w.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")
+                w.write(SSE_HEAD + events(b"1") + b"0\r\nx-trailer: t\r\n\r\n")
+            else:
+                w.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n")
+            await w.drain()
+
+    async with serve(handler) as (server, url):
+        client = HTTPStreamClient(url)
+        response = await client.request("POST", "/chat/completions", b"{}")
+        assert response.status_code == 200
+        assert [d async for d in response.events()] == [b"1"]
+        names = [k.lower() for k, _ in response.headers]
+        assert b"link" not in names, "the interim answer's headers are not the answer's"
+        assert b"x-trailer" not in names, "trailers are not headers"
+        await response.aclose()
+        assert client.idle_connections == 1
+        with pytest.raises(Broken, match="invalid HTTP response"):
+            await client.request("POST", "/chat/completions", b"{}")
+
+
+async def test_a_closed_response_never_touches_the_connection_again() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await sse_answers(server, r, w)
+
+    async with serve(handler) as (server, url):
+        client = HTTPStreamClient(url)
+        first = await client.request("POST", "/chat/completions", b"{}")
+        assert [d async for d in first.events()][-1] == b"[DONE]"
+        await first.aclose()
+        second = await client.request("POST", "/chat/completions", b"{}")
+        await first.aclose()  # twice: must not close the connection the second one uses
+        with pytest.raises(Broken, match="closed"):
+            await anext(first.events())
+        assert [d async for d in second.events()] == [b"1", b"2", b"3", b"[DONE]"]
+        await second.aclose()
+        assert server.connections == 1
+
+
+async def test_no_event_reaches_a_push_whose_future_was_cancelled() -> None:
+    more = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        w.write(SSE_HEAD + events(b"1"))
+        await w.drain()
+        await more.wait()
+        w.write(events(b"2", b"3") + END)
+        await w.drain()
+
+    async with serve(handler) as (_server, url):
+        client = HTTPStreamClient(url)
+        response = await client.request("POST", "/chat/completions", b"{}")
+        seen: list[bytes] = []
+        pushed = response.push(seen.append)
+        pushed.cancel()
+        more.set()
+        await asyncio.wait_for(response.drain(UNIT), 2 * UNIT)
+        assert seen == [b"1"], "nothing after the cancel"
+        await response.aclose()
+
+
+async def test_bad_requests_and_oversized_bodies_are_broken() -> None:
+    big = b"x" * (17 << 20)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big))
+        w.write(big)
+        await w.drain()
+
+    async with serve(handler) as (_server, url):
+        client = HTTPStreamClient(url, headers=[("authorization", "Bearer key\n")])
+        with pytest.raises(Broken, match="invalid request"):
+            await client.request("POST", "/chat/completions", b"{}")
+        client = HTTPStreamClient(url)
+        response = await client.request("POST", "/chat/completions", b"{}")
+        with pytest.raises(Broken, match="more than"):
+            await response.aread()
+        await response.aclose()

@@ -43,8 +43,9 @@ _PAUSE_AT = 256
 """Events buffered unread before the socket stops being read (flow control)."""
 _RESUME_AT = 32
 """Events left unread when reading resumes."""
-_MAX_ERROR_BODY = 1 << 20
-"""The most of a non-stream body kept (an error answer or a non-streamed completion)."""
+_MAX_BODY = 16 << 20
+"""The largest non-stream body read (an error answer or a non-streamed completion); a
+larger one fails the response (:class:`Broken`) instead of being cut silently."""
 
 
 class StreamFailure(Exception):
@@ -131,7 +132,7 @@ class StreamResponse:
     """
 
     def __init__(self, conn: _Connection, status_code: int, headers: list[tuple[bytes, bytes]]):
-        self._conn = conn
+        self._conn: _Connection | None = conn
         self.status_code = status_code
         self.headers = headers
 
@@ -147,9 +148,15 @@ class StreamResponse:
     def is_event_stream(self) -> bool:
         return (self.header("content-type") or "").lower().startswith("text/event-stream")
 
+    def _open_conn(self) -> _Connection:
+        if self._conn is None:
+            raise Broken("the response is closed")
+        return self._conn
+
     async def aread(self) -> bytes:
-        """The whole body (at most 1 MiB is kept). Raises :class:`Stalled` or :class:`Broken`."""
-        conn = self._conn
+        """The whole body. Raises :class:`Stalled`, or :class:`Broken` (also for a body over
+        16 MiB)."""
+        conn = self._open_conn()
         try:
             while not conn.complete:
                 if conn.failure is not None:
@@ -170,10 +177,12 @@ class StreamResponse:
             raise NotAnEventStream(
                 f"content-type is {self.header('content-type')!r}, not text/event-stream"
             )
-        conn = self._conn
+        conn = self._open_conn()
         conn.start_events()
         queue = conn.events
         while True:
+            if self._conn is not conn:  # closed meanwhile (it may serve another request now)
+                raise Broken("the response is closed")
             while queue:
                 data = queue.popleft()
                 if conn.paused and len(queue) <= _RESUME_AT:
@@ -197,13 +206,13 @@ class StreamResponse:
             raise NotAnEventStream(
                 f"content-type is {self.header('content-type')!r}, not text/event-stream"
             )
-        return self._conn.start_push(on_event)
+        return self._open_conn().start_push(on_event)
 
     async def drain(self, seconds: float) -> None:
         """Read what is left of the body for at most ``seconds`` (dropping it), so that the
         connection can be reused; never raises."""
         conn = self._conn
-        if conn.complete or conn.failure is not None:
+        if conn is None or conn.complete or conn.failure is not None:
             return
         conn.discard_body()
         try:
@@ -215,7 +224,9 @@ class StreamResponse:
 
     async def aclose(self) -> None:
         """Give the connection back (body complete, keep-alive) or close it."""
-        self._conn.finish()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.finish()
 
 
 class HTTPStreamClient:
@@ -284,13 +295,18 @@ class HTTPStreamClient:
             ("content-length", str(len(body))),
         ]
         h = h11.Connection(h11.CLIENT)
-        wire = (
-            h.send(h11.Request(method=method, target=self.path_prefix + path, headers=all_headers))
-            or b""
-        )
-        if body:
-            wire += h.send(h11.Data(data=body)) or b""
-        wire += h.send(h11.EndOfMessage()) or b""
+        try:
+            wire = (
+                h.send(
+                    h11.Request(method=method, target=self.path_prefix + path, headers=all_headers)
+                )
+                or b""
+            )
+            if body:
+                wire += h.send(h11.Data(data=body)) or b""
+            wire += h.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError as exc:
+            raise Broken(f"invalid request: {exc}") from None
         while True:
             conn = self._take_idle()
             reused = conn is not None
@@ -363,6 +379,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
+        self.interim = False  # parsing a 1xx answer: the final one follows
         self.complete = False
         self.keep_alive = False
         self.failure: StreamFailure | None = None
@@ -395,7 +412,7 @@ class _Connection(asyncio.Protocol):
         self.last_read = self.loop.time()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(Broken(f"invalid HTTP response from {self.client.authority}: {exc}"))
             self.close()
 
@@ -408,7 +425,7 @@ class _Connection(asyncio.Protocol):
         if self.active and not self.complete:
             if not self.got_bytes:
                 self._fail(ConnectFailed(f"{self.client.authority} closed the connection"))
-            elif self.headers_done and not self._delimited():
+            elif self.headers_done and not self._delimited() and exc is None:
                 self.on_message_complete()  # a body delimited by the end of the connection
             else:
                 why = f": {exc}" if exc else ""
@@ -425,17 +442,21 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.complete:
+        if not self.complete and not self.headers_done:  # not the trailers
             self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.complete:
             return
+        if 100 <= self.parser.get_status_code() < 200:  # 100 Continue, 103 Early Hints
+            self.interim = True
+            self.headers = []
+            return
         self.headers_done = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self.complete:
+        if self.complete or self.failure is not None:
             return
         decoder = self.decoder
         if decoder is not None:
@@ -448,12 +469,19 @@ class _Connection(asyncio.Protocol):
                 if len(self.events) >= _PAUSE_AT and not self.paused and self.transport:
                     self.paused = True
                     self.transport.pause_reading()
-        elif not self.discarding and self.body_size < _MAX_ERROR_BODY:
-            self.body.append(body)
+        elif not self.discarding:
             self.body_size += len(body)
+            if self.body_size > _MAX_BODY:
+                self._fail(Broken(f"a body of more than {_MAX_BODY} bytes"))
+                self.close(abort=True)
+                return
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
-        if self.complete:
+        if self.interim:
+            self.interim = False
+            return
+        if self.complete or self.failure is not None:
             return
         # llhttp answers this only inside on_headers_complete / on_message_complete
         self.keep_alive = not self.lost and self.parser.should_keep_alive()
@@ -465,8 +493,13 @@ class _Connection(asyncio.Protocol):
 
     def _delimited(self) -> bool:
         """The body has a length or is chunked (else it ends with the connection)."""
-        names = {k.lower() for k, _ in self.headers}
-        return b"content-length" in names or b"transfer-encoding" in names
+        for k, v in self.headers:
+            k = k.lower()
+            if k == b"content-length" or (
+                k == b"transfer-encoding" and v.lower().rstrip().endswith(b"chunked")
+            ):
+                return True
+        return False
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -501,13 +534,17 @@ class _Connection(asyncio.Protocol):
     def _deliver(self, events: list[bytes]) -> None:
         sink = self.sink
         for data in events:
-            if sink is None:
+            if sink is None or self.sink is None:
+                return
+            if self.pushed is None or self.pushed.done():  # its future was cancelled
+                self.pushed = None
+                self.discard_body()
                 return
             try:
                 stop = sink(data)
             except Exception as exc:
                 self._settle(exc)
-                self.close()
+                self.close(abort=True)
                 return
             if stop:
                 self._settle(None)
@@ -545,7 +582,7 @@ class _Connection(asyncio.Protocol):
             self._fail(
                 Stalled(f"{self.client.authority} sent nothing for {self.client.read_timeout:g} s")
             )
-            self.close()
+            self.close(abort=True)
             return
         self._arm()
 
@@ -600,12 +637,16 @@ class _Connection(asyncio.Protocol):
             self._reset()
             self.client._release(self)
         else:
+            self._fail(Broken("the response was closed"))  # wakes a reader in another task
             self.active = False
-            self.close()
+            self.close(abort=True)  # no TLS close_notify wait: the upstream must stop now
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         state: dict[str, Any] = {"active": self.active, "complete": self.complete}

@@ -153,18 +153,20 @@ class StreamResponse:
             raise Broken("the response is closed")
         return self._conn
 
+    def _event_stream(self) -> _Connection:
+        if not self.is_event_stream:
+            raise NotAnEventStream(
+                f"content-type is {self.header('content-type')!r}, not text/event-stream"
+            )
+        conn = self._open_conn()
+        conn.start_events()
+        return conn
+
     async def aread(self) -> bytes:
         """The whole body. Raises :class:`Stalled`, or :class:`Broken` (also for a body over
         16 MiB)."""
         conn = self._open_conn()
-        try:
-            while not conn.complete:
-                if conn.failure is not None:
-                    raise conn.failure
-                await conn.wait()
-        except BaseException:  # a failure, or cancelled: the response is abandoned
-            conn.finish()
-            raise
+        await conn.wait_until(lambda: conn.complete)
         return b"".join(conn.body)
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -173,12 +175,7 @@ class StreamResponse:
         Raises :class:`NotAnEventStream` (checked first), :class:`Stalled` or
         :class:`Broken`.
         """
-        if not self.is_event_stream:
-            raise NotAnEventStream(
-                f"content-type is {self.header('content-type')!r}, not text/event-stream"
-            )
-        conn = self._open_conn()
-        conn.start_events()
+        conn = self._event_stream()
         queue = conn.events
         while True:
             if self._conn is not conn:  # closed meanwhile (it may serve another request now)
@@ -202,11 +199,7 @@ class StreamResponse:
         :class:`Broken`, or with what ``on_event`` raised (then no further call comes).
         Raises :class:`NotAnEventStream` at once. To stop early, :meth:`aclose`.
         """
-        if not self.is_event_stream:
-            raise NotAnEventStream(
-                f"content-type is {self.header('content-type')!r}, not text/event-stream"
-            )
-        return self._open_conn().start_push(on_event)
+        return self._event_stream().start_push(on_event)
 
     async def drain(self, seconds: float) -> None:
         """Read what is left of the body for at most ``seconds`` (dropping it), so that the
@@ -516,13 +509,8 @@ class _Connection(asyncio.Protocol):
 
     def start_push(self, on_event: Callable[[bytes], bool | None]) -> asyncio.Future[None]:
         self.pushed = pushed = self.loop.create_future()
-        if self.decoder is None:
-            self.decoder = EventStreamDecoder()
         self.sink = on_event
         queued, self.events = list(self.events), collections.deque()
-        if self.body:  # bytes that came with the headers
-            body, self.body = b"".join(self.body), []
-            queued.extend(self.decoder.feed(body))
         self.resume()
         self._deliver(queued)
         if self.complete:
@@ -563,6 +551,18 @@ class _Connection(asyncio.Protocol):
             else:
                 pushed.set_exception(outcome)
 
+    async def wait_until(self, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()``; raises the response's failure. A failure or a cancel
+        abandons the response (:meth:`finish`)."""
+        try:
+            while not ready():
+                if self.failure is not None:
+                    raise self.failure
+                await self.wait()
+        except BaseException:
+            self.finish()
+            raise
+
     async def wait(self) -> None:
         """Until the parser or the connection has news (or the stall timer fires)."""
         self.waiter = waiter = self.loop.create_future()
@@ -593,19 +593,15 @@ class _Connection(asyncio.Protocol):
         self.last_read = self.loop.time()
         self._arm()
         self.transport.write(wire)
-        try:
-            while not self.headers_done:
-                if self.failure is not None:
-                    raise self.failure
-                await self.wait()
-        except BaseException:  # a failure, or cancelled: the request is abandoned
-            self.finish()
-            raise
+        await self.wait_until(lambda: self.headers_done)
         status = self.parser.get_status_code()
         return StreamResponse(self, status, self.headers)
 
     def start_events(self) -> None:
-        self.decoder = EventStreamDecoder()
+        """Decode the body as an event stream from now on, starting with the bytes that
+        came with the headers."""
+        if self.decoder is None:
+            self.decoder = EventStreamDecoder()
         if self.body:  # bytes that came with the headers
             body, self.body = b"".join(self.body), []
             self.events.extend(self.decoder.feed(body))

@@ -37,9 +37,9 @@ import asyncio
 import statistics
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -73,6 +73,8 @@ __all__ = [
     "OpenAIUpstream",
     "UpstreamConfig",
 ]
+
+_T = TypeVar("_T")
 
 MODEL_CACHE_SECONDS = 300.0
 """How long :meth:`OpenAIUpstream.list_models` answers from its cache (seed 001: 5 min)."""
@@ -392,6 +394,30 @@ class OpenAIUpstream:
             f"{self.base_url} unavailable (models tried: {', '.join(tried)}): {last}"
         )
 
+    async def _first_to_answer(
+        self,
+        messages: Sequence[Turn],
+        model: str | None,
+        fallback: bool,
+        stream: bool,
+        params: dict[str, Any],
+        attempt: Callable[[dict[str, Any]], Awaitable[_T]],
+    ) -> _T:
+        """``attempt(body)`` for ``model`` (default: :attr:`model`), retried on _Retryable
+        (``max_retries``, with backoff), then for each fallback model in turn (unless
+        ``fallback`` is false): the first result. UpstreamUnavailable when all fail."""
+        last: Exception | None = None
+        tried = self._models_to_try(model, fallback)
+        for name in tried:
+            body = self._body(messages, name, stream, params)
+            try:
+                async for retry in self._retrying():
+                    with retry:
+                        return await attempt(body)
+            except _Retryable as exc:
+                last = exc
+        raise self._unavailable(tried, last)
+
     def _retrying(self) -> AsyncRetrying:
         c = self.config
         return AsyncRetrying(
@@ -472,38 +498,33 @@ class OpenAIUpstream:
         """One non-streaming completion of ``model`` (default: :attr:`model`); ``params``
         are added to the request body. Retries, fallback models (unless ``fallback`` is
         false) and errors as :meth:`stream`."""
-        last: Exception | None = None
-        tried = self._models_to_try(model, fallback)
-        for name in tried:
-            body = self._body(messages, name, False, params)
-            try:
-                async for attempt in self._retrying():
-                    with attempt:
-                        response = await self._open(body, stream=False)
-            except _Retryable as exc:
-                last = exc
-                continue
-            try:
-                raw = await response.aread()
-            except StreamFailure as exc:  # pragma: no cover - read whole by _send
-                raise UpstreamError(f"{self.base_url}: {exc}") from exc
-            finally:
-                await response.aclose()
-            try:
-                data = orjson.loads(raw)
-                text = data["choices"][0]["message"]["content"] or ""
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise UpstreamError(f"{self.base_url}: unexpected completion answer") from exc
-            usage = data.get("usage") or {}
-            return Completion(
-                text=text,
-                model=str(data.get("model") or name),
-                prompt_tokens=int(
-                    usage.get("prompt_tokens") or sum(estimate_tokens(t.content) for t in messages)
-                ),
-                completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(text)),
-            )
-        raise self._unavailable(tried, last)
+
+        async def attempt(body: dict[str, Any]) -> tuple[str, _Response]:
+            return body["model"], await self._open(body, stream=False)
+
+        name, response = await self._first_to_answer(
+            messages, model, fallback, False, params, attempt
+        )
+        try:
+            raw = await response.aread()
+        except StreamFailure as exc:  # pragma: no cover - read whole by _send
+            raise UpstreamError(f"{self.base_url}: {exc}") from exc
+        finally:
+            await response.aclose()
+        try:
+            data = orjson.loads(raw)
+            text = data["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UpstreamError(f"{self.base_url}: unexpected completion answer") from exc
+        usage = data.get("usage") or {}
+        return Completion(
+            text=text,
+            model=str(data.get("model") or name),
+            prompt_tokens=int(
+                usage.get("prompt_tokens") or sum(estimate_tokens(t.content) for t in messages)
+            ),
+            completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(text)),
+        )
 
     async def stream(
         self,
@@ -524,27 +545,17 @@ class OpenAIUpstream:
         UpstreamTimeout. Another 4xx answer raises UpstreamError at once. Closing the
         iterator or cancelling its task closes the HTTP response at once.
         """
-        last: Exception | None = None
-        tried = self._models_to_try(model, fallback)
-        for name in tried:
-            body = self._body(messages, name, True, params)
-            try:
-                async for attempt in self._retrying():
-                    with attempt:
-                        response, deltas, first = await self._start(body)
-            except _Retryable as exc:
-                last = exc
-                continue
-            try:
-                if first is not None:
-                    yield first
-                async for delta in deltas:
-                    yield delta
-            finally:
-                await deltas.aclose()
-                await response.aclose()
-            return
-        raise self._unavailable(tried, last)
+        response, deltas, first = await self._first_to_answer(
+            messages, model, fallback, True, params, self._start
+        )
+        try:
+            if first is not None:
+                yield first
+            async for delta in deltas:
+                yield delta
+        finally:
+            await deltas.aclose()
+            await response.aclose()
 
     async def _start(
         self, body: dict[str, Any]
@@ -633,19 +644,9 @@ class OpenAIUpstream:
             async for delta in self.stream(messages, model, fallback=fallback, **params):
                 on_delta(delta)
             return
-        last: Exception | None = None
-        tried = self._models_to_try(model, fallback)
-        for name in tried:
-            body = self._body(messages, name, True, params)
-            try:
-                async for attempt in self._retrying():
-                    with attempt:
-                        await self._push(body, on_delta)
-            except _Retryable as exc:
-                last = exc
-                continue
-            return
-        raise self._unavailable(tried, last)
+        await self._first_to_answer(
+            messages, model, fallback, True, params, lambda body: self._push(body, on_delta)
+        )
 
     async def _push(self, body: dict[str, Any], on_delta: Callable[[str], None]) -> None:
         """One attempt of :meth:`stream_to`; a stream cut before its first delta is

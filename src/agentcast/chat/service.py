@@ -425,17 +425,21 @@ class ChatService:
         )
         gateway = self.gateway
 
-        def on_delta(delta: str) -> None:
-            """One delta, pushed by the agent: published at once, no task switch."""
+        def chunk(delta: str) -> bytes:
+            """Count one non-empty delta (time to first token, the answer's parts) and
+            encode its chunk's data."""
             nonlocal ttft
-            if not delta:
-                return
             if ttft is None:
                 ttft = (loop.time() - started) * 1000
             parts.append(delta)
-            data = b'%b%d,"chunk":%b,"done":false}' % (head, len(parts) - 1, _dumps(delta))
+            return b'%b%d,"chunk":%b,"done":false}' % (head, len(parts) - 1, _dumps(delta))
+
+        def on_delta(delta: str) -> None:
+            """One delta, pushed by the agent: published at once, no task switch."""
+            if not delta:
+                return
             try:
-                gateway.publish_now(topic, "chat:streaming", data)
+                gateway.publish_now(topic, "chat:streaming", chunk(delta))
             except (BrokerError, ProtocolError) as exc:
                 logger.error("chat:streaming on %s not published: %s", topic, exc)
 
@@ -450,17 +454,8 @@ class ChatService:
                 else:
                     async with _closing(gen.agent.stream(request)) as deltas:
                         async for delta in deltas:
-                            if not delta:
-                                continue
-                            if ttft is None:
-                                ttft = (loop.time() - started) * 1000
-                            parts.append(delta)
-                            data = b'%b%d,"chunk":%b,"done":false}' % (
-                                head,
-                                len(parts) - 1,
-                                _dumps(delta),
-                            )
-                            await self._publish(topic, "chat:streaming", data)
+                            if delta:
+                                await self._publish(topic, "chat:streaming", chunk(delta))
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:

@@ -307,6 +307,19 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def stop_group(proc: subprocess.Popen[Any]) -> None:
+    """Stop ``proc``'s process group: SIGTERM, then SIGKILL if it is still there after 15 s."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_one(
     peer: Peer, wl: Workload, wsload: Path, rep: int, cores: tuple[str, str], stamp: str
 ) -> dict[str, Any]:
@@ -402,15 +415,7 @@ def run_one(
             result["steal"] = round(steal / wall, 3)
             return {**base, **result}
         finally:
-            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(server.pid, sig)
-                    server.wait(wait)
-                    break
-                except ProcessLookupError:
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(server)
 
 
 # -- report -------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from run import (  # noqa: E402
     machine,
     num,
     show,
+    stop_group,
     tree_cpu,
     wait_port,
 )
@@ -306,15 +307,7 @@ def run_one(
         stop.set()
         if detach is not None:
             detach()
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(server.pid, sig)
-                server.wait(wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(server)
         log.close()
         for f in scratch.iterdir():
             f.unlink()

@@ -64,6 +64,17 @@ def node_name(i: int) -> str:
     return f"node-{i:04d}"
 
 
+async def engine_step(run: WorkflowTracker, names: list[str], step: int) -> int:
+    """The engine's ``step``-th call: node ``step // 2`` (round robin) starts on even steps,
+    completes on odd ones. Returns the events it emitted (a completion also emits progress)."""
+    node = names[(step >> 1) % len(names)]
+    if step & 1:
+        await run.node_completed(node, result={"rows": step, "ok": True})
+        return 2
+    await run.node_started(node)
+    return 1
+
+
 async def drive(
     publisher: StampingPublisher,
     rate: float,
@@ -90,13 +101,7 @@ async def drive(
             if sent < due and rate > 0:
                 lag = max(lag, now - (t0 + sent / rate))
             while sent < due:
-                node = names[(step >> 1) % nodes]
-                if step & 1:
-                    await run.node_completed(node, result={"rows": step, "ok": True})
-                    sent += 2
-                else:
-                    await run.node_started(node)
-                    sent += 1
+                sent += await engine_step(run, names, step)
                 step += 1
             if on_progress is not None:
                 on_progress(sent)
@@ -145,3 +150,18 @@ class Trigger:
             "sent": self.sent,
             "result": self.result,
         }
+
+
+def serve_trigger(app: Any, trigger: Trigger, status: Callable[[], dict[str, Any]]) -> None:
+    """Route ``GET /_runs/start`` (202, or 409 while a run is going) and ``GET /_runs/status``
+    (``status()``) on the FastAPI ``app``."""
+    from fastapi.responses import JSONResponse
+
+    @app.get("/_runs/start", include_in_schema=False)
+    async def start(rate: float = 10_000, events: int = 100_000, nodes: int = 100) -> Any:
+        ok = trigger.start(rate, events, nodes)
+        return JSONResponse({"started": ok}, status_code=202 if ok else 409)
+
+    @app.get("/_runs/status", include_in_schema=False)
+    async def _status() -> Any:
+        return status()

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runs_common import RUN_ID, TOPIC, StampingPublisher, node_name
+from runs_common import RUN_ID, TOPIC, StampingPublisher, engine_step, node_name
 
 from agentcast.core.commands import encode_reply
 from agentcast.core.envelope import Publication
@@ -62,13 +62,7 @@ async def steps(tracker: WorkflowTracker, events: int, nodes: int) -> int:
     names = [node_name(i) for i in range(nodes)]
     sent = step = 0
     while sent < events:
-        node = names[(step >> 1) % nodes]
-        if step & 1:
-            await tracker.node_completed(node, result={"rows": step, "ok": True})
-            sent += 2
-        else:
-            await tracker.node_started(node)
-            sent += 1
+        sent += await engine_step(tracker, names, step)
         step += 1
     return sent
 

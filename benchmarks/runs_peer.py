@@ -23,8 +23,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "peers")]
 
-from fastapi.responses import JSONResponse  # noqa: E402
-from runs_common import StampingPublisher, Trigger  # noqa: E402
+from runs_common import StampingPublisher, Trigger, serve_trigger  # noqa: E402
 from seed000_fastapi import app, websocket_manager  # noqa: E402
 
 _seq = [0]
@@ -49,15 +48,7 @@ async def broadcast(topic: str, type: str, data: dict[str, Any]) -> None:
 trigger = Trigger(StampingPublisher(broadcast))
 
 
-@app.get("/_runs/start", include_in_schema=False)
-async def start(rate: float = 10_000, events: int = 100_000, nodes: int = 100) -> Any:
-    ok = trigger.start(rate, events, nodes)
-    return JSONResponse({"started": ok}, status_code=202 if ok else 409)
-
-
-@app.get("/_runs/status", include_in_schema=False)
-async def status() -> Any:
-    return trigger.status()
+serve_trigger(app, trigger, trigger.status)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runs_common import StampingPublisher, Trigger
+from runs_common import StampingPublisher, Trigger, serve_trigger
 
 
 def main() -> None:
@@ -30,8 +30,6 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--log-level", default="warning")
     args = ap.parse_args()
-
-    from fastapi.responses import JSONResponse
 
     from agentcast.gateway import Gateway
     from agentcast.settings import load_settings
@@ -55,13 +53,7 @@ def main() -> None:
     gateway._flush = counting_flush  # type: ignore[method-assign]
     trigger = Trigger(StampingPublisher(gateway.publish, gateway.renew_lease))
 
-    @app.get("/_runs/start", include_in_schema=False)
-    async def start(rate: float = 10_000, events: int = 100_000, nodes: int = 100) -> Any:
-        ok = trigger.start(rate, events, nodes)
-        return JSONResponse({"started": ok}, status_code=202 if ok else 409)
-
-    @app.get("/_runs/status", include_in_schema=False)
-    async def status() -> Any:
+    def status() -> dict[str, Any]:
         return {
             **trigger.status(),
             "store": settings.store_url,
@@ -71,6 +63,8 @@ def main() -> None:
             "recorded": gateway.runs.recorder.written if gateway.runs.recorder else None,
             "pending": len(gateway.runs.recorder.pending) if gateway.runs.recorder else None,
         }
+
+    serve_trigger(app, trigger, status)
 
     print(f"runs_server on {args.host}:{args.port}, store {settings.store_url!r}", flush=True)
     build_server(gateway, app).run()

@@ -27,6 +27,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from agentcast.app import create_gateway
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import build_wsload, raise_fd_limit  # noqa: E402
@@ -49,12 +51,11 @@ def free_port() -> int:
 async def serve_and_connect(n: int, hold: float, inspect_now: Any) -> Any:
     import uvloop  # noqa: F401  (uvicorn picks it, as agentcast serve does)
 
-    from agentcast.gateway import Gateway
     from agentcast.settings import Settings
     from agentcast.transports.server import build_server
 
     port = free_port()
-    gateway = Gateway(Settings(port=port, log_level="warning", store_url=""))
+    gateway = create_gateway(Settings(port=port, log_level="warning", store_url=""))
     server = build_server(gateway)
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110

@@ -11,9 +11,9 @@ of a real run (``runs_common.drive``'s tracker calls, ``"ts"`` included):
   subscriber) on ``workflow:bench`` (validated, folded) and the same events published on
   ``bench`` (a topic with no vocabulary and no run state): the difference is what a run
   topic costs per event; ``validate_event`` alone;
-* **fold** (the snapshot state): ``RunRegistry.observe`` per publication (``orjson.loads``
+* **fold** (the snapshot state): ``Runs.observe`` per publication (``orjson.loads``
   of the event's data, ``RunState.apply``, the lease), and ``RunState.apply`` alone;
-* **snapshot for a late joiner**: ``RunRegistry.snapshot`` + ``encode_reply`` (the
+* **snapshot for a late joiner**: ``Runs.snapshot`` + ``encode_reply`` (the
   ``snapshot`` frame a subscriber gets), against the run's size in nodes;
 * **storage**: ``RunRecorder`` into SQLite, the way the server does it (batches of 2,000
   events, the recorder's batch at 10,000 events/s and its 0.2 s interval): wall time per
@@ -34,6 +34,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from agentcast.app import create_gateway
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runs_common import RUN_ID, TOPIC, StampingPublisher, engine_step, node_name
@@ -41,7 +43,7 @@ from runs_common import RUN_ID, TOPIC, StampingPublisher, engine_step, node_name
 from agentcast.core.commands import encode_reply
 from agentcast.core.envelope import Publication
 from agentcast.runs.recorder import RunRecorder
-from agentcast.runs.registry import RunRegistry
+from agentcast.runs.registry import Runs
 from agentcast.runs.state import RunState
 from agentcast.runs.tracker import WorkflowTracker
 from agentcast.runs.vocabulary import validate_event
@@ -96,10 +98,9 @@ async def tracker_cost(events: int, reps: int, sizes: list[int]) -> dict[str, St
 
 async def collect(events: int, nodes: int) -> list[Publication]:
     """The publications of one run of ``events`` node events over ``nodes`` nodes."""
-    from agentcast.gateway import Gateway
     from agentcast.settings import Settings
 
-    gateway = Gateway(Settings(store_url="", log_level="warning"))
+    gateway = create_gateway(Settings(store_url="", log_level="warning"))
     await gateway.start()
     pubs: list[Publication] = []
     gateway.observers.append(pubs.append)
@@ -113,14 +114,13 @@ async def collect(events: int, nodes: int) -> list[Publication]:
 
 
 async def publish_cost(events: int, reps: int, nodes: int) -> dict[str, Stat]:
-    from agentcast.gateway import Gateway
     from agentcast.settings import Settings
 
     res: dict[str, Stat] = {}
     for label, topic in (("run topic", TOPIC), ("plain topic", "bench")):
 
         async def one(topic: str = topic) -> int:
-            gateway = Gateway(Settings(store_url="", log_level="warning"))
+            gateway = create_gateway(Settings(store_url="", log_level="warning"))
             await gateway.start()
             publish = gateway.publish
 
@@ -159,7 +159,7 @@ def fold_cost(pubs: list[Publication], reps: int) -> dict[str, Stat]:
     observe, apply_ = [], []
     decoded = [(p.seq, p.type, orjson.loads(p.data), p.timestamp) for p in pubs]
     for _ in range(reps):
-        registry = RunRegistry()
+        registry = Runs()
         gc.collect()
         t0 = time.perf_counter_ns()
         for pub in pubs:
@@ -170,14 +170,14 @@ def fold_cost(pubs: list[Publication], reps: int) -> dict[str, Stat]:
         for seq, type, data, ts in decoded:
             state.apply(seq, type, data, ts)
         apply_.append((time.perf_counter_ns() - t0) / 1000 / len(pubs))
-    return {"RunRegistry.observe": stat(observe), "RunState.apply": stat(apply_)}
+    return {"Runs.observe": stat(observe), "RunState.apply": stat(apply_)}
 
 
 async def snapshot_cost(reps: int, sizes: list[int]) -> dict[str, dict[str, Any]]:
     res = {}
     for nodes in sizes:
         pubs = await collect(max(3 * nodes, 3000), nodes)
-        registry = RunRegistry()
+        registry = Runs()
         for pub in pubs:
             registry.observe(pub)
         out, size = [], 0
@@ -201,7 +201,7 @@ async def storage_cost(pubs: list[Publication], reps: int, batch: int) -> dict[s
         with tempfile.TemporaryDirectory() as tmp:
             store = SqlRunStore(f"sqlite:///{tmp}/runs.db")
             await store.start()
-            registry = RunRegistry()
+            registry = Runs()
             recorder = RunRecorder(store, registry)
             longest = [0.0]
             stop = asyncio.Event()
@@ -267,7 +267,7 @@ def report(r: dict[str, Any]) -> str:
         f"| the same events on a plain topic (no vocabulary, no run state), incl. tracker | {show(r['publish']['plain topic'])} |",
         f"| → a run topic's extra cost per event | {r['publish']['run topic'][0] - r['publish']['plain topic'][0]:.2f} |",
         f"| `validate_event` (seed 004's pydantic models) | {show(r['validate'])} |",
-        f"| fold into run state: `RunRegistry.observe` (`orjson.loads` + `apply` + lease) | {show(r['fold']['RunRegistry.observe'])} |",
+        f"| fold into run state: `Runs.observe` (`orjson.loads` + `apply` + lease) | {show(r['fold']['Runs.observe'])} |",
         f"| … of which `RunState.apply` | {show(r['fold']['RunState.apply'])} |",
         f"| storage: `RunRecorder` → SQLite, wall time (batches of {r['storage']['batch']:,}) | {show(r['storage']['wall_us'])} |",
         f"| storage: event-loop thread CPU | {show(r['storage']['loop_cpu_us'])} |",

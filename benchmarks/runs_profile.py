@@ -34,7 +34,7 @@ WRITE = "write: `write_frames` (join + uvloop `transport.write`, the syscall)"
 FLUSH = "flush loop: dirty outboxes, drain"
 FANOUT = "fan-out: `Hub.dispatch` + `Outbox.push` per dashboard"
 ENVELOPE = "envelope splice + WebSocket framing (once per event)"
-FOLD = "fold into run state (`RunRegistry.observe`: `orjson.loads`, `apply`, lease)"
+FOLD = "fold into run state (`Runs.observe`: `orjson.loads`, `apply`, lease)"
 RECORD = "`RunRecorder.record` (append to the batch)"
 STORE = "storage on the loop thread (`RunRecorder.flush`, SQLAlchemy)"
 THREAD = "storage in aiosqlite's thread (SQLite)"
@@ -58,7 +58,7 @@ PARTS = {
     "Hub.dispatch": FANOUT,
     "Gateway._on_publication": FANOUT,
     "Gateway._after_dispatch": FANOUT,
-    "RunRegistry.observe": FOLD,
+    "Runs.observe": FOLD,
     "RunState.apply": FOLD,
     "RunRecorder.record": RECORD,
     "RunRecorder.flush": STORE,

@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agentcast.app import create_gateway
+from agentcast.runs.registry import Runs
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runs_common import StampingPublisher, Trigger, serve_trigger
@@ -31,13 +34,12 @@ def main() -> None:
     ap.add_argument("--log-level", default="warning")
     args = ap.parse_args()
 
-    from agentcast.gateway import Gateway
     from agentcast.settings import load_settings
     from agentcast.transports.http import create_app
     from agentcast.transports.server import build_server
 
     settings = load_settings(None, host=args.host, port=args.port, log_level=args.log_level)
-    gateway = Gateway(settings)
+    gateway = create_gateway(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s: %(name)s %(message)s"
     )
@@ -51,7 +53,7 @@ def main() -> None:
         flush()
 
     gateway._flush = counting_flush  # type: ignore[method-assign]
-    trigger = Trigger(StampingPublisher(gateway.publish, gateway.renew_lease))
+    trigger = Trigger(StampingPublisher(gateway.publish, gateway.feature(Runs).renew))
 
     def status() -> dict[str, Any]:
         return {
@@ -60,8 +62,12 @@ def main() -> None:
             "flushes": gateway.stats.flushes,
             "frames": gateway.stats.frames_written,
             "writes": writes[0],
-            "recorded": gateway.runs.recorder.written if gateway.runs.recorder else None,
-            "pending": len(gateway.runs.recorder.pending) if gateway.runs.recorder else None,
+            "recorded": gateway.feature(Runs).recorder.written
+            if gateway.feature(Runs).recorder
+            else None,
+            "pending": len(gateway.feature(Runs).recorder.pending)
+            if gateway.feature(Runs).recorder
+            else None,
         }
 
     serve_trigger(app, trigger, status)

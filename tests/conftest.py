@@ -22,6 +22,7 @@ import httpx
 import pytest
 import uvicorn
 
+from agentcast.app import create_gateway
 from agentcast.gateway import Gateway
 from agentcast.settings import Settings
 from agentcast.transports.http import create_app
@@ -58,7 +59,7 @@ async def start_server(
     transport: str = "native", app_factory: Callable[[Gateway], Any] | None = None, **settings: Any
 ) -> tuple[RunningServer, asyncio.Task[None]]:
     """Start a server in this event loop on a free port; ``transport`` is native or asgi."""
-    gateway = Gateway(Settings(host="127.0.0.1", port=0, **settings))
+    gateway = create_gateway(Settings(host="127.0.0.1", port=0, **settings))
     app = app_factory(gateway) if app_factory is not None else create_app(gateway)
     if transport == "native":
         server = build_server(gateway, app)

@@ -1,6 +1,7 @@
 """agentcast: a real-time WebSocket gateway for AI-agent and workflow platforms."""
 
 from agentcast.__about__ import __version__
+from agentcast.app import create_gateway, default_features
 from agentcast.codes import CloseCode, ErrorCode
 from agentcast.core.envelope import Publication
 from agentcast.errors import (
@@ -14,6 +15,7 @@ from agentcast.errors import (
     ProtocolError,
 )
 from agentcast.gateway import Gateway
+from agentcast.plugin import Feature, SocketEndpoint
 from agentcast.policy import AuthenticationError, ConnectionRequest, OpenPolicy, Principal
 from agentcast.settings import Settings, load_settings
 
@@ -28,6 +30,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionRequest",
     "ErrorCode",
+    "Feature",
     "Gateway",
     "HistoryLostError",
     "OpenPolicy",
@@ -35,6 +38,9 @@ __all__ = [
     "ProtocolError",
     "Publication",
     "Settings",
+    "SocketEndpoint",
     "__version__",
+    "create_gateway",
+    "default_features",
     "load_settings",
 ]

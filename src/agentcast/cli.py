@@ -80,7 +80,7 @@ def serve(
     model: Annotated[str | None, typer.Option("--model", help="Model at --llm-url.")] = None,
 ) -> None:
     """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port."""
-    from agentcast.gateway import Gateway
+    from agentcast.app import create_gateway
     from agentcast.settings import load_settings
     from agentcast.transports.server import build_server
 
@@ -96,7 +96,7 @@ def serve(
             llm_url=llm_url,
             llm_model=model,
         )
-        gateway = Gateway(settings)
+        gateway = create_gateway(settings)
         if gateway.open_mode and not settings.loopback and not settings.insecure:
             raise ConfigError(
                 f"refusing to serve open dev mode (no authentication) on {settings.host}: "

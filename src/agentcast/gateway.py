@@ -18,45 +18,55 @@ import gc
 import itertools
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from agentcast.brokers import Broker, create_broker
 from agentcast.brokers.memory import MemoryBroker
-from agentcast.chat.service import ChatService
 from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode
-from agentcast.core.commands import command_id, encode_reply, error_frame, parse
-from agentcast.core.envelope import Publication, encode_json, format_timestamp
+from agentcast.core.checks import Validator as CoreValidator
+from agentcast.core.checks import check_event
+from agentcast.core.commands import CommandTable, command_id, encode_reply, error_frame
+from agentcast.core.envelope import Publication, format_timestamp
 from agentcast.core.frames import (
     ClientCommand,
     PingCommand,
     PublishCommand,
     SubscribeCommand,
     UnsubscribeCommand,
-    valid_topic,
 )
-from agentcast.core.history import HistoryLimits
+from agentcast.core.history import HistoryLimits, HistoryPage
 from agentcast.core.hub import Hub
 from agentcast.core.outbox import Outbox
-from agentcast.core.session import Session, Writer
-from agentcast.errors import BrokerError, CommandError, ConfigError, ProtocolError
-from agentcast.monitoring import Monitoring
+from agentcast.core.session import Admission, Keepalive, Session, Writer
+from agentcast.errors import BrokerError, CommandError, ProtocolError
+from agentcast.plugin import Feature, SocketEndpoint
 from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal, resolve
-from agentcast.runs.engine import WorkflowRegistry
-from agentcast.runs.registry import RunRegistry
-from agentcast.runs.replay import Replays
-from agentcast.runs.vocabulary import validate_event
 from agentcast.settings import Settings
-from agentcast.storage import create_store
-from agentcast.storage.base import StoreError
 
-__all__ = ["CommandHandler", "Gateway"]
+__all__ = [
+    "CommandHandler",
+    "Gateway",
+    "HistorySource",
+    "SnapshotProvider",
+    "Validator",
+]
 
 logger = logging.getLogger("agentcast")
 
 T = TypeVar("T")
+F = TypeVar("F")
 CommandHandler = Callable[[Session, Any], Awaitable[None] | None]
+"""Carries out one command: ``handler(session, command)``, sync or async; raise
+:class:`~agentcast.errors.CommandError` for an ``error`` reply."""
+SnapshotProvider = Callable[[str], Awaitable[tuple[int, dict[str, Any]] | None]]
+"""``(seq, state)`` of a topic for a late joiner: the state reflects every seq ≤ seq."""
+HistorySource = Callable[[str, int, HistoryPage], Awaitable[HistoryPage | None]]
+"""``source(topic, since, broker_page)``: a page reaching back further than the broker's
+(a store's), or None. It must carry the broker page's epoch and end where it ends."""
+Validator = CoreValidator
+"""``check(topic, type, data)``: raise :class:`~agentcast.errors.ProtocolError` to refuse;
+return the data to publish instead (defaults filled in, a new dict), or None to keep it."""
 
 _MAX_PENDING_COMMANDS = 256
 _YIELD_EVERY_PUSHES = 16384
@@ -85,6 +95,7 @@ class Gateway:
         broker: Broker | None = None,
         authenticator: Authenticator | None = None,
         authorizer: Authorizer | None = None,
+        features: Iterable[Feature] = (),
     ) -> None:
         self.settings = settings or Settings()
         s = self.settings
@@ -100,23 +111,29 @@ class Gateway:
         self.hub = Hub()
         self.sessions: dict[int, Session] = {}
         self.stats = Stats()
-        self.snapshots: Callable[[str], Awaitable[tuple[int, dict[str, Any]] | None]] | None = None
-        """Snapshot provider: ``(seq, state)`` of a topic, or None (see :meth:`subscribe`)."""
         self.observers: list[Callable[[Publication], None]] = []
         """Called with every publication this node receives, before local fan-out."""
-        self.validators: list[Callable[[str, str, dict[str, Any]], None]] = [validate_event]
-        """Checks run on every published event's ``data`` (raise ProtocolError to refuse).
-        The default validates the seeds' run vocabularies on ``execution:``/``workflow:``."""
+        self.validators: list[Validator] = []
+        """Checks run on every published event's ``data`` (see :meth:`add_validator`)."""
         self.server_prefixes: set[str] = set()
         """Topic prefixes only the server publishes to (clients get ``forbidden``)."""
         self.subscribe_guards: dict[str, Callable[[Principal, str], Awaitable[bool] | bool]] = {}
         """Per topic prefix, a check after the authorizer (e.g. conversation ownership)."""
+        self.commands = CommandTable()
+        """This gateway's command types and models (core commands plus the features')."""
         self.handlers: dict[str, CommandHandler] = {
             "subscribe": self._cmd_subscribe,
             "unsubscribe": self._cmd_unsubscribe,
             "ping": self._cmd_ping,
             "publish": self._cmd_publish,
         }
+        self.snapshot_providers: dict[str, SnapshotProvider] = {}
+        self.history_sources: dict[str, HistorySource] = {}
+        self.routers: list[Any] = []
+        """HTTP routers the features bring (FastAPI ``APIRouter``); ``create_app`` mounts them."""
+        self.socket_endpoints: list[SocketEndpoint] = []
+        """WebSocket paths besides ``/ws`` served with this gateway's protocol."""
+        self.features: dict[str, Feature] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_handle: asyncio.Handle | None = None
@@ -134,21 +151,74 @@ class Gateway:
         self._background_tasks: set[asyncio.Task[Any]] = set()
         self._startup: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._shutdown: list[Callable[[], Coroutine[Any, Any, Any]]] = []
-        self.store = create_store(s.store_url)
-        """The run store (``store_url``; None when storage is disabled)."""
         self.started = False
-        # features
-        self.workflows = WorkflowRegistry()
-        """Workflows the built-in engine runs on ``POST /api/workflows/{id}/execute``."""
-        self.monitoring = Monitoring(self)
-        """Seed 001: the ``monitoring`` topic, task updates and their commands."""
-        self.runs = RunRegistry()
-        """Folded state of run topics: snapshots for late joiners."""
-        self.runs.install(self)
-        self.replays = Replays(self)
-        """Timed replay of recorded events (``replay`` command)."""
-        self.chat = ChatService(self)
-        """Conversations with agents: ``chat:*`` commands, generations, the LLM queue."""
+        self._stopping: asyncio.Task[None] | None = None
+        for feature in features:
+            self.install(feature)
+
+    # -- extension points ----------------------------------------------------------
+
+    def install(self, feature: Feature) -> None:
+        """Install ``feature`` (see :mod:`agentcast.plugin`); its name must be new here."""
+        if feature.name in self.features:
+            raise ValueError(f"a feature named {feature.name!r} is installed already")
+        self.features[feature.name] = feature
+        feature.install(self)
+
+    def feature(self, kind: type[F]) -> F:
+        """The installed feature of type ``kind``; raises ``LookupError`` when there is none."""
+        for feature in self.features.values():
+            if isinstance(feature, kind):
+                return feature
+        raise LookupError(f"no {kind.__name__} feature is installed on this gateway")
+
+    def add_command(self, model: type[ClientCommand], *names: str, handler: CommandHandler) -> None:
+        """Accept commands ``names`` (parsed as ``model``) and carry them out with ``handler``."""
+        self.commands.add(model, *names)
+        for name in names:
+            self.handlers[name] = handler
+
+    def add_validator(self, check: Validator) -> None:
+        """Run ``check(topic, type, data)`` on every event published through this gateway
+        (in installation order; each sees what the previous one returned)."""
+        self.validators.append(check)
+
+    def add_snapshot_provider(self, prefixes: Iterable[str], provider: SnapshotProvider) -> None:
+        """Late joiners of topics starting with one of ``prefixes`` get ``provider``'s
+        state first (see :meth:`subscribe`)."""
+        for prefix in prefixes:
+            self.snapshot_providers[prefix] = provider
+
+    def add_history_source(self, prefixes: Iterable[str], source: HistorySource) -> None:
+        """Where the broker's history of such topics no longer reaches back, ask ``source``
+        (see :meth:`history`)."""
+        for prefix in prefixes:
+            self.history_sources[prefix] = source
+
+    def add_router(self, router: Any) -> None:
+        """An HTTP router (FastAPI ``APIRouter``) for ``create_app`` to include."""
+        self.routers.append(router)
+
+    def add_socket_endpoint(self, endpoint: SocketEndpoint) -> None:
+        """Serve ``endpoint`` with this gateway's protocol on every transport."""
+        self.socket_endpoints.append(endpoint)
+
+    def socket_endpoint(self, path: str) -> tuple[SocketEndpoint, str] | None:
+        """The endpoint serving ``path`` and its parameter's value, or None."""
+        for endpoint in self.socket_endpoints:
+            value = endpoint.match(path)
+            if value is not None:
+                return endpoint, value
+        return None
+
+    @staticmethod
+    def _by_prefix(table: Mapping[str, T], topic: str) -> T | None:
+        best: T | None = None
+        best_len = -1
+        for prefix, value in table.items():
+            if len(prefix) > best_len and topic.startswith(prefix):
+                best, best_len = value, len(prefix)
+        return best
 
     @property
     def open_mode(self) -> bool:
@@ -168,11 +238,7 @@ class Gateway:
         if self.started:
             return
         self._loop = asyncio.get_running_loop()
-        if self.store is not None:
-            try:
-                await self.store.start()
-            except StoreError as exc:
-                raise ConfigError(str(exc)) from exc
+        self._stopping = None
         await self.broker.start(self._on_publication)
         for hook in self._startup:
             await hook()
@@ -184,12 +250,23 @@ class Gateway:
         for factory in self._background:
             self._background_tasks.add(self._spawn(factory()))
 
+    async def __aenter__(self) -> Gateway:
+        """``async with Gateway(…) as gateway:`` starts it, and stops it on the way out."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     def add_startup(self, hook: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Await ``hook()`` in :meth:`start`, after the broker started (before any client)."""
         self._startup.append(hook)
 
     def add_shutdown(self, hook: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        """Await ``hook()`` in :meth:`stop`: connections closed, broker not yet stopped."""
+        """Await ``hook()`` in :meth:`stop`: connections closed, broker not yet stopped.
+
+        Shutdown hooks run in the reverse order of their registration (the last feature
+        installed stops first), each even when an earlier one failed."""
         self._shutdown.append(hook)
 
     def add_background(
@@ -207,67 +284,73 @@ class Gateway:
             task.add_done_callback(self._background_tasks.discard)
 
     async def stop(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
-        """Stop: background tasks are cancelled, commands in flight get until
-        ``shutdown_timeout`` to finish (then are cancelled), every connection is closed
-        with ``code``, then the sweep and the broker stop."""
+        """Stop: :meth:`drain` (producers stop, their last events are delivered, every
+        connection is closed with ``code``), then the sweep, the shutdown hooks and the
+        broker stop."""
         if not self.started:
             return
+        await self.drain(code)
         self.started = False
-        for task in list(self._background_tasks):
-            task.cancel()
-        pending = [t for t in self._tasks if t not in self._background_tasks]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
-            for task in late:
-                task.cancel()
-        for session in list(self.sessions.values()):
-            self.close(session, code)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for hook in self._shutdown:
+        for hook in reversed(self._shutdown):
             try:
                 await hook()
             except Exception:
                 logger.exception("shutdown hook failed")
         await self.broker.stop()
-        if self.store is not None:
-            await self.store.stop()
+
+    async def drain(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+        """Stop producing and close every connection after its last frames. Idempotent.
+
+        Background tasks (producers such as runs and the demo) are cancelled and, with the
+        commands in flight, get until ``shutdown_timeout`` to finish; what they publish
+        while stopping (a cancelled run's last events) is written to the subscribers
+        before their connections are closed with ``code``. Transports call this when
+        their server shuts down (uvicorn closes connections before the app's lifespan).
+        """
+        if self._stopping is None:
+            self._stopping = self.loop.create_task(self._drain(code), name="agentcast-drain")
+        await asyncio.shield(self._stopping)
+
+    def request_drain(self) -> None:
+        """:meth:`drain` from synchronous code (a transport's shutdown callback)."""
+        if self._stopping is None and self._loop is not None:
+            self._stopping = self._loop.create_task(
+                self._drain(CloseCode.GOING_AWAY), name="agentcast-drain"
+            )
+
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`drain` began: new connections should be refused."""
+        return self._stopping is not None
+
+    async def _drain(self, code: CloseCode) -> None:
+        for task in list(self._background_tasks):
+            task.cancel()
+        pending = [t for t in self._tasks if t is not self._stopping]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=self.settings.shutdown_timeout)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush()  # the stopping producers' last events, before the close frames
+        for session in list(self.sessions.values()):
+            self.close(session, code)
 
     # -- producers -----------------------------------------------------------------
 
     def check_event(self, topic: str, type: str, data: Any) -> bytes:
-        """Validate one event and return its encoded ``data``; raises :class:`ProtocolError`."""
-        if not valid_topic(topic):
-            raise ProtocolError(ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", field="topic")
-        if not isinstance(type, str) or not 0 < len(type) <= 100:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD, "type must be a string of 1-100 characters", field="type"
-            )
-        if isinstance(data, bytes):
-            payload = data
-        else:
-            if not isinstance(data, Mapping):
-                raise ProtocolError(
-                    ErrorCode.INVALID_FIELD, "data must be a JSON object", field="data"
-                )
-            for validate in self.validators:
-                validate(topic, type, data)  # type: ignore[arg-type]
-            try:
-                payload = encode_json(data)
-            except TypeError as exc:
-                raise ProtocolError(ErrorCode.INVALID_FIELD, f"data: {exc}", field="data") from None
-        if len(payload) > self.settings.max_event_bytes:
-            raise ProtocolError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"data is {len(payload)} bytes, more than max_event_bytes "
-                f"({self.settings.max_event_bytes})",
-                field="data",
-            )
-        return payload
+        """Validate one event and return its encoded ``data``; raises :class:`ProtocolError`
+        (:func:`agentcast.core.checks.check_event` with this gateway's validators)."""
+        return check_event(topic, type, data, self.validators, self.settings.max_event_bytes)
 
     async def publish(self, topic: str, type: str, data: Mapping[str, Any] | bytes) -> Publication:
         """Publish one event; returns it with its assigned ``seq``.
@@ -310,10 +393,6 @@ class Gateway:
         if publish_now is None:
             raise BrokerError("this broker publishes asynchronously: use publish()")
         return publish_now(topic, type, self.check_event(topic, type, data), time.time())
-
-    def renew_lease(self, topic: str, ttl: float | None = None) -> float:
-        """The producer of run ``topic`` is alive for ``ttl`` more seconds (trackers call it)."""
-        return self.runs.renew(topic, ttl)
 
     def publish_threadsafe(
         self, topic: str, type: str, data: Mapping[str, Any] | bytes
@@ -432,24 +511,19 @@ class Gateway:
         self.stats.commands += 1
         command: ClientCommand | bytes
         try:
-            command = parse(text)
+            command = self.commands.parse(text)
         except ProtocolError as exc:
             command = error_frame(exc, self.now_iso(), id=command_id(text))
             if not session.running:
                 self.send(session, command)
                 return
-        if session.running:
-            pending = session.pending
-            if pending is None:
-                pending = session.pending = deque()
-            if len(pending) >= _MAX_PENDING_COMMANDS:
-                limited = CommandError(ErrorCode.RATE_LIMITED, "too many commands in flight")
-                cid = command.id if isinstance(command, ClientCommand) else None
-                self.send(session, error_frame(limited, self.now_iso(), id=cid))
-                return
-            pending.append(command)
+        admission = session.admit(command, _MAX_PENDING_COMMANDS)
+        if admission is Admission.REFUSED:
+            limited = CommandError(ErrorCode.RATE_LIMITED, "too many commands in flight")
+            cid = command.id if isinstance(command, ClientCommand) else None
+            self.send(session, error_frame(limited, self.now_iso(), id=cid))
             return
-        if isinstance(command, ClientCommand):
+        if admission is Admission.RUN and isinstance(command, ClientCommand):
             self._execute(session, command)
 
     def receive_binary(self, session: Session) -> None:
@@ -467,7 +541,11 @@ class Gateway:
         if isinstance(command, bytes):  # an error frame queued behind a running command
             self.send(session, command)
             return None
-        handler = self.handlers[command.type]
+        handler = self.handlers.get(command.type)
+        if handler is None:  # a model added to `commands` without a handler
+            exc = ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"no handler for {command.type!r}")
+            self.send(session, error_frame(exc, self.now_iso(), id=command.id))
+            return None
         try:
             result = handler(session, command)
         except ProtocolError as exc:
@@ -491,9 +569,8 @@ class Gateway:
     async def _run_commands(self, session: Session, first: Awaitable[None]) -> None:
         try:
             await first
-            pending = session.pending
-            while pending and not session.closed:
-                result = self._call(session, pending.popleft())
+            while (command := session.next_command()) is not None:
+                result = self._call(session, command)
                 if result is not None:
                     await result
         finally:
@@ -559,14 +636,24 @@ class Gateway:
             self._spawn(self._unlisten(topic))
 
     async def _cmd_subscribe(self, session: Session, command: SubscribeCommand) -> None:
-        if command.replay is not None:
-            await self.replays.start(
-                session,
-                command.topic,
-                speed=command.replay,
-                since=command.since or 0,
-                id=command.id,
+        if command.replay is not None:  # protocol v1: the same as a `replay` command
+            model = self.commands.models.get("replay")
+            if model is None:
+                raise CommandError(
+                    ErrorCode.INVALID_FIELD, "replay is not available here", field="replay"
+                )
+            replay = model.model_validate(
+                {
+                    "type": "replay",
+                    "topic": command.topic,
+                    "speed": command.replay,
+                    "since": command.since or 0,
+                    "id": command.id,
+                }
             )
+            result = self.handlers["replay"](session, replay)
+            if result is not None:
+                await result
             return
         await self.subscribe(
             session, command.topic, command.since, id=command.id, epoch=command.epoch
@@ -630,23 +717,26 @@ class Gateway:
         try:
             if first_here:
                 await self.broker.listen(topic)
-            provider = self.snapshots
+            provider = self._by_prefix(self.snapshot_providers, topic)
             if since is None:
                 snapshot = await provider(topic) if provider is not None else None
                 start = snapshot[0] if snapshot is not None else 0
                 # after a snapshot at seq S: the events after S that it does not reflect
-                page = await self.broker.history(topic, start, limit=None if snapshot else 0)
+                if snapshot is None:
+                    page = await self.broker.history(topic, start, limit=0)
+                else:
+                    page = await self.history(topic, start)
                 recovered = True
             else:
-                page = await self.broker.history(topic, since)
+                page = await self.history(topic, since)
                 reset = epoch is not None and epoch != page.epoch
                 if reset:  # `since` counts in another life of the topic: replay all of it
-                    page = await self.broker.history(topic, 0)
+                    page = await self.history(topic, 0)
                 recovered = page.complete and not reset
                 if not recovered and provider is not None:
                     snapshot = await provider(topic)  # the reset a client needs: the state
                     if snapshot is not None:
-                        page = await self.broker.history(topic, snapshot[0])
+                        page = await self.history(topic, snapshot[0])
         except BrokerError as exc:
             self.hub.remove(session, topic)
             raise CommandError(ErrorCode.UNAVAILABLE, f"history unavailable: {exc}") from exc
@@ -684,6 +774,24 @@ class Gateway:
         hub.complete(session, topic, upto)
         self._after_dispatch()
 
+    async def history(self, topic: str, since: int, limit: int | None = None) -> HistoryPage:
+        """The publications of ``topic`` after ``since``: the broker's history, reaching
+        further back through the topic's history source (a store) when the broker's no
+        longer does. ``complete`` is False only when the events are really gone."""
+        page = await self.broker.history(topic, since, limit)
+        if page.complete or since > page.last_seq:
+            return page
+        source = self._by_prefix(self.history_sources, topic)
+        if source is None:
+            return page
+        older = await source(topic, since, page)
+        if older is None:
+            return page
+        if limit is not None and len(older.publications) > limit:
+            pubs = older.publications[:limit]
+            return HistoryPage(pubs, older.first_seq, older.last_seq, since, older.epoch)
+        return older
+
     async def _unlisten(self, topic: str) -> None:
         if not self.hub.presence(topic):
             await self.broker.unlisten(topic)
@@ -706,23 +814,15 @@ class Gateway:
     def sweep(self, now: float) -> None:
         """Ping, reap dead and idle connections, trim history (called periodically)."""
         s = self.settings
+        interval, timeout, idle = s.ping_interval, s.ping_timeout, s.idle_timeout
         for session in list(self.sessions.values()):
-            if session.closed:
-                continue
-            if session.ping_sent:
-                if now - session.ping_sent >= s.ping_timeout:
-                    self.close(session, CloseCode.KEEPALIVE_TIMEOUT)
-                continue
-            if (
-                not session.topics
-                and not session.running
-                and now - session.last_command >= s.idle_timeout
-            ):
-                self.close(session, CloseCode.IDLE_TIMEOUT)
-                continue
-            if now - session.last_seen >= s.ping_interval:
-                session.ping_sent = now
+            action = session.keepalive(now, interval, timeout, idle)
+            if action is Keepalive.PING:
                 session.writer.send_ping()
+            elif action is Keepalive.CLOSE_DEAD:
+                self.close(session, CloseCode.KEEPALIVE_TIMEOUT)
+            elif action is Keepalive.CLOSE_IDLE:
+                self.close(session, CloseCode.IDLE_TIMEOUT)
         if isinstance(self.broker, MemoryBroker):
             self.broker.trim(time.time())
 

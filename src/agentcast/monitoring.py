@@ -21,7 +21,6 @@ import psutil
 from pydantic import Field
 
 from agentcast.codes import ErrorCode
-from agentcast.core.commands import register
 from agentcast.core.frames import ClientCommand, valid_topic
 from agentcast.errors import CommandError
 
@@ -53,22 +52,29 @@ class TaskCommand(ClientCommand):
         )
 
 
-register(MonitoringCommand, "monitoring:subscribe", "monitoring:unsubscribe")
-register(TaskCommand, "task:subscribe", "task:unsubscribe")
-
-
 class Monitoring:
-    """Metrics publisher and seed 001's command handlers for one gateway."""
+    """The monitoring feature: the metrics publisher and seed 001's commands."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    name = "monitoring"
+
+    def __init__(self) -> None:
         self.process = psutil.Process()
         self._last_published = 0
         self._last_time = time.monotonic()
-        gateway.handlers["monitoring:subscribe"] = self._subscribe
-        gateway.handlers["monitoring:unsubscribe"] = self._unsubscribe
-        gateway.handlers["task:subscribe"] = self._task_subscribe
-        gateway.handlers["task:unsubscribe"] = self._task_unsubscribe
+        self._gateway: Gateway | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError("the monitoring feature is not installed")
+        return self._gateway
+
+    def install(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        gateway.add_command(MonitoringCommand, "monitoring:subscribe", handler=self._subscribe)
+        gateway.add_command(MonitoringCommand, "monitoring:unsubscribe", handler=self._unsubscribe)
+        gateway.add_command(TaskCommand, "task:subscribe", handler=self._task_subscribe)
+        gateway.add_command(TaskCommand, "task:unsubscribe", handler=self._task_unsubscribe)
         gateway.add_background(self._loop)
 
     def metrics(self) -> dict[str, Any]:

@@ -10,11 +10,12 @@ models. ``tests/unit/test_docs.py`` runs the same check, and validates the examp
 
 Names say who sends what: ``client.<command>`` for commands, ``server.<type>`` for frames
 the server sends, ``http.<name>`` for HTTP bodies, ``data.<kind>.<type>`` for the ``data``
-of the run vocabularies' events (validated on publish). Every command model registered with
-:func:`agentcast.core.commands.register` gets its schema automatically (named after its
-class: ``ReplayStopCommand`` is ``client.replay-stop``), with ``type`` pinned to the values
-that route to it. A feature that adds a server frame or an HTTP body registers its model
-with :func:`register`, next to the built-in entries at the end of this module.
+of the run vocabularies' events (validated on publish). Every command model in the command
+table of a gateway with the default features (:func:`commands`) gets its schema
+automatically (named after its class: ``ReplayStopCommand`` is ``client.replay-stop``),
+with ``type`` pinned to the values that route to it. A feature that adds a server frame
+or an HTTP body registers its model with :func:`register`, next to the built-in entries
+at the end of this module.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from agentcast.chat.protocol import (
     ChatQueuedData,
     ChatStreamingData,
 )
-from agentcast.core.commands import COMMANDS
 from agentcast.core.frames import (
     AckFrame,
     ErrorData,
@@ -85,7 +85,7 @@ PublishBody = EventIn | Annotated[list[EventIn], Field(min_length=1)]
 
 
 class HttpError(BaseModel):
-    """Body of every HTTP error answer (``agentcast.transports.errors.http_error``)."""
+    """Body of every HTTP error answer (``agentcast.web.http_error``)."""
 
     detail: ErrorData
 
@@ -141,7 +141,7 @@ class SchemaEntry:
         entry's model (client commands only; sorted)."""
         if self.direction != "client":
             return ()
-        return tuple(sorted(name for name, model in COMMANDS.items() if model is self.target))
+        return tuple(sorted(name for name, model in commands().items() if model is self.target))
 
     def validate(self, text: str | bytes) -> Any:
         """Validate one JSON document against the model, strictly (no type coercion).
@@ -185,11 +185,25 @@ def _command_schema_name(model: type[Any]) -> str:
     return f"client.{kebab}"
 
 
+EXTRA_COMMANDS: dict[str, type[Any]] = {}
+"""Commands of features outside the default set that should get schemas too."""
+
+
+def commands() -> dict[str, type[Any]]:
+    """Every command type a gateway with the default features understands, with its
+    model (read from such a gateway's command table), plus :data:`EXTRA_COMMANDS`."""
+    from agentcast.app import create_gateway
+    from agentcast.settings import Settings
+
+    table = create_gateway(Settings(store_url="")).commands.models
+    return {**table, **EXTRA_COMMANDS}
+
+
 def entries() -> dict[str, SchemaEntry]:
-    """:data:`SCHEMAS`, after adding every command model of ``core.commands.COMMANDS``
-    that has no entry yet (commands registered by modules imported after this one)."""
+    """:data:`SCHEMAS`, after adding every command model of :func:`commands` that has no
+    entry yet."""
     registered = {entry.target for entry in SCHEMAS.values()}
-    for model in dict.fromkeys(COMMANDS.values()):
+    for model in dict.fromkeys(commands().values()):
         if model not in registered:
             name = _command_schema_name(model)
             if name in SCHEMAS:

@@ -170,11 +170,28 @@ async def test_run_topics_validate_the_seed_vocabularies(server: RunningServer) 
         assert r.json()["detail"]["field"] == "1.data.status"
         r = await http.post(
             "/api/topics/execution:1/events",
-            json={"type": "status_update", "data": {"status": "running"}},
+            json={"type": "status_update", "data": {"status": "exploded"}},
         )
-        assert r.json()["detail"]["field"] == "data.execution_id"
+        assert r.json()["detail"]["field"] == "data.status"
         # nothing of the refused array was published
         assert (await http.get("/api/topics/workflow:1/events")).json()["last_seq"] == 1
+        # the run's ids default to the topic's (and to the run in progress)
+        r = await http.post(
+            "/api/topics/execution:1/events",
+            json={"type": "status_update", "data": {"status": "running"}},
+        )
+        assert r.status_code == 200, r.text
+        short = {"type": "node_status", "data": {"node_id": "m", "status": "running"}}
+        assert (await http.post("/api/topics/workflow:1/events", json=short)).status_code == 200
+        stored = (await http.get("/api/topics/execution:1/events")).json()["events"]
+        assert stored[-1]["data"]["execution_id"] == "1"
+        stored = (await http.get("/api/topics/workflow:1/events")).json()["events"]
+        assert stored[-1]["data"] == {
+            "workflow_id": "1",
+            "execution_id": "e",  # the run in progress on the topic
+            "node_id": "m",
+            "status": "running",
+        }
 
 
 async def test_http_details(server: RunningServer) -> None:

@@ -6,6 +6,7 @@ import asyncio
 
 import websockets
 
+from agentcast.monitoring import Monitoring
 from tests.conftest import UNIT, RunningServer, start_server, stop_server
 from tests.integration.wsutil import recv, send
 
@@ -56,7 +57,7 @@ async def test_task_updates(server: RunningServer) -> None:
     async with websockets.connect(server.ws_url) as ws:
         await send(ws, {"type": "task:subscribe", "data": {"taskId": 42}})
         assert (await recv(ws))["data"] == {"taskId": "42"}
-        seq = await server.gateway.monitoring.broadcast_task_update(
+        seq = await server.gateway.feature(Monitoring).broadcast_task_update(
             42, {"status": "running", "subtask": 3}
         )
         assert seq == 1

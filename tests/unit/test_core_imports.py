@@ -64,3 +64,51 @@ def test_core_has_no_coroutines_and_reads_no_clock() -> None:
             assert not isinstance(node, ast.AsyncFunctionDef | ast.Await), (path.name, node.lineno)
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 assert node.func.attr not in CLOCK_CALLS, (path.name, node.lineno, node.func.attr)
+
+
+# -- the layers around the core ------------------------------------------------------------
+
+PACKAGE = CORE.parent
+FEATURES = ("agentcast.runs", "agentcast.chat", "agentcast.monitoring", "agentcast.storage")
+"""Feature packages (and the store they share): the gateway knows none of them."""
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module ``path`` imports, top level or inside functions (lazy imports count)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+    return found
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_gateway_imports_no_feature() -> None:
+    for module in ("gateway.py", "plugin.py", "policy.py", "brokers"):
+        paths = (
+            sorted((PACKAGE / module).glob("*.py")) if module == "brokers" else [PACKAGE / module]
+        )
+        for path in paths:
+            bad = [name for name in _imports(path) if _under(name, FEATURES)]
+            assert bad == [], (path.name, bad)
+
+
+def test_features_import_no_transport() -> None:
+    paths = [PACKAGE / "monitoring.py"]
+    for package in ("runs", "chat", "storage"):
+        paths += sorted((PACKAGE / package).rglob("*.py"))
+    assert len(paths) > 10
+    for path in paths:
+        bad = [name for name in _imports(path) if _under(name, ("agentcast.transports",))]
+        assert bad == [], (str(path.relative_to(PACKAGE)), bad)
+
+
+def test_transports_import_no_feature() -> None:
+    for path in sorted((PACKAGE / "transports").glob("*.py")):
+        bad = [name for name in _imports(path) if _under(name, FEATURES)]
+        assert bad == [], (path.name, bad)

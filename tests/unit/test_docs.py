@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from agentcast import schemas
 from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode, render_markdown
 from agentcast.core import frames
-from agentcast.core.commands import COMMANDS, parse
+from agentcast.core.commands import CommandTable
 from agentcast.schemas import SCHEMAS, SchemaEntry, check, entries, main, render_all, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,10 @@ def test_every_frame_model_and_command_has_a_schema() -> None:
     ]
     assert models
     assert [m.__name__ for m in models if m not in registered] == []
-    assert sorted({name for name, model in COMMANDS.items() if model not in registered}) == []
+    assert (
+        sorted({name for name, model in schemas.commands().items() if model not in registered})
+        == []
+    )
 
 
 def test_schema_files_are_stable_json() -> None:
@@ -152,8 +155,8 @@ def test_commands_registered_later_get_schemas(monkeypatch: pytest.MonkeyPatch) 
     class LoudShoutCommand(frames.ClientCommand):
         text: str
 
-    monkeypatch.setitem(COMMANDS, "loud:shout", LoudShoutCommand)
-    monkeypatch.setitem(COMMANDS, "loud:whisper", LoudShoutCommand)
+    monkeypatch.setitem(schemas.EXTRA_COMMANDS, "loud:shout", LoudShoutCommand)
+    monkeypatch.setitem(schemas.EXTRA_COMMANDS, "loud:whisper", LoudShoutCommand)
     try:
         entry = entries()["client.loud-shout"]
         assert entry.target is LoudShoutCommand
@@ -164,7 +167,7 @@ def test_commands_registered_later_get_schemas(monkeypatch: pytest.MonkeyPatch) 
             pass
 
         Impostor.__name__ = "LoudShoutCommand"
-        monkeypatch.setitem(COMMANDS, "impostor", Impostor)
+        monkeypatch.setitem(schemas.EXTRA_COMMANDS, "impostor", Impostor)
         with pytest.raises(ValueError, match="another model"):
             entries()
     finally:
@@ -220,7 +223,9 @@ def test_protocol_example_is_valid(name: str, extra: frozenset[str], body: str) 
     dumped = entry.adapter().dump_python(value, mode="json", exclude_unset=True)
     assert dumped == wire, "the example has fields the model drops"
     if entry.direction == "client":
-        command = parse(body)
+        table = CommandTable()
+        table.models = schemas.commands()
+        command = table.parse(body)
         assert type(command) is entry.target and command.type == wire["type"]
     if entry.direction == "server":
         assert wire["type"] and _TIMESTAMP.match(wire["timestamp"]), wire["timestamp"]

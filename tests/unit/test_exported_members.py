@@ -18,6 +18,7 @@ def test_exported_members() -> None:
             "ConnectionClosedError",
             "ConnectionRequest",
             "ErrorCode",
+            "Feature",
             "Gateway",
             "HistoryLostError",
             "OpenPolicy",
@@ -25,7 +26,10 @@ def test_exported_members() -> None:
             "ProtocolError",
             "Publication",
             "Settings",
+            "SocketEndpoint",
             "__version__",
+            "create_gateway",
+            "default_features",
             "load_settings",
         ]
     )

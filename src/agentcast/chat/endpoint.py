@@ -24,18 +24,20 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from fastapi import APIRouter
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from agentcast.codes import CloseCode
 from agentcast.errors import ProtocolError
 from agentcast.policy import AuthenticationError, Principal
-from agentcast.transports.auth import request_of
+from agentcast.web import request_of
 
 if TYPE_CHECKING:
+    from agentcast.chat.service import Chat
     from agentcast.gateway import Gateway
 
-__all__ = ["SEED003_PATH", "seed003_endpoint"]
+__all__ = ["SEED003_PATH", "seed003_endpoint", "seed003_router"]
 
 SEED003_PATH = "/api/v1/ws/{agent_id}"
 
@@ -56,7 +58,14 @@ def _text_of(raw: str) -> str:
     return raw
 
 
-def seed003_endpoint(gateway: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
+def seed003_router(gateway: Gateway, chat: Chat) -> APIRouter:
+    """A router holding seed 003's endpoint at :data:`SEED003_PATH`."""
+    router = APIRouter()
+    router.add_api_websocket_route(SEED003_PATH, seed003_endpoint(gateway, chat))
+    return router
+
+
+def seed003_endpoint(gateway: Gateway, chat: Chat) -> Callable[[WebSocket], Awaitable[None]]:
     """The ASGI WebSocket endpoint of ``/api/v1/ws/{agent_id}`` on ``gateway``."""
 
     async def endpoint(websocket: WebSocket) -> None:
@@ -72,7 +81,6 @@ def seed003_endpoint(gateway: Gateway) -> Callable[[WebSocket], Awaitable[None]]
                 await websocket.close(code=int(CloseCode.UNAUTHORIZED))
             return
         agent_id = str(websocket.path_params["agent_id"])
-        chat = gateway.chat
         await websocket.accept()
         try:
             wanted = websocket.query_params.get("conversation_id")

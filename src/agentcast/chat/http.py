@@ -9,15 +9,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from agentcast.chat.service import Generation
+from agentcast.chat.service import Chat, Generation
 from agentcast.codes import ErrorCode
 from agentcast.errors import ProtocolError
 from agentcast.gateway import Gateway
 from agentcast.policy import Principal
 from agentcast.storage.base import StoreError
 from agentcast.storage.chat import Conversation
-from agentcast.transports.auth import principal_of
-from agentcast.transports.errors import http_error
+from agentcast.web import http_error, principal_of
 
 __all__ = ["chat_router"]
 
@@ -68,10 +67,9 @@ class AgentOut(BaseModel):
     default: bool
 
 
-def chat_router(gateway: Gateway) -> APIRouter:
-    """The chat HTTP API bound to ``gateway``."""
+def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
+    """The chat HTTP API of ``chat`` on ``gateway``."""
     router = APIRouter(tags=["chat"])
-    chat = gateway.chat
 
     def out(conv: Conversation) -> ConversationOut:
         return ConversationOut(

@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from agentcast.core.commands import register
 from agentcast.core.frames import ClientCommand
 
 __all__ = [
@@ -95,11 +94,6 @@ class ChatCancelCommand(ClientCommand):
 
     type: Literal["chat:cancel"] = "chat:cancel"
     data: ChatCancelData = Field(default_factory=ChatCancelData)
-
-
-register(ChatSendCommand, "chat:send")
-register(ChatHistoryCommand, "chat:history")
-register(ChatCancelCommand, "chat:cancel")
 
 
 # -- what the server sends (described here; encoded by the service) ------------------------

@@ -1,4 +1,8 @@
-"""Conversations with agents on the gateway: the ``chat:*`` commands and generations.
+"""The chat feature: conversations with agents, the ``chat:*`` commands, generations.
+
+``Gateway(features=[Chat(store), …])``; :class:`Chat` brings the commands, the
+conversations HTTP API (:mod:`agentcast.chat.http`) and seed 003's endpoint
+(:mod:`agentcast.chat.endpoint`).
 
 Contract of one message (``chat:send`` on ``/ws``, or seed 003's endpoint):
 
@@ -43,7 +47,7 @@ from agentcast.codes import ErrorCode
 from agentcast.core.commands import error_frame
 from agentcast.errors import AgentError, BrokerError, CommandError, ConfigError, ProtocolError
 from agentcast.storage import ChatStore, create_chat_store
-from agentcast.storage.base import StoreError
+from agentcast.storage.base import RunStore, StoreError
 from agentcast.storage.chat import ChatMessage, Conversation, NewMessage
 
 if TYPE_CHECKING:
@@ -51,7 +55,7 @@ if TYPE_CHECKING:
     from agentcast.gateway import Gateway
     from agentcast.policy import Principal
 
-__all__ = ["CHAT_PREFIX", "ChatService", "Generation"]
+__all__ = ["CHAT_PREFIX", "Chat", "Generation"]
 
 logger = logging.getLogger("agentcast.chat")
 _dumps = orjson.dumps
@@ -90,26 +94,48 @@ class Generation:
         return CHAT_PREFIX + self.conversation.id
 
 
-class ChatService:
-    """The chat feature of one gateway (``gateway.chat``)."""
+class Chat:
+    """The chat feature of one gateway (``gateway.feature(Chat)``).
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.settings = gateway.settings
-        self.store: ChatStore = create_chat_store(gateway.store)
+    ``store`` is the run store whose database also keeps the conversations (in memory
+    when None). The default agent comes from the settings (``agent``, ``llm_url``, else
+    the offline agent); :meth:`register_agent` adds more, before or after installing.
+    """
+
+    name = "chat"
+
+    def __init__(self, store: RunStore | None = None) -> None:
+        self.store: ChatStore = create_chat_store(store)
         self.agents: dict[str, Agent] = {}
         self.default_agent = DEFAULT_AGENT
         self.generations: dict[str, Generation | _Reserved] = {}
         self.queues: dict[str, FairQueue] = {}
         self.stats: dict[tuple[str, str], AgentStats] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.register_agent(DEFAULT_AGENT, self._default_agent())
-        gateway.handlers["chat:send"] = self._cmd_send
-        gateway.handlers["chat:history"] = self._cmd_history
-        gateway.handlers["chat:cancel"] = self._cmd_cancel
+        self._gateway: Gateway | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError("the chat feature is not installed")
+        return self._gateway
+
+    def install(self, gateway: Gateway) -> None:
+        from agentcast.chat.endpoint import seed003_router
+        from agentcast.chat.http import chat_router
+
+        self._gateway = gateway
+        self.settings = gateway.settings
+        if DEFAULT_AGENT not in self.agents:
+            self.agents[DEFAULT_AGENT] = self._default_agent()
+        gateway.add_command(ChatSendCommand, "chat:send", handler=self._cmd_send)
+        gateway.add_command(ChatHistoryCommand, "chat:history", handler=self._cmd_history)
+        gateway.add_command(ChatCancelCommand, "chat:cancel", handler=self._cmd_cancel)
         gateway.server_prefixes.add(CHAT_PREFIX)
         gateway.subscribe_guards[CHAT_PREFIX] = self._may_subscribe
         gateway.add_shutdown(self.stop)
+        gateway.add_router(chat_router(gateway, self))
+        gateway.add_router(seed003_router(gateway, self))
 
     # -- agents --------------------------------------------------------------------
 

@@ -28,7 +28,9 @@ class FacadeBinding:
     async def gateway(self) -> Gateway:
         """The bound gateway, or a default one created and started on first use."""
         if self._gateway is None:
-            self._gateway = Gateway()
+            from agentcast.app import create_gateway
+
+            self._gateway = create_gateway()
         if not self._gateway.started:
             await self._gateway.start()
         return self._gateway

@@ -1,8 +1,10 @@
 """Client frames in, typed commands out; server replies encoded to frames.
 
-:func:`parse` turns one text frame into a :class:`~agentcast.core.frames.ClientCommand`
-or raises :class:`~agentcast.errors.ProtocolError` with the exact reason. Other features
-add commands with :func:`register` (the seeds' ``monitoring:subscribe``, ``chat:send``…).
+A :class:`CommandTable` maps command ``type`` names to their models. Every gateway owns
+one, seeded with :data:`CORE_COMMANDS`; features add theirs when they install (the
+seeds' ``monitoring:subscribe``, ``chat:send``…). :meth:`CommandTable.parse` turns one
+text frame into a :class:`~agentcast.core.frames.ClientCommand` or raises
+:class:`~agentcast.errors.ProtocolError` with the exact reason, and nothing else.
 """
 
 from __future__ import annotations
@@ -23,29 +25,53 @@ from agentcast.core.frames import (
 )
 from agentcast.errors import ProtocolError
 
-__all__ = ["COMMANDS", "encode_reply", "error_frame", "parse", "register"]
+__all__ = ["CORE_COMMANDS", "CommandTable", "encode_reply", "error_frame", "parse"]
 
-COMMANDS: dict[str, type[ClientCommand]] = {}
+CORE_COMMANDS: dict[str, type[ClientCommand]] = {
+    "subscribe": SubscribeCommand,
+    "unsubscribe": UnsubscribeCommand,
+    "ping": PingCommand,
+    "publish": PublishCommand,
+}
+"""The commands every gateway understands, whatever its features."""
 _BARE_PING = PingCommand()
 
 
-def register(model: type[ClientCommand], *names: str) -> None:
-    """Make ``parse`` accept frames whose ``type`` is one of ``names`` as ``model``."""
-    for name in names:
-        COMMANDS[name] = model
+class CommandTable:
+    """Command ``type`` names and their models, for one gateway.
+
+    Starts with :data:`CORE_COMMANDS`; :meth:`add` registers a feature's commands. A name
+    can be registered once: a second registration raises ``ValueError`` at install time
+    rather than silently replacing another feature's command.
+    """
+
+    __slots__ = ("models",)
+
+    def __init__(self) -> None:
+        self.models: dict[str, type[ClientCommand]] = dict(CORE_COMMANDS)
+
+    def add(self, model: type[ClientCommand], *names: str) -> None:
+        """Make :meth:`parse` accept frames whose ``type`` is one of ``names`` as ``model``."""
+        for name in names:
+            if name in self.models:
+                raise ValueError(f"command {name!r} is registered already")
+        for name in names:
+            self.models[name] = model
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.models
+
+    def parse(self, text: str) -> ClientCommand:
+        """Parse one client text frame (see :func:`parse`) against this table."""
+        return parse(text, self.models)
 
 
-register(SubscribeCommand, "subscribe")
-register(UnsubscribeCommand, "unsubscribe")
-register(PingCommand, "ping")
-register(PublishCommand, "publish")
-
-
-def parse(text: str) -> ClientCommand:
-    """Parse one client text frame.
+def parse(text: str, models: dict[str, type[ClientCommand]] = CORE_COMMANDS) -> ClientCommand:
+    """Parse one client text frame against ``models`` (the core commands by default).
 
     The bare text ``ping`` is a :class:`PingCommand`. Anything else must be a JSON object
-    with a string ``type`` naming a registered command and valid fields.
+    with a string ``type`` naming a known command and valid fields. Raises
+    :class:`ProtocolError` (and nothing else) for every frame that is not a valid command.
     """
     if text == "ping":
         return _BARE_PING
@@ -58,7 +84,7 @@ def parse(text: str) -> ClientCommand:
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_FRAME, "a command needs a string 'type'", field="type")
-    model = COMMANDS.get(kind)
+    model = models.get(kind)
     if model is None:
         raise ProtocolError(
             ErrorCode.UNKNOWN_COMMAND, f"unknown command type {kind!r}", field="type"

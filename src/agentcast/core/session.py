@@ -4,11 +4,17 @@ A :class:`Session` is what the hub delivers to: it owns the connection's outbox,
 of topics it is subscribed to, the commands waiting to run, and the times the keepalive
 sweep needs. Its ``writer`` is the transport's side of the connection
 (:class:`Writer`); the session itself performs no I/O.
+
+The protocol decisions about one connection are made here, without an event loop, from
+times passed in: whether a command runs now, waits behind the running one or is refused
+(:meth:`Session.admit`, :meth:`Session.next_command`), and what the keepalive sweep does
+(:meth:`Session.keepalive`). The gateway carries them out.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentcast.codes import CloseCode
@@ -17,7 +23,30 @@ from agentcast.core.outbox import Outbox
 if TYPE_CHECKING:
     from agentcast.policy import Principal
 
-__all__ = ["Session", "Writer"]
+__all__ = ["Admission", "Keepalive", "Session", "Writer"]
+
+
+class Admission(IntEnum):
+    """What :meth:`Session.admit` decided for a command."""
+
+    RUN = 0
+    """Nothing is running: run it now."""
+    QUEUED = 1
+    """Another command is running: it waits, in order (:meth:`Session.next_command`)."""
+    REFUSED = 2
+    """Too many commands wait already: answer ``rate_limited``."""
+
+
+class Keepalive(IntEnum):
+    """What :meth:`Session.keepalive` decided at one sweep."""
+
+    NOTHING = 0
+    PING = 1
+    """Send a WebSocket ping (``ping_sent`` was set)."""
+    CLOSE_DEAD = 2
+    """The last ping went unanswered for ``ping_timeout``: close with 4002."""
+    CLOSE_IDLE = 3
+    """No subscription, nothing running and no command for ``idle_timeout``: close 4000."""
 
 
 class Writer(Protocol):
@@ -80,6 +109,45 @@ class Session:
         self.running = False
         self.meta: dict[str, Any] | None = None
         """Free slot for transports and features (e.g. the seeds' per-run endpoints)."""
+
+    def admit(self, command: Any, max_pending: int) -> Admission:
+        """Commands of one connection run one at a time, in arrival order.
+
+        While one is running, up to ``max_pending`` more wait (``command`` is queued);
+        beyond that the command is refused. Mark the running one with :attr:`running`.
+        """
+        if not self.running:
+            return Admission.RUN
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = deque()
+        if len(pending) >= max_pending:
+            return Admission.REFUSED
+        pending.append(command)
+        return Admission.QUEUED
+
+    def next_command(self) -> Any | None:
+        """The next waiting command (None when none waits or the connection closed)."""
+        if self.closed or not self.pending:
+            return None
+        return self.pending.popleft()
+
+    def keepalive(
+        self, now: float, ping_interval: float, ping_timeout: float, idle_timeout: float
+    ) -> Keepalive:
+        """The sweep's decision for this connection at loop time ``now``."""
+        if self.closed:
+            return Keepalive.NOTHING
+        if self.ping_sent:
+            if now - self.ping_sent >= ping_timeout:
+                return Keepalive.CLOSE_DEAD
+            return Keepalive.NOTHING
+        if not self.topics and not self.running and now - self.last_command >= idle_timeout:
+            return Keepalive.CLOSE_IDLE
+        if now - self.last_seen >= ping_interval:
+            self.ping_sent = now
+            return Keepalive.PING
+        return Keepalive.NOTHING
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.principal.subject!r} topics={len(self.topics)}>"

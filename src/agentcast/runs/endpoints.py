@@ -8,58 +8,46 @@
 Every frame is one JSON message of wire protocol v1 (a superset of the seeds'
 ``{type, timestamp, data}``); the subscription is implicit (no ``subscribed`` reply; a
 late joiner's first frame is the run's ``snapshot``), and the connection also accepts
-every ``/ws`` command. A ``?since=N`` query parameter resumes after seq N. Both
-transports use :func:`match` and :func:`open_run_endpoint`.
+every ``/ws`` command. A ``?since=N`` query parameter resumes after seq N. An id that
+is not a valid run id is refused at the handshake (404). The runs feature registers
+them as :class:`~agentcast.plugin.SocketEndpoint`, which every transport serves.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from agentcast.core.frames import valid_topic
 from agentcast.core.session import Session
 from agentcast.gateway import Gateway
+from agentcast.plugin import SocketEndpoint
 
-__all__ = ["RUN_ENDPOINTS", "RunEndpoint", "match", "open_run_endpoint"]
-
-
-@dataclass(frozen=True, slots=True)
-class RunEndpoint:
-    """A path pattern, the topic family it subscribes to, and the id field of its pong."""
-
-    path: str
-    prefix: str
-    id_field: str
-
-    @property
-    def regex(self) -> re.Pattern[str]:
-        return re.compile("^" + self.path.replace("{id}", "(?P<id>[^/]+)") + "$")
-
+__all__ = ["RUN_ENDPOINTS", "run_endpoints"]
 
 RUN_ENDPOINTS = (
-    RunEndpoint("/api/ws/workflow/{id}", "workflow:", "workflow_id"),
-    RunEndpoint("/api/ws/executions/{id}", "execution:", "execution_id"),
+    ("/api/ws/workflow/{workflow_id}", "workflow:"),
+    ("/api/ws/executions/{execution_id}", "execution:"),
 )
-_COMPILED = [(endpoint, endpoint.regex) for endpoint in RUN_ENDPOINTS]
+"""Path and topic prefix of each per-run endpoint (the path parameter names the pong's id)."""
 
 
-def match(path: str) -> tuple[RunEndpoint, str] | None:
-    """The run endpoint serving ``path`` and the run id in it, or None."""
-    for endpoint, regex in _COMPILED:
-        found = regex.match(path)
-        if found is not None and valid_topic(endpoint.prefix + found["id"]):
-            return endpoint, found["id"]
-    return None
+def run_endpoints(gateway: Gateway) -> list[SocketEndpoint]:
+    """The seeds' per-run endpoints, bound to ``gateway``."""
+    return [_endpoint(gateway, path, prefix) for path, prefix in RUN_ENDPOINTS]
 
 
-def open_run_endpoint(
-    gateway: Gateway, session: Session, endpoint: RunEndpoint, run_id: str, query: Mapping[str, str]
-) -> None:
-    """Set up a new connection of a run endpoint: its pong, then subscribe to the run."""
-    session.meta = {"pong": {endpoint.id_field: run_id}}
-    since_text = query.get("since")
-    since = int(since_text) if since_text is not None and since_text.isdigit() else None
-    topic = endpoint.prefix + run_id
-    gateway.run_command(session, gateway.subscribe(session, topic, since, reply=False))
+def _endpoint(gateway: Gateway, path: str, prefix: str) -> SocketEndpoint:
+    id_field = path.rsplit("{", 1)[1].rstrip("}")
+
+    def accepts(run_id: str) -> bool:
+        return valid_topic(prefix + run_id)
+
+    def open(session: Session, run_id: str, query: Mapping[str, str]) -> None:
+        """Set up a new connection of a run endpoint: its pong, then subscribe to the run."""
+        session.meta = {"pong": {id_field: run_id}}
+        since_text = query.get("since")
+        since = int(since_text) if since_text is not None and since_text.isdigit() else None
+        topic = prefix + run_id
+        gateway.run_command(session, gateway.subscribe(session, topic, since, reply=False))
+
+    return SocketEndpoint(path, open, accepts)

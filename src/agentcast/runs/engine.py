@@ -117,6 +117,32 @@ class WorkflowRun:
         self._gate.set()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled = False
+        self._release: Callable[[], None] | None = None
+
+    def claim(self) -> None:
+        """Hold the run topic and take its control commands, when the publisher is a
+        gateway with the runs feature (``run`` does it; call it earlier to be refused at
+        once). Raises :class:`~agentcast.errors.CommandError` ``conflict`` while another
+        run holds the topic."""
+        if self._release is not None:
+            return
+        from agentcast.gateway import Gateway
+        from agentcast.runs.registry import Runs
+
+        publisher = self.tracker.publisher
+        if not isinstance(publisher, Gateway):
+            return
+        try:
+            runs = publisher.feature(Runs)
+        except LookupError:
+            return
+        self._release = runs.claim(self.tracker.topic, self, self.control)
+
+    def release(self) -> None:
+        """Give the run topic back (``run`` does it when the run ends)."""
+        if self._release is not None:
+            self._release()
+            self._release = None
 
     @property
     def paused(self) -> bool:
@@ -153,6 +179,13 @@ class WorkflowRun:
 
     async def run(self, initial_inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Execute the graph; returns the results of the completed nodes."""
+        self.claim()
+        try:
+            return await self._run(initial_inputs)
+        finally:
+            self.release()
+
+    async def _run(self, initial_inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         inputs = dict(initial_inputs or {})
         wf = self.workflow
         tracker = self.tracker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
@@ -16,8 +16,10 @@ from agentcast.gateway import Gateway
 from agentcast.runs.engine import WorkflowRun
 from agentcast.runs.state import run_kind
 from agentcast.storage.base import RunStore, StoreError
-from agentcast.transports.auth import allowed, principal_of
-from agentcast.transports.errors import http_error
+from agentcast.web import allowed, http_error, principal_of
+
+if TYPE_CHECKING:
+    from agentcast.runs.registry import Runs
 
 __all__ = ["runs_router"]
 
@@ -81,12 +83,14 @@ class ExecuteOut(BaseModel):
     status: str
 
 
-def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
-    """``POST /api/workflows/{workflow_id}/execute``.
-
-    ``authorize(request, topic)`` raises the HTTP error when the caller may not run it.
-    """
+def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
+    """The runs HTTP API of ``runs`` on ``gateway``: execute, control, lease, list, read."""
     router = APIRouter(tags=["runs"])
+
+    async def authorize(request: Request, topic: str) -> None:
+        principal = await principal_of(gateway, request)
+        if not await allowed(gateway.authorizer.can_publish(principal, topic)):
+            raise http_error(403, ErrorCode.FORBIDDEN, f"may not run {topic!r}")
 
     @router.post("/api/workflows/{workflow_id}/execute", response_model=ExecuteOut, status_code=202)
     async def execute(
@@ -97,7 +101,8 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
         """Run a registered workflow (or the built-in sample graph for an unknown id).
 
         Answers at once; the run's events stream on ``workflow:<workflow_id>``
-        (``/api/ws/workflow/<workflow_id>`` or ``/ws``).
+        (``/api/ws/workflow/<workflow_id>`` or ``/ws``). One run of a workflow at a time:
+        while one is live, another is refused with 409 ``conflict``.
         """
         topic = f"workflow:{workflow_id}"
         if not valid_topic(topic):
@@ -106,10 +111,13 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
         await authorize(request, topic)
         execution_id = str(uuid.uuid4())
         run = WorkflowRun(
-            gateway.workflows.get(workflow_id), gateway, workflow_id, execution_id=execution_id
+            runs.workflows.get(workflow_id), gateway, workflow_id, execution_id=execution_id
         )
-        gateway.workflows.runs[execution_id] = run
-        unregister = gateway.runs.on_control(topic, run.control)
+        try:
+            run.claim()
+        except CommandError as exc:
+            raise http_error(409, exc.code, exc.message, "workflow_id") from exc
+        runs.workflows.runs[execution_id] = run
 
         async def go() -> None:
             try:
@@ -117,8 +125,8 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
             except Exception:  # the run's own events report the failure
                 pass
             finally:
-                unregister()
-                gateway.workflows.runs.pop(execution_id, None)
+                run.release()
+                runs.workflows.runs.pop(execution_id, None)
 
         gateway.add_background(go, once=True)
         await asyncio.sleep(0)
@@ -131,7 +139,7 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
         """Pause, resume or cancel a run through its producer's control handler."""
         await authorize(request, topic)
         try:
-            seq = await gateway.runs.control(topic, body.action)
+            seq = await runs.control(topic, body.action)
         except CommandError as exc:
             status = 409 if exc.code is ErrorCode.UNAVAILABLE else 400
             raise http_error(status, exc.code, exc.message, exc.field) from exc
@@ -143,7 +151,7 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
         if run_kind(topic) is None:
             raise http_error(400, ErrorCode.INVALID_TOPIC, f"{topic!r} is not a run", "topic")
         await authorize(request, topic)
-        return LeaseOut(topic=topic, ttl=gateway.renew_lease(topic, body.ttl))
+        return LeaseOut(topic=topic, ttl=runs.renew(topic, body.ttl))
 
     @router.get("/api/runs", response_model=RunPage)
     async def list_runs(
@@ -154,12 +162,12 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> RunPage:
         """Stored runs, most recently updated first, filtered by kind and status."""
-        store = _store_or_404(gateway)
-        await _flush(gateway)
-        runs, total = await store.list_runs(kind, status, limit, offset)
+        store = _store_or_404(runs)
+        await _flush(runs)
+        found, total = await store.list_runs(kind, status, limit, offset)
         principal = await principal_of(gateway, request)
         visible = [
-            r for r in runs if await allowed(gateway.authorizer.can_subscribe(principal, r.topic))
+            r for r in found if await allowed(gateway.authorizer.can_subscribe(principal, r.topic))
         ]
         return RunPage(
             total=total,
@@ -184,10 +192,10 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
     async def get_run(request: Request, topic: str) -> RunStateOut:
         """A run's current (or final) state, as a late joiner's snapshot would carry it."""
         await _readable(gateway, request, topic)
-        found = await gateway.runs.snapshot_async(topic)
-        if found is None:
+        state = await runs.snapshot_async(topic)
+        if state is None:
             raise http_error(404, ErrorCode.INVALID_TOPIC, f"no run {topic!r}", "topic")
-        return RunStateOut(topic=topic, seq=found[0], state=found[1])
+        return RunStateOut(topic=topic, seq=state[0], state=state[1])
 
     @router.get("/api/runs/{topic}/events", response_model=RunEventsOut)
     async def run_events(
@@ -198,22 +206,22 @@ def runs_router(gateway: Gateway, authorize: Any) -> APIRouter:
     ) -> RunEventsOut:
         """A run's full event log after ``since`` (from the run store), in seq order."""
         await _readable(gateway, request, topic)
-        store = _store_or_404(gateway)
-        await _flush(gateway)
+        store = _store_or_404(runs)
+        await _flush(runs)
         events = await store.events(topic, since, limit)
         return RunEventsOut(topic=topic, events=[e.to_wire() for e in events])
 
     return router
 
 
-def _store_or_404(gateway: Gateway) -> RunStore:
-    if gateway.store is None:
+def _store_or_404(runs: Runs) -> RunStore:
+    if runs.store is None:
         raise http_error(404, ErrorCode.UNAVAILABLE, "no run store is configured (store_url)")
-    return gateway.store
+    return runs.store
 
 
-async def _flush(gateway: Gateway) -> None:
-    recorder = gateway.runs.recorder
+async def _flush(runs: Runs) -> None:
+    recorder = runs.recorder
     if recorder is not None:
         try:
             await recorder.flush()

@@ -19,7 +19,7 @@ from agentcast.core.envelope import Publication
 from agentcast.storage.base import RunStore, RunSummary, StoreError
 
 if TYPE_CHECKING:
-    from agentcast.runs.registry import RunRegistry
+    from agentcast.runs.registry import Runs
 
 __all__ = ["RunRecorder"]
 
@@ -32,7 +32,7 @@ class RunRecorder:
     def __init__(
         self,
         store: RunStore,
-        registry: RunRegistry,
+        registry: Runs,
         interval: float = 0.2,
         max_pending: int = 200_000,
     ) -> None:

@@ -1,10 +1,16 @@
-"""The run registry: state, leases and control of every run topic this node sees.
+"""The runs feature: state, leases, control and storage of every run topic this node sees.
 
-:class:`RunRegistry` listens to every ``execution:`` and ``workflow:`` topic and:
+:class:`Runs` installs itself into a gateway (``Gateway(features=[Runs(store), …])``),
+listens to every ``execution:`` and ``workflow:`` topic and:
+
+* validates their events against the seeds' vocabularies (:mod:`agentcast.runs.vocabulary`);
 
 * folds each publication into a :class:`~agentcast.runs.state.RunState` and answers the
   gateway's snapshot requests with ``(seq, state)``; it keeps at most ``max_runs``
-  states, forgetting finished runs first (a later issue persists them in the run store);
+  states, forgetting finished runs first (the run store has them all);
+* records every run event in the run store (when one is given) and serves the store as
+  the history of run topics where the broker's no longer reaches back, so a client that
+  had seq N before a restart resumes at N+1 with ``recovered: true``;
 * keeps a **lease** per unfinished run: every event of the run renews it for
   ``run_lease_ttl`` seconds, a producer can renew it explicitly (``lease`` command,
   ``PUT /api/runs/{run}/lease``, or a tracker doing it for you) with its own TTL. When a
@@ -12,7 +18,10 @@
   dashboards and history show what happened instead of a run "running" for ever;
 * routes **control** (``pause``, ``resume``, ``cancel``) from authorized clients to the
   handler the producer registered for the run, then publishes ``run_paused``,
-  ``run_resumed`` or ``run_cancelled`` on the run topic.
+  ``run_resumed`` or ``run_cancelled`` on the run topic. One producer at a time holds a
+  run topic (:meth:`Runs.claim`): a second ``execute`` of a live workflow is refused;
+* brings the HTTP routes (:mod:`agentcast.runs.http`) and the seeds' per-run WebSocket
+  endpoints (:mod:`agentcast.runs.endpoints`).
 """
 
 from __future__ import annotations
@@ -27,20 +36,23 @@ import orjson
 from pydantic import Field
 
 from agentcast.codes import ErrorCode
-from agentcast.core.commands import register
-from agentcast.core.envelope import Publication
+from agentcast.core.envelope import Publication, encode_json
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
+from agentcast.core.history import HistoryPage
 from agentcast.errors import CommandError
 from agentcast.policy import resolve
+from agentcast.runs.endpoints import run_endpoints
+from agentcast.runs.engine import WorkflowRegistry
 from agentcast.runs.recorder import RunRecorder, summary_of
 from agentcast.runs.state import RunState, run_kind
-from agentcast.storage.base import RunStore, RunSummary
+from agentcast.runs.vocabulary import validate_event
+from agentcast.storage.base import RunStore, RunSummary, StoreError
 
 if TYPE_CHECKING:
     from agentcast.core.session import Session
     from agentcast.gateway import Gateway
 
-__all__ = ["RUN_PREFIXES", "ControlCommand", "ControlHandler", "LeaseCommand", "RunRegistry"]
+__all__ = ["RUN_PREFIXES", "ControlCommand", "ControlHandler", "LeaseCommand", "Runs"]
 
 RUN_PREFIXES = ("execution:", "workflow:")
 ControlAction = Literal["pause", "resume", "cancel"]
@@ -64,36 +76,53 @@ class LeaseCommand(ClientCommand):
     ttl: float = Field(gt=0, le=86400)
 
 
-register(ControlCommand, "control")
-register(LeaseCommand, "lease")
+class Runs:
+    """The runs feature: folded run states, leases, control, storage, routes, endpoints."""
 
+    name = "runs"
 
-class RunRegistry:
-    """Folded run states, leases and control handlers, fed by the gateway's observers."""
-
-    def __init__(self, max_runs: int = 10_000, max_logs: int = 100) -> None:
+    def __init__(
+        self,
+        store: RunStore | None = None,
+        *,
+        max_runs: int = 10_000,
+        max_logs: int = 100,
+        workflows: WorkflowRegistry | None = None,
+    ) -> None:
         self.max_runs = max_runs
         self.max_logs = max_logs
         self.states: OrderedDict[str, RunState] = OrderedDict()
         self.leases: dict[str, tuple[float, float]] = {}
         """Unfinished run topic -> (deadline on the monotonic clock, ttl)."""
         self.handlers: dict[str, ControlHandler] = {}
+        self.producers: dict[str, object] = {}
+        """Run topic -> the producer holding it (see :meth:`claim`)."""
         self.gateway: Gateway | None = None
         self.default_ttl = 60.0
-        self.store: RunStore | None = None
+        self.store: RunStore | None = store
         self.recorder: RunRecorder | None = None
+        self.workflows = workflows if workflows is not None else WorkflowRegistry()
+        """Workflows the built-in engine runs on ``POST /api/workflows/{id}/execute``."""
 
     def install(self, gateway: Gateway) -> None:
-        """Observe ``gateway``'s publications, serve its snapshots, handle its commands."""
+        """Observe ``gateway``'s publications, validate run events, serve snapshots and
+        stored history of run topics, handle ``control`` and ``lease``, bring the routes
+        and the per-run endpoints."""
+        from agentcast.runs.http import runs_router
+
         self.gateway = gateway
         self.default_ttl = gateway.settings.run_lease_ttl
         gateway.observers.append(self.observe)
-        gateway.snapshots = self.snapshot_async
-        gateway.handlers["control"] = self._cmd_control
-        gateway.handlers["lease"] = self._cmd_lease
-        self.store = gateway.store
+        gateway.add_validator(self.check_event)
+        gateway.add_snapshot_provider(RUN_PREFIXES, self.snapshot_async)
+        gateway.add_command(ControlCommand, "control", handler=self._cmd_control)
+        gateway.add_command(LeaseCommand, "lease", handler=self._cmd_lease)
+        for endpoint in run_endpoints(gateway):
+            gateway.add_socket_endpoint(endpoint)
+        gateway.add_router(runs_router(gateway, self))
         if self.store is not None:
             self.recorder = RunRecorder(self.store, self)
+            gateway.add_history_source(RUN_PREFIXES, self.stored_history)
             gateway.add_background(self.recorder.run)
             gateway.add_shutdown(self.recorder.flush)
 
@@ -122,6 +151,50 @@ class RunRegistry:
             state = await self._load(topic)
             if state is not None and not state.finished:
                 self.leases[topic] = (time.monotonic() + self.default_ttl, self.default_ttl)
+
+    def check_event(self, topic: str, type: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        """The gateway's validator for run topics: the run's own ids are filled in where
+        the producer left them out (``workflow_id`` / ``execution_id`` from the topic, a
+        workflow event's ``execution_id`` from the run in progress), then the event is
+        checked against the seed's vocabulary (:func:`validate_event`)."""
+        kind = run_kind(topic)
+        if kind is None:
+            return None
+        run_id = topic.split(":", 1)[1]
+        filled: dict[str, Any] | None = None
+        if kind == "workflow":
+            if "workflow_id" not in data or "execution_id" not in data:
+                state = self.states.get(topic)
+                current = state.execution_id if state is not None else None
+                filled = {"workflow_id": run_id, "execution_id": current or run_id, **data}
+        elif "execution_id" not in data:
+            filled = {"execution_id": run_id, **data}
+        validate_event(topic, type, filled if filled is not None else data)
+        return filled
+
+    async def stored_history(self, topic: str, since: int, page: HistoryPage) -> HistoryPage | None:
+        """The run store's events of ``topic`` after ``since``, joined to the broker's
+        ``page`` (the gateway's history source for run topics). None when the store does
+        not reach back to ``since + 1`` either, or is unavailable."""
+        if self.store is None or self.recorder is None or run_kind(topic) is None:
+            return None
+        try:
+            await self.recorder.flush()
+            upto = page.first_seq - 1 if page.publications else page.last_seq
+            stored = await self.store.events(topic, since, max(0, upto - since))
+        except StoreError:
+            return None
+        if not stored or stored[0].seq != since + 1:
+            return None
+        pubs = [
+            Publication(e.topic, e.seq, e.type, encode_json(e.data), e.timestamp, e.at)
+            for e in stored
+            if e.seq <= upto
+        ]
+        if pubs[-1].seq != upto:
+            return None  # the store is behind the broker: cannot join without a hole
+        pubs.extend(page.publications)
+        return HistoryPage(pubs, since + 1, page.last_seq, since, page.epoch)
 
     # -- state ---------------------------------------------------------------------
 
@@ -245,6 +318,31 @@ class RunRegistry:
                 del self.handlers[topic]
 
         return unregister
+
+    def claim(
+        self, topic: str, producer: object, control: ControlHandler | None = None
+    ) -> Callable[[], None]:
+        """``producer`` runs ``topic`` now (and takes its ``control``); returns the release.
+
+        One producer at a time: while another holds the topic this raises
+        :class:`CommandError` ``conflict`` (HTTP 409), so two runs never interleave their
+        events on one topic. Claiming again with the same producer is a no-op.
+        """
+        holder = self.producers.get(topic)
+        if holder is not None and holder is not producer:
+            raise CommandError(
+                ErrorCode.CONFLICT, f"a run of {topic!r} is in progress", field="topic"
+            )
+        self.producers[topic] = producer
+        unregister = self.on_control(topic, control) if control is not None else None
+
+        def release() -> None:
+            if self.producers.get(topic) is producer:
+                del self.producers[topic]
+            if unregister is not None:
+                unregister()
+
+        return release
 
     async def control(self, topic: str, action: ControlAction) -> int:
         """Carry out ``action`` through the run's handler; returns the seq of the event."""

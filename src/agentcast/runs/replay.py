@@ -8,8 +8,10 @@ mistaken for live events — spaced by their original intervals divided by
 then ``replay_complete``. A replay runs beside the connection's other commands and
 subscriptions and stops when the connection closes or on ``replay_stop``.
 
-Run topics replay from the run store (whole runs, also after a restart) when one is
-configured; other topics from the broker's bounded history.
+Events come from :meth:`Gateway.history <agentcast.gateway.Gateway.history>`: the
+broker's history, and where a topic's history source reaches further back (the run store
+for run topics) from there, so whole runs replay also after a restart. The ``replay``
+option of ``subscribe`` is the same command.
 """
 
 from __future__ import annotations
@@ -20,12 +22,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from agentcast.codes import ErrorCode
-from agentcast.core.commands import register
-from agentcast.core.envelope import Publication, encode_json
+from agentcast.core.envelope import Publication
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
-from agentcast.errors import CommandError
-from agentcast.runs.state import run_kind
-from agentcast.storage.base import StoreError
+from agentcast.errors import BrokerError, CommandError
 
 if TYPE_CHECKING:
     from agentcast.core.session import Session
@@ -49,25 +48,26 @@ class ReplayStopCommand(ClientCommand):
     topic: str = Field(pattern=TOPIC_PATTERN)
 
 
-register(ReplayCommand, "replay")
-register(ReplayStopCommand, "replay_stop")
-
-
 class Replays:
-    """The replays running for each connection of one gateway."""
+    """The replay feature: ``replay`` and ``replay_stop``, and the replays running for
+    each connection of one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    name = "replay"
+
+    def __init__(self) -> None:
         self.running: dict[tuple[int, str], asyncio.Task[None]] = {}
-        gateway.handlers["replay"] = self._start
-        gateway.handlers["replay_stop"] = self._stop
+        self._gateway: Gateway | None = None
 
-    async def start(
-        self, session: Session, topic: str, *, speed: float = 1.0, since: int = 0, id: object = None
-    ) -> None:
-        """Start a replay for ``session`` (the ``replay`` option of ``subscribe``)."""
-        command = ReplayCommand(topic=topic, speed=speed, since=since, id=id)  # type: ignore[arg-type]
-        await self._start(session, command)
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError("the replay feature is not installed")
+        return self._gateway
+
+    def install(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        gateway.add_command(ReplayCommand, "replay", handler=self._start)
+        gateway.add_command(ReplayStopCommand, "replay_stop", handler=self._stop)
 
     async def _start(self, session: Session, command: ReplayCommand) -> None:
         gw = self.gateway
@@ -78,23 +78,12 @@ class Replays:
             raise CommandError(
                 ErrorCode.INVALID_FIELD, f"a replay of {command.topic!r} is running", field="topic"
             )
-        page = await gw.broker.history(command.topic, command.since)
+        try:
+            page = await gw.history(command.topic, command.since)
+        except BrokerError as exc:
+            raise CommandError(ErrorCode.UNAVAILABLE, f"history unavailable: {exc}") from exc
         pubs = page.publications
         info = {"first_seq": page.first_seq, "last_seq": page.last_seq, "complete": page.complete}
-        recorder = gw.runs.recorder
-        if recorder is not None and gw.store is not None and run_kind(command.topic):
-            # run topics: the run store has the whole log, also after a restart
-            try:
-                await recorder.flush()
-                stored = await gw.store.events(command.topic, command.since)
-            except StoreError as exc:
-                raise CommandError(ErrorCode.UNAVAILABLE, f"run store: {exc}") from exc
-            if stored:
-                pubs = [
-                    Publication(e.topic, e.seq, e.type, encode_json(e.data), e.timestamp, e.at)
-                    for e in stored
-                ]
-                info = {"first_seq": pubs[0].seq, "last_seq": pubs[-1].seq, "complete": True}
         gw.reply(
             session,
             "replay_started",
@@ -106,7 +95,9 @@ class Replays:
         self.running[key] = task
         task.add_done_callback(lambda _: self.running.pop(key, None))
 
-    async def _play(self, session: Session, command: ReplayCommand, pubs: list) -> None:  # type: ignore[type-arg]
+    async def _play(
+        self, session: Session, command: ReplayCommand, pubs: list[Publication]
+    ) -> None:
         gw = self.gateway
         previous = pubs[0].at if pubs else 0.0
         sent = 0

@@ -36,6 +36,7 @@ class RunState:
         "finished_at",
         "kind",
         "logs",
+        "max_logs",
         "nodes",
         "results",
         "run_id",
@@ -53,6 +54,12 @@ class RunState:
         self.kind = kind
         self.run_id = topic.split(":", 1)[1]
         self.seq = 0
+        self.max_logs = max_logs
+        self._begin()
+
+    def _begin(self) -> None:
+        """Empty state: a run that has not started (also when a new run reuses the topic)."""
+        max_logs = self.max_logs
         self.status = "pending"
         self.execution_id: str | None = None
         self.started_at: str | None = None
@@ -75,11 +82,34 @@ class RunState:
         if seq <= self.seq:
             return
         self.seq = seq
+        if self._starts_new_run(type, data):
+            self._begin()  # a run's state is its own run's, also when runs share a topic
         if self.started_at is None:
             self.started_at = timestamp
+        if self.execution_id is None and isinstance(data.get("execution_id"), str):
+            self.execution_id = data["execution_id"]
         handler = _HANDLERS.get(type)
         if handler is not None:
             handler(self, data, timestamp)
+
+    def _starts_new_run(self, type: str, data: dict[str, Any]) -> bool:
+        """Does this event begin another run on the topic? ``workflow_start`` after any
+        event does; on an execution topic, a ``status_update`` with a non-terminal status
+        after the run ended, or an event naming another ``execution_id``."""
+        if self.started_at is None:
+            return False
+        if type == "workflow_start":
+            return True
+        if self.kind != "execution":
+            return False
+        execution_id = data.get("execution_id")
+        if execution_id is not None and self.execution_id not in (None, execution_id):
+            return True
+        return (
+            type == "status_update"
+            and self.finished
+            and data.get("status") not in TERMINAL_STATUSES
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """The state as a JSON-ready dict (the ``data`` of a ``snapshot`` frame)."""
@@ -223,7 +253,9 @@ def _progress(state: RunState, data: dict[str, Any], ts: str) -> None:
 
 
 def _log(state: RunState, data: dict[str, Any], ts: str) -> None:
-    state.logs.append({"level": data.get("level"), "message": data.get("message"), "timestamp": ts})
+    state.logs.append(
+        {"level": data.get("level", "info"), "message": data.get("message"), "timestamp": ts}
+    )
 
 
 def _workflow_error(state: RunState, data: dict[str, Any], ts: str) -> None:

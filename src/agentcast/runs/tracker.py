@@ -91,10 +91,25 @@ class Tracker:
     async def __aenter__(self: Any) -> Any:
         self.bind()
         await self.start()
-        renew = getattr(self.publisher, "renew_lease", None)
+        renew = self._lease_renewer()
         if renew is not None:
             self._renewer = asyncio.get_running_loop().create_task(self._renew(renew))
         return self
+
+    def _lease_renewer(self) -> Callable[[str], Any] | None:
+        """What keeps the run's lease: the runs feature of a gateway publisher, or a
+        publisher's own ``renew_lease(topic)`` (an HTTP publisher in another process)."""
+        from agentcast.gateway import Gateway
+        from agentcast.runs.registry import Runs
+
+        publisher = self.publisher
+        if isinstance(publisher, Gateway):
+            try:
+                return publisher.feature(Runs).renew
+            except LookupError:
+                return None
+        renew: Callable[[str], Any] | None = getattr(publisher, "renew_lease", None)
+        return renew
 
     async def _renew(self, renew: Callable[[str], Any]) -> None:
         """Keep the run's lease while the block runs, even through long quiet nodes."""

@@ -161,7 +161,7 @@ class ProgressEvent(_WorkflowEvent):
 class LogEvent(_WorkflowEvent):
     """``log``: a log line of the run."""
 
-    level: Literal["info", "warning", "error"]
+    level: Literal["info", "warning", "error"] = "info"
     message: str
 
 

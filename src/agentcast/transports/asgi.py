@@ -21,9 +21,9 @@ from agentcast.codes import CloseCode
 from agentcast.core.envelope import payload_of_frame
 from agentcast.core.session import Session
 from agentcast.gateway import Gateway
+from agentcast.plugin import SocketEndpoint
 from agentcast.policy import AuthenticationError, Principal
-from agentcast.runs.endpoints import RunEndpoint, open_run_endpoint
-from agentcast.transports.auth import request_of
+from agentcast.web import request_of
 
 __all__ = ["AsgiWriter", "websocket_route"]
 
@@ -87,35 +87,35 @@ class AsgiWriter:
 
 
 def websocket_route(
-    gateway: Gateway, run_endpoint: RunEndpoint | None = None
+    gateway: Gateway, socket_endpoint: SocketEndpoint | None = None
 ) -> Callable[[WebSocket], Awaitable[None]]:
     """An ASGI WebSocket endpoint speaking wire protocol v1 on ``gateway``.
 
-    With ``run_endpoint`` it is one of the seeds' per-run endpoints: the route's single path
-    parameter is the run id.
+    With ``socket_endpoint`` it serves a feature's endpoint (mount it at
+    ``socket_endpoint.path``): its path parameter goes to the endpoint's ``open``, and a
+    value the endpoint does not accept is refused with 404 before the upgrade.
     """
 
     async def endpoint(websocket: WebSocket) -> None:
+        value = None
+        if socket_endpoint is not None:
+            value = str(websocket.path_params.get(socket_endpoint.param, ""))
+            if not socket_endpoint.accepts(value):
+                await _deny(websocket, 404, "no such endpoint")
+                return
         try:
             result = gateway.authenticator.authenticate(request_of(websocket))
             principal: Principal = await result if inspect.isawaitable(result) else result
         except AuthenticationError as exc:
             # HTTP 401 on the handshake, as on the native path, where the server supports
             # the ASGI denial-response extension; a 403 close otherwise
-            if "websocket.http.response" in websocket.scope.get("extensions", {}):
-                await websocket.send_denial_response(
-                    PlainTextResponse(f"unauthorized: {exc}\n", status_code=401)
-                )
-            else:  # pragma: no cover - depends on the ASGI server
-                await websocket.close(code=int(CloseCode.UNAUTHORIZED))
+            await _deny(websocket, 401, f"unauthorized: {exc}")
             return
         await websocket.accept()
         writer = AsgiWriter(websocket, gateway)
         session = writer.session = gateway.open_session(principal, writer)
-        if run_endpoint is not None:
-            (run_id,) = websocket.path_params.values()
-            query = dict(websocket.query_params)
-            open_run_endpoint(gateway, session, run_endpoint, str(run_id), query)
+        if socket_endpoint is not None and value is not None:
+            socket_endpoint.open(session, value, dict(websocket.query_params))
         sender = asyncio.create_task(writer.run())
         try:
             while True:
@@ -139,3 +139,12 @@ def websocket_route(
                     await websocket.close()
 
     return endpoint
+
+
+async def _deny(websocket: WebSocket, status: int, message: str) -> None:
+    """Refuse a handshake with HTTP ``status`` where the server supports the ASGI
+    denial-response extension; with a policy-violation close otherwise."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(f"{message}\n", status_code=status))
+    else:  # pragma: no cover - depends on the ASGI server
+        await websocket.close(code=int(CloseCode.UNAUTHORIZED))

@@ -19,17 +19,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
 from agentcast.__about__ import __version__
-from agentcast.chat.endpoint import SEED003_PATH, seed003_endpoint
-from agentcast.chat.http import chat_router
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
 from agentcast.errors import BrokerError, ProtocolError
 from agentcast.gateway import Gateway
-from agentcast.runs.endpoints import RUN_ENDPOINTS
-from agentcast.runs.http import runs_router
 from agentcast.transports.asgi import websocket_route
-from agentcast.transports.auth import allowed, principal_of
-from agentcast.transports.errors import http_error
+from agentcast.web import allowed, http_error, principal_of
 
 __all__ = ["create_app", "http_router"]
 
@@ -228,12 +223,19 @@ async def _bench_loop(gateway: Gateway, names: list[str], count: int, rate: floa
         )
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    """The FastAPI app: HTTP API, ``/ws`` through the ASGI adapter, gateway lifespan.
+def create_app(gateway: Gateway | None = None) -> FastAPI:
+    """The FastAPI app of ``gateway`` (default: :func:`agentcast.app.create_gateway`):
+    the HTTP API, every feature's routes and WebSocket endpoints, ``/ws`` through the
+    ASGI adapter, and the gateway's start and stop in the lifespan.
 
-    Under :func:`agentcast.transports.server.serve` the native protocol intercepts
-    ``/ws`` before the app sees it; under any other ASGI server the adapter serves it.
+    Under :func:`agentcast.transports.server.build_server` the native protocol intercepts
+    ``/ws`` and the features' socket endpoints before the app sees them; under any other
+    ASGI server the adapter serves them.
     """
+    if gateway is None:
+        from agentcast.app import create_gateway
+
+        gateway = create_gateway()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -269,17 +271,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         )
 
     app.include_router(http_router(gateway))
-
-    async def authorize_publish(request: Request, topic: str) -> None:
-        principal = await principal_of(gateway, request)
-        if not await allowed(gateway.authorizer.can_publish(principal, topic)):
-            raise http_error(403, ErrorCode.FORBIDDEN, f"may not run {topic!r}")
-
-    app.include_router(runs_router(gateway, authorize_publish))
-    app.include_router(chat_router(gateway))
-    app.add_api_websocket_route(SEED003_PATH, seed003_endpoint(gateway))
+    for router in gateway.routers:
+        app.include_router(router)
     app.add_api_websocket_route("/ws", websocket_route(gateway))
-    for endpoint in RUN_ENDPOINTS:
-        path = endpoint.path.replace("{id}", "{" + endpoint.id_field + "}")
-        app.add_api_websocket_route(path, websocket_route(gateway, endpoint))
+    for endpoint in gateway.socket_endpoints:
+        app.add_api_websocket_route(endpoint.path, websocket_route(gateway, endpoint))
     return app

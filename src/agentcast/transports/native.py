@@ -35,9 +35,8 @@ from websockets.server import ServerProtocol
 from agentcast.codes import CloseCode
 from agentcast.core.session import Session
 from agentcast.gateway import Gateway
+from agentcast.plugin import SocketEndpoint
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
-from agentcast.runs.endpoints import RunEndpoint, open_run_endpoint
-from agentcast.runs.endpoints import match as match_run_endpoint
 
 __all__ = ["NativeWebSocketProtocol", "protocol_class"]
 
@@ -93,7 +92,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.session: Session | None = None
         self.fragments: list[bytes] | None = None
         self.close_handle: asyncio.TimerHandle | None = None
-        self.endpoint: tuple[RunEndpoint, str] | None = None
+        self.endpoint: tuple[SocketEndpoint, str] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -111,7 +110,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         if conn is None:
             path = _request_path(data)
             if path not in self.paths:
-                self.endpoint = match_run_endpoint(path) if path is not None else None
+                self.endpoint = self.gateway.socket_endpoint(path) if path is not None else None
                 if self.endpoint is None:
                     self._delegate(data)
                     return
@@ -186,9 +185,13 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             self.gateway.set_paused(self.session, False)
 
     def shutdown(self) -> None:
-        """uvicorn's graceful shutdown: close with 1001 (``server shutting down``)."""
+        """uvicorn's graceful shutdown: the gateway drains (the stopping producers' last
+        events are delivered), then closes every connection with 1001."""
         if self.session is not None:
-            self.gateway.close(self.session, CloseCode.GOING_AWAY)
+            if self.gateway.started:
+                self.gateway.request_drain()
+            else:
+                self.gateway.close(self.session, CloseCode.GOING_AWAY)
         elif self.transport is not None:
             self.transport.close()
 
@@ -260,6 +263,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         if response.status_code != 101:
             self._reject(response)
             return
+        if self.endpoint is not None and not self.endpoint[0].accepts(self.endpoint[1]):
+            self._reject(conn.reject(404, "no such endpoint\n"))
+            return
         path, _, query = request.path.partition("?")
         creq = ConnectionRequest(
             path=unquote(path),
@@ -316,8 +322,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         )
         self.session = self.gateway.open_session(principal, self)
         if self.endpoint is not None:
-            endpoint, run_id = self.endpoint
-            open_run_endpoint(self.gateway, self.session, endpoint, run_id, creq.query)
+            endpoint, value = self.endpoint
+            endpoint.open(self.session, value, creq.query)
         if leftover:  # pragma: no cover - see above
             self.data_received(leftover)
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import websockets
 
+from agentcast.chat.service import Chat
 from agentcast.errors import AgentError
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
 from agentcast.schemas import SCHEMAS
@@ -118,7 +119,7 @@ async def test_follow_up_keeps_context_and_different_questions_differ(
 ) -> None:
     agent = GatedAgent(before=1, after=0)
     agent.gate.set()
-    chat_server.gateway.chat.register_agent("ctx", agent)
+    chat_server.gateway.feature(Chat).register_agent("ctx", agent)
     async with websockets.connect(chat_server.ws_url) as ws:
         await chat_send(ws, "first question", agent="ctx")
         first = await read_answer(ws)
@@ -169,7 +170,7 @@ async def test_history_pages_back(chat_server: RunningServer) -> None:
 
 async def test_cancel_mid_stream_stores_partial(chat_server: RunningServer) -> None:
     agent = GatedAgent(before=2, after=5)
-    chat_server.gateway.chat.register_agent("gated", agent)
+    chat_server.gateway.feature(Chat).register_agent("gated", agent)
     async with websockets.connect(chat_server.ws_url) as ws:
         await chat_send(ws, "long answer please", agent="gated")
         await read_until(ws, lambda f: f["type"] == "chat:streaming" and f["data"]["index"] == 1)
@@ -196,7 +197,7 @@ async def test_cancel_mid_stream_stores_partial(chat_server: RunningServer) -> N
 
 async def test_cancel_while_queued_never_reaches_the_agent(chat_server: RunningServer) -> None:
     agent = GatedAgent(before=1, after=1, concurrency=1)
-    chat_server.gateway.chat.register_agent("busy", agent)
+    chat_server.gateway.feature(Chat).register_agent("busy", agent)
     async with (
         websockets.connect(chat_server.ws_url) as a,
         websockets.connect(chat_server.ws_url) as b,
@@ -216,7 +217,7 @@ async def test_cancel_while_queued_never_reaches_the_agent(chat_server: RunningS
 
 async def test_queue_is_fair_between_users(auth_server: RunningServer) -> None:
     agent = GatedAgent(before=0, after=1, concurrency=1)
-    auth_server.gateway.chat.register_agent("llm", agent)
+    auth_server.gateway.feature(Chat).register_agent("llm", agent)
     base = auth_server.ws_url
     async with (
         websockets.connect(base + "?user=alice") as alice,
@@ -242,7 +243,7 @@ async def test_queue_is_fair_between_users(auth_server: RunningServer) -> None:
 
 async def test_two_tabs_see_the_same_answer(auth_server: RunningServer) -> None:
     agent = GatedAgent(before=2, after=2)
-    auth_server.gateway.chat.register_agent("gated", agent)
+    auth_server.gateway.feature(Chat).register_agent("gated", agent)
     url = auth_server.ws_url + "?user=carol"
     async with websockets.connect(url) as tab1, websockets.connect(url) as tab2:
         await chat_send(tab1, "hello from tab 1", agent="gated")
@@ -269,7 +270,7 @@ async def test_reconnect_mid_answer_resumes_without_gap_or_repeat(
     chat_server: RunningServer,
 ) -> None:
     agent = GatedAgent(before=3, after=4)
-    chat_server.gateway.chat.register_agent("gated", agent)
+    chat_server.gateway.feature(Chat).register_agent("gated", agent)
     async with websockets.connect(chat_server.ws_url) as ws:
         await chat_send(ws, "stream to me", agent="gated")
         seen = await read_until(
@@ -291,14 +292,14 @@ async def test_reconnect_mid_answer_resumes_without_gap_or_repeat(
 
 async def test_socket_drop_mid_answer_still_stores_it(chat_server: RunningServer) -> None:
     agent = GatedAgent(before=1, after=2)
-    chat_server.gateway.chat.register_agent("gated", agent)
+    chat_server.gateway.feature(Chat).register_agent("gated", agent)
     async with websockets.connect(chat_server.ws_url) as ws:
         await chat_send(ws, "keep going without me", agent="gated")
         first = await recv_until(ws, "chat:message")
         await recv_until(ws, "chat:streaming")
     cid = first["data"]["conversation_id"]
     agent.gate.set()
-    gen = chat_server.gateway.chat.generations.get(cid)
+    gen = chat_server.gateway.feature(Chat).generations.get(cid)
     if gen is not None:
         await asyncio.wait_for(asyncio.shield(gen.done), 5 * UNIT)  # type: ignore[union-attr]
     async with httpx.AsyncClient(base_url=chat_server.url) as http:
@@ -311,7 +312,7 @@ async def test_socket_drop_mid_answer_still_stores_it(chat_server: RunningServer
 
 
 async def test_agent_errors_are_reported_and_stored(chat_server: RunningServer) -> None:
-    chat = chat_server.gateway.chat
+    chat = chat_server.gateway.feature(Chat)
     chat.register_agent("clean", FailingAgent(AgentError("the knowledge base is offline")))
     chat.register_agent("buggy", FailingAgent(ZeroDivisionError("division by zero")))
     async with websockets.connect(chat_server.ws_url) as ws:
@@ -364,7 +365,7 @@ async def test_conflict_while_answering_and_chat_topics_are_server_owned(
     chat_server: RunningServer,
 ) -> None:
     agent = GatedAgent(before=1, after=1)
-    chat_server.gateway.chat.register_agent("gated", agent)
+    chat_server.gateway.feature(Chat).register_agent("gated", agent)
     async with websockets.connect(chat_server.ws_url) as ws:
         await chat_send(ws, "first", agent="gated")
         cid = (await recv_until(ws, "chat:message"))["data"]["conversation_id"]
@@ -419,7 +420,7 @@ async def test_context_window_keeps_recent_messages_and_cuts_long_input() -> Non
     try:
         agent = GatedAgent(before=1, after=0)
         agent.gate.set()
-        running.gateway.chat.register_agent("small", agent)
+        running.gateway.feature(Chat).register_agent("small", agent)
         async with websockets.connect(running.ws_url) as ws:
             await chat_send(ws, "message number zero " * 5, agent="small")
             cid = (await read_answer(ws))[-1]["data"]["conversation_id"]

@@ -11,6 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from agentcast.chat.service import Chat
 from agentcast.errors import AgentError
 from agentcast.schemas import SCHEMAS
 from tests.conftest import UNIT, RunningServer, start_server, stop_server
@@ -62,7 +63,7 @@ async def test_seed003_script_passes_as_written(srv: RunningServer) -> None:
 
 
 async def test_seed003_errors_json_and_binary(srv: RunningServer) -> None:
-    srv.gateway.chat.register_agent("broken", FailingAgent(AgentError("backend is down")))
+    srv.gateway.feature(Chat).register_agent("broken", FailingAgent(AgentError("backend is down")))
     async with websockets.connect(f"ws://127.0.0.1:{srv.port}/api/v1/ws/broken") as ws:
         await ws.recv()
         await ws.send("anything")

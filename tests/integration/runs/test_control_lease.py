@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import websockets
 
-from agentcast.gateway import Gateway
+from agentcast.app import create_gateway
 from agentcast.runs.engine import NodeContext, Workflow
+from agentcast.runs.registry import Runs
 from agentcast.runs.tracker import WorkflowTracker
 from agentcast.settings import Settings
 from tests.conftest import UNIT, RunningServer, start_server, stop_server
@@ -24,7 +25,9 @@ async def test_control_an_engine_run_over_ws_and_http(server: RunningServer) -> 
         await gate.wait()
         return ctx.node_id
 
-    server.gateway.workflows.register("ctl", Workflow({"a": waits, "b": waits}, [("a", "b")]))
+    server.gateway.feature(Runs).workflows.register(
+        "ctl", Workflow({"a": waits, "b": waits}, [("a", "b")])
+    )
     async with (
         websockets.connect(server.ws_url) as ws,
         httpx.AsyncClient(base_url=server.url) as http,
@@ -44,7 +47,7 @@ async def test_control_an_engine_run_over_ws_and_http(server: RunningServer) -> 
         assert r.status_code == 200
         complete = await recv_until(ws, "workflow_complete", 5 * UNIT)
         assert complete["data"]["success"] is False
-        snap = server.gateway.runs.snapshot("workflow:ctl")
+        snap = server.gateway.feature(Runs).snapshot("workflow:ctl")
         assert snap is not None
         assert snap[1]["status"] in ("cancelled", "failed")
         # the run is over: control is refused
@@ -78,7 +81,7 @@ async def test_a_silent_producer_is_sealed_with_publisher_lost() -> None:
             lost = await recv(ws, 10 * UNIT)  # the producer went silent
             assert lost["type"] == "publisher_lost"
             assert lost["data"]["lease_ttl"] == 0.2
-        snap = running.gateway.runs.snapshot("execution:gone")
+        snap = running.gateway.feature(Runs).snapshot("execution:gone")
         assert snap is not None
         assert snap[1]["status"] == "lost"
     finally:
@@ -100,24 +103,25 @@ async def test_explicit_leases_over_ws_and_http(server: RunningServer) -> None:
             {"topic": "workflow:l", "ttl": 120.0},
         )
     now = time.monotonic()
-    assert await gw.runs.expire(now + 100) == []  # still alive at +100 s
+    assert await gw.feature(Runs).expire(now + 100) == []  # still alive at +100 s
     async with httpx.AsyncClient(base_url=server.url) as http:
         r = await http.put("/api/runs/workflow:l/lease", json={"ttl": 5})
         assert r.json()["ttl"] == 5.0
         r = await http.put("/api/runs/board:1/lease", json={"ttl": 5})
         assert r.status_code == 400
-    assert await gw.runs.expire(now + 10) == ["workflow:l"]
-    snap = gw.runs.snapshot("workflow:l")
+    assert await gw.feature(Runs).expire(now + 10) == ["workflow:l"]
+    snap = gw.feature(Runs).snapshot("workflow:l")
     assert snap is not None
     assert snap[1]["status"] == "lost"
 
 
 async def test_tracker_keeps_its_lease_through_a_quiet_node() -> None:
-    gw = Gateway(Settings(run_lease_ttl=0.15))
+    gw = create_gateway(Settings(run_lease_ttl=0.15))
     await gw.start()
     renewals = 0
     renewed = asyncio.Event()
-    original = gw.renew_lease
+    runs = gw.feature(Runs)
+    original = runs.renew
 
     def counting(topic: str, ttl: float | None = None) -> float:
         nonlocal renewals
@@ -126,7 +130,7 @@ async def test_tracker_keeps_its_lease_through_a_quiet_node() -> None:
             renewed.set()
         return original(topic, ttl)
 
-    gw.renew_lease = counting  # type: ignore[method-assign]
+    runs.renew = counting  # type: ignore[method-assign]
     try:
         async with WorkflowTracker(gw, "quiet", ["slow"]) as run:
             await run.node_started("slow")

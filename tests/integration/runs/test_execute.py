@@ -9,6 +9,7 @@ import httpx
 import websockets
 
 from agentcast.runs.engine import NodeContext, Workflow
+from agentcast.runs.registry import Runs
 from tests.conftest import UNIT, RunningServer
 
 
@@ -20,7 +21,7 @@ async def test_execute_streams_every_message_type_in_order(server: RunningServer
     async def broken(ctx: NodeContext) -> None:
         raise ValueError("no data")
 
-    server.gateway.workflows.register(
+    server.gateway.feature(Runs).workflows.register(
         "123", Workflow({"fetch": fetch, "transform": broken}, [("fetch", "transform")])
     )
     async with websockets.connect(f"ws://127.0.0.1:{server.port}/api/ws/workflow/123") as ws:

@@ -5,13 +5,14 @@ from typing import Any
 
 import pytest
 
+from agentcast.app import create_gateway
 from agentcast.gateway import Gateway
 
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
     """A started in-memory gateway without sockets."""
-    gw = Gateway()
+    gw = create_gateway()
     await gw.start()
     yield gw
     await gw.stop()

@@ -7,6 +7,7 @@ import pytest
 
 from agentcast.gateway import Gateway
 from agentcast.runs.engine import NodeContext, Workflow, WorkflowError, WorkflowRun, sample_workflow
+from agentcast.runs.registry import Runs
 from tests.unit.runs.conftest import recorded as kinds
 
 
@@ -70,7 +71,7 @@ async def test_node_failure_skips_descendants_and_keeps_independent_branches(
     wf = Workflow({"a": bad, "b": ok, "c": ok, "d": ok}, [("a", "b"), ("c", "d")])
     results = await WorkflowRun(wf, gateway, "fail").run()
     assert results == {"c": "c", "d": "d"}
-    snap = gateway.runs.snapshot("workflow:fail")
+    snap = gateway.feature(Runs).snapshot("workflow:fail")
     assert snap is not None
     state = snap[1]
     assert state["status"] == "failed"
@@ -115,7 +116,7 @@ async def test_pause_resume_and_cancel(gateway: Gateway) -> None:
     assert "run resumed" in messages
     assert got[-1][0] == "workflow_complete"
     assert got[-1][1]["success"] is False
-    snap = gateway.runs.snapshot("workflow:ctl")
+    snap = gateway.feature(Runs).snapshot("workflow:ctl")
     assert snap is not None
     assert snap[1]["nodes"]["b"]["error"] == "cancelled"
     assert snap[1]["nodes"]["c"] == {"status": "pending"}
@@ -125,6 +126,6 @@ async def test_sample_workflow_runs(gateway: Gateway) -> None:
     results = await WorkflowRun(sample_workflow(pace=0.001, seed=1), gateway, "s").run({"items": 7})
     assert results["fetch"]["items"] == 7
     assert results["report"]["items"] == 14
-    assert gateway.workflows.get("never-registered").name == "sample"
-    gateway.workflows.register("mine", Workflow({}, [], name="mine"))
-    assert gateway.workflows.get("mine").name == "mine"
+    assert gateway.feature(Runs).workflows.get("never-registered").name == "sample"
+    gateway.feature(Runs).workflows.register("mine", Workflow({}, [], name="mine"))
+    assert gateway.feature(Runs).workflows.get("mine").name == "mine"

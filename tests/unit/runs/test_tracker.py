@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from agentcast.gateway import Gateway
+from agentcast.runs.registry import Runs
 from agentcast.runs.tracker import ExecutionTracker, WorkflowTracker
 from tests.unit.runs.conftest import recorded as events
 
@@ -37,7 +38,7 @@ async def test_workflow_tracker_success(gateway: Gateway) -> None:
     assert progress == [50.0, 100.0]
     final = got[-1][1]
     assert (final["success"], final["execution_time"], final["errors"]) == (True, 2.5, [])
-    snap = gateway.runs.snapshot("workflow:wf1")
+    snap = gateway.feature(Runs).snapshot("workflow:wf1")
     assert snap is not None
     assert snap[1]["status"] == "completed"
     assert snap[1]["nodes"]["a"]["result"] == {"rows": 3}
@@ -53,7 +54,7 @@ async def test_workflow_tracker_reports_failure_of_the_block(gateway: Gateway) -
     assert got[-2][1]["error"] == "ValueError: bad input"
     assert got[-2][1]["node_id"] == "a"
     assert got[-1][1]["success"] is False
-    snap = gateway.runs.snapshot("workflow:wf2")
+    snap = gateway.feature(Runs).snapshot("workflow:wf2")
     assert snap is not None and snap[1]["status"] == "failed"
 
 
@@ -76,7 +77,7 @@ async def test_workflow_tracker_from_worker_threads(gateway: Gateway) -> None:
             run.threadsafe(run.node_completed(node, result={"node": node}))
 
         await asyncio.gather(*(asyncio.to_thread(work, f"n{i}") for i in range(4)))
-    snap = gateway.runs.snapshot("workflow:wf4")
+    snap = gateway.feature(Runs).snapshot("workflow:wf4")
     assert snap is not None
     assert snap[1]["status"] == "completed"
     assert all(n["status"] == "completed" for n in snap[1]["nodes"].values())
@@ -101,7 +102,7 @@ async def test_execution_tracker_derives_agents_progress_and_eta(gateway: Gatewa
     assert statuses[-1]["status"] == "failed"
     assert statuses[-1]["completed_agents"] == ["agent-1"]
     assert statuses[-1]["failed_agents"] == ["agent-2"]
-    snap = gateway.runs.snapshot("execution:e1")
+    snap = gateway.feature(Runs).snapshot("execution:e1")
     assert snap is not None
     assert snap[1]["results"][0]["result"] == {"summary": "ok"}
     assert snap[1]["errors"][0]["error_details"] == {"code": "x"}

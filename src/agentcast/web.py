@@ -1,19 +1,20 @@
-"""Authentication and authorization of HTTP requests, shared by the HTTP routers."""
+"""HTTP plumbing shared by every router (the gateway's and the features'): who sent a
+request, whether an authorizer's answer allows it, and the one shape of error answers,
+``{"detail": {"code", "message", "field"?}}`` with codes from :mod:`agentcast.codes`."""
 
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from starlette.requests import HTTPConnection
 
 from agentcast.codes import ErrorCode
 from agentcast.gateway import Gateway
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal, resolve
-from agentcast.transports.errors import http_error
 
-__all__ = ["allowed", "principal_of", "request_of"]
+__all__ = ["allowed", "http_error", "principal_of", "request_of"]
 
 
 def request_of(conn: HTTPConnection) -> ConnectionRequest:
@@ -39,3 +40,13 @@ async def principal_of(gateway: Gateway, request: Request) -> Principal:
 async def allowed(value: Any) -> bool:
     """An authorizer's answer, awaited when it is awaitable."""
     return bool(await resolve(value))
+
+
+def http_error(
+    status: int, code: ErrorCode, message: str, field: str | None = None
+) -> HTTPException:
+    """The exception to raise for an HTTP error answer."""
+    detail: dict[str, Any] = {"code": code.value, "message": message}
+    if field is not None:
+        detail["field"] = field
+    return HTTPException(status_code=status, detail=detail)

@@ -1,0 +1,43 @@
+"""The assembly: which features a gateway gets by default.
+
+The gateway knows no feature (:mod:`agentcast.plugin`); this module is where the CLI,
+:func:`agentcast.transports.http.create_app` and the seeds' facades pick the default set:
+the store (``store_url``), live runs, replay, seed 001's monitoring and chat.
+
+::
+
+    gateway = create_gateway(Settings(store_url=""))          # everything, no run store
+    gateway = Gateway(settings, features=[Runs(), Monitoring()])  # only what you want
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentcast.chat.service import Chat
+from agentcast.gateway import Gateway
+from agentcast.monitoring import Monitoring
+from agentcast.plugin import Feature
+from agentcast.runs.registry import Runs
+from agentcast.runs.replay import Replays
+from agentcast.settings import Settings
+from agentcast.storage import create_store
+from agentcast.storage.feature import Storage
+
+__all__ = ["create_gateway", "default_features"]
+
+
+def default_features(settings: Settings) -> list[Feature]:
+    """Storage (unless ``store_url`` is empty), runs, replay, monitoring and chat, sharing
+    one store."""
+    store = create_store(settings.store_url)
+    features: list[Feature] = [Storage(store)] if store is not None else []
+    features += [Runs(store), Replays(), Monitoring(), Chat(store)]
+    return features
+
+
+def create_gateway(settings: Settings | None = None, **options: Any) -> Gateway:
+    """A :class:`Gateway` with :func:`default_features`; ``options`` go to the gateway
+    (``broker``, ``authenticator``, ``authorizer``)."""
+    settings = settings or Settings()
+    return Gateway(settings, features=default_features(settings), **options)

@@ -576,6 +576,11 @@ class Gateway:
         finally:
             session.running = False
 
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of this gateway: :meth:`drain` gives it until
+        ``shutdown_timeout`` to finish, then cancels it (features' per-connection work)."""
+        return self._spawn(coro)
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
         self._tasks.add(task)

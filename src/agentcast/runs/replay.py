@@ -91,7 +91,7 @@ class Replays:
             id=command.id,
             topic=command.topic,
         )
-        task = gw._spawn(self._play(session, command, pubs))
+        task = gw.spawn(self._play(session, command, pubs))
         self.running[key] = task
         task.add_done_callback(lambda _: self.running.pop(key, None))
 

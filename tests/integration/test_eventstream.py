@@ -9,7 +9,6 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -23,66 +22,7 @@ from agentcast.chat.eventstream import (
     Stalled,
 )
 from tests.conftest import UNIT, free_port
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-SSE_HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-)
-
-
-def chunk(payload: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(payload), payload)
-
-
-def events(*datas: bytes) -> bytes:
-    return b"".join(chunk(b"data: " + d + b"\n\n") for d in datas)
-
-
-END = b"0\r\n\r\n"
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    """One request (headers and a content-length body); b"" at end of connection."""
-    head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    return head + (await reader.readexactly(length) if length else b"")
-
-
-class Server:
-    """A TCP server on 127.0.0.1 that runs ``handler(reader, writer, connection_number)``."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.closed = asyncio.Event()  # a connection's handler ended
-        self.requests: list[bytes] = []
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await self.handler(reader, writer, self.connections)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            self.closed.set()
-
-
-@contextlib.asynccontextmanager
-async def serve(handler: Handler) -> AsyncIterator[tuple[Server, str]]:
-    server = Server(handler)
-    port = free_port()
-    tcp = await asyncio.start_server(server._serve, "127.0.0.1", port)
-    try:
-        yield server, f"http://127.0.0.1:{port}/v1"
-    finally:
-        tcp.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(UNIT):
-                await tcp.wait_closed()
+from tests.integration.rawhttp import END, SSE_HEAD, Server, events, read_request, serve
 
 
 async def sse_answers(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):  # type: ignore[no-untyped-def]
@@ -248,6 +188,21 @@ async def test_a_request_the_server_read_is_never_sent_again() -> None:
         assert await collect(client) == [b"b", b"[DONE]"], "the next request is served"
         assert server.connections == 2 and len(server.requests) == 3
         await client.aclose()
+
+
+async def test_connection_refused_and_a_fresh_connection_closed_unanswered() -> None:
+    client = HTTPStreamClient(f"http://127.0.0.1:{free_port()}/v1", connect_timeout=UNIT)
+    with pytest.raises(ConnectFailed, match="cannot connect"):
+        await client.request("GET", "/models")
+
+    async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        server.requests.append(await read_request(r))
+
+    async with serve(hang_up) as (server, url):
+        client = HTTPStreamClient(url)
+        with pytest.raises(Broken, match=r"before answering.*may have reached it"):
+            await client.request("POST", "/chat/completions", b"{}")
+        assert server.connections == 1 and len(server.requests) == 1, "not sent again"
 
 
 async def test_a_body_delimited_by_the_end_of_the_connection() -> None:

@@ -84,12 +84,6 @@ def peers(upstream: str, scratch: Path) -> dict[str, Peer]:
             serve,
             {**common, "AGENTCAST_STORE_URL": f"sqlite:///{scratch / 'bench-chat.db'}"},
         ),
-        "agentcast-aiohttp": Peer(
-            "agentcast-aiohttp",
-            "agentcast serve --llm-url, no store, completions over httpx + aiohttp's transport",
-            serve,
-            {**common, "AGENTCAST_STORE_URL": "", "AGENTCAST_LLM_TRANSPORT": "aiohttp"},
-        ),
         "agentcast-nostore": Peer(
             "agentcast-nostore",
             "agentcast serve --llm-url, no store (conversations in memory)",

@@ -2,11 +2,11 @@
 costs with no gateway at all, per token, for each way of reading them.
 
 Starts ``chat_upstream.py`` on CPU 1, reads ``--conns`` streams on CPU 0 with (a) raw
-aiohttp lines, (b) agentcast's upstream client pushing deltas to a callback
-(``stream_to``, native transport: what the gateway uses), (c) the same pulled as an async
-iterator (``stream``), (d) ``stream`` on the aiohttp transport (httpx + httpx-sse),
-(e) the same on httpx's own transport, and prints CPU µs per token. Whatever a gateway
-adds comes on top of (b).
+httpx lines (``aiter_lines``, what a hand-written loop does), (b) agentcast's upstream
+client pushing deltas to a callback (``stream_to``, native transport: what the gateway
+uses), (c) the same pulled as an async iterator (``stream``), (d) ``stream`` on the httpx
+transport (httpx + httpx-sse), and prints CPU µs per token. Whatever a gateway adds comes
+on top of (b).
 
     .venv/bin/python benchmarks/chat_floor.py --conns 200 --rate 10
 """
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 
@@ -35,18 +34,19 @@ from agentcast.chat.text import Turn  # noqa: E402
 
 async def measure(kind: str, url: str, n: int) -> tuple[int, float]:
     count = 0
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    session = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0, pool=None))
     transport = kind.rsplit("-", 1)[1] if kind.startswith("upstream-") else "native"
     upstream = OpenAIUpstream(UpstreamConfig(url + "/v1", "bench", transport=transport))  # type: ignore[arg-type]
 
     async def raw() -> None:
         nonlocal count
         body = {"model": "bench", "stream": True, "messages": []}
-        async with session.post(url + "/v1/chat/completions", json=body) as response:
-            async for line in response.content:
-                if line.startswith(b"data: {") and orjson.loads(line[6:])["choices"][0][
-                    "delta"
-                ].get("content"):
+        async with session.stream("POST", url + "/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and orjson.loads(line[6:])["choices"][0]["delta"].get(
+                    "content"
+                ):
                     count += 1
 
     async def ours(i: int) -> None:
@@ -62,7 +62,7 @@ async def measure(kind: str, url: str, n: int) -> tuple[int, float]:
         await upstream.stream_to([Turn("user", f"q{i}")], on_delta)
 
     def reader(i: int) -> Any:
-        if kind == "raw-aiohttp":
+        if kind == "raw-httpx":
             return raw()
         return pushed(i) if kind == "push-native" else ours(i)
 
@@ -73,7 +73,7 @@ async def measure(kind: str, url: str, n: int) -> tuple[int, float]:
     seen = count
     await asyncio.gather(*tasks)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    await session.close()
+    await session.aclose()
     await upstream.aclose()
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return count - seen, cpu
@@ -89,10 +89,9 @@ def main() -> None:
 
     print(f"{args.conns} streams × {args.rate:g} tokens/s, {args.tokens} tokens each")
     for kind in (
-        "raw-aiohttp",
+        "raw-httpx",
         "push-native",
         "upstream-native",
-        "upstream-aiohttp",
         "upstream-httpx",
     ):
         port = 9190

@@ -150,7 +150,8 @@ ERROR_CODES: dict[ErrorCode, str] = {
     ErrorCode.NOT_FOUND: "The conversation (or other resource) does not exist or is not yours.",
     ErrorCode.CONFLICT: "The resource is busy, e.g. a conversation already generating an answer.",
     ErrorCode.UPSTREAM_UNAVAILABLE: "The LLM server is unreachable or refused the request "
-    "(after retries and fallback models); the user's message is stored.",
+    "(after retries and fallback models), or the connection was lost before the first token "
+    "(the request is not sent again); the user's message is stored.",
     ErrorCode.UPSTREAM_TIMEOUT: "The LLM server stalled longer than its read timeout.",
     ErrorCode.UPSTREAM_ERROR: "The LLM server answered with an error or a broken stream.",
     ErrorCode.AGENT_ERROR: "The agent raised an error while answering; `message` says which.",

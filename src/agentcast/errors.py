@@ -9,7 +9,8 @@
     ├── BrokerError              the broker failed; the publish or read was not applied
     ├── AgentError               an agent failed to answer (carries an ErrorCode)
     │   └── UpstreamError        the OpenAI-compatible LLM server failed
-    │       ├── UpstreamUnavailable  unreachable, refused, 5xx (after retries/fallback)
+    │       ├── UpstreamUnavailable  unreachable, refused, 5xx (after retries/fallback),
+    │       │                        or gone before answering (not resent)
     │       └── UpstreamTimeout      stalled longer than the read timeout
     └── ClientError              raised by agentcast.client
         ├── ConnectionClosedError  the server closed with a terminal close code
@@ -82,7 +83,9 @@ class UpstreamError(AgentError):
 
 class UpstreamUnavailable(UpstreamError):
     """The upstream is unreachable, refused the request or answered 5xx/429, after the
-    configured retries and fallback models."""
+    configured retries and fallback models; or the connection was lost after the request
+    was sent and before the answer's first token (not retried: the server may have
+    received it)."""
 
     code = ErrorCode.UPSTREAM_UNAVAILABLE
 

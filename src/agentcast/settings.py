@@ -113,10 +113,10 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Upstream silence after which a generation fails (stall)."
     )
     llm_max_retries: int = Field(2, ge=0, description="Retries before the first token.")
-    llm_transport: Literal["auto", "native", "aiohttp", "httpx"] = Field(
+    llm_transport: Literal["auto", "native", "httpx"] = Field(
         "auto",
         description="HTTP client of completions: native (agentcast's event-stream reader, "
-        "the fastest), httpx, or httpx on aiohttp; auto: native unless a proxy applies.",
+        "the fastest) or httpx (with proxy support); auto: native unless a proxy applies.",
     )
     llm_context_tokens: int = Field(
         4096, ge=256, description="The upstream model's context window (tokens)."

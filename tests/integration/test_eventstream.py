@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
 from typing import Any
 
 import pytest
@@ -16,70 +17,12 @@ from agentcast.chat.eventstream import (
     Broken,
     ConnectFailed,
     HTTPStreamClient,
+    InvalidRequest,
     NotAnEventStream,
     Stalled,
 )
 from tests.conftest import UNIT, free_port
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-SSE_HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-)
-
-
-def chunk(payload: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(payload), payload)
-
-
-def events(*datas: bytes) -> bytes:
-    return b"".join(chunk(b"data: " + d + b"\n\n") for d in datas)
-
-
-END = b"0\r\n\r\n"
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    """One request (headers and a content-length body); b"" at end of connection."""
-    head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    return head + (await reader.readexactly(length) if length else b"")
-
-
-class Server:
-    """A TCP server on 127.0.0.1 that runs ``handler(reader, writer, connection_number)``."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.closed = asyncio.Event()  # a connection's handler ended
-        self.requests: list[bytes] = []
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await self.handler(reader, writer, self.connections)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            self.closed.set()
-
-
-@contextlib.asynccontextmanager
-async def serve(handler: Handler) -> AsyncIterator[tuple[Server, str]]:
-    server = Server(handler)
-    port = free_port()
-    tcp = await asyncio.start_server(server._serve, "127.0.0.1", port)
-    try:
-        yield server, f"http://127.0.0.1:{port}/v1"
-    finally:
-        tcp.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(UNIT):
-                await tcp.wait_closed()
+from tests.integration.rawhttp import END, SSE_HEAD, Server, events, read_request, serve
 
 
 async def sse_answers(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):  # type: ignore[no-untyped-def]
@@ -122,33 +65,144 @@ async def test_request_wire_form_and_keep_alive() -> None:
             await client.request("GET", "/models")
 
 
-async def test_a_kept_alive_connection_the_server_dropped_is_replaced_once() -> None:
+async def test_an_idle_connection_the_server_closed_is_replaced_before_the_request() -> None:
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
         server.requests.append(await read_request(r))
-        w.write(SSE_HEAD + events(b"a", b"[DONE]") + END)
+        w.write(SSE_HEAD + events(b"a", b"[DONE]") + END)  # kept alive, then closed idle
         await w.drain()
-        await read_request(r)  # the second request on this connection: no answer, closed
 
     async with serve(handler) as (server, url):
         client = HTTPStreamClient(url)
         assert await collect(client) == [b"a", b"[DONE]"]
+        (idle,) = client._idle
+        lost = asyncio.Event()
+        connection_lost = idle.connection_lost
+        idle.connection_lost = lambda exc: (connection_lost(exc), lost.set())  # type: ignore[method-assign]
+        await asyncio.wait_for(lost.wait(), UNIT)  # the transport saw the server's close
+        assert idle.eof and client.idle_connections == 0, "out of the pool"
         assert await collect(client) == [b"a", b"[DONE]"], "answered on a new connection"
         assert server.connections == 2
+        assert len(server.requests) == 2, "each request reached the server exactly once"
         await client.aclose()
 
 
-async def test_connection_refused_and_answers_without_a_byte() -> None:
+class ThreadServer:
+    """A blocking HTTP server in a thread, so that it can act while the event loop is
+    blocked: answers one request per connection (kept alive, never ``connection:
+    close``), then closes that connection when :attr:`close_now` is set."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.requests: list[bytes] = []
+        self.close_now = threading.Event()
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # the listening socket was closed: stop
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (data := conn.recv(65536)):
+                    head += data
+                if not head:
+                    continue
+                self.requests.append(head)
+                conn.sendall(SSE_HEAD + events(b"t", b"[DONE]") + END)
+                self.close_now.wait(10 * UNIT)
+            self.closed.set()
+
+    def stop(self) -> None:
+        self.close_now.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
+        self.sock.close()
+        self.thread.join(5 * UNIT)
+
+
+async def test_a_close_the_loop_has_not_processed_yet_is_seen_before_the_request() -> None:
+    """The server closes the idle connection while the event loop is busy (here: blocked),
+    so the transport has not seen it: the socket itself says so, and the request goes out
+    on a new connection instead of being lost on the dead one."""
+    server = ThreadServer()
+    try:
+        client = HTTPStreamClient(server.url)
+        assert await collect(client) == [b"t", b"[DONE]"]
+        (idle,) = client._idle
+        assert idle.transport is not None
+        sock = idle.transport.get_extra_info("socket")
+        # from here to the request the loop does not run: it cannot see the close
+        server.close_now.set()
+        assert server.closed.wait(UNIT)
+        assert select.select([sock.fileno()], [], [], UNIT)[0], "the FIN is in the socket"
+        assert idle.usable, "the transport has not seen it"
+        server.close_now.clear()
+        assert await collect(client) == [b"t", b"[DONE]"], "answered on a new connection"
+        assert len(server.requests) == 2, "each request reached the server exactly once"
+        assert idle.transport.is_closing(), "the dead connection was discarded"
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+async def test_a_connection_idle_too_long_is_not_reused() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await sse_answers(server, r, w)
+
+    async with serve(handler) as (server, url):
+        client = HTTPStreamClient(url)
+        assert client.keepalive_expiry == 2.0
+        assert await collect(client) == [b"1", b"2", b"3", b"[DONE]"]
+        client._idle[0].idle_since -= client.keepalive_expiry  # as if idle for 2 s
+        assert await collect(client) == [b"1", b"2", b"3", b"[DONE]"]
+        assert server.connections == 2 and len(server.requests) == 2
+        await asyncio.wait_for(server.closed.wait(), UNIT)  # the client closed the expired one
+        assert client.idle_connections == 1
+        await client.aclose()
+
+
+async def test_a_request_the_server_read_is_never_sent_again() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        server.requests.append(await read_request(r))
+        if n == 1:
+            w.write(SSE_HEAD + events(b"a", b"[DONE]") + END)
+            await w.drain()
+            server.requests.append(await read_request(r))  # read, then closed unanswered
+            return
+        w.write(SSE_HEAD + events(b"b", b"[DONE]") + END)
+        await w.drain()
+
+    async with serve(handler) as (server, url):
+        client = HTTPStreamClient(url)
+        assert await collect(client) == [b"a", b"[DONE]"]
+        with pytest.raises(Broken, match="closed the connection before answering"):
+            await client.request("POST", "/chat/completions", b'{"q":2}')
+        assert server.connections == 1, "no new connection: the request was not resent"
+        assert [r.endswith(b'{"q":1}') for r in server.requests] == [True, False]
+        assert server.requests[1].endswith(b'{"q":2}'), "sent once, on the kept-alive one"
+        assert await collect(client) == [b"b", b"[DONE]"], "the next request is served"
+        assert server.connections == 2 and len(server.requests) == 3
+        await client.aclose()
+
+
+async def test_connection_refused_and_a_fresh_connection_closed_unanswered() -> None:
     client = HTTPStreamClient(f"http://127.0.0.1:{free_port()}/v1", connect_timeout=UNIT)
     with pytest.raises(ConnectFailed, match="cannot connect"):
         await client.request("GET", "/models")
 
     async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
-        await read_request(r)
+        server.requests.append(await read_request(r))
 
-    async with serve(hang_up) as (_server, url):
+    async with serve(hang_up) as (server, url):
         client = HTTPStreamClient(url)
-        with pytest.raises(ConnectFailed, match="closed the connection"):
-            await client.request("GET", "/models")
+        with pytest.raises(Broken, match=r"before answering.*may have reached it"):
+            await client.request("POST", "/chat/completions", b"{}")
+        assert server.connections == 1 and len(server.requests) == 1, "not sent again"
 
 
 async def test_a_body_delimited_by_the_end_of_the_connection() -> None:
@@ -468,7 +522,7 @@ async def test_bad_requests_and_oversized_bodies_are_broken() -> None:
 
     async with serve(handler) as (_server, url):
         client = HTTPStreamClient(url, headers=[("authorization", "Bearer key\n")])
-        with pytest.raises(Broken, match="invalid request"):
+        with pytest.raises(InvalidRequest, match="invalid request"):
             await client.request("POST", "/chat/completions", b"{}")
         client = HTTPStreamClient(url)
         response = await client.request("POST", "/chat/completions", b"{}")

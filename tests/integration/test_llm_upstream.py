@@ -1,12 +1,14 @@
 """The OpenAI-compatible upstream (``agentcast.chat.llm``) against a real HTTP server speaking
-the streaming wire format (``agentcast.testing.openai_server``), on both HTTP transports;
-and the fake server itself."""
+the streaming wire format (``agentcast.testing.openai_server``), on both HTTP transports
+(native and httpx); servers written to close connections at the worst moments; and the
+fake server itself."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -29,6 +31,7 @@ from agentcast.chat.text import Turn
 from agentcast.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from agentcast.testing.openai_server import MODELS, FakeOpenAIServer, answer_for
 from tests.conftest import UNIT, free_port
+from tests.integration.rawhttp import END, SSE_HEAD, events, read_request, serve
 
 QUESTION = "what is a topic?"
 Q = [Turn("user", QUESTION)]
@@ -49,7 +52,7 @@ def fake(server: FakeOpenAIServer) -> FakeOpenAIServer:
     return server
 
 
-@pytest.fixture(params=["native", "aiohttp", "httpx"])
+@pytest.fixture(params=["native", "httpx"])
 async def upstream(
     request: pytest.FixtureRequest, fake: FakeOpenAIServer
 ) -> AsyncIterator[OpenAIUpstream]:
@@ -63,6 +66,11 @@ async def upstream(
     )
     async with OpenAIUpstream(config) as up:
         yield up
+
+
+def test_two_transports() -> None:
+    with pytest.raises(ValueError, match="transport must be one of auto, native, httpx"):
+        UpstreamConfig("http://127.0.0.1:1/v1", "m", transport="aiohttp")  # type: ignore[arg-type]
 
 
 def other(upstream: OpenAIUpstream, **changes: Any) -> OpenAIUpstream:
@@ -219,27 +227,44 @@ async def test_a_cut_after_the_first_token_is_not_retried(
     assert got == ANSWER[:2] and len(fake.requests) == 1
 
 
-async def test_a_cut_before_the_first_token_is_retried(
+async def test_a_cut_before_the_first_token_is_not_sent_again(
     upstream: OpenAIUpstream, fake: FakeOpenAIServer
 ) -> None:
-    assert await collect(upstream.stream(Q, "fake-flaky-drop")) == ANSWER
-    assert [r.model for r in fake.requests] == ["fake-flaky-drop"] * 3  # 2 cut, 1 whole
-    fake.reset()
-    assert (await upstream.complete(Q, "fake-flaky-drop")).text == "".join(ANSWER)
-    assert len(fake.requests) == 3
+    async with other(upstream, fallback_models=("fake",)) as up:
+        with pytest.raises(UpstreamUnavailable, match="not sent again"):
+            await collect(up.stream(Q, "fake-flaky-drop"))
+        assert len(fake.requests) == 1, "no retry, no fallback: it may be generating"
+        got: list[str] = []
+        with pytest.raises(UpstreamUnavailable, match="not sent again"):
+            await up.stream_to(Q, got.append, "fake-flaky-drop")
+        assert got == [] and len(fake.requests) == 2
+        assert await collect(up.stream(Q, "fake-flaky-drop")) == ANSWER, "asked again: whole"
+        fake.reset()
+        with pytest.raises(UpstreamUnavailable, match="not sent again"):
+            await up.complete(Q, "fake-flaky-drop")
+        assert len(fake.requests) == 1
 
 
 async def test_5xx_is_retried_then_falls_back(
-    upstream: OpenAIUpstream, fake: FakeOpenAIServer
+    upstream: OpenAIUpstream, fake: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, "agentcast.chat")
     with pytest.raises(UpstreamUnavailable, match="HTTP 500") as raised:
         await collect(upstream.stream(Q, "fake-500"))
     assert upstream.base_url in raised.value.message and "fake-500" in raised.value.message
     assert [r.model for r in fake.requests] == ["fake-500"] * 3  # 1 + 2 retries
+    retries = [r.getMessage() for r in caplog.records]
+    assert len(retries) == 2, "every resend of a request the server received is logged"
+    assert all("HTTP 500" in m and "retrying in" in m for m in retries)
+    assert "attempt 2 of 3" in retries[0] and "attempt 3 of 3" in retries[1]
     async with other(upstream, model="fake-500", fallback_models=("fake-429", "fake")) as up:
         fake.reset()
+        caplog.clear()
         assert await collect(up.stream(Q)) == ANSWER
         assert [r.model for r in fake.requests] == ["fake-500"] * 3 + ["fake-429"] * 3 + ["fake"]
+        fallbacks = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+        assert len(caplog.records) == 4 + 2 and len(fallbacks) == 2
+        assert "HTTP 429" in fallbacks[1] and fallbacks[1].endswith("model 'fake'")
         done = await up.complete(Q)
         assert done.model == "fake" and done.text == "".join(ANSWER)
         fake.reset()
@@ -581,7 +606,7 @@ async def odd_server() -> AsyncIterator[str]:
         sock.close()
 
 
-@pytest.mark.parametrize("transport", ["native", "aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["native", "httpx"])
 async def test_protocol_breaches_are_upstream_errors(transport: str) -> None:
     async with odd_server() as base:
         config = UpstreamConfig(base, "empty", transport=transport)  # type: ignore[arg-type]
@@ -608,3 +633,70 @@ async def test_protocol_breaches_are_upstream_errors(transport: str) -> None:
                     await collect(up.stream(Q, model))
             with pytest.raises(UpstreamError, match="unexpected answer"):
                 await up.list_models()
+
+
+# -- servers that close connections at the worst moments ------------------------------------
+
+
+def _openai_answer(*tokens: str) -> bytes:
+    """A streamed completion of ``tokens`` (chunked, kept alive: no ``connection: close``)."""
+    chunks = [json.dumps({"choices": [_delta(t)]}).encode() for t in tokens]
+    return SSE_HEAD + events(*chunks, b"[DONE]") + END
+
+
+@pytest.mark.parametrize("transport", ["native", "httpx"])
+async def test_idle_connections_the_server_closed_are_replaced_before_sending(
+    transport: str,
+) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        server.requests.append(await read_request(r))
+        w.write(_openai_answer("hi", " there"))  # then the idle connection is closed
+        await w.drain()
+
+    async with serve(handler) as (server, url):
+        config = UpstreamConfig(url, "m", transport=transport)  # type: ignore[arg-type]
+        async with OpenAIUpstream(config) as up:
+            for _ in range(3):
+                server.closed.clear()
+                assert await collect(up.stream(Q)) == ["hi", " there"]
+                await asyncio.wait_for(server.closed.wait(), UNIT)  # closed while idle
+        assert server.connections == 3, "each request on a new connection"
+        assert len(server.requests) == 3, "each request reached the server exactly once"
+
+
+@pytest.mark.parametrize("transport", ["native", "httpx"])
+async def test_a_request_the_server_read_then_dropped_is_not_sent_again(
+    transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "agentcast.chat")
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        server.requests.append(await read_request(r))
+        if n == 1:  # the first request is answered; the next one on it is read and dropped
+            w.write(_openai_answer("ok"))
+            await w.drain()
+            server.requests.append(await read_request(r))
+        # on later connections every request is read and dropped
+
+    async with serve(handler) as (server, url):
+        config = UpstreamConfig(
+            url,
+            "m",
+            fallback_models=("m2",),
+            max_retries=2,
+            transport=transport,  # type: ignore[arg-type]
+            backoff_initial=0.01,
+        )
+        async with OpenAIUpstream(config) as up:
+            assert await collect(up.stream(Q)) == ["ok"]
+            with pytest.raises(UpstreamUnavailable, match="not sent again") as raised:
+                await collect(up.stream(Q))  # on the kept-alive connection
+            assert "model 'm'" in raised.value.message
+            assert (server.connections, len(server.requests)) == (1, 2), "no retry, no fallback"
+            got: list[str] = []
+            for call in (collect(up.stream(Q)), up.complete(Q), up.stream_to(Q, got.append)):
+                with pytest.raises(UpstreamUnavailable, match="not sent again"):
+                    await call  # on a new connection
+            assert got == []
+            assert (server.connections, len(server.requests)) == (4, 5), "each sent once"
+    assert caplog.records == [], "nothing was retried"

@@ -62,3 +62,13 @@ def test_broker_by_url() -> None:
     assert create_broker("memory://", HistoryLimits()).__class__.__name__ == "MemoryBroker"
     with pytest.raises(ConfigError, match="unknown broker"):
         create_broker("carrier-pigeon://x", HistoryLimits())
+
+
+def test_llm_transport_is_native_or_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().llm_transport == "auto"
+    for kind in ("native", "httpx"):
+        monkeypatch.setenv("AGENTCAST_LLM_TRANSPORT", kind)
+        assert load_settings().llm_transport == kind
+    monkeypatch.setenv("AGENTCAST_LLM_TRANSPORT", "aiohttp")  # a transport that is gone
+    with pytest.raises(ConfigError, match="llm_transport"):
+        load_settings()

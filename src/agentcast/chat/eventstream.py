@@ -8,6 +8,29 @@ socket's bytes to httptools' C parser (llhttp, as in uvicorn), the body to
 (``benchmarks/chat_floor.py``). Requests are serialized by h11. Connections are kept
 alive and reused, LIFO, up to ``max_idle`` per client.
 
+**A request is written at most once.** A completion request starts a (possibly paid)
+generation, so nothing here ever sends one again, not even on a kept-alive connection
+that the server closed before answering: the server may have read the request before it
+closed. Instead, a pooled connection is checked *before* the request is written and
+discarded (a new one is opened) when it cannot carry it:
+
+* the transport has seen the server's end: ``eof_received``, ``connection_lost``, a
+  close (also after bytes that nobody asked for arrived on the idle connection);
+* its socket is readable although no request is in flight: a FIN, a reset or stray bytes
+  that the kernel has received but the event loop has not processed yet (a busy loop
+  runs its read callbacks late; one ``poll`` call, no read);
+* it has been idle for ``keepalive_expiry`` seconds (default 2 s) or more. Servers close
+  idle connections after their own keep-alive timeout (5 s in uvicorn, which serves
+  llama-cpp-python and vLLM, and in Node.js; 75 s in nginx), and a close that crosses our
+  request on the wire cannot be seen beforehand by any check; reusing only connections
+  idle for well under that timeout keeps us out of that race. A new connection costs a
+  TCP (and TLS) handshake, little next to a generation, and only when requests are
+  further apart than the expiry.
+
+Once the request is written, a connection that closes before the first byte of the
+answer fails the request with :class:`Broken`, as a cut mid-answer does; the caller
+decides (and :mod:`agentcast.chat.llm` does not resend it, see there).
+
 :class:`HTTPStreamClient` is deliberately small: one origin, ``http``/``https``, no
 proxies, no redirects, no compression (``accept-encoding: identity``) -- what an
 OpenAI-compatible completion endpoint needs. :class:`~agentcast.chat.llm.OpenAIUpstream`
@@ -20,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -33,6 +57,7 @@ __all__ = [
     "ConnectFailed",
     "EventStreamDecoder",
     "HTTPStreamClient",
+    "InvalidRequest",
     "NotAnEventStream",
     "Stalled",
     "StreamFailure",
@@ -53,8 +78,13 @@ class StreamFailure(Exception):
 
 
 class ConnectFailed(StreamFailure):
-    """No connection (refused, unresolvable, TLS failure, connect timeout), or the
-    connection closed before any byte of the response: the request was not answered."""
+    """No connection (refused, unresolvable, TLS failure, connect timeout, client closed):
+    nothing of the request was written, so sending it again is safe."""
+
+
+class InvalidRequest(StreamFailure):
+    """The request cannot be written (an invalid header, method or target): nothing was
+    sent, and sending it again would fail the same way."""
 
 
 class Stalled(StreamFailure):
@@ -62,7 +92,9 @@ class Stalled(StreamFailure):
 
 
 class Broken(StreamFailure):
-    """The response was cut (connection lost mid-body) or is not valid HTTP."""
+    """The request was written but its answer is missing, cut or not valid HTTP: the
+    connection closed before the first byte of the answer or mid-answer, or the answer
+    cannot be parsed. The server may have received the request."""
 
 
 class NotAnEventStream(StreamFailure):
@@ -228,8 +260,10 @@ class HTTPStreamClient:
 
     ``headers`` go with every request. ``connect_timeout`` bounds the TCP (and TLS)
     connect; ``read_timeout`` the silence allowed at any point of a response (before its
-    headers, between two chunks). Call :meth:`aclose` when done: it closes idle
-    connections (those in use close when their responses do).
+    headers, between two chunks). At most ``max_idle`` connections are kept alive, each
+    reused only while idle for less than ``keepalive_expiry`` seconds (see the module
+    docstring). Call :meth:`aclose` when done: it closes idle connections (those in use
+    close when their responses do).
     """
 
     def __init__(
@@ -240,6 +274,7 @@ class HTTPStreamClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_idle: int = 64,
+        keepalive_expiry: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(base_url)
@@ -258,7 +293,8 @@ class HTTPStreamClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle
-        self._idle: list[_Connection] = []
+        self.keepalive_expiry = keepalive_expiry
+        self._idle: list[_Connection] = []  # oldest first
         self._closed = False
 
     @property
@@ -272,10 +308,12 @@ class HTTPStreamClient:
         """Send one request (``path`` is relative to the base URL's path) and return its
         response once the status and headers are in.
 
-        Raises :class:`ConnectFailed` when no connection could be made or the server
-        closed it without answering (a kept-alive connection that the server had closed
-        is replaced once, transparently), :class:`Stalled` when no header came within
-        ``read_timeout``, :class:`Broken` for an invalid answer.
+        The request is written once, on a kept-alive connection that passed the checks of
+        the module docstring or on a new one; it is never written again. Raises
+        :class:`InvalidRequest` (nothing sent), :class:`ConnectFailed` when no
+        connection could be made (nothing sent), :class:`Stalled` when no header came
+        within ``read_timeout``, :class:`Broken` when the connection closed before the
+        answer or the answer is invalid (the server may have received the request).
         """
         if self._closed:
             raise ConnectFailed("client closed")
@@ -299,24 +337,24 @@ class HTTPStreamClient:
                 wire += h.send(h11.Data(data=body)) or b""
             wire += h.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError as exc:
-            raise Broken(f"invalid request: {exc}") from None
-        while True:
-            conn = self._take_idle()
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect()
-            try:
-                return await conn.send(wire)
-            except ConnectFailed:
-                if not reused:
-                    raise
-                # the server had closed this kept-alive connection: once more on a new one
+            raise InvalidRequest(f"invalid request: {exc}") from None
+        conn = self._take_idle() or await self._connect()
+        return await conn.send(wire)
 
     def _take_idle(self) -> _Connection | None:
+        """The most recently used idle connection that can carry a request; the others
+        met on the way (closed by the server, expired) are closed."""
+        now = asyncio.get_running_loop().time()
         while self._idle:
             conn = self._idle.pop()
-            if conn.usable:
+            if now - conn.idle_since >= self.keepalive_expiry:
+                for old in (conn, *self._idle):  # the rest were released earlier: expired too
+                    old.close()
+                self._idle.clear()
+                return None
+            if conn.usable and not conn.peer_spoke():
                 return conn
+            conn.close(abort=True)
         return None
 
     async def _connect(self) -> _Connection:
@@ -342,6 +380,7 @@ class HTTPStreamClient:
         if self._closed or len(self._idle) >= self.max_idle:
             conn.close()
         else:
+            conn.idle_since = conn.loop.time()
             self._idle.append(conn)
 
     def _forget(self, conn: _Connection) -> None:
@@ -363,7 +402,9 @@ class _Connection(asyncio.Protocol):
         self.client = client
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.lost = False
+        self.lost = False  # connection_lost came
+        self.eof = False  # eof_received came: the server will send nothing more
+        self.idle_since = 0.0  # when it went back to the pool
         self._reset()
 
     def _reset(self) -> None:
@@ -390,7 +431,31 @@ class _Connection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return not self.lost and self.transport is not None and not self.transport.is_closing()
+        """Open as far as the transport has seen: no EOF, no loss, not closing."""
+        return (
+            not self.lost
+            and not self.eof
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    def peer_spoke(self) -> bool:
+        """Whether the socket of this idle connection is readable (or unknown): a FIN,
+        a reset or bytes the loop has not read yet. Any of them means the connection
+        cannot carry a request. One zero-timeout ``poll``; nothing is read."""
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        try:
+            fd = sock.fileno()
+            if fd < 0:
+                return True
+            if hasattr(select, "poll"):
+                poller = select.poll()
+                poller.register(fd, select.POLLIN | select.POLLPRI)
+                return bool(poller.poll(0))
+            return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows
+        except (AttributeError, OSError, ValueError):
+            return True
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -410,6 +475,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def eof_received(self) -> bool | None:
+        self.eof = True
         return None  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -417,7 +483,13 @@ class _Connection(asyncio.Protocol):
         self.client._forget(self)
         if self.active and not self.complete:
             if not self.got_bytes:
-                self._fail(ConnectFailed(f"{self.client.authority} closed the connection"))
+                why = f" ({exc})" if exc else ""
+                self._fail(
+                    Broken(
+                        f"{self.client.authority} closed the connection before answering{why}; "
+                        "the request may have reached it"
+                    )
+                )
             elif self.headers_done and not self._delimited() and exc is None:
                 self.on_message_complete()  # a body delimited by the end of the connection
             else:

@@ -1,32 +1,57 @@
-"""An OpenAI-compatible upstream over httpx: LM Studio, Ollama, vLLM, llama.cpp, OpenAI.
+"""An OpenAI-compatible upstream: LM Studio, Ollama, vLLM, llama.cpp, OpenAI.
 
 :class:`OpenAIUpstream` offers what seed 001's LM Studio service offers that a user needs:
 
 * :meth:`~OpenAIUpstream.list_models` (cached 5 minutes), :meth:`~OpenAIUpstream.health`,
   :meth:`~OpenAIUpstream.switch_model`;
-* :meth:`~OpenAIUpstream.complete` (non-streaming) and :meth:`~OpenAIUpstream.stream`
-  (server-sent events, parsed by httpx-sse; the text of ``choices[0].delta.content``,
-  until ``data: [DONE]`` or a ``finish_reason``);
-* retries with exponential backoff and jitter (tenacity) on connection errors, 5xx and 429,
-  and on a stream cut before its first token, **only before the first token** (text is
-  never duplicated), then fallback to the configured other models, in order;
-  :class:`~agentcast.errors.UpstreamUnavailable` when all fail (its message names the
-  URL, the models tried and the last cause), :class:`~agentcast.errors.UpstreamTimeout`
-  when the server is silent longer than ``read_timeout`` (a stalled generation; never
-  retried), :class:`~agentcast.errors.UpstreamError` at once for another 4xx answer, an
-  ``error`` object mid-stream (with the server's message) or a stream cut after its
-  first token;
+* :meth:`~OpenAIUpstream.complete` (non-streaming), :meth:`~OpenAIUpstream.stream` and
+  :meth:`~OpenAIUpstream.stream_to` (server-sent events; the text of
+  ``choices[0].delta.content``, until ``data: [DONE]`` or a ``finish_reason``);
+* retries and fallback models, only where a request cannot be answered twice (below);
 * token estimates, truncation to the model's context, overlapping chunks, processing a
   long text chunk by chunk, and :meth:`~OpenAIUpstream.benchmark` (seed 001's
   ``benchmarkModel``).
 
-Closing or cancelling a stream closes its HTTP response at once, so the upstream stops
-generating. Completions go through :mod:`agentcast.chat.eventstream` (``transport="native"``,
-the default unless a proxy applies): an asyncio protocol with httptools' parser that reads
-a streamed token for about half the CPU of httpx + httpx-sse (``docs/performance-chat.md``).
-``transport="httpx"`` sends everything through httpx (with its proxy support),
-``"aiohttp"`` through httpx on aiohttp's transport (httpx-aiohttp). The model list and
-health check always use httpx.
+**Retries.** A completion request may start a paid generation, so one that the server may
+have received is never sent again silently. Before the first delta, with exponential
+backoff and jitter (tenacity, ``max_retries``), then for each of the configured fallback
+models in order, these are retried:
+
+* a connection that could not be made (refused, unresolvable, TLS failure, connect
+  timeout): nothing was sent;
+* an HTTP 5xx or 429 answer: the server received the request and answered that it failed
+  or was refused, so the request is over and a new one duplicates no generation in
+  progress. It did reach the server, so each retry and each fallback is logged (warning,
+  logger ``agentcast.chat``) with its cause.
+
+Everything else fails at once, without retry nor fallback:
+
+* the connection closed after the request was written, before the answer or before its
+  first delta (a stream cut before its first token): the server may be generating, or
+  have generated, an answer, so
+  :class:`~agentcast.errors.UpstreamUnavailable`, whose message says it was not sent again;
+* a stream cut after its first delta, an ``error`` object mid-stream (with the server's
+  message), another 4xx answer, a protocol breach: :class:`~agentcast.errors.UpstreamError`
+  (text already delivered is never repeated);
+* silence longer than ``read_timeout`` (a stalled generation):
+  :class:`~agentcast.errors.UpstreamTimeout`.
+
+When retries and fallbacks are exhausted, UpstreamUnavailable names the URL, the models
+tried and the last cause. The transport itself never resends either (see
+:mod:`agentcast.chat.eventstream`; httpx's pool also checks an idle connection before
+reuse and does not resend). Transport errors, httpx's and eventstream's, become
+agentcast's errors in one place, :meth:`OpenAIUpstream._translate`, chained with
+``from``.
+
+**Transports.** Completions go through :mod:`agentcast.chat.eventstream`
+(``transport="native"``): an asyncio protocol with httptools' parser that reads a streamed
+token for about half the CPU of httpx + httpx-sse (``docs/performance-chat.md``).
+``transport="httpx"`` sends them through httpx and httpx-sse instead; ``"auto"`` (the
+default) picks httpx when an environment proxy applies to the URL (the native client
+speaks to the origin only) and native otherwise. Both use httpx's TLS context
+(certificates from the system or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``). The model list and
+health check always use httpx. Closing or cancelling a stream closes its HTTP response at
+once, so the upstream stops generating.
 
 :class:`LLMAgent` is the :class:`~agentcast.chat.agents.Agent` that answers with an upstream.
 """
@@ -34,6 +59,7 @@ health check always use httpx.
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import time
 import urllib.request
@@ -47,6 +73,7 @@ import orjson
 from httpx_sse import EventSource, SSEError
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
@@ -55,9 +82,9 @@ from tenacity import (
 
 from agentcast.chat.agents import ChatRequest
 from agentcast.chat.eventstream import (
-    Broken,
     ConnectFailed,
     HTTPStreamClient,
+    InvalidRequest,
     NotAnEventStream,
     Stalled,
     StreamFailure,
@@ -75,12 +102,17 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+logger = logging.getLogger("agentcast.chat")
 
 MODEL_CACHE_SECONDS = 300.0
 """How long :meth:`OpenAIUpstream.list_models` answers from its cache (seed 001: 5 min)."""
 _DONE_GRACE = 0.5
 """After ``[DONE]`` or the last ``finish_reason``, how long a stream waits for the end of
 the response body (so the HTTP connection can be reused) before closing it anyway."""
+KEEPALIVE_EXPIRY = 2.0
+"""Seconds an idle HTTP connection stays reusable, in both transports: under the
+keep-alive timeout of common servers (see :mod:`agentcast.chat.eventstream`)."""
+TRANSPORTS = ("auto", "native", "httpx")
 
 
 @dataclass(frozen=True)
@@ -95,7 +127,8 @@ class UpstreamConfig:
     unlimited) is enforced by the gateway's fair queue, ``context_tokens`` (the model's
     context window) by the prompt budget. ``max_tokens`` and ``temperature`` are sent
     when set. ``transport`` (for completions): ``auto`` (``native`` unless an environment
-    proxy applies to ``base_url``, then ``httpx``), ``native``, ``aiohttp`` or ``httpx``.
+    proxy applies to ``base_url``, then ``httpx``), ``native`` or ``httpx``; another value
+    raises ValueError.
     """
 
     base_url: str
@@ -112,7 +145,13 @@ class UpstreamConfig:
     max_tokens: int | None = None
     temperature: float | None = None
     name: str | None = None
-    transport: Literal["auto", "native", "aiohttp", "httpx"] = "auto"
+    transport: Literal["auto", "native", "httpx"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(
+                f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -161,18 +200,25 @@ class BenchResult:
         return sum(self.seconds)
 
 
-class _Retryable(Exception):
-    """A failure worth another attempt (connection, 5xx, 429, cut before the first token)."""
+class _Retryable(UpstreamUnavailable):
+    """A failure worth another attempt: no connection (nothing sent), or a 5xx or 429
+    answer. Raised out of the retry loop only as the cause of the final
+    UpstreamUnavailable (or as itself where nothing retries, e.g. the model list)."""
 
 
 class _StreamBroken(UpstreamError):
     """The connection failed in the middle of a stream."""
 
 
+_TRANSPORT_ERRORS = (StreamFailure, httpx.HTTPError)
+"""What the HTTP clients raise (httpx-sse's SSEError is an httpx error); translated by
+:meth:`OpenAIUpstream._translate`."""
+
+
 class _Response(Protocol):
     """One open completion response, whichever client carries it (see
     :class:`~agentcast.chat.eventstream.StreamResponse`); failures are
-    :class:`~agentcast.chat.eventstream.StreamFailure`."""
+    :data:`_TRANSPORT_ERRORS`."""
 
     status_code: int
 
@@ -186,7 +232,8 @@ class _Response(Protocol):
 
 
 class _HttpxResponse:
-    """An httpx response behind the :class:`_Response` interface."""
+    """An httpx response behind the :class:`_Response` interface (its errors are httpx's
+    and httpx-sse's)."""
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
@@ -194,24 +241,12 @@ class _HttpxResponse:
         self._sse: AsyncIterator[Any] | None = None
 
     async def aread(self) -> bytes:
-        try:
-            return await self.response.aread()
-        except httpx.ReadTimeout as exc:
-            raise Stalled(_why(exc)) from exc
-        except httpx.HTTPError as exc:
-            raise Broken(_why(exc)) from exc
+        return await self.response.aread()
 
     async def events(self) -> AsyncIterator[str]:
         self._sse = sse = EventSource(self.response).aiter_sse()
-        try:
-            async for event in sse:
-                yield event.data
-        except httpx.ReadTimeout as exc:
-            raise Stalled(_why(exc)) from exc
-        except SSEError as exc:
-            raise NotAnEventStream(str(exc)) from exc
-        except httpx.HTTPError as exc:
-            raise Broken(_why(exc)) from exc
+        async for event in sse:
+            yield event.data
 
     async def drain(self, seconds: float) -> None:
         if self._sse is None:
@@ -235,19 +270,6 @@ def _proxied(url: str) -> bool:
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False
     return not urllib.request.proxy_bypass(parts.hostname or "")
-
-
-def _transport(kind: str) -> httpx.AsyncBaseTransport | None:
-    if kind != "aiohttp":
-        return None
-    import aiohttp
-    from httpx_aiohttp import AiohttpTransport
-
-    def session() -> aiohttp.ClientSession:
-        # no connection limit (aiohttp's default is 100): the fair queue bounds concurrency
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-    return AiohttpTransport(client=session)
 
 
 class OpenAIUpstream:
@@ -285,8 +307,11 @@ class OpenAIUpstream:
                 timeout=httpx.Timeout(
                     connect=c.connect_timeout, read=c.read_timeout, write=30.0, pool=None
                 ),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-                transport=_transport(c.transport),
+                limits=httpx.Limits(
+                    max_connections=None,
+                    max_keepalive_connections=64,
+                    keepalive_expiry=KEEPALIVE_EXPIRY,
+                ),
             )
         return self._client
 
@@ -300,6 +325,7 @@ class OpenAIUpstream:
                 headers=[("authorization", f"Bearer {c.api_key}")] if c.api_key else [],
                 connect_timeout=c.connect_timeout,
                 read_timeout=c.read_timeout,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
                 ssl_context=httpx.create_ssl_context()
                 if self.base_url.startswith("https:")
                 else None,
@@ -325,7 +351,7 @@ class OpenAIUpstream:
         try:
             response = await self.client.get(f"{self.base_url}/models")
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"{self.base_url} unreachable: {_why(exc)}") from exc
+            raise self._translate(exc) from exc
         if response.status_code != 200:
             raise UpstreamError(f"{self.base_url}/models: HTTP {response.status_code}")
         try:
@@ -405,10 +431,13 @@ class OpenAIUpstream:
     ) -> _T:
         """``attempt(body)`` for ``model`` (default: :attr:`model`), retried on _Retryable
         (``max_retries``, with backoff), then for each fallback model in turn (unless
-        ``fallback`` is false): the first result. UpstreamUnavailable when all fail."""
+        ``fallback`` is false), each retry and fallback logged: the first result.
+        UpstreamUnavailable when all fail; any other error at once."""
         last: Exception | None = None
         tried = self._models_to_try(model, fallback)
         for name in tried:
+            if last is not None:
+                logger.warning("%s; falling back to model %r", last, name)
             body = self._body(messages, name, stream, params)
             try:
                 async for retry in self._retrying():
@@ -425,17 +454,69 @@ class OpenAIUpstream:
             wait=wait_exponential(multiplier=c.backoff_initial, max=c.backoff_max)
             + wait_random(0, c.backoff_initial),
             retry=retry_if_exception_type(_Retryable),
+            before_sleep=self._log_retry,
             reraise=True,
+        )
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        cause = state.outcome.exception() if state.outcome is not None else None
+        pause = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning(
+            "%s; retrying in %.2f s (attempt %d of %d)",
+            cause,
+            pause,
+            state.attempt_number + 1,
+            self.config.max_retries + 1,
+        )
+
+    def _translate(
+        self, exc: Exception, model: str | None = None, *, answered: bool = False
+    ) -> UpstreamError:
+        """The agentcast error for a failure of either HTTP client (httpx and httpx-sse,
+        or :mod:`~agentcast.chat.eventstream`): the one place they are translated (raise
+        it ``from exc``). ``model`` names the request's model; ``answered``: a delta of
+        the answer was delivered already.
+
+        * no connection (refused, unresolvable, TLS, connect timeout: nothing was sent):
+          _Retryable, an UpstreamUnavailable that may be sent again;
+        * silence longer than ``read_timeout``: UpstreamTimeout;
+        * not an event stream, or a request that cannot be written: UpstreamError;
+        * anything else happened after the request was written (the connection closed
+          before or during the answer, invalid HTTP): the server may have received the
+          request, which is not sent again: UpstreamUnavailable saying so before the
+          first delta, _StreamBroken (an UpstreamError) after it.
+        """
+        why = _why(exc)
+        base = self.base_url
+        if isinstance(exc, ConnectFailed | httpx.ConnectError | httpx.ConnectTimeout):
+            return _Retryable(f"{base} unreachable: {why}")
+        if isinstance(exc, httpx.ProxyError):  # the tunnel failed: nothing reached base
+            return _Retryable(f"{base} unreachable through the proxy: {why}")
+        if isinstance(exc, httpx.WriteTimeout):  # part of the request may have gone out
+            return UpstreamTimeout(f"{base}: the request could not be written: {why}")
+        if isinstance(exc, Stalled | httpx.TimeoutException):
+            return UpstreamTimeout(
+                f"{base} stalled: sent nothing for {self.config.read_timeout:g} s"
+            )
+        if isinstance(exc, NotAnEventStream | SSEError):
+            return UpstreamError(f"{base}: not an event stream ({why})")
+        if isinstance(exc, InvalidRequest | httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+            return UpstreamError(f"{base}: cannot send the request: {why}")
+        if answered:
+            return _StreamBroken(f"{base}: stream broken: {why}")
+        subject = f"model {model!r}" if model else "the request"
+        return UpstreamUnavailable(
+            f"{base} failed before answering ({subject}): {why}; not sent again, since the "
+            "server may have received it"
         )
 
     async def _send(self, body: dict[str, Any], stream: bool) -> _Response:
         """Send one completion request; the response's headers are in (and its body, unless
-        ``stream``). Raises _Retryable or UpstreamTimeout."""
+        ``stream``). Raises what :meth:`_translate` returns."""
         payload = orjson.dumps(body)
-        stalled = f"{self.base_url} sent nothing for {self.config.read_timeout:g} s"
-        if self.native:
-            accept = "text/event-stream" if stream else "application/json"
-            try:
+        try:
+            if self.native:
+                accept = "text/event-stream" if stream else "application/json"
                 response = await self.stream_client.request(
                     "POST",
                     "/chat/completions",
@@ -444,36 +525,25 @@ class OpenAIUpstream:
                 )
                 if not stream:
                     await response.aread()
-            except ConnectFailed as exc:
-                raise _Retryable(f"{self.base_url} unreachable: {exc}") from exc
-            except Stalled as exc:
-                raise UpstreamTimeout(stalled) from exc
-            except StreamFailure as exc:
-                raise _Retryable(f"{self.base_url}: {exc}") from exc
-            return response
-        request = self.client.build_request(
-            "POST",
-            f"{self.base_url}/chat/completions",
-            content=payload,
-            headers={"content-type": "application/json"},
-        )
-        try:
+                return response
+            request = self.client.build_request(
+                "POST",
+                f"{self.base_url}/chat/completions",
+                content=payload,
+                headers={"content-type": "application/json"},
+            )
             return _HttpxResponse(await self.client.send(request, stream=stream))
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Retryable(f"{self.base_url} unreachable: {_why(exc)}") from exc
-        except httpx.ReadTimeout as exc:
-            raise UpstreamTimeout(stalled) from exc
-        except httpx.HTTPError as exc:
-            raise _Retryable(f"{self.base_url}: {_why(exc)}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise self._translate(exc, body["model"]) from exc
 
     async def _open(self, body: dict[str, Any], stream: bool) -> _Response:
-        """Send one request; the response is open (stream) or read. Raises _Retryable,
-        UpstreamError or UpstreamTimeout."""
+        """Send one request; the response is open (stream) or read. Raises _Retryable
+        (5xx, 429, no connection), UpstreamError, UpstreamUnavailable or UpstreamTimeout."""
         response = await self._send(body, stream)
         if response.status_code >= 400:
             try:
                 text = (await response.aread()).decode(errors="replace")
-            except StreamFailure:
+            except _TRANSPORT_ERRORS:
                 text = ""
             finally:
                 await response.aclose()
@@ -507,8 +577,8 @@ class OpenAIUpstream:
         )
         try:
             raw = await response.aread()
-        except StreamFailure as exc:  # pragma: no cover - read whole by _send
-            raise UpstreamError(f"{self.base_url}: {exc}") from exc
+        except _TRANSPORT_ERRORS as exc:  # pragma: no cover - read whole by _send
+            raise self._translate(exc, name) from exc
         finally:
             await response.aclose()
         try:
@@ -537,13 +607,16 @@ class OpenAIUpstream:
         """Stream the answer of ``model`` (default: :attr:`model`) as text deltas;
         ``params`` are added to the request body.
 
-        Until the first delta, connection errors, 5xx, 429 and a stream cut short are
-        retried (``max_retries``, with backoff), then each of ``fallback_models`` is tried
-        in turn (unless ``fallback`` is false); when all fail, UpstreamUnavailable. After
-        the first delta nothing is retried: a failure raises UpstreamError (the server's
-        ``error`` message, or the cut) and silence longer than ``read_timeout`` raises
-        UpstreamTimeout. Another 4xx answer raises UpstreamError at once. Closing the
-        iterator or cancelling its task closes the HTTP response at once.
+        Before the first delta, a connection that could not be made and a 5xx or 429
+        answer are retried (``max_retries``, with backoff, logged), then each of
+        ``fallback_models`` is tried in turn (unless ``fallback`` is false); when all
+        fail, UpstreamUnavailable. A connection lost after the request was written and
+        before the first delta raises UpstreamUnavailable at once (the server may have
+        received the request: it is not sent again). After the first delta nothing is
+        retried: a failure raises UpstreamError (the server's ``error`` message, or the
+        cut). Silence longer than ``read_timeout`` raises UpstreamTimeout, another 4xx
+        answer UpstreamError, at once. Closing the iterator or cancelling its task
+        closes the HTTP response at once.
         """
         response, deltas, first = await self._first_to_answer(
             messages, model, fallback, True, params, self._start
@@ -560,41 +633,34 @@ class OpenAIUpstream:
     async def _start(
         self, body: dict[str, Any]
     ) -> tuple[_Response, AsyncGenerator[str, None], str | None]:
-        """Open a stream and wait for its first delta (None: an empty answer). A stream
-        cut before its first delta is retryable."""
+        """Open a stream and wait for its first delta (None: an empty answer)."""
         response = await self._open(body, stream=True)
-        deltas = self._deltas(response)
+        deltas = self._deltas(response, body["model"])
         try:
             first = await anext(deltas)
         except StopAsyncIteration:
             first = None
-        except BaseException as exc:  # the generator is finished: close the response
+        except BaseException:  # the generator is finished: close the response
             await response.aclose()
-            if isinstance(exc, _StreamBroken):
-                raise _Retryable(exc.message) from exc
             raise
         return response, deltas, first
 
-    async def _deltas(self, response: _Response) -> AsyncGenerator[str, None]:
+    async def _deltas(self, response: _Response, model: str) -> AsyncGenerator[str, None]:
         """The content deltas of choice 0, until ``[DONE]`` or its ``finish_reason``."""
         interpret = self._interpret
+        answered = False
         try:
             async for data in response.events():
                 content, end = interpret(data)
                 if content:
+                    answered = True
                     yield content
                 if end:
                     break
             else:
                 return  # the body ended
-        except Stalled as exc:
-            raise UpstreamTimeout(
-                f"{self.base_url} stalled: nothing for {self.config.read_timeout:g} s"
-            ) from exc
-        except NotAnEventStream as exc:
-            raise UpstreamError(f"{self.base_url}: not an event stream ({exc})") from exc
-        except StreamFailure as exc:
-            raise _StreamBroken(f"{self.base_url}: stream broken: {exc}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise self._translate(exc, model, answered=answered) from exc
         # the answer is whole: read the rest ([DONE], the end of the body) if it comes at
         # once, so that the HTTP connection is reused instead of closed
         await response.drain(min(_DONE_GRACE, self.config.read_timeout))
@@ -649,8 +715,7 @@ class OpenAIUpstream:
         )
 
     async def _push(self, body: dict[str, Any], on_delta: Callable[[str], None]) -> None:
-        """One attempt of :meth:`stream_to`; a stream cut before its first delta is
-        retryable."""
+        """One attempt of :meth:`stream_to`."""
         response = await self._open(body, stream=True)
         assert isinstance(response, StreamResponse)
         interpret = self._interpret
@@ -667,16 +732,8 @@ class OpenAIUpstream:
         try:
             try:
                 await response.push(sink)
-            except Stalled as exc:
-                raise UpstreamTimeout(
-                    f"{self.base_url} stalled: nothing for {self.config.read_timeout:g} s"
-                ) from exc
-            except NotAnEventStream as exc:
-                raise UpstreamError(f"{self.base_url}: not an event stream ({exc})") from exc
-            except StreamFailure as exc:
-                if not started:
-                    raise _Retryable(f"{self.base_url}: stream broken: {exc}") from exc
-                raise _StreamBroken(f"{self.base_url}: stream broken: {exc}") from exc
+            except _TRANSPORT_ERRORS as exc:
+                raise self._translate(exc, body["model"], answered=started) from exc
             await response.drain(min(_DONE_GRACE, self.config.read_timeout))
         finally:
             await response.aclose()

@@ -61,9 +61,11 @@ CommandHandler = Callable[[Session, Any], Awaitable[None] | None]
 :class:`~agentcast.errors.CommandError` for an ``error`` reply."""
 SnapshotProvider = Callable[[str], Awaitable[tuple[int, dict[str, Any]] | None]]
 """``(seq, state)`` of a topic for a late joiner: the state reflects every seq ≤ seq."""
-HistorySource = Callable[[str, int, HistoryPage], Awaitable[HistoryPage | None]]
-"""``source(topic, since, broker_page)``: a page reaching back further than the broker's
-(a store's), or None. It must carry the broker page's epoch and end where it ends."""
+HistorySource = Callable[[str, int, HistoryPage, int | None], Awaitable[HistoryPage | None]]
+"""``source(topic, since, broker_page, limit)``: the publications after ``since`` reaching
+back further than the broker's page (from a store), at most ``limit``, or None. The page
+carries the broker page's epoch and ``last_seq``, and joins its publications without a
+hole."""
 Validator = CoreValidator
 """``check(topic, type, data)``: raise :class:`~agentcast.errors.ProtocolError` to refuse;
 return the data to publish instead (defaults filled in, a new dict), or None to keep it."""
@@ -789,13 +791,8 @@ class Gateway:
         source = self._by_prefix(self.history_sources, topic)
         if source is None:
             return page
-        older = await source(topic, since, page)
-        if older is None:
-            return page
-        if limit is not None and len(older.publications) > limit:
-            pubs = older.publications[:limit]
-            return HistoryPage(pubs, older.first_seq, older.last_seq, since, older.epoch)
-        return older
+        older = await source(topic, since, page, limit)
+        return page if older is None else older
 
     async def _unlisten(self, topic: str) -> None:
         if not self.hub.presence(topic):

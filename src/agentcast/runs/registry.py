@@ -172,28 +172,31 @@ class Runs:
         validate_event(topic, type, filled if filled is not None else data)
         return filled
 
-    async def stored_history(self, topic: str, since: int, page: HistoryPage) -> HistoryPage | None:
+    async def stored_history(
+        self, topic: str, since: int, page: HistoryPage, limit: int | None = None
+    ) -> HistoryPage | None:
         """The run store's events of ``topic`` after ``since``, joined to the broker's
-        ``page`` (the gateway's history source for run topics). None when the store does
-        not reach back to ``since + 1`` either, or is unavailable."""
+        ``page`` (the gateway's history source for run topics), at most ``limit``. None
+        when the store does not reach back to ``since + 1`` either, or is unavailable."""
         if self.store is None or self.recorder is None or run_kind(topic) is None:
+            return None
+        upto = page.first_seq - 1 if page.publications else page.last_seq
+        wanted = upto - since if limit is None else min(upto - since, limit)
+        if wanted <= 0:
             return None
         try:
             await self.recorder.flush()
-            upto = page.first_seq - 1 if page.publications else page.last_seq
-            stored = await self.store.events(topic, since, max(0, upto - since))
+            stored = await self.store.events(topic, since, wanted)
         except StoreError:
             return None
-        if not stored or stored[0].seq != since + 1:
-            return None
+        if not stored or stored[0].seq != since + 1 or stored[-1].seq != since + wanted:
+            return None  # the store is behind or has a hole: it cannot fill this in
         pubs = [
             Publication(e.topic, e.seq, e.type, encode_json(e.data), e.timestamp, e.at)
             for e in stored
-            if e.seq <= upto
         ]
-        if pubs[-1].seq != upto:
-            return None  # the store is behind the broker: cannot join without a hole
-        pubs.extend(page.publications)
+        room = None if limit is None else limit - len(pubs)
+        pubs.extend(page.publications if room is None else page.publications[:room])
         return HistoryPage(pubs, since + 1, page.last_seq, since, page.epoch)
 
     # -- state ---------------------------------------------------------------------

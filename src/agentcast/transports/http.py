@@ -162,7 +162,7 @@ def http_router(gateway: Gateway) -> APIRouter:
         principal = await principal_of(gateway, request)
         if not await gateway.may_subscribe(principal, topic):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")
-        page = await gateway.broker.history(topic, since, limit)
+        page = await gateway.history(topic, since, limit)
         return HistoryOut(
             topic=topic,
             first_seq=page.first_seq,

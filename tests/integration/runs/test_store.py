@@ -145,3 +145,39 @@ async def test_no_store_configured(native_server: object) -> None:
         assert r.status_code == 404
         assert r.json()["detail"]["code"] == "unavailable"
         assert (await http.get("/api/runs/board:1")).status_code == 400
+
+
+async def test_run_history_reaches_back_into_the_store(tmp_path: Path) -> None:
+    """The broker keeps 5 events; a run of 30 resumes from seq 0, 12 or 20 without loss."""
+    running, task = await start_server(
+        "native", store_url=f"sqlite:///{tmp_path / 'h.db'}", history_max_events=5
+    )
+    try:
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            for i in range(30):
+                body = {"type": "log", "data": {"message": f"line {i}"}}
+                r = await http.post("/api/topics/workflow:long/events", json=body)
+                assert r.json()["seqs"] == [i + 1]
+            page = (await http.get("/api/topics/workflow:long/events", params={"since": 12})).json()
+            assert page["complete"] is True
+            assert [e["seq"] for e in page["events"]] == list(range(13, 31))
+            page = (
+                await http.get("/api/topics/workflow:long/events", params={"since": 0, "limit": 4})
+            ).json()
+            assert [e["seq"] for e in page["events"]] == [1, 2, 3, 4]
+            assert page["events"][0]["data"]["message"] == "line 0"
+            # a plain topic has no store: its lost history is reported as lost
+            for _ in range(8):
+                await http.post("/api/topics/plain/events", json={"type": "x", "data": {}})
+            plain = (await http.get("/api/topics/plain/events", params={"since": 0})).json()
+            assert plain["complete"] is False
+            assert [e["seq"] for e in plain["events"]] == [4, 5, 6, 7, 8]
+        async with websockets.connect(running.ws_url) as ws:
+            await send(ws, {"type": "subscribe", "topic": "workflow:long", "since": 20})
+            subscribed = await recv(ws)
+            assert subscribed["data"]["recovered"] is True
+            got = [await recv(ws) for _ in range(10)]
+            assert [m["seq"] for m in got] == list(range(21, 31))
+            assert all(m["type"] == "log" for m in got)  # no snapshot: nothing was lost
+    finally:
+        await stop_server(running, task)

@@ -40,3 +40,23 @@ async def test_serve_demo_process_has_live_data() -> None:
     finally:
         await asyncio.to_thread(proc.stop)
         proc.log.close()
+
+
+async def test_the_demo_run_can_be_paused_and_resumed(native_server: RunningServer) -> None:
+    gw = native_server.gateway
+    async with websockets.connect(native_server.ws_url) as ws:
+        await subscribe(ws, "workflow:demo")
+        gw.add_background(lambda: run_demo(gw, pace=0.2))
+        async with asyncio.timeout(10 * UNIT):
+            while (await recv(ws))["type"] != "workflow_start":
+                pass
+        for action, event in (("pause", "run_paused"), ("resume", "run_resumed")):
+            await ws.send(
+                f'{{"type": "control", "topic": "workflow:demo", "action": "{action}", "id": 1}}'
+            )
+            async with asyncio.timeout(10 * UNIT):
+                while True:
+                    msg = await recv(ws)
+                    assert msg["type"] != "error", msg
+                    if msg["type"] == event:
+                        break

@@ -57,3 +57,38 @@ async def test_execute_unknown_workflow_runs_the_sample(server: RunningServer) -
         first = json.loads(await asyncio.wait_for(ws.recv(), 5 * UNIT))
         assert first["type"] == "workflow_start"
         assert first["data"]["execution_order"] == ["fetch", "analyze", "summarize", "report"]
+
+
+async def test_one_run_per_workflow_at_a_time(server: RunningServer) -> None:
+    gate = asyncio.Event()
+
+    async def waits(ctx: NodeContext) -> None:
+        await gate.wait()
+
+    server.gateway.feature(Runs).workflows.register("busy", Workflow({"a": waits}, []))
+    url = f"ws://127.0.0.1:{server.port}/api/ws/workflow/busy"
+    async with websockets.connect(url) as ws, httpx.AsyncClient(base_url=server.url) as http:
+        first = await http.post("/api/workflows/busy/execute", json={})
+        assert first.status_code == 202
+        second = await http.post("/api/workflows/busy/execute", json={})
+        assert second.status_code == 409
+        assert second.json()["detail"]["code"] == "conflict"
+        # another workflow is not held up
+        other = await http.post("/api/workflows/elsewhere/execute", json={})
+        assert other.status_code == 202
+        gate.set()
+        seen = []
+        async with asyncio.timeout(10 * UNIT):
+            while not seen or seen[-1]["type"] != "workflow_complete":
+                seen.append(json.loads(await ws.recv()))
+        # only the first run's events are on the topic
+        ids = {m["data"]["execution_id"] for m in seen}
+        assert ids == {first.json()["execution_id"]}
+        # once it ended, the workflow runs again
+        async with asyncio.timeout(10 * UNIT):
+            while True:
+                again = await http.post("/api/workflows/busy/execute", json={})
+                if again.status_code == 202:
+                    break
+                assert again.status_code == 409  # the run is releasing its topic
+                await asyncio.sleep(0.01)

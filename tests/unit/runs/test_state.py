@@ -113,3 +113,35 @@ def test_control_and_publisher_lost() -> None:
     assert state.status == "lost"
     state.apply(6, "unknown_kind", {}, "t6")
     assert state.seq == 6
+
+
+def test_a_new_run_on_the_same_topic_starts_over() -> None:
+    """Demo-style repeated runs on one id: each run's state is its own (no growth)."""
+    state = RunState("execution:demo")
+    seq = 0
+    for run in range(3):
+        for kind, data in (
+            ("status_update", {"execution_id": "demo", "status": "running"}),
+            ("result_update", {"execution_id": "demo", "result": {"run": run}}),
+            ("status_update", {"execution_id": "demo", "status": "completed"}),
+        ):
+            seq += 1
+            state.apply(seq, kind, data, f"t{seq}")
+    snap = state.snapshot()
+    assert [r["result"] for r in snap["results"]] == [{"run": 2}]
+    assert snap["status"] == "completed"
+    assert snap["started_at"] == "t7"
+    assert snap["seq"] == 9
+    # another execution id on the topic is another run too
+    state.apply(10, "agent_status_update", {"agent_id": "a", "status": "running"}, "t10")
+    state.apply(11, "progress_update", {"execution_id": "other", "progress": 5}, "t11")
+    assert state.execution_id == "other"
+    assert state.snapshot()["agents"] == {}
+
+    wf = RunState("workflow:w")
+    start = {"workflow_id": "w", "execution_id": "e1", "execution_order": ["a"], "total_nodes": 1}
+    wf.apply(1, "workflow_start", start, "t1")
+    wf.apply(2, "log", {"workflow_id": "w", "execution_id": "e1", "message": "one"}, "t2")
+    wf.apply(3, "workflow_start", {**start, "execution_id": "e2"}, "t3")
+    assert wf.execution_id == "e2"
+    assert wf.snapshot()["logs"] == []

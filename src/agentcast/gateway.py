@@ -326,11 +326,6 @@ class Gateway:
                 self._drain(CloseCode.GOING_AWAY), name="agentcast-drain"
             )
 
-    @property
-    def draining(self) -> bool:
-        """True once :meth:`drain` began: new connections should be refused."""
-        return self._stopping is not None
-
     async def _drain(self, code: CloseCode) -> None:
         for task in list(self._background_tasks):
             task.cancel()

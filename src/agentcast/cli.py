@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agentcast.__about__ import __version__
 from agentcast.errors import AgentcastError, ConfigError
@@ -184,12 +185,36 @@ def tail(
     url: UrlOption = DEFAULT_URL,
     count: Annotated[int | None, typer.Option(help="Exit after this many events.")] = None,
 ) -> None:
-    """Print a topic's events as they come; resumes after restarts and dropped connections."""
-    from agentcast.client import HistoryLost, connect
+    """Print a topic's events as they come; resumes after restarts and dropped connections.
+
+    While the server cannot be reached, each retry is reported on stderr.
+    """
+    from agentcast.client import HistoryLost, Retry, connect
+
+    retrying = False
+
+    def on_retry(retry: Retry) -> None:
+        nonlocal retrying
+        retrying = True
+        if retry.close_code is None:
+            what = f"cannot reach {url}: {retry.reason}"
+        else:
+            what = f"lost the connection to {url}: {retry.reason}"
+        err.print(
+            f"[yellow]{escape(what)}; retrying in {retry.delay:.1f} s[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    def on_connect() -> None:
+        nonlocal retrying
+        if retrying:
+            retrying = False
+            err.print(f"[green]connected to {escape(url)}[/green]", highlight=False)
 
     async def run() -> None:
         seen = 0
-        async with connect(url) as client:
+        async with connect(url, on_retry=on_retry, on_connect=on_connect) as client:
             async for event in client.subscribe(topic, since=since, on_history_lost="reset"):
                 if isinstance(event, HistoryLost):
                     err.print(

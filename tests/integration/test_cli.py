@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 
@@ -97,6 +98,76 @@ async def test_tail_keeps_going_across_a_server_restart() -> None:
             tail.kill()
             await tail.wait()
         await asyncio.to_thread(server.stop)
+        server.log.close()
+
+
+async def test_tail_says_when_it_cannot_reach_the_server_and_when_it_is_back() -> None:
+    """No silent retries: each failed attempt is reported on stderr with the reason and
+    the delay; once a server listens there, tail connects, says so and gets the event."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    tail = await asyncio.create_subprocess_exec(
+        *cli("tail", "board:late", "--json", "--count", "1", "--url", url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert tail.stdout is not None and tail.stderr is not None
+    server = ServerProcess(port)
+    try:
+        notices = []
+        for _ in range(2):  # the first attempt and a retry, each reported
+            line = (await asyncio.wait_for(tail.stderr.readline(), 10 * UNIT)).decode()
+            notices.append(line)
+        for line in notices:
+            assert re.fullmatch(
+                rf"cannot reach {re.escape(url)}: connection refused; retrying in \d+\.\d s\n",
+                line,
+            ), line
+        await asyncio.to_thread(server.start)
+        line = (await asyncio.wait_for(tail.stderr.readline(), 20 * UNIT)).decode()
+        while line.startswith("cannot reach"):  # attempts made before the server listened
+            line = (await asyncio.wait_for(tail.stderr.readline(), 20 * UNIT)).decode()
+        assert line == f"connected to {url}\n"
+        async with httpx.AsyncClient(base_url=url) as http:
+            await subscribed(http)
+            await http.post("/api/topics/board:late/events", json={"type": "hello"})
+        event = json.loads(await asyncio.wait_for(tail.stdout.readline(), 10 * UNIT))
+        assert (event["topic"], event["type"]) == ("board:late", "hello")
+        assert await asyncio.wait_for(tail.wait(), 10 * UNIT) == 0
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+        if server.proc is not None:
+            await asyncio.to_thread(server.stop)
+        server.log.close()
+
+
+async def test_tail_says_when_the_connection_is_lost() -> None:
+    port = free_port()
+    server = ServerProcess(port)
+    await asyncio.to_thread(server.start)
+    tail = await asyncio.create_subprocess_exec(
+        *cli("tail", "board:gone", "--url", server.url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert tail.stderr is not None
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            await subscribed(http)
+        await asyncio.to_thread(server.stop)  # SIGTERM: the server closes with 1001
+        line = (await asyncio.wait_for(tail.stderr.readline(), 10 * UNIT)).decode()
+        assert line.startswith(
+            f"lost the connection to {server.url}: closed with 1001 (server shutting down); "
+            "retrying in "
+        ), line
+        line = (await asyncio.wait_for(tail.stderr.readline(), 10 * UNIT)).decode()
+        assert line.startswith(f"cannot reach {server.url}: connection refused; retrying in ")
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
         server.log.close()
 
 

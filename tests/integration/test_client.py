@@ -405,3 +405,54 @@ async def test_requests_wait_for_a_connection_within_reply_timeout() -> None:
         assert "connecting" in repr(client)
     with pytest.raises(ClientError, match="not started"):
         await connect("http://127.0.0.1:1").ping()
+
+
+async def test_retry_and_connect_callbacks(caplog: pytest.LogCaptureFixture) -> None:
+    """``on_retry`` hears of each failed attempt (reason, delay) and of a closed connection
+    (its close code); ``on_connect`` of each connection. A callback that raises is logged
+    and does not stop the client."""
+    port = free_port()
+    retries: list[Any] = []
+    connects: list[int] = []
+    two_failures = asyncio.Event()
+    connected = asyncio.Event()
+
+    def on_retry(retry: Any) -> None:
+        retries.append(retry)
+        if len(retries) == 2:
+            two_failures.set()
+        raise RuntimeError("a broken callback")
+
+    def on_connect() -> None:
+        connects.append(1)
+        connected.set()
+        raise RuntimeError("another broken callback")
+
+    options: dict[str, Any] = {"initial_delay": 0.05, "max_delay": 0.2}
+    async with connect(
+        f"http://127.0.0.1:{port}", on_retry=on_retry, on_connect=on_connect, **options
+    ) as client:
+        await asyncio.wait_for(two_failures.wait(), 10 * UNIT)
+        assert all(r.reason == "connection refused" and r.close_code is None for r in retries)
+        assert all(isinstance(r.error, ConnectionRefusedError) for r in retries)
+        assert all(0 < r.delay <= 0.2 for r in retries)
+        server = ServerProcess(port)
+        await asyncio.to_thread(server.start)
+        try:
+            await asyncio.wait_for(connected.wait(), 10 * UNIT)
+            assert await client.ping() >= 0
+            retries.clear()
+            await asyncio.to_thread(server.stop)  # SIGTERM: closed with 1001
+            await eventually(lambda: bool(retries))
+            assert retries[0].close_code == 1001
+            assert retries[0].reason == "closed with 1001 (server shutting down)"
+            assert retries[0].error is None
+            server.log.close()
+            server = ServerProcess(port)
+            await asyncio.to_thread(server.start)
+            await eventually(lambda: len(connects) == 2, 10 * UNIT)
+        finally:
+            await asyncio.to_thread(server.stop)
+            server.log.close()
+    assert "on_retry callback failed" in caplog.text
+    assert "on_connect callback failed" in caplog.text

@@ -93,3 +93,29 @@ def test_events_are_typed_and_round_trip() -> None:
     assert snapshot.to_wire()["seq"] == 7
     with pytest.raises(AttributeError):
         event.seq = 4  # type: ignore[misc]
+
+
+def test_failures_described_for_people() -> None:
+    import socket
+
+    from agentcast.client.retry import describe_failure
+
+    assert describe_failure(ConnectionRefusedError(111, "Connect call failed")) == (
+        "connection refused"
+    )
+    both = OSError(
+        "Multiple exceptions: [Errno 111] Connect call failed ('::1', 8000, 0, 0), "
+        "[Errno 111] Connect call failed ('127.0.0.1', 8000)"
+    )
+    assert describe_failure(both) == "connection refused"
+    mixed = OSError("Multiple exceptions: [Errno 111] refused, [Errno 113] no route")
+    assert describe_failure(mixed).startswith("multiple exceptions")
+    assert describe_failure(socket.gaierror(-2, "Name or service not known")) == (
+        "name or service not known"
+    )
+    assert describe_failure(status(503)) == "HTTP 503"
+    assert describe_failure(TimeoutError()) == "timed out"
+    assert describe_failure(TimeoutError("timed out during opening handshake")) == (
+        "timed out during opening handshake"
+    )
+    assert describe_failure(None) == "unknown error"

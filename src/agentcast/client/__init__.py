@@ -18,12 +18,15 @@ epoch: every event arrives once, in order, with no gap. When the server can no l
 provide the missing events, the subscription says so: it raises
 :class:`~agentcast.errors.HistoryLostError`, or yields a :class:`HistoryLost` marker in
 ``on_history_lost="reset"`` mode. Terminal close codes (4500–4999, 1002, 1003, 1007–1010)
-and refused handshakes raise :class:`~agentcast.errors.ConnectionClosedError`.
+and refused handshakes raise :class:`~agentcast.errors.ConnectionClosedError`. The
+``on_retry`` and ``on_connect`` callbacks of :func:`connect` report each wait for a
+(re)connection (:class:`Retry`: why, and for how long) and each connection opened.
 """
 
 from agentcast.client.connection import Client, connect, ws_url_of
 from agentcast.client.errors import CommandFailed, ConnectionLostError, HandshakeRefused
 from agentcast.client.events import Event, HistoryLost, Snapshot
+from agentcast.client.retry import Retry
 from agentcast.client.subscription import Subscription
 from agentcast.errors import ClientError, ConnectionClosedError, HistoryLostError
 
@@ -37,6 +40,7 @@ __all__ = [
     "HandshakeRefused",
     "HistoryLost",
     "HistoryLostError",
+    "Retry",
     "Snapshot",
     "Subscription",
     "connect",

@@ -8,7 +8,7 @@ import functools
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal, cast, overload
@@ -22,7 +22,13 @@ from websockets.uri import parse_uri
 
 from agentcast.client.errors import CommandFailed, ConnectionLostError
 from agentcast.client.events import Event, HistoryLost
-from agentcast.client.retry import classify_failure, jittered_backoff, reconnectable
+from agentcast.client.retry import (
+    Retry,
+    classify_failure,
+    describe_failure,
+    jittered_backoff,
+    reconnectable,
+)
 from agentcast.client.subscription import OnHistoryLost, Subscription
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import AckFrame, ErrorFrame
@@ -116,6 +122,12 @@ class Client:
     raises that :class:`~agentcast.errors.ConnectionClosedError` (or
     :class:`~agentcast.errors.ClientError`), and so does any later call.
 
+    ``on_retry(retry)`` is called before each wait for a (re)connection with a
+    :class:`~agentcast.client.retry.Retry` (why, and the delay): a failed attempt or an
+    open connection that closed. ``on_connect()`` is called each time a connection opens.
+    Both run in the event loop and must not block; an exception they raise is logged and
+    otherwise ignored.
+
     Commands (:meth:`publish`, :meth:`ping`, :meth:`request`) are sent in call order, wait
     for a connection when there is none, and give up after ``reply_timeout`` seconds
     (``TimeoutError``). Subscriptions are resumed after every reconnection (see
@@ -136,6 +148,8 @@ class Client:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         close_timeout: float = 5.0,
+        on_retry: Callable[[Retry], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
         self.url = ws_url_of(url)
         try:
@@ -159,8 +173,11 @@ class Client:
             "ping_timeout": ping_timeout,
             "close_timeout": close_timeout,
         }
+        self.on_retry = on_retry
+        self.on_connect = on_connect
         self.connections = 0
         """How many connections were established so far (1 + reconnections)."""
+        self._failure: Exception | None = None  # why the last connection attempt failed
         self._subscriptions: dict[str, Subscription[Any]] = {}
         self._link: _Link | None = None
         self._backlog: deque[_Command] = deque()
@@ -486,11 +503,26 @@ class Client:
         loop = asyncio.get_running_loop()
         delays = functools.partial(jittered_backoff, self.initial_delay, self.max_delay)
         after_close = delays()
+
+        def process_exception(exc: Exception) -> Exception | None:
+            outcome = classify_failure(exc)
+            if outcome is None:  # retried: websockets takes the next delay right after
+                self._failure = exc
+            return outcome
+
+        def reported_delays() -> Generator[float]:
+            for delay in delays():
+                failure = self._failure
+                self._notify(
+                    "on_retry", self.on_retry, Retry(describe_failure(failure), delay, failure)
+                )
+                yield delay
+
         connector = websockets.connect(
             self.url,
             additional_headers=self.headers,
-            process_exception=classify_failure,
-            reconnect_delays=delays,
+            process_exception=process_exception,
+            reconnect_delays=reported_delays,
             compression=None,  # the server negotiates no extension
             max_size=None,  # the server bounds its frames (max_event_bytes)
             **self._ws_options,
@@ -512,6 +544,8 @@ class Client:
                     logger.info(
                         "connection closed (%d %s); reconnecting in %.2fs", code, reason, delay
                     )
+                    words = f"closed with {code}" + (f" ({reason})" if reason else "")
+                    self._notify("on_retry", self.on_retry, Retry(words, delay, close_code=code))
                     await asyncio.sleep(delay)
         except ClientError as exc:
             self._fail(exc)
@@ -519,6 +553,15 @@ class Client:
             error = ClientError(f"client of {self.url} stopped: {exc!r}")
             error.__cause__ = exc
             self._fail(error)
+
+    def _notify(self, name: str, callback: Callable[..., None] | None, *args: Retry) -> None:
+        """Call ``on_retry`` or ``on_connect``; never let it break the client."""
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("the client's %s callback failed", name)
 
     async def _serve(self, ws: ClientConnection) -> ConnectionClosedError | None:
         """Run one connection: resubscribe, send, read and dispatch until it closes.
@@ -528,6 +571,8 @@ class Client:
         link = _Link(ws)
         self._link = link
         self.connections += 1
+        self._failure = None
+        self._notify("on_connect", self.on_connect)
         for sub in list(self._subscriptions.values()):
             if not sub.stalled:  # a stalled one resubscribes once its buffer drained
                 self._send_subscribe(sub, link)
@@ -633,6 +678,7 @@ def connect(
     ``Authorization: Bearer <token>`` on every (re)connection. ``options`` are those of
     :class:`Client`: ``headers``, ``queue_size`` (events buffered per subscription),
     ``reply_timeout``, ``initial_delay``/``max_delay`` (reconnection backoff),
-    ``open_timeout``, ``ping_interval``, ``ping_timeout``, ``close_timeout``.
+    ``open_timeout``, ``ping_interval``, ``ping_timeout``, ``close_timeout``, ``on_retry``
+    and ``on_connect`` (callbacks: see :class:`Client`).
     """
     return Client(url, token=token, **options)

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import socket
 from collections.abc import Generator
+from dataclasses import dataclass
 
 from websockets.client import backoff, process_exception
 from websockets.exceptions import InvalidStatus
 
 from agentcast.client.errors import HandshakeRefused
 
-__all__ = ["TERMINAL_CLOSE_CODES", "classify_failure", "jittered_backoff", "reconnectable"]
+__all__ = [
+    "TERMINAL_CLOSE_CODES",
+    "Retry",
+    "classify_failure",
+    "describe_failure",
+    "jittered_backoff",
+    "reconnectable",
+]
 
 TERMINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
 """RFC 6455 codes after which reconnecting as is fails again (besides 4500–4999)."""
@@ -59,3 +70,49 @@ def jittered_backoff(
         initial_delay=initial_delay, min_delay=initial_delay, max_delay=max_delay, factor=factor
     ):
         yield random.uniform(delay / 2, delay)
+
+
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The client is not connected and tries again in ``delay`` seconds.
+
+    Passed to the client's ``on_retry`` callback before each wait. ``close_code`` is None
+    when a connection attempt failed (``error`` is its exception: refused, unresolvable,
+    timed out, HTTP 429/5xx answer), else the close code of an open connection that closed
+    (``error`` is None). ``reason`` says the same in words, for people: ``"connection
+    refused"``, ``"HTTP 503"``, ``"closed with 1012 (service restart)"``.
+    """
+
+    reason: str
+    delay: float
+    error: Exception | None = None
+    close_code: int | None = None
+
+
+def describe_failure(exc: BaseException | None) -> str:
+    """Why a connection attempt failed, in a few lowercase words.
+
+    An ``OSError`` with an errno gives the system's message (``"connection refused"``,
+    ``"network is unreachable"``; also when every address of the host failed the same way),
+    a name lookup failure its resolver message, an HTTP
+    answer other than 101 ``"HTTP <status>"``; anything else its ``str()`` (or its type's
+    name when that is empty).
+    """
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        text = exc.strerror
+    elif isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0:
+        text = os.strerror(exc.errno)
+    elif isinstance(exc, OSError) and len(errnos := set(_ERRNO.findall(str(exc)))) == 1:
+        text = os.strerror(int(errnos.pop()))  # asyncio's "Multiple exceptions: …", one cause
+    elif isinstance(exc, TimeoutError) and not str(exc):
+        text = "timed out"
+    else:
+        text = str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]

@@ -253,10 +253,14 @@ def replay(
     ] = False,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Replay a run's recorded events at their original pace (or N× faster)."""
+    """Replay a run's recorded events at their original pace (or N× faster).
+
+    Exits with status 1 when the topic has nothing recorded (after ``--since``).
+    """
     import websockets
 
     from agentcast.client.connection import ws_url_of
+    from agentcast.client.retry import describe_failure
 
     ws_url = ws_url_of(url)
 
@@ -271,6 +275,14 @@ def replay(
                     err.print(f"[red]error:[/red] {msg['data']['code']}: {msg['data']['message']}")
                     return 1
                 if kind == "replay_started":
+                    if msg["data"]["events"] == 0:
+                        after = f" after seq {since}" if since else ""
+                        err.print(
+                            f"[red]error:[/red] nothing to replay: {escape(topic)} has no "
+                            f"recorded events{after} (publish or run something on it first)",
+                            highlight=False,
+                        )
+                        return 1
                     err.print(f"[dim]replaying {msg['data']['events']} events of {topic}[/dim]")
                 elif kind == "replay_complete":
                     return 0
@@ -284,7 +296,10 @@ def replay(
     try:
         code = asyncio.run(run())
     except OSError as exc:
-        err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
+        err.print(f"[red]error:[/red] cannot reach {url}: {describe_failure(exc)}")
+        raise typer.Exit(1) from None
+    except websockets.exceptions.WebSocketException as exc:  # refused handshake, lost link
+        err.print(f"[red]error:[/red] {url}: {describe_failure(exc)}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 

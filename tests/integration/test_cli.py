@@ -191,3 +191,15 @@ async def test_tail_stops_on_a_refused_handshake(native_server: RunningServer) -
     refused = await run("tail", "t", "--url", native_server.url)
     assert refused.returncode == 1
     assert "401" in refused.stderr
+
+
+async def test_replay_errors(native_server: RunningServer) -> None:
+    down = await run("replay", "workflow:1", "--url", f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 1
+    assert "cannot reach" in down.stderr
+    assert "connection refused" in down.stderr
+    native_server.gateway.authenticator = Refuse()
+    refused = await run("replay", "workflow:1", "--url", native_server.url)
+    assert refused.returncode == 1
+    assert "HTTP 401" in refused.stderr
+    assert "Traceback" not in refused.stderr

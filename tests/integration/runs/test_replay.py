@@ -118,6 +118,20 @@ async def test_cli_replay(tmp_path: object) -> None:
         )
         assert bad.returncode == 1
         assert "invalid_topic" in bad.stderr
+        for args, expected in [
+            (["workflow:never"], "nothing to replay: workflow:never has no recorded events"),
+            (["workflow:cli", "--since", "3"], "workflow:cli has no recorded events after seq 3"),
+        ]:
+            empty = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "agentcast.cli", "replay", *args, "--url", proc.url],
+                capture_output=True,
+                text=True,
+                timeout=30 * UNIT,
+            )
+            assert empty.returncode == 1, empty.stderr
+            assert expected in empty.stderr
+            assert empty.stdout == ""
     finally:
         await asyncio.to_thread(proc.stop)
         proc.log.close()

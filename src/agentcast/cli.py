@@ -27,12 +27,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: `--port INTEGER  …  [default: 8000]`
 )
 err = Console(stderr=True)
 out = Console()
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-UrlOption = Annotated[str, typer.Option("--url", help="Server base URL.", envvar="AGENTCAST_URL")]
+UrlOption = Annotated[
+    str, typer.Option("--url", metavar="URL", help="Server base URL.", envvar="AGENTCAST_URL")
+]
 
 
 def _version(value: bool) -> None:
@@ -52,16 +55,33 @@ def _main(
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind [default: 8000].")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(metavar="ADDRESS", help="Address to bind.  [default: 127.0.0.1]"),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(metavar="INTEGER", help="Port to bind.  [default: 8000]")
+    ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML settings file.")
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="PATH",
+            help="YAML settings file (flags override it, it overrides AGENTCAST_* variables).",
+        ),
     ] = None,
     insecure: Annotated[
         bool | None,
         typer.Option("--insecure", help="Allow open dev mode on a non-loopback address."),
     ] = None,
-    log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LEVEL",
+            help="critical, error, warning, info, debug or trace.  [default: info]",
+        ),
+    ] = None,
     bench_endpoint: Annotated[
         bool | None, typer.Option("--bench-endpoint", hidden=True, help="Serve /_bench/publish.")
     ] = None,
@@ -70,17 +90,27 @@ def serve(
     ] = False,
     agent: Annotated[
         str | None,
-        typer.Option("--agent", help="Default chat agent: package.module:factory."),
+        typer.Option(
+            "--agent", metavar="MODULE:FACTORY", help="Default chat agent: package.module:factory."
+        ),
     ] = None,
     llm_url: Annotated[
         str | None,
         typer.Option(
-            "--llm-url", help="OpenAI-compatible upstream, e.g. http://localhost:1234/v1."
+            "--llm-url",
+            metavar="URL",
+            help="OpenAI-compatible upstream, e.g. http://localhost:1234/v1.",
         ),
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model at --llm-url.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", metavar="TEXT", help="Model at --llm-url.")
+    ] = None,
 ) -> None:
-    """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port."""
+    """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port.
+
+    Settings come from the flags, then --config, then AGENTCAST_* environment variables;
+    the defaults shown apply when none of them sets a value.
+    """
     from agentcast.app import create_gateway
     from agentcast.settings import load_settings
     from agentcast.transports.server import build_server
@@ -136,9 +166,9 @@ def serve(
 
 @app.command()
 def publish(
-    topic: Annotated[str, typer.Argument(help="Topic, e.g. workflow:123.")],
-    type: Annotated[str, typer.Argument(help="Event type, e.g. node_status.")],
-    data: Annotated[str, typer.Argument(help="Event data: a JSON object.")] = "{}",
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Topic, e.g. workflow:123.")],
+    type: Annotated[str, typer.Argument(metavar="TYPE", help="Event type, e.g. node_status.")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Event data: a JSON object.")] = "{}",
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Publish one event over HTTP and print its assigned seq."""
@@ -175,15 +205,22 @@ def _detail(response: httpx.Response) -> str:
 
 @app.command()
 def tail(
-    topic: Annotated[str, typer.Argument(help="Topic to follow.")],
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Topic to follow.")],
     since: Annotated[
-        int | None, typer.Option(help="Start after this seq (0: all history).")
+        int | None,
+        typer.Option(
+            metavar="INTEGER",
+            help="Start after this seq (0: all retained history).  [default: live events only]",
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One wire-format event per line.")
     ] = False,
     url: UrlOption = DEFAULT_URL,
-    count: Annotated[int | None, typer.Option(help="Exit after this many events.")] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(metavar="INTEGER", help="Exit after this many events.  [default: never]"),
+    ] = None,
 ) -> None:
     """Print a topic's events as they come; resumes after restarts and dropped connections.
 
@@ -245,9 +282,14 @@ def tail(
 
 @app.command()
 def replay(
-    topic: Annotated[str, typer.Argument(help="Run topic, e.g. workflow:123.")],
-    speed: Annotated[float, typer.Option(help="N× the original pace; 0 sends all at once.")] = 1.0,
-    since: Annotated[int, typer.Option(help="Replay the events after this seq.")] = 0,
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Run topic, e.g. workflow:123.")],
+    speed: Annotated[
+        float,
+        typer.Option(metavar="FLOAT", help="N× the original pace; 0 sends all at once."),
+    ] = 1.0,
+    since: Annotated[
+        int, typer.Option(metavar="INTEGER", help="Replay the events after this seq.")
+    ] = 0,
     as_json: Annotated[
         bool, typer.Option("--json", help="One wire-format event per line.")
     ] = False,
@@ -255,7 +297,7 @@ def replay(
 ) -> None:
     """Replay a run's recorded events at their original pace (or N× faster).
 
-    Exits with status 1 when the topic has nothing recorded (after ``--since``).
+    Exits with status 1 when the topic has nothing recorded (after --since).
     """
     import websockets
 
@@ -306,13 +348,22 @@ def replay(
 
 @app.command()
 def chat(
-    agent_id: Annotated[str, typer.Argument(help="Agent to talk to (unknown ids: the default).")],
+    agent_id: Annotated[
+        str,
+        typer.Argument(metavar="AGENT_ID", help="Agent to talk to (unknown ids: the default)."),
+    ],
     conversation: Annotated[
-        str | None, typer.Option("--conversation", "-c", help="Continue this conversation.")
+        str | None,
+        typer.Option("--conversation", "-c", metavar="ID", help="Continue this conversation."),
     ] = None,
     message: Annotated[
         list[str] | None,
-        typer.Option("--message", "-m", help="Send this (repeatable) and exit; else read stdin."),
+        typer.Option(
+            "--message",
+            "-m",
+            metavar="TEXT",
+            help="Send this (repeatable) and exit.  [default: read stdin]",
+        ),
     ] = None,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
@@ -334,15 +385,20 @@ def chat(
     raise typer.Exit(code)
 
 
-llm_app = typer.Typer(help="OpenAI-compatible upstreams: models, health, benchmark.")
+llm_app = typer.Typer(
+    help="OpenAI-compatible upstreams: models, health, benchmark.", rich_markup_mode=None
+)
 app.add_typer(llm_app, name="llm")
 
 LlmUrl = Annotated[
     str,
-    typer.Option("--llm-url", envvar="AGENTCAST_LLM_URL", help="Upstream base URL (…/v1)."),
+    typer.Option(
+        "--llm-url", metavar="URL", envvar="AGENTCAST_LLM_URL", help="Upstream base URL (…/v1)."
+    ),
 ]
 ApiKey = Annotated[
-    str | None, typer.Option("--api-key", envvar="AGENTCAST_LLM_API_KEY", help="API key.")
+    str | None,
+    typer.Option("--api-key", metavar="TEXT", envvar="AGENTCAST_LLM_API_KEY", help="API key."),
 ]
 
 
@@ -369,18 +425,21 @@ def llm_bench(
         list[str] | None,
         typer.Option(
             "--model",
+            metavar="TEXT",
             help="Model to measure (repeatable); default: AGENTCAST_LLM_MODEL and "
             "AGENTCAST_LLM_FALLBACK_MODELS, else the server's first model.",
         ),
     ] = None,
-    runs: Annotated[int, typer.Option(min=1, help="Generations per model.")] = 3,
+    runs: Annotated[int, typer.Option(min=1, metavar="INTEGER", help="Generations per model.")] = 3,
     prompt: Annotated[
-        str, typer.Option(help="Prompt of every run.")
+        str, typer.Option(metavar="TEXT", help="Prompt of every run.")
     ] = "Explain in three sentences what a WebSocket is.",
     api_key: ApiKey = None,
     url: Annotated[
         str | None,
-        typer.Option("--url", help="Also print a running agentcast server's live figures."),
+        typer.Option(
+            "--url", metavar="URL", help="Also print a running agentcast server's live figures."
+        ),
     ] = None,
 ) -> None:
     """Time to first token and tokens/s of each configured model (seed 001's

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
 
 import httpx
+import pytest
 
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
 from tests.conftest import UNIT, RunningServer, ServerProcess, free_port
@@ -203,3 +205,43 @@ async def test_replay_errors(native_server: RunningServer) -> None:
     assert refused.returncode == 1
     assert "HTTP 401" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+COMMANDS = [[], ["serve"], ["publish"], ["tail"], ["replay"], ["chat"], ["llm"]]
+COMMANDS += [["llm", sub] for sub in ("models", "health", "bench")]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "agentcast")
+async def test_help_shows_types_and_defaults_readably(command: list[str]) -> None:
+    """Each option that takes a value names its type (INTEGER, URL, …), flags show none,
+    and defaults read ``[default: …]``; no ``<bool>``, nothing swallowed as markup."""
+    out = await asyncio.to_thread(
+        subprocess.run,
+        cli(*command, "--help"),
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "<bool>" not in text
+    assert re.search(r"\S \.", text) is None, text  # e.g. "Address to bind ."
+    assert re.search(r"^\s+--help\s+Show this message and exit\.$", text, re.M), text
+    for line in text.splitlines():
+        if re.match(r"\s+(-\w, )?--[\w-]+ <", line):
+            raise AssertionError(f"an option shows a raw type: {line!r}")
+
+
+async def test_serve_help_states_the_settings_defaults() -> None:
+    from agentcast.settings import Settings
+
+    out = await run("serve", "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # unwrapped
+    defaults = {name: Settings.model_fields[name].default for name in ("host", "port")}
+    assert f"--port INTEGER Port to bind. [default: {defaults['port']}]" in text
+    assert f"--host ADDRESS Address to bind. [default: {defaults['host']}]" in text
+    assert f"[default: {Settings.model_fields['log_level'].default}]" in text
+    assert "--demo Keep demo runs going" in text  # a flag: no type
+    assert "--config PATH" in text

@@ -78,7 +78,7 @@ def seed003_endpoint(gateway: Gateway, chat: Chat) -> Callable[[WebSocket], Awai
                     PlainTextResponse(f"unauthorized: {exc}\n", status_code=401)
                 )
             else:  # pragma: no cover - depends on the ASGI server
-                await websocket.close(code=int(CloseCode.UNAUTHORIZED))
+                await websocket.close()  # before accepting: HTTP 403
             return
         agent_id = str(websocket.path_params["agent_id"])
         await websocket.accept()

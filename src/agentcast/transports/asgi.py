@@ -4,6 +4,11 @@ Mount it in any app (``app.add_api_websocket_route("/ws", websocket_route(gatewa
 to serve the same hub through the ASGI server of your choice. It is slower than the
 native path (one ASGI ``send`` per frame, no write coalescing) but shares every
 guarantee: ordering, resume, slow-consumer closing.
+
+Handshakes that cannot succeed are refused with an HTTP answer, as on the native path:
+401 when authentication fails, 404 for a feature endpoint's value it does not accept (a
+run id that makes no valid topic) and for a path that no WebSocket route serves
+(:func:`websocket_not_found`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from agentcast.codes import CloseCode
@@ -25,7 +31,7 @@ from agentcast.plugin import SocketEndpoint
 from agentcast.policy import AuthenticationError, Principal
 from agentcast.web import request_of
 
-__all__ = ["AsgiWriter", "websocket_route"]
+__all__ = ["AsgiWriter", "websocket_not_found", "websocket_route"]
 
 
 class AsgiWriter:
@@ -141,10 +147,29 @@ def websocket_route(
     return endpoint
 
 
+def websocket_not_found(fallback: ASGIApp) -> ASGIApp:
+    """A router's default app: a WebSocket handshake to a path that no route serves gets
+    HTTP 404 (Starlette's own default refuses it with 403, which reads as "not allowed");
+    other requests go to ``fallback``, the router's usual not-found answer.
+
+    ``app.router.default = websocket_not_found(app.router.default)`` installs it.
+    """
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await fallback(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        await _deny(WebSocket(scope, receive, send), 404, f"no WebSocket endpoint at {path}")
+
+    return default
+
+
 async def _deny(websocket: WebSocket, status: int, message: str) -> None:
     """Refuse a handshake with HTTP ``status`` where the server supports the ASGI
-    denial-response extension; with a policy-violation close otherwise."""
+    denial-response extension; otherwise by closing before accepting, which ASGI servers
+    answer with HTTP 403 (no close code reaches the client)."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(PlainTextResponse(f"{message}\n", status_code=status))
     else:  # pragma: no cover - depends on the ASGI server
-        await websocket.close(code=int(CloseCode.UNAUTHORIZED))
+        await websocket.close()

@@ -23,7 +23,7 @@ from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
 from agentcast.errors import BrokerError, ProtocolError
 from agentcast.gateway import Gateway
-from agentcast.transports.asgi import websocket_route
+from agentcast.transports.asgi import websocket_not_found, websocket_route
 from agentcast.web import allowed, http_error, principal_of
 
 __all__ = ["create_app", "http_router"]
@@ -273,6 +273,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
     app.include_router(http_router(gateway))
     for router in gateway.routers:
         app.include_router(router)
+    app.router.default = websocket_not_found(app.router.default)
     app.add_api_websocket_route("/ws", websocket_route(gateway))
     for endpoint in gateway.socket_endpoints:
         app.add_api_websocket_route(endpoint.path, websocket_route(gateway, endpoint))

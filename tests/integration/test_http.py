@@ -83,6 +83,19 @@ async def test_healthz_and_openapi(server: RunningServer) -> None:
         assert post["requestBody"]["content"]["application/json"]
 
 
+async def test_healthz_counts_topics_as_the_topic_list(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.get("/healthz")).json()["topics"] == 0
+        for topic in ("count:a", "count:b"):  # published to, nobody subscribed
+            assert (await http.post(f"/api/topics/{topic}/events", json={"type": "t"})).is_success
+        async with websockets.connect(server.ws_url) as ws:
+            await subscribe(ws, "count:c")  # subscribed to, nothing published
+            listed = (await http.get("/api/topics")).json()
+            health = (await http.get("/healthz")).json()
+        assert health["topics"] == len(listed) == 3
+        assert {t["topic"] for t in listed} == {"count:a", "count:b", "count:c"}
+
+
 async def test_http_publish_reaches_websocket_subscribers(server: RunningServer) -> None:
     async with websockets.connect(server.ws_url) as ws:
         await subscribe(ws, "team:1")

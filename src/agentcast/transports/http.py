@@ -83,13 +83,14 @@ def http_router(gateway: Gateway) -> APIRouter:
 
     @router.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Health:
-        """Liveness and a few counters."""
+        """Liveness and a few counters; ``topics`` counts the topics the broker knows,
+        published to or subscribed (what ``/api/topics`` lists in open mode)."""
         return Health(
             status="ok" if gateway.started else "starting",
             version=__version__,
             mode="open" if gateway.open_mode else "auth",
             connections=len(gateway.sessions),
-            topics=len(gateway.hub.topics),
+            topics=len(gateway.broker.topics()),  # what /api/topics lists (open mode)
             uptime_s=round(time.monotonic() - started, 3),
         )
 

@@ -2,7 +2,8 @@
 
 Every error body is ``{"detail": {"code": …, "message": …, "field": …}}`` with a code
 from :mod:`agentcast.codes`; request validation errors are answered 400 with the exact
-field. The OpenAPI document is served at ``/openapi.json`` (docs at ``/docs``).
+field. The OpenAPI document is served at ``/openapi.json`` (docs at ``/docs`` and
+``/redoc``, working offline: :mod:`agentcast.transports.docs`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from agentcast.core.frames import valid_topic
 from agentcast.errors import BrokerError, ProtocolError
 from agentcast.gateway import Gateway
 from agentcast.transports.asgi import websocket_not_found, websocket_route
+from agentcast.transports.docs import install_offline_docs
 from agentcast.web import allowed, http_error, principal_of
 
 __all__ = ["create_app", "http_router"]
@@ -253,6 +255,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    install_offline_docs(app)  # /docs and /redoc from local files, not a CDN
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,5 +1,6 @@
 """The conversation store contract (``agentcast/storage/chat.py``) in memory, on SQLite
-and on PostgreSQL (skipped with a reason where PostgreSQL is unreachable; CI starts it)."""
+and on PostgreSQL (skipped with the reason where PostgreSQL is unreachable, failed instead
+under ``AGENTCAST_REQUIRE_SERVICES=1``, as in CI)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from agentcast.storage import ChatStore, MemoryChatStore, create_chat_store, create_store
 from agentcast.storage.base import RunStore, StoreError
 from agentcast.storage.chat import Conversation, NewMessage
-from tests.contract.test_stores import POSTGRES, _reset_postgres
+from tests.services import require_postgres
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -22,9 +23,7 @@ async def chats(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'chat.db'}"
     else:
-        if not await _reset_postgres(POSTGRES):
-            pytest.skip(f"PostgreSQL not reachable at {POSTGRES}")
-        url = POSTGRES
+        url = await require_postgres()
     runs: RunStore | None = create_store(url)
     assert runs is not None
     await runs.start()

@@ -1,45 +1,22 @@
 """The run store contract (``agentcast/storage/base.py``) on SQLite and PostgreSQL.
 
 PostgreSQL runs when reachable at ``AGENTCAST_TEST_POSTGRES`` (default: the local test
-database, which CI starts); where it is not, those cases are reported as skipped and
-``.ci/run`` makes sure it is up.
+database, which CI starts); where it is not, those cases are skipped with the reason, or
+fail under ``AGENTCAST_REQUIRE_SERVICES=1`` (CI): see :mod:`tests.services`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentcast.core.envelope import Publication, format_timestamp
 from agentcast.storage import RunSummary, create_store
 from agentcast.storage.base import RunStore, StoreError
-from agentcast.storage.sql import async_url
-
-POSTGRES = os.environ.get("AGENTCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-async def _reset_postgres(url: str) -> bool:
-    engine = create_async_engine(async_url(url))
-    try:
-        async with engine.begin() as conn:
-            for table in (
-                "agentcast_messages",
-                "agentcast_conversations",
-                "agentcast_run_events",
-                "agentcast_runs",
-                "alembic_version",
-            ):
-                await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
-        return True
-    except (OSError, Exception):
-        return False
-    finally:
-        await engine.dispose()
+from tests.conftest import free_port
+from tests.services import require_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,9 +24,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'runs.db'}"
     else:
-        if not await _reset_postgres(POSTGRES):
-            pytest.skip(f"PostgreSQL not reachable at {POSTGRES}")
-        url = POSTGRES
+        url = await require_postgres()
     s = create_store(url)
     assert s is not None
     await s.start()
@@ -120,3 +95,13 @@ async def test_unusable_store_url_is_a_clear_error(tmp_path: Path) -> None:
         await bad.start()
     with pytest.raises(StoreError, match="not started"):
         await bad.events("workflow:1", 0)
+
+
+async def test_missing_service_skips_unless_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    monkeypatch.delenv("AGENTCAST_REQUIRE_SERVICES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=f"PostgreSQL not reachable at {nowhere} "):
+        await require_postgres(nowhere)
+    monkeypatch.setenv("AGENTCAST_REQUIRE_SERVICES", "1")
+    with pytest.raises(pytest.fail.Exception, match="AGENTCAST_REQUIRE_SERVICES=1 but PostgreSQL"):
+        await require_postgres(nowhere)

@@ -45,10 +45,18 @@ async def test_monitoring_metrics_at_once_then_periodically() -> None:
             assert reply["type"] == "monitoring:unsubscribed"
             await send(ws, "ping")
             assert (await recv(ws))["type"] == "pong"
-        # nobody subscribed: nothing is computed or published
+        # nobody subscribed: nothing is computed or published. A window of several ticks of
+        # the 0.2 s loop (scaled with UNIT on slow machines), then the loop is shown alive
+        # (a new subscriber gets the next periodic event) and to have published nothing
+        # meanwhile (that event's seq follows the last one).
         seq_before = running.gateway.broker.topics().get("monitoring", 0)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.4 * UNIT)  # a negative check needs a window of time
         assert running.gateway.broker.topics().get("monitoring", 0) == seq_before
+        async with websockets.connect(running.ws_url) as ws:
+            await send(ws, {"type": "monitoring:subscribe", "id": "again"})
+            assert (await recv(ws))["id"] == "again"
+            periodic = await recv(ws, 5 * UNIT)
+            assert (periodic["topic"], periodic["seq"]) == ("monitoring", seq_before + 1)
     finally:
         await stop_server(running, task)
 

@@ -250,11 +250,18 @@ async def test_keepalive_timeout_closes_4002() -> None:
         assert 9 in seen  # it was pinged first
         raw.close()
         # a client that answers pings stays connected across several ping periods
-        async with websockets.connect(running.ws_url) as ws:
-            await subscribe(ws, "t")
-            await asyncio.sleep(1.0)
-            await send(ws, "ping")
-            assert (await recv(ws))["type"] == "pong"
+        raw = await RawClient.connect(running.port)
+        raw.send_text(json.dumps({"type": "subscribe", "topic": "t", "id": 1}))
+        assert json.loads((await raw.read_frame(5 * UNIT))[1])["type"] == "subscribed"
+        pings = 0
+        while pings < 4:  # each ping comes once the previous answer is ping_interval old
+            opcode, payload = await raw.read_frame(10 * UNIT)
+            assert opcode == 9, (opcode, payload)  # a ping, not a close
+            raw.send_pong(payload)
+            pings += 1
+        raw.send_text("ping")
+        assert json.loads((await raw.read_frame(5 * UNIT))[1])["type"] == "pong"
+        raw.close()
     finally:
         await stop_server(running, task)
 

@@ -62,14 +62,21 @@ class RawClient:
         return cls(reader, writer)
 
     def send_text(self, text: str) -> None:
-        payload = text.encode()
+        self.send_frame(0x1, text.encode())
+
+    def send_pong(self, payload: bytes = b"") -> None:
+        """Answer a ping (this client never does by itself)."""
+        self.send_frame(0xA, payload)
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        """One masked, final frame (payloads under 64 KiB)."""
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         n = len(payload)
         if n < 126:
-            header = bytes((0x81, 0x80 | n))
+            header = bytes((0x80 | opcode, 0x80 | n))
         else:
-            header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
         self.writer.write(header + mask + masked)
 
     async def read_frame(self, timeout: float = UNIT) -> tuple[int, bytes]:

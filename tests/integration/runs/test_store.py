@@ -10,8 +10,8 @@ import httpx
 import websockets
 
 from tests.conftest import UNIT, ServerProcess, free_port, start_server, stop_server
-from tests.contract.test_stores import POSTGRES, _reset_postgres
 from tests.integration.wsutil import recv, recv_until, send
+from tests.services import POSTGRES, require_postgres
 
 
 async def run_to_completion(url: str, port: int, workflow: str) -> int:
@@ -120,10 +120,7 @@ async def test_finished_runs_survive_a_restart(tmp_path: Path) -> None:
 
 
 async def test_runs_on_postgresql() -> None:
-    import pytest
-
-    if not await _reset_postgres(POSTGRES):
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES}")
+    await require_postgres()
     running, task = await start_server("native", store_url=POSTGRES)
     try:
         last = await run_to_completion(running.url, running.port, "pg1")

@@ -11,6 +11,9 @@ Close code ranges:
 * 4000–4499: the server closed the connection but the client should **reconnect and
   resume** from its last seen sequence numbers (with backoff).
 * 4500–4999: **terminal**: reconnecting with the same credentials or input fails again.
+
+A code marked ``reserved`` is defined for clients (which must handle it) and for later
+use; the server does not send it today (a test checks that no code path does).
 """
 
 from __future__ import annotations
@@ -40,15 +43,19 @@ class CloseCode(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class CloseInfo:
-    """What a close code means and whether the client should reconnect."""
+    """What a close code means, whether the client should reconnect, and whether it is
+    ``reserved`` (not sent by the server today)."""
 
     reason: str
     explanation: str
     reconnect: bool
+    reserved: bool = False
 
 
 CLOSE_CODES: dict[CloseCode, CloseInfo] = {
-    CloseCode.NORMAL: CloseInfo("normal closure", "The connection finished its work.", False),
+    CloseCode.NORMAL: CloseInfo(
+        "normal closure", "The connection finished its work.", False, reserved=True
+    ),
     CloseCode.GOING_AWAY: CloseInfo(
         "server shutting down",
         "The server is stopping (SIGTERM/SIGINT). Reconnect to another node or later, and "
@@ -61,7 +68,9 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     CloseCode.INVALID_DATA: CloseInfo("invalid utf-8", "A text frame was not valid UTF-8.", False),
     CloseCode.POLICY_VIOLATION: CloseInfo(
         "policy violation",
-        "The connection broke a server policy (e.g. a disallowed Origin).",
+        "The connection broke a server policy: seed 003's endpoint closes with it when "
+        "`conversation_id` names no conversation of the caller's (the reason is the error "
+        "code).",
         False,
     ),
     CloseCode.MESSAGE_TOO_BIG: CloseInfo(
@@ -70,10 +79,16 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
         False,
     ),
     CloseCode.INTERNAL_ERROR: CloseInfo(
-        "internal error", "An unexpected server error. Reconnect with backoff and resume.", True
+        "internal error",
+        "An unexpected server error (sent by the WebSocket layer when an endpoint fails). "
+        "Reconnect with backoff and resume.",
+        True,
     ),
     CloseCode.SERVICE_RESTART: CloseInfo(
-        "service restart", "The server is restarting. Reconnect with backoff and resume.", True
+        "service restart",
+        "The server is restarting. Reconnect with backoff and resume.",
+        True,
+        reserved=True,
     ),
     CloseCode.IDLE_TIMEOUT: CloseInfo(
         "idle timeout",
@@ -93,15 +108,24 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
         True,
     ),
     CloseCode.UNAUTHORIZED: CloseInfo(
-        "unauthorized", "Authentication failed or the token expired. Get a new token.", False
+        "unauthorized",
+        "Authentication failed or the token expired. Get a new token. (A refused handshake "
+        "is answered HTTP 401; the client reports it as this code.)",
+        False,
+        reserved=True,
     ),
     CloseCode.FORBIDDEN: CloseInfo(
-        "forbidden", "The authenticated principal may not use this endpoint.", False
+        "forbidden",
+        "The authenticated principal may not use this endpoint (the client's code for an "
+        "HTTP 403 handshake answer).",
+        False,
+        reserved=True,
     ),
     CloseCode.TOO_MANY_CONNECTIONS: CloseInfo(
         "too many connections",
         "The principal already holds the maximum number of connections.",
         False,
+        reserved=True,
     ),
 }
 
@@ -172,12 +196,16 @@ def render_markdown() -> str:
         "",
         "4000–4499: reconnect and resume. 4500–4999: terminal, do not reconnect as is.",
         "",
+        "Codes marked *reserved* are for clients to handle and for later use: the server "
+        "does not send them today.",
+        "",
         "| code | name | reason sent | reconnect | meaning |",
         "|---|---|---|---|---|",
     ]
     for code, info in CLOSE_CODES.items():
+        reason = f"{info.reason} *(reserved)*" if info.reserved else info.reason
         lines.append(
-            f"| {int(code)} | `{code.name}` | {info.reason} | "
+            f"| {int(code)} | `{code.name}` | {reason} | "
             f"{'yes' if info.reconnect else 'no'} | {info.explanation} |"
         )
     lines += [

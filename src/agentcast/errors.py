@@ -1,4 +1,4 @@
-"""agentcast's exception tree.
+"""agentcast's exception tree: every exception class of the package.
 
 ::
 
@@ -7,14 +7,33 @@
     │   └── CommandError         a well-formed command that was refused (forbidden, limits)
     ├── ConfigError              invalid settings
     ├── BrokerError              the broker failed; the publish or read was not applied
+    ├── StoreError               the run store failed (agentcast.storage)
+    ├── AuthenticationError      an authenticator refuses a request: HTTP 401 (agentcast.policy)
+    ├── WorkflowError            a graph that is no DAG or names unknown nodes; also a
+    │                            ValueError (agentcast.runs.engine)
     ├── AgentError               an agent failed to answer (carries an ErrorCode)
     │   └── UpstreamError        the OpenAI-compatible LLM server failed
-    │       ├── UpstreamUnavailable  unreachable, refused, 5xx (after retries/fallback),
-    │       │                        or gone before answering (not resent)
-    │       └── UpstreamTimeout      stalled longer than the read timeout
+    │       ├── UpstreamUnavailableError  unreachable, refused, 5xx (after retries/fallback),
+    │       │                             or gone before answering (not resent)
+    │       └── UpstreamTimeoutError      stalled longer than the read timeout
+    ├── StreamError              the streaming HTTP client failed (agentcast.chat.eventstream;
+    │   │                        agentcast.chat.llm turns these into UpstreamError)
+    │   ├── ConnectFailedError   no connection: nothing of the request was written
+    │   ├── InvalidRequestError  the request cannot be written (header, method, target)
+    │   ├── StalledError         nothing received for ``read_timeout`` seconds
+    │   ├── BrokenStreamError    written, but the answer is missing, cut or not valid HTTP
+    │   └── NotAnEventStreamError  events of an answer that is not ``text/event-stream``
     └── ClientError              raised by agentcast.client
         ├── ConnectionClosedError  the server closed with a terminal close code
-        └── HistoryLostError       resume impossible: history no longer reaches back
+        │   └── HandshakeRefusedError  the handshake was answered with an HTTP error
+        ├── HistoryLostError       resume impossible: history no longer reaches back
+        ├── CommandFailedError     the server answered a command with an ``error`` frame
+        └── ConnectionLostError    the connection dropped before a command's reply came
+
+Private ones, which callers catch as their public base: ``_RetryableError`` (an
+UpstreamUnavailableError worth another attempt, agentcast.chat.llm), ``_StreamBrokenError``
+(an UpstreamError: a stream cut mid-answer, agentcast.chat.llm), ``_DropError``
+(agentcast.testing.openai_server: cut the connection; it never leaves the server).
 
 Library errors are translated at the boundary and chained with ``from``.
 """
@@ -81,7 +100,7 @@ class UpstreamError(AgentError):
     code = ErrorCode.UPSTREAM_ERROR
 
 
-class UpstreamUnavailable(UpstreamError):
+class UpstreamUnavailableError(UpstreamError):
     """The upstream is unreachable, refused the request or answered 5xx/429, after the
     configured retries and fallback models; or the connection was lost after the request
     was sent and before the answer's first token (not retried: the server may have
@@ -90,7 +109,7 @@ class UpstreamUnavailable(UpstreamError):
     code = ErrorCode.UPSTREAM_UNAVAILABLE
 
 
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimeoutError(UpstreamError):
     """The upstream sent nothing for longer than its read timeout."""
 
     code = ErrorCode.UPSTREAM_TIMEOUT

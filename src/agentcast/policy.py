@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
+from agentcast.errors import AgentcastError
+
 __all__ = [
     "AuthenticationError",
     "Authenticator",
@@ -65,8 +67,9 @@ async def resolve(value: T | Awaitable[T]) -> T:
     return value
 
 
-class AuthenticationError(Exception):
-    """Raised by an authenticator to refuse a connection (HTTP 401 / close 4500)."""
+class AuthenticationError(AgentcastError):
+    """Raised by an authenticator to refuse a request or a WebSocket handshake: it is
+    answered HTTP 401 with the message."""
 
 
 class Authenticator(Protocol):

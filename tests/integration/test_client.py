@@ -11,11 +11,11 @@ import pytest
 
 from agentcast.client import (
     ClientError,
-    CommandFailed,
+    CommandFailedError,
     ConnectionClosedError,
     ConnectionLostError,
     Event,
-    HandshakeRefused,
+    HandshakeRefusedError,
     HistoryLost,
     HistoryLostError,
     Snapshot,
@@ -102,13 +102,13 @@ async def test_commands_sent_before_the_connection_opens_are_kept_in_order(
 
 async def test_error_replies_raise_with_the_server_code(server: RunningServer) -> None:
     async with connect(server.url) as client:
-        with pytest.raises(CommandFailed) as info:
+        with pytest.raises(CommandFailedError) as info:
             await client.publish("bad topic", "x", {})
         assert (info.value.code, info.value.field) == (ErrorCode.INVALID_TOPIC, "topic")
-        with pytest.raises(CommandFailed) as unknown:
+        with pytest.raises(CommandFailedError) as unknown:
             await client.request({"type": "no_such_command"})
         assert unknown.value.code == "unknown_command"
-        with pytest.raises(CommandFailed) as refused:
+        with pytest.raises(CommandFailedError) as refused:
             await one(client.subscribe("bad topic"))
         assert refused.value.code == ErrorCode.INVALID_TOPIC
         assert "bad topic" not in client.subscriptions
@@ -290,7 +290,7 @@ class BearerGood:
 async def test_token_is_sent_and_refusal_is_terminal(native_server: RunningServer) -> None:
     native_server.gateway.authenticator = BearerGood()
     async with connect(native_server.url, token="bad") as client:
-        with pytest.raises(HandshakeRefused) as info:
+        with pytest.raises(HandshakeRefusedError) as info:
             await one(client.subscribe("t"))
         assert (info.value.status, info.value.code) == (401, CloseCode.UNAUTHORIZED)
     async with connect(native_server.ws_url, token="good") as client:

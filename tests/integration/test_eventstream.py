@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from agentcast.chat.eventstream import (
-    Broken,
-    ConnectFailed,
+    BrokenStreamError,
+    ConnectFailedError,
     HTTPStreamClient,
-    InvalidRequest,
-    NotAnEventStream,
-    Stalled,
+    InvalidRequestError,
+    NotAnEventStreamError,
+    StalledError,
 )
 from tests.conftest import UNIT, free_port
 from tests.integration.rawhttp import END, SSE_HEAD, Server, events, read_request, serve
@@ -61,7 +61,7 @@ async def test_request_wire_form_and_keep_alive() -> None:
         assert server.requests[0].endswith(b'\r\n\r\n{"q":1}')
         await client.aclose()
         assert client.idle_connections == 0
-        with pytest.raises(ConnectFailed, match="closed"):
+        with pytest.raises(ConnectFailedError, match="closed"):
             await client.request("GET", "/models")
 
 
@@ -180,7 +180,7 @@ async def test_a_request_the_server_read_is_never_sent_again() -> None:
     async with serve(handler) as (server, url):
         client = HTTPStreamClient(url)
         assert await collect(client) == [b"a", b"[DONE]"]
-        with pytest.raises(Broken, match="closed the connection before answering"):
+        with pytest.raises(BrokenStreamError, match="closed the connection before answering"):
             await client.request("POST", "/chat/completions", b'{"q":2}')
         assert server.connections == 1, "no new connection: the request was not resent"
         assert [r.endswith(b'{"q":1}') for r in server.requests] == [True, False]
@@ -192,7 +192,7 @@ async def test_a_request_the_server_read_is_never_sent_again() -> None:
 
 async def test_connection_refused_and_a_fresh_connection_closed_unanswered() -> None:
     client = HTTPStreamClient(f"http://127.0.0.1:{free_port()}/v1", connect_timeout=UNIT)
-    with pytest.raises(ConnectFailed, match="cannot connect"):
+    with pytest.raises(ConnectFailedError, match="cannot connect"):
         await client.request("GET", "/models")
 
     async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
@@ -200,7 +200,7 @@ async def test_connection_refused_and_a_fresh_connection_closed_unanswered() -> 
 
     async with serve(hang_up) as (server, url):
         client = HTTPStreamClient(url)
-        with pytest.raises(Broken, match=r"before answering.*may have reached it"):
+        with pytest.raises(BrokenStreamError, match=r"before answering.*may have reached it"):
             await client.request("POST", "/chat/completions", b"{}")
         assert server.connections == 1 and len(server.requests) == 1, "not sent again"
 
@@ -231,12 +231,12 @@ async def test_stalls_before_the_headers_and_mid_body() -> None:
         client = HTTPStreamClient(url, read_timeout=0.2)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with pytest.raises(Stalled, match=r"sent nothing for 0\.2 s"):
+        with pytest.raises(StalledError, match=r"sent nothing for 0\.2 s"):
             await client.request("POST", "/chat/completions", b"{}")
         assert 0.2 <= loop.time() - started < 0.2 + UNIT
         response = await client.request("POST", "/chat/completions", b"{}")
         got = []
-        with pytest.raises(Stalled):
+        with pytest.raises(StalledError):
             async for data in response.events():
                 got.append(data)
         assert got == [b"first"]
@@ -255,11 +255,11 @@ async def test_invalid_http_and_a_cut_body_are_broken() -> None:
 
     async with serve(handler) as (_server, url):
         client = HTTPStreamClient(url)
-        with pytest.raises(Broken, match="invalid HTTP response"):
+        with pytest.raises(BrokenStreamError, match="invalid HTTP response"):
             await client.request("GET", "/models")
         response = await client.request("POST", "/chat/completions", b"{}")
         got = []
-        with pytest.raises(Broken, match="mid-answer"):
+        with pytest.raises(BrokenStreamError, match="mid-answer"):
             async for data in response.events():
                 got.append(data)
         assert got == [b"half"]
@@ -283,9 +283,9 @@ async def test_a_json_answer_is_read_whole_and_is_not_an_event_stream() -> None:
         assert response.status_code == 404
         assert response.header("Content-Type") == "application/json"
         assert response.header("x-missing") is None
-        with pytest.raises(NotAnEventStream, match="application/json"):
+        with pytest.raises(NotAnEventStreamError, match="application/json"):
             await anext(response.events())
-        with pytest.raises(NotAnEventStream):
+        with pytest.raises(NotAnEventStreamError):
             response.push(lambda data: None)
         assert await response.aread() == body
         await response.aclose()
@@ -440,7 +440,7 @@ async def test_a_reset_is_not_the_end_of_a_body_delimited_by_the_connection() ->
         reader = response.events()
         assert await anext(reader) == b"a"
         sent.set()
-        with pytest.raises(Broken, match="mid-answer"):
+        with pytest.raises(BrokenStreamError, match="mid-answer"):
             await anext(reader)
         await response.aclose()
 
@@ -466,7 +466,7 @@ async def test_interim_answers_trailers_and_upgrades() -> None:
         assert b"x-trailer" not in names, "trailers are not headers"
         await response.aclose()
         assert client.idle_connections == 1
-        with pytest.raises(Broken, match="invalid HTTP response"):
+        with pytest.raises(BrokenStreamError, match="invalid HTTP response"):
             await client.request("POST", "/chat/completions", b"{}")
 
 
@@ -481,7 +481,7 @@ async def test_a_closed_response_never_touches_the_connection_again() -> None:
         await first.aclose()
         second = await client.request("POST", "/chat/completions", b"{}")
         await first.aclose()  # twice: must not close the connection the second one uses
-        with pytest.raises(Broken, match="closed"):
+        with pytest.raises(BrokenStreamError, match="closed"):
             await anext(first.events())
         assert [d async for d in second.events()] == [b"1", b"2", b"3", b"[DONE]"]
         await second.aclose()
@@ -522,10 +522,10 @@ async def test_bad_requests_and_oversized_bodies_are_broken() -> None:
 
     async with serve(handler) as (_server, url):
         client = HTTPStreamClient(url, headers=[("authorization", "Bearer key\n")])
-        with pytest.raises(InvalidRequest, match="invalid request"):
+        with pytest.raises(InvalidRequestError, match="invalid request"):
             await client.request("POST", "/chat/completions", b"{}")
         client = HTTPStreamClient(url)
         response = await client.request("POST", "/chat/completions", b"{}")
-        with pytest.raises(Broken, match="more than"):
+        with pytest.raises(BrokenStreamError, match="more than"):
             await response.aread()
         await response.aclose()

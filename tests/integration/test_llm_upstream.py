@@ -28,7 +28,7 @@ from starlette.routing import Route
 from agentcast.chat.agents import Agent, ChatRequest
 from agentcast.chat.llm import MODEL_CACHE_SECONDS, LLMAgent, OpenAIUpstream, UpstreamConfig
 from agentcast.chat.text import Turn
-from agentcast.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from agentcast.errors import UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
 from agentcast.testing.openai_server import MODELS, FakeOpenAIServer, answer_for
 from tests.conftest import UNIT, free_port
 from tests.integration.rawhttp import END, SSE_HEAD, events, read_request, serve
@@ -138,7 +138,7 @@ async def test_an_api_key_is_sent_and_a_wrong_one_is_not_retried() -> None:
         async with OpenAIUpstream(UpstreamConfig(keyed.base_url, "fake")) as up:
             with pytest.raises(UpstreamError, match="HTTP 401") as raised:
                 await collect(up.stream(Q))
-            assert not isinstance(raised.value, UpstreamUnavailable)
+            assert not isinstance(raised.value, UpstreamUnavailableError)
             assert len(keyed.requests) == 2, "a 401 is not retried"
             health = await up.health()
             assert health["ok"] is False and "HTTP 401" in health["error"]
@@ -176,10 +176,10 @@ async def test_health_up_and_down(upstream: OpenAIUpstream) -> None:
         health = await down.health()
         assert health["ok"] is False and health["models"] == []
         assert down_url in health["error"] and "unreachable" in health["error"]
-        with pytest.raises(UpstreamUnavailable) as raised:
+        with pytest.raises(UpstreamUnavailableError) as raised:
             await collect(down.stream(Q))
         assert down_url in raised.value.message and "unreachable" in raised.value.message
-        with pytest.raises(UpstreamUnavailable, match="unreachable"):
+        with pytest.raises(UpstreamUnavailableError, match="unreachable"):
             await down.list_models()
     async with other(upstream, base_url="nonsense://x") as bad:
         assert (await bad.health())["ok"] is False, "health never raises"
@@ -202,7 +202,7 @@ async def test_error_mid_stream_is_an_upstream_error_with_its_message(
 async def test_stall_is_a_timeout(upstream: OpenAIUpstream, fake: FakeOpenAIServer) -> None:
     started = time.monotonic()
     got: list[str] = []
-    with pytest.raises(UpstreamTimeout, match="stalled"):
+    with pytest.raises(UpstreamTimeoutError, match="stalled"):
         await collect(upstream.stream(Q, "fake-stall"), got)
     assert got == ANSWER[:2]
     assert 0.5 <= time.monotonic() - started < 0.5 + UNIT
@@ -212,7 +212,7 @@ async def test_stall_is_a_timeout(upstream: OpenAIUpstream, fake: FakeOpenAIServ
 
 async def test_a_non_streamed_stall_is_a_timeout(upstream: OpenAIUpstream) -> None:
     started = time.monotonic()
-    with pytest.raises(UpstreamTimeout, match="sent nothing"):
+    with pytest.raises(UpstreamTimeoutError, match="sent nothing"):
         await upstream.complete(Q, "fake-stall")
     assert 0.5 <= time.monotonic() - started < 0.5 + UNIT
 
@@ -223,7 +223,7 @@ async def test_a_cut_after_the_first_token_is_not_retried(
     got: list[str] = []
     with pytest.raises(UpstreamError, match="stream broken") as raised:
         await collect(upstream.stream(Q, "fake-drop"), got)
-    assert not isinstance(raised.value, UpstreamUnavailable)
+    assert not isinstance(raised.value, UpstreamUnavailableError)
     assert got == ANSWER[:2] and len(fake.requests) == 1
 
 
@@ -231,16 +231,16 @@ async def test_a_cut_before_the_first_token_is_not_sent_again(
     upstream: OpenAIUpstream, fake: FakeOpenAIServer
 ) -> None:
     async with other(upstream, fallback_models=("fake",)) as up:
-        with pytest.raises(UpstreamUnavailable, match="not sent again"):
+        with pytest.raises(UpstreamUnavailableError, match="not sent again"):
             await collect(up.stream(Q, "fake-flaky-drop"))
         assert len(fake.requests) == 1, "no retry, no fallback: it may be generating"
         got: list[str] = []
-        with pytest.raises(UpstreamUnavailable, match="not sent again"):
+        with pytest.raises(UpstreamUnavailableError, match="not sent again"):
             await up.stream_to(Q, got.append, "fake-flaky-drop")
         assert got == [] and len(fake.requests) == 2
         assert await collect(up.stream(Q, "fake-flaky-drop")) == ANSWER, "asked again: whole"
         fake.reset()
-        with pytest.raises(UpstreamUnavailable, match="not sent again"):
+        with pytest.raises(UpstreamUnavailableError, match="not sent again"):
             await up.complete(Q, "fake-flaky-drop")
         assert len(fake.requests) == 1
 
@@ -249,7 +249,7 @@ async def test_5xx_is_retried_then_falls_back(
     upstream: OpenAIUpstream, fake: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "agentcast.chat")
-    with pytest.raises(UpstreamUnavailable, match="HTTP 500") as raised:
+    with pytest.raises(UpstreamUnavailableError, match="HTTP 500") as raised:
         await collect(upstream.stream(Q, "fake-500"))
     assert upstream.base_url in raised.value.message and "fake-500" in raised.value.message
     assert [r.model for r in fake.requests] == ["fake-500"] * 3  # 1 + 2 retries
@@ -268,7 +268,7 @@ async def test_5xx_is_retried_then_falls_back(
         done = await up.complete(Q)
         assert done.model == "fake" and done.text == "".join(ANSWER)
         fake.reset()
-        with pytest.raises(UpstreamUnavailable):
+        with pytest.raises(UpstreamUnavailableError):
             await collect(up.stream(Q, fallback=False))
         assert {r.model for r in fake.requests} == {"fake-500"}
 
@@ -276,12 +276,12 @@ async def test_5xx_is_retried_then_falls_back(
 async def test_all_models_down_is_unavailable_naming_them(upstream: OpenAIUpstream) -> None:
     async with other(upstream, model="fake-500", fallback_models=("fake-429",)) as up:
         for call in (collect(up.stream(Q)), up.complete(Q)):
-            with pytest.raises(UpstreamUnavailable) as raised:
+            with pytest.raises(UpstreamUnavailableError) as raised:
                 await call
             message = raised.value.message
             assert up.base_url in message and "fake-500, fake-429" in message
             assert "HTTP 429" in message, "the last cause"
-        with pytest.raises(UpstreamUnavailable, match="HTTP 500"):
+        with pytest.raises(UpstreamUnavailableError, match="HTTP 500"):
             await up.complete(Q, "fake-error-mid", fallback=False)
 
 
@@ -292,7 +292,7 @@ async def test_flaky_server_recovers_with_retries(
     assert len(fake.requests) == 3
     async with other(upstream, max_retries=1) as up:
         fake.reset()
-        with pytest.raises(UpstreamUnavailable, match="HTTP 503"):
+        with pytest.raises(UpstreamUnavailableError, match="HTTP 503"):
             await collect(up.stream(Q, "fake-flaky"))
         assert len(fake.requests) == 2
 
@@ -303,7 +303,7 @@ async def test_client_errors_are_not_retried(
     async with other(upstream, fallback_models=("fake",)) as up:
         with pytest.raises(UpstreamError, match="not found") as raised:
             await collect(up.stream(Q, "gpt-99"))
-        assert not isinstance(raised.value, UpstreamUnavailable)
+        assert not isinstance(raised.value, UpstreamUnavailableError)
         with pytest.raises(UpstreamError, match="not found"):
             await up.complete(Q, "gpt-99")
     assert len(fake.requests) == 2, "no retry and no fallback after a 4xx"
@@ -419,7 +419,7 @@ async def test_benchmark_measures_ttft_and_rate(upstream: OpenAIUpstream) -> Non
     slow = await upstream.benchmark(runs=1, model="fake:50")
     assert 25 < slow.tokens_per_second_median < 100
     async with other(upstream, fallback_models=("fake",)) as up:
-        with pytest.raises(UpstreamUnavailable):
+        with pytest.raises(UpstreamUnavailableError):
             await up.benchmark(runs=1, model="fake-500")  # no fallback: figures of that model
 
 
@@ -689,13 +689,13 @@ async def test_a_request_the_server_read_then_dropped_is_not_sent_again(
         )
         async with OpenAIUpstream(config) as up:
             assert await collect(up.stream(Q)) == ["ok"]
-            with pytest.raises(UpstreamUnavailable, match="not sent again") as raised:
+            with pytest.raises(UpstreamUnavailableError, match="not sent again") as raised:
                 await collect(up.stream(Q))  # on the kept-alive connection
             assert "model 'm'" in raised.value.message
             assert (server.connections, len(server.requests)) == (1, 2), "no retry, no fallback"
             got: list[str] = []
             for call in (collect(up.stream(Q)), up.complete(Q), up.stream_to(Q, got.append)):
-                with pytest.raises(UpstreamUnavailable, match="not sent again"):
+                with pytest.raises(UpstreamUnavailableError, match="not sent again"):
                     await call  # on a new connection
             assert got == []
             assert (server.connections, len(server.requests)) == (4, 5), "each sent once"

@@ -9,7 +9,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
-from agentcast.client import CommandFailed, Event, HandshakeRefused, Snapshot, ws_url_of
+from agentcast.client import CommandFailedError, Event, HandshakeRefusedError, Snapshot, ws_url_of
 from agentcast.client.retry import classify_failure, jittered_backoff, reconnectable
 from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode
 from agentcast.errors import ConnectionClosedError
@@ -54,13 +54,13 @@ def status(code: int) -> InvalidStatus:
 
 def test_handshake_failures() -> None:
     refused = classify_failure(status(401))
-    assert isinstance(refused, HandshakeRefused)
+    assert isinstance(refused, HandshakeRefusedError)
     assert isinstance(refused, ConnectionClosedError)
     assert (refused.status, refused.code) == (401, CloseCode.UNAUTHORIZED)
     forbidden = classify_failure(status(403))
-    assert isinstance(forbidden, HandshakeRefused)
+    assert isinstance(forbidden, HandshakeRefusedError)
     assert forbidden.code == CloseCode.FORBIDDEN
-    assert isinstance(classify_failure(status(404)), HandshakeRefused)
+    assert isinstance(classify_failure(status(404)), HandshakeRefusedError)
     for retried in (429, 500, 502, 503, 504):
         assert classify_failure(status(retried)) is None
     assert classify_failure(ConnectionRefusedError()) is None
@@ -70,10 +70,10 @@ def test_handshake_failures() -> None:
 
 
 def test_command_failed_codes() -> None:
-    known = CommandFailed("forbidden", "may not", None)
+    known = CommandFailedError("forbidden", "may not", None)
     assert known.code is ErrorCode.FORBIDDEN
     assert str(known) == "forbidden: may not"
-    unknown = CommandFailed("brand_new", "later server", "data.x")
+    unknown = CommandFailedError("brand_new", "later server", "data.x")
     assert unknown.code == "brand_new"
     assert str(unknown) == "brand_new: later server (data.x)"
 

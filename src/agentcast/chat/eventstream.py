@@ -28,14 +28,14 @@ discarded (a new one is opened) when it cannot carry it:
   further apart than the expiry.
 
 Once the request is written, a connection that closes before the first byte of the
-answer fails the request with :class:`Broken`, as a cut mid-answer does; the caller
+answer fails the request with :class:`BrokenStreamError`, as a cut mid-answer does; the caller
 decides (and :mod:`agentcast.chat.llm` does not resend it, see there).
 
 :class:`HTTPStreamClient` is deliberately small: one origin, ``http``/``https``, no
 proxies, no redirects, no compression (``accept-encoding: identity``) -- what an
 OpenAI-compatible completion endpoint needs. :class:`~agentcast.chat.llm.OpenAIUpstream`
 uses it for completions and keeps httpx for everything else (and for completions behind
-a proxy). Its failures are :class:`StreamFailure` subclasses, translated into
+a proxy). Its failures are :class:`StreamError` subclasses, translated into
 :mod:`agentcast.errors` by the upstream; nothing else escapes.
 """
 
@@ -52,15 +52,17 @@ from urllib.parse import urlsplit
 import h11
 import httptools
 
+from agentcast.errors import AgentcastError
+
 __all__ = [
-    "Broken",
-    "ConnectFailed",
+    "BrokenStreamError",
+    "ConnectFailedError",
     "EventStreamDecoder",
     "HTTPStreamClient",
-    "InvalidRequest",
-    "NotAnEventStream",
-    "Stalled",
-    "StreamFailure",
+    "InvalidRequestError",
+    "NotAnEventStreamError",
+    "StalledError",
+    "StreamError",
     "StreamResponse",
 ]
 
@@ -70,34 +72,34 @@ _RESUME_AT = 32
 """Events left unread when reading resumes."""
 _MAX_BODY = 16 << 20
 """The largest non-stream body read (an error answer or a non-streamed completion); a
-larger one fails the response (:class:`Broken`) instead of being cut silently."""
+larger one fails the response (:class:`BrokenStreamError`) instead of being cut silently."""
 
 
-class StreamFailure(Exception):
+class StreamError(AgentcastError):
     """Base of this module's failures; ``str()`` says what happened."""
 
 
-class ConnectFailed(StreamFailure):
+class ConnectFailedError(StreamError):
     """No connection (refused, unresolvable, TLS failure, connect timeout, client closed):
     nothing of the request was written, so sending it again is safe."""
 
 
-class InvalidRequest(StreamFailure):
+class InvalidRequestError(StreamError):
     """The request cannot be written (an invalid header, method or target): nothing was
     sent, and sending it again would fail the same way."""
 
 
-class Stalled(StreamFailure):
+class StalledError(StreamError):
     """The server sent nothing for ``read_timeout`` seconds."""
 
 
-class Broken(StreamFailure):
+class BrokenStreamError(StreamError):
     """The request was written but its answer is missing, cut or not valid HTTP: the
     connection closed before the first byte of the answer or mid-answer, or the answer
     cannot be parsed. The server may have received the request."""
 
 
-class NotAnEventStream(StreamFailure):
+class NotAnEventStreamError(StreamError):
     """:meth:`StreamResponse.events` on a response that is not ``text/event-stream``."""
 
 
@@ -182,12 +184,12 @@ class StreamResponse:
 
     def _open_conn(self) -> _Connection:
         if self._conn is None:
-            raise Broken("the response is closed")
+            raise BrokenStreamError("the response is closed")
         return self._conn
 
     def _event_stream(self) -> _Connection:
         if not self.is_event_stream:
-            raise NotAnEventStream(
+            raise NotAnEventStreamError(
                 f"content-type is {self.header('content-type')!r}, not text/event-stream"
             )
         conn = self._open_conn()
@@ -195,8 +197,8 @@ class StreamResponse:
         return conn
 
     async def aread(self) -> bytes:
-        """The whole body. Raises :class:`Stalled`, or :class:`Broken` (also for a body over
-        16 MiB)."""
+        """The whole body. Raises :class:`StalledError`, or :class:`BrokenStreamError` (also
+        for a body over 16 MiB)."""
         conn = self._open_conn()
         await conn.wait_until(lambda: conn.complete)
         return b"".join(conn.body)
@@ -204,14 +206,14 @@ class StreamResponse:
     async def events(self) -> AsyncIterator[bytes]:
         """The data of each server-sent event, in order, until the body ends.
 
-        Raises :class:`NotAnEventStream` (checked first), :class:`Stalled` or
-        :class:`Broken`.
+        Raises :class:`NotAnEventStreamError` (checked first), :class:`StalledError` or
+        :class:`BrokenStreamError`.
         """
         conn = self._event_stream()
         queue = conn.events
         while True:
             if self._conn is not conn:  # closed meanwhile (it may serve another request now)
-                raise Broken("the response is closed")
+                raise BrokenStreamError("the response is closed")
             while queue:
                 data = queue.popleft()
                 if conn.paused and len(queue) <= _RESUME_AT:
@@ -227,9 +229,9 @@ class StreamResponse:
         """Hand each event's data to ``on_event`` as soon as it is parsed, from the
         protocol's callback (no task switch per event), starting with events already
         buffered; ``on_event`` returns True to stop. The returned future is done (None)
-        when the body ended or ``on_event`` stopped; it fails with :class:`Stalled` or
-        :class:`Broken`, or with what ``on_event`` raised (then no further call comes).
-        Raises :class:`NotAnEventStream` at once. To stop early, :meth:`aclose`.
+        when the body ended or ``on_event`` stopped; it fails with :class:`StalledError` or
+        :class:`BrokenStreamError`, or with what ``on_event`` raised (then no further call comes).
+        Raises :class:`NotAnEventStreamError` at once. To stop early, :meth:`aclose`.
         """
         return self._event_stream().start_push(on_event)
 
@@ -310,13 +312,13 @@ class HTTPStreamClient:
 
         The request is written once, on a kept-alive connection that passed the checks of
         the module docstring or on a new one; it is never written again. Raises
-        :class:`InvalidRequest` (nothing sent), :class:`ConnectFailed` when no
-        connection could be made (nothing sent), :class:`Stalled` when no header came
-        within ``read_timeout``, :class:`Broken` when the connection closed before the
+        :class:`InvalidRequestError` (nothing sent), :class:`ConnectFailedError` when no
+        connection could be made (nothing sent), :class:`StalledError` when no header came
+        within ``read_timeout``, :class:`BrokenStreamError` when the connection closed before the
         answer or the answer is invalid (the server may have received the request).
         """
         if self._closed:
-            raise ConnectFailed("client closed")
+            raise ConnectFailedError("client closed")
         all_headers = [
             ("host", self.authority),
             ("user-agent", "agentcast"),
@@ -337,7 +339,7 @@ class HTTPStreamClient:
                 wire += h.send(h11.Data(data=body)) or b""
             wire += h.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError as exc:
-            raise InvalidRequest(f"invalid request: {exc}") from None
+            raise InvalidRequestError(f"invalid request: {exc}") from None
         conn = self._take_idle() or await self._connect()
         return await conn.send(wire)
 
@@ -369,11 +371,11 @@ class HTTPStreamClient:
                     server_hostname=self.host if self.ssl is not None else None,
                 )
         except TimeoutError:
-            raise ConnectFailed(
+            raise ConnectFailedError(
                 f"connect to {self.authority} timed out after {self.connect_timeout:g} s"
             ) from None
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(f"cannot connect to {self.authority}: {exc}") from exc
+            raise ConnectFailedError(f"cannot connect to {self.authority}: {exc}") from exc
         return conn
 
     def _release(self, conn: _Connection) -> None:
@@ -388,7 +390,7 @@ class HTTPStreamClient:
             self._idle.remove(conn)
 
     async def aclose(self) -> None:
-        """Close the idle connections; later requests raise :class:`ConnectFailed`."""
+        """Close the idle connections; later requests raise :class:`ConnectFailedError`."""
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
@@ -416,7 +418,7 @@ class _Connection(asyncio.Protocol):
         self.interim = False  # parsing a 1xx answer: the final one follows
         self.complete = False
         self.keep_alive = False
-        self.failure: StreamFailure | None = None
+        self.failure: StreamError | None = None
         self.body: list[bytes] = []
         self.body_size = 0
         self.decoder: EventStreamDecoder | None = None
@@ -471,7 +473,9 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._fail(Broken(f"invalid HTTP response from {self.client.authority}: {exc}"))
+            self._fail(
+                BrokenStreamError(f"invalid HTTP response from {self.client.authority}: {exc}")
+            )
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -485,7 +489,7 @@ class _Connection(asyncio.Protocol):
             if not self.got_bytes:
                 why = f" ({exc})" if exc else ""
                 self._fail(
-                    Broken(
+                    BrokenStreamError(
                         f"{self.client.authority} closed the connection before answering{why}; "
                         "the request may have reached it"
                     )
@@ -494,7 +498,11 @@ class _Connection(asyncio.Protocol):
                 self.on_message_complete()  # a body delimited by the end of the connection
             else:
                 why = f": {exc}" if exc else ""
-                self._fail(Broken(f"{self.client.authority} closed the connection mid-answer{why}"))
+                self._fail(
+                    BrokenStreamError(
+                        f"{self.client.authority} closed the connection mid-answer{why}"
+                    )
+                )
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -537,7 +545,7 @@ class _Connection(asyncio.Protocol):
         elif not self.discarding:
             self.body_size += len(body)
             if self.body_size > _MAX_BODY:
-                self._fail(Broken(f"a body of more than {_MAX_BODY} bytes"))
+                self._fail(BrokenStreamError(f"a body of more than {_MAX_BODY} bytes"))
                 self.close(abort=True)
                 return
             self.body.append(body)
@@ -573,7 +581,7 @@ class _Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _fail(self, failure: StreamFailure) -> None:
+    def _fail(self, failure: StreamError) -> None:
         if self.failure is None and not self.complete:
             self.failure = failure
         self._wake()
@@ -652,7 +660,9 @@ class _Connection(asyncio.Protocol):
             self.last_read = now
         elif now - self.last_read >= self.client.read_timeout:
             self._fail(
-                Stalled(f"{self.client.authority} sent nothing for {self.client.read_timeout:g} s")
+                StalledError(
+                    f"{self.client.authority} sent nothing for {self.client.read_timeout:g} s"
+                )
             )
             self.close(abort=True)
             return
@@ -705,7 +715,9 @@ class _Connection(asyncio.Protocol):
             self._reset()
             self.client._release(self)
         else:
-            self._fail(Broken("the response was closed"))  # wakes a reader in another task
+            self._fail(
+                BrokenStreamError("the response was closed")
+            )  # wakes a reader in another task
             self.active = False
             self.close(abort=True)  # no TLS close_notify wait: the upstream must stop now
 

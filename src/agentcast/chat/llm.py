@@ -29,14 +29,14 @@ Everything else fails at once, without retry nor fallback:
 * the connection closed after the request was written, before the answer or before its
   first delta (a stream cut before its first token): the server may be generating, or
   have generated, an answer, so
-  :class:`~agentcast.errors.UpstreamUnavailable`, whose message says it was not sent again;
+  :class:`~agentcast.errors.UpstreamUnavailableError`, whose message says it was not sent again;
 * a stream cut after its first delta, an ``error`` object mid-stream (with the server's
   message), another 4xx answer, a protocol breach: :class:`~agentcast.errors.UpstreamError`
   (text already delivered is never repeated);
 * silence longer than ``read_timeout`` (a stalled generation):
-  :class:`~agentcast.errors.UpstreamTimeout`.
+  :class:`~agentcast.errors.UpstreamTimeoutError`.
 
-When retries and fallbacks are exhausted, UpstreamUnavailable names the URL, the models
+When retries and fallbacks are exhausted, UpstreamUnavailableError names the URL, the models
 tried and the last cause. The transport itself never resends either (see
 :mod:`agentcast.chat.eventstream`; httpx's pool also checks an idle connection before
 reuse and does not resend). Transport errors, httpx's and eventstream's, become
@@ -82,16 +82,16 @@ from tenacity import (
 
 from agentcast.chat.agents import ChatRequest
 from agentcast.chat.eventstream import (
-    ConnectFailed,
+    ConnectFailedError,
     HTTPStreamClient,
-    InvalidRequest,
-    NotAnEventStream,
-    Stalled,
-    StreamFailure,
+    InvalidRequestError,
+    NotAnEventStreamError,
+    StalledError,
+    StreamError,
     StreamResponse,
 )
 from agentcast.chat.text import Turn, chunk_text, estimate_tokens, truncate_to_tokens
-from agentcast.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from agentcast.errors import UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
 
 __all__ = [
     "BenchResult",
@@ -200,17 +200,17 @@ class BenchResult:
         return sum(self.seconds)
 
 
-class _Retryable(UpstreamUnavailable):
+class _RetryableError(UpstreamUnavailableError):
     """A failure worth another attempt: no connection (nothing sent), or a 5xx or 429
     answer. Raised out of the retry loop only as the cause of the final
-    UpstreamUnavailable (or as itself where nothing retries, e.g. the model list)."""
+    UpstreamUnavailableError (or as itself where nothing retries, e.g. the model list)."""
 
 
-class _StreamBroken(UpstreamError):
+class _StreamBrokenError(UpstreamError):
     """The connection failed in the middle of a stream."""
 
 
-_TRANSPORT_ERRORS = (StreamFailure, httpx.HTTPError)
+_TRANSPORT_ERRORS = (StreamError, httpx.HTTPError)
 """What the HTTP clients raise (httpx-sse's SSEError is an httpx error); translated by
 :meth:`OpenAIUpstream._translate`."""
 
@@ -415,8 +415,8 @@ class OpenAIUpstream:
             return [first]
         return [first, *(m for m in self.config.fallback_models if m != first)]
 
-    def _unavailable(self, tried: list[str], last: Exception | None) -> UpstreamUnavailable:
-        return UpstreamUnavailable(
+    def _unavailable(self, tried: list[str], last: Exception | None) -> UpstreamUnavailableError:
+        return UpstreamUnavailableError(
             f"{self.base_url} unavailable (models tried: {', '.join(tried)}): {last}"
         )
 
@@ -429,10 +429,10 @@ class OpenAIUpstream:
         params: dict[str, Any],
         attempt: Callable[[dict[str, Any]], Awaitable[_T]],
     ) -> _T:
-        """``attempt(body)`` for ``model`` (default: :attr:`model`), retried on _Retryable
+        """``attempt(body)`` for ``model`` (default: :attr:`model`), retried on _RetryableError
         (``max_retries``, with backoff), then for each fallback model in turn (unless
         ``fallback`` is false), each retry and fallback logged: the first result.
-        UpstreamUnavailable when all fail; any other error at once."""
+        UpstreamUnavailableError when all fail; any other error at once."""
         last: Exception | None = None
         tried = self._models_to_try(model, fallback)
         for name in tried:
@@ -443,7 +443,7 @@ class OpenAIUpstream:
                 async for retry in self._retrying():
                     with retry:
                         return await attempt(body)
-            except _Retryable as exc:
+            except _RetryableError as exc:
                 last = exc
         raise self._unavailable(tried, last)
 
@@ -453,7 +453,7 @@ class OpenAIUpstream:
             stop=stop_after_attempt(c.max_retries + 1),
             wait=wait_exponential(multiplier=c.backoff_initial, max=c.backoff_max)
             + wait_random(0, c.backoff_initial),
-            retry=retry_if_exception_type(_Retryable),
+            retry=retry_if_exception_type(_RetryableError),
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -478,34 +478,36 @@ class OpenAIUpstream:
         the answer was delivered already.
 
         * no connection (refused, unresolvable, TLS, connect timeout: nothing was sent):
-          _Retryable, an UpstreamUnavailable that may be sent again;
-        * silence longer than ``read_timeout``: UpstreamTimeout;
+          _RetryableError, an UpstreamUnavailableError that may be sent again;
+        * silence longer than ``read_timeout``: UpstreamTimeoutError;
         * not an event stream, or a request that cannot be written: UpstreamError;
         * anything else happened after the request was written (the connection closed
           before or during the answer, invalid HTTP): the server may have received the
-          request, which is not sent again: UpstreamUnavailable saying so before the
-          first delta, _StreamBroken (an UpstreamError) after it.
+          request, which is not sent again: UpstreamUnavailableError saying so before the
+          first delta, _StreamBrokenError (an UpstreamError) after it.
         """
         why = _why(exc)
         base = self.base_url
-        if isinstance(exc, ConnectFailed | httpx.ConnectError | httpx.ConnectTimeout):
-            return _Retryable(f"{base} unreachable: {why}")
+        if isinstance(exc, ConnectFailedError | httpx.ConnectError | httpx.ConnectTimeout):
+            return _RetryableError(f"{base} unreachable: {why}")
         if isinstance(exc, httpx.ProxyError):  # the tunnel failed: nothing reached base
-            return _Retryable(f"{base} unreachable through the proxy: {why}")
+            return _RetryableError(f"{base} unreachable through the proxy: {why}")
         if isinstance(exc, httpx.WriteTimeout):  # part of the request may have gone out
-            return UpstreamTimeout(f"{base}: the request could not be written: {why}")
-        if isinstance(exc, Stalled | httpx.TimeoutException):
-            return UpstreamTimeout(
+            return UpstreamTimeoutError(f"{base}: the request could not be written: {why}")
+        if isinstance(exc, StalledError | httpx.TimeoutException):
+            return UpstreamTimeoutError(
                 f"{base} stalled: sent nothing for {self.config.read_timeout:g} s"
             )
-        if isinstance(exc, NotAnEventStream | SSEError):
+        if isinstance(exc, NotAnEventStreamError | SSEError):
             return UpstreamError(f"{base}: not an event stream ({why})")
-        if isinstance(exc, InvalidRequest | httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        if isinstance(
+            exc, InvalidRequestError | httpx.UnsupportedProtocol | httpx.LocalProtocolError
+        ):
             return UpstreamError(f"{base}: cannot send the request: {why}")
         if answered:
-            return _StreamBroken(f"{base}: stream broken: {why}")
+            return _StreamBrokenError(f"{base}: stream broken: {why}")
         subject = f"model {model!r}" if model else "the request"
-        return UpstreamUnavailable(
+        return UpstreamUnavailableError(
             f"{base} failed before answering ({subject}): {why}; not sent again, since the "
             "server may have received it"
         )
@@ -537,8 +539,9 @@ class OpenAIUpstream:
             raise self._translate(exc, body["model"]) from exc
 
     async def _open(self, body: dict[str, Any], stream: bool) -> _Response:
-        """Send one request; the response is open (stream) or read. Raises _Retryable
-        (5xx, 429, no connection), UpstreamError, UpstreamUnavailable or UpstreamTimeout."""
+        """Send one request; the response is open (stream) or read. Raises _RetryableError
+        (5xx, 429, no connection), UpstreamError, UpstreamUnavailableError or
+        UpstreamTimeoutError."""
         response = await self._send(body, stream)
         if response.status_code >= 400:
             try:
@@ -553,7 +556,7 @@ class OpenAIUpstream:
                 f"for model {body['model']!r}: {message}"
             )
             if response.status_code >= 500 or response.status_code == 429:
-                raise _Retryable(detail)
+                raise _RetryableError(detail)
             raise UpstreamError(detail)
         return response
 
@@ -610,11 +613,11 @@ class OpenAIUpstream:
         Before the first delta, a connection that could not be made and a 5xx or 429
         answer are retried (``max_retries``, with backoff, logged), then each of
         ``fallback_models`` is tried in turn (unless ``fallback`` is false); when all
-        fail, UpstreamUnavailable. A connection lost after the request was written and
-        before the first delta raises UpstreamUnavailable at once (the server may have
+        fail, UpstreamUnavailableError. A connection lost after the request was written and
+        before the first delta raises UpstreamUnavailableError at once (the server may have
         received the request: it is not sent again). After the first delta nothing is
         retried: a failure raises UpstreamError (the server's ``error`` message, or the
-        cut). Silence longer than ``read_timeout`` raises UpstreamTimeout, another 4xx
+        cut). Silence longer than ``read_timeout`` raises UpstreamTimeoutError, another 4xx
         answer UpstreamError, at once. Closing the iterator or cancelling its task
         closes the HTTP response at once.
         """

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agentcast.client import CommandFailed, Event, connect
+from agentcast.client import CommandFailedError, Event, connect
 from agentcast.client.connection import ws_url_of
 
 __all__ = ["http_base", "llm_bench", "llm_health", "llm_models", "run_chat"]
@@ -107,7 +107,7 @@ async def run_chat(
                     await client.request(
                         {"type": "chat:send", "data": {"message": line, "conversation_id": cid}}
                     )
-                except CommandFailed as exc:
+                except CommandFailedError as exc:
                     err.print(f"[red]error:[/red] {escape(str(exc))}")
                     status = 1
                     continue

@@ -21,10 +21,17 @@ provide the missing events, the subscription says so: it raises
 and refused handshakes raise :class:`~agentcast.errors.ConnectionClosedError`. The
 ``on_retry`` and ``on_connect`` callbacks of :func:`connect` report each wait for a
 (re)connection (:class:`Retry`: why, and for how long) and each connection opened.
+
+``CommandFailed`` and ``HandshakeRefused`` are deprecated names of
+:class:`CommandFailedError` and :class:`HandshakeRefusedError` (a ``DeprecationWarning``
+on use; to be removed in 0.2).
 """
 
+import warnings
+from typing import TYPE_CHECKING, Any
+
 from agentcast.client.connection import Client, connect, ws_url_of
-from agentcast.client.errors import CommandFailed, ConnectionLostError, HandshakeRefused
+from agentcast.client.errors import CommandFailedError, ConnectionLostError, HandshakeRefusedError
 from agentcast.client.events import Event, HistoryLost, Snapshot
 from agentcast.client.retry import Retry
 from agentcast.client.subscription import Subscription
@@ -33,11 +40,11 @@ from agentcast.errors import ClientError, ConnectionClosedError, HistoryLostErro
 __all__ = [
     "Client",
     "ClientError",
-    "CommandFailed",
+    "CommandFailedError",
     "ConnectionClosedError",
     "ConnectionLostError",
     "Event",
-    "HandshakeRefused",
+    "HandshakeRefusedError",
     "HistoryLost",
     "HistoryLostError",
     "Retry",
@@ -46,3 +53,22 @@ __all__ = [
     "connect",
     "ws_url_of",
 ]
+
+_DEPRECATED = {"CommandFailed": "CommandFailedError", "HandshakeRefused": "HandshakeRefusedError"}
+
+if TYPE_CHECKING:  # the deprecated names, typed; at run time __getattr__ warns
+    CommandFailed = CommandFailedError
+    HandshakeRefused = HandshakeRefusedError
+else:
+
+    def __getattr__(name: str) -> Any:
+        """The deprecated names, with a ``DeprecationWarning``."""
+        new = _DEPRECATED.get(name)
+        if new is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        warnings.warn(
+            f"agentcast.client.{name} is deprecated, use agentcast.client.{new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[new]

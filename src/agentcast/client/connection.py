@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.uri import parse_uri
 
-from agentcast.client.errors import CommandFailed, ConnectionLostError
+from agentcast.client.errors import CommandFailedError, ConnectionLostError
 from agentcast.client.events import Event, HistoryLost
 from agentcast.client.retry import (
     Retry,
@@ -355,7 +355,7 @@ class Client:
             self._send_unsubscribe(sub)
         self._send_subscribe(sub, link)
 
-    def _retry_later(self, sub: Subscription[Any], error: CommandFailed) -> None:
+    def _retry_later(self, sub: Subscription[Any], error: CommandFailedError) -> None:
         if sub.retry_delays is None:
             sub.retry_delays = jittered_backoff(self.initial_delay, self.max_delay)
         delay = next(sub.retry_delays)
@@ -408,7 +408,7 @@ class Client:
     async def publish(self, topic: str, type: str, data: Mapping[str, Any] | None = None) -> int:
         """Publish an event on the WebSocket and return its seq (from the ``ack``).
 
-        Raises :class:`CommandFailed` when the server refuses it (``forbidden``,
+        Raises :class:`CommandFailedError` when the server refuses it (``forbidden``,
         ``invalid_field``, ``payload_too_large``, …), :class:`ConnectionLostError` when the
         connection dropped before the ack (it may have been published), ``TimeoutError``
         after ``reply_timeout``. Use the HTTP API to publish in batches.
@@ -432,7 +432,7 @@ class Client:
         """Send ``command`` with a fresh ``id`` and return the server's reply frame.
 
         The generic form of :meth:`publish` and :meth:`ping`, for commands this class has
-        no method for. An ``error`` reply raises :class:`CommandFailed`. Waits for a
+        no method for. An ``error`` reply raises :class:`CommandFailedError`. Waits for a
         connection when there is none; the whole is bounded by ``reply_timeout``.
         """
         self._check_usable()
@@ -482,12 +482,12 @@ class Client:
                 self._link.outbox.remove(cmd)
 
     @staticmethod
-    def _command_failed(reply: Reply) -> CommandFailed:
+    def _command_failed(reply: Reply) -> CommandFailedError:
         try:
             data = ErrorFrame.model_validate(reply).data
         except pydantic.ValidationError:
-            return CommandFailed("internal", f"malformed error reply: {reply!r}")
-        return CommandFailed(data.code, data.message, data.field)
+            return CommandFailedError("internal", f"malformed error reply: {reply!r}")
+        return CommandFailedError(data.code, data.message, data.field)
 
     def _check_usable(self) -> None:
         if self._fatal is not None:

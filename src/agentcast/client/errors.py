@@ -4,9 +4,9 @@ The tree, with the ones from :mod:`agentcast.errors`::
 
     ClientError
     ├── ConnectionClosedError      terminal close code: the client stopped
-    │   └── HandshakeRefused       the server answered the opening handshake with an HTTP error
+    │   └── HandshakeRefusedError       the server answered the opening handshake with an HTTP error
     ├── HistoryLostError           a resume could not be complete (``on_history_lost="raise"``)
-    ├── CommandFailed              the server answered a command with an ``error`` frame
+    ├── CommandFailedError              the server answered a command with an ``error`` frame
     └── ConnectionLostError        the connection dropped before a command's reply came
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 from agentcast.codes import CloseCode, ErrorCode
 from agentcast.errors import ClientError, ConnectionClosedError
 
-__all__ = ["CommandFailed", "ConnectionLostError", "HandshakeRefused"]
+__all__ = ["CommandFailedError", "ConnectionLostError", "HandshakeRefusedError"]
 
 
-class CommandFailed(ClientError):
+class CommandFailedError(ClientError):
     """The server answered a command with an ``error`` frame.
 
     ``code`` is the stable error code (an :class:`~agentcast.codes.ErrorCode` when this
@@ -45,7 +45,7 @@ class ConnectionLostError(ClientError):
     """
 
 
-class HandshakeRefused(ConnectionClosedError):
+class HandshakeRefusedError(ConnectionClosedError):
     """The server refused the WebSocket handshake with HTTP ``status``.
 
     ``code`` is the close code of the same meaning: 4500 (unauthorized) for 401, 4503

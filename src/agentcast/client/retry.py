@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from websockets.client import backoff, process_exception
 from websockets.exceptions import InvalidStatus
 
-from agentcast.client.errors import HandshakeRefused
+from agentcast.client.errors import HandshakeRefusedError
 
 __all__ = [
     "TERMINAL_CLOSE_CODES",
@@ -45,13 +45,13 @@ def reconnectable(code: int) -> bool:
 def classify_failure(exc: Exception) -> Exception | None:
     """``process_exception`` for websockets' reconnecting ``connect``: None to retry.
 
-    A refused handshake (HTTP 401, 403, 404, …) becomes :class:`HandshakeRefused`
+    A refused handshake (HTTP 401, 403, 404, …) becomes :class:`HandshakeRefusedError`
     (terminal); 429 and 5xx answers are retried; network errors and timeouts are retried
     (websockets' default rules decide the rest).
     """
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
-        return None if status in RETRY_STATUSES else HandshakeRefused(status)
+        return None if status in RETRY_STATUSES else HandshakeRefusedError(status)
     return process_exception(exc)
 
 

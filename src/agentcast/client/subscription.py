@@ -45,7 +45,7 @@ class Subscription(Generic[T_co]):
       nothing is lost).
     * Iteration ends (``StopAsyncIteration``) when you :meth:`unsubscribe` or the client
       is closed (buffered events are dropped then). It raises after the buffered events
-      when the subscription failed: :class:`~agentcast.client.CommandFailed` (the server
+      when the subscription failed: :class:`~agentcast.client.CommandFailedError` (the server
       refused the ``subscribe``), ``HistoryLostError``, or
       :class:`~agentcast.errors.ConnectionClosedError` (terminal close code).
 

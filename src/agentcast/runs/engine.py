@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentcast.errors import AgentcastError
 from agentcast.runs.tracker import Publisher, WorkflowTracker
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 NodeFn = Callable[["NodeContext"], Awaitable[Any]]
 
 
-class WorkflowError(ValueError):
+class WorkflowError(AgentcastError, ValueError):
     """The graph is not a DAG, or names unknown nodes."""
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "WORKFLOW_EVENTS",
     "AgentStatusUpdate",
     "EdgeFlow",
+    "ErrorEvent",
     "ErrorUpdate",
     "LogEvent",
     "NodeStatus",
@@ -31,7 +32,6 @@ __all__ = [
     "ResultUpdate",
     "StatusUpdate",
     "WorkflowComplete",
-    "WorkflowError",
     "WorkflowStart",
     "validate_event",
     "vocabulary_for",
@@ -165,7 +165,7 @@ class LogEvent(_WorkflowEvent):
     message: str
 
 
-class WorkflowError(_WorkflowEvent):
+class ErrorEvent(_WorkflowEvent):
     """``error``: an error during the run (``node_id`` when a node caused it)."""
 
     error: str
@@ -179,7 +179,7 @@ WORKFLOW_EVENTS: dict[str, type[_Event]] = {
     "edge_flow": EdgeFlow,
     "progress": ProgressEvent,
     "log": LogEvent,
-    "error": WorkflowError,
+    "error": ErrorEvent,
 }
 
 

@@ -196,7 +196,7 @@ class _State:
         self.update(change)
 
 
-class _Drop(Exception):
+class _DropError(Exception):
     """Raised by an answer to make uvicorn cut the connection mid-response."""
 
 
@@ -204,7 +204,7 @@ class _HideDrops(logging.Filter):
     """Keeps the deliberate connection cuts out of uvicorn's error log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _Drop))
+        return not (record.exc_info and isinstance(record.exc_info[1], _DropError))
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -271,7 +271,7 @@ class _Answer(Response):
             self._ended(gone)
         failure = producer.exception() if producer.done() and not producer.cancelled() else None
         if failure is not None:
-            raise failure  # _Drop: uvicorn cuts the connection
+            raise failure  # _DropError: uvicorn cuts the connection
         if stopper.done() and gone is None and not self.finished:  # the server is stopping
             if not self.head_sent:
                 await send({"type": "http.response.start", "status": 503, "headers": []})
@@ -312,7 +312,7 @@ class _Answer(Response):
             return
         if self.drop_first or self.behaviour == "fake-drop":
             await self._head(send, b"application/json", 1000)
-            raise _Drop
+            raise _DropError
         if self.behaviour == "fake-stall":
             await asyncio.Future()  # never answers: the client times out and leaves
         await self._pace(len(self.tokens) - 1, started)
@@ -347,7 +347,7 @@ class _Answer(Response):
         await self._head(send, b"text/event-stream")
         await event(_chunk(self.model, {"role": "assistant", "content": ""}))
         if self.drop_first:
-            raise _Drop
+            raise _DropError
         behaviour = self.behaviour
         for i, token in enumerate(self.tokens):
             await self._pace(i, started)
@@ -359,7 +359,7 @@ class _Answer(Response):
             if behaviour == "fake-stall" and i == STALL_AFTER:
                 await asyncio.Future()  # silence, connection open, until the client leaves
             if behaviour == "fake-drop" and i == DROP_AFTER:
-                raise _Drop
+                raise _DropError
             text = f"ts={time.time_ns()} " if behaviour == "bench" else token
             await event(_chunk(self.model, {"content": text}))
         else:

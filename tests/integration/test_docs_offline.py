@@ -4,11 +4,13 @@ icon they reference is served by the server itself."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from agentcast.transports import docs
 from agentcast.transports.docs import ASSETS, ASSETS_URL, install_offline_docs
 from tests.conftest import RunningServer
 
@@ -74,3 +76,23 @@ async def test_mounted_under_a_prefix_and_disabled_pages() -> None:
         assert f"/gw{ASSETS_URL}/swagger-ui-bundle.js" in referenced(html)
         assert (await http.get("/redoc")).status_code == 404
     assert [getattr(r, "path", None) for r in app.routes].count("/docs") == 1
+
+
+async def test_no_openapi_no_docs_pages() -> None:
+    app = FastAPI(openapi_url=None)
+    install_offline_docs(app)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        assert (await http.get("/docs")).status_code == 404
+        assert (await http.get("/redoc")).status_code == 404
+
+
+def test_a_broken_install_fails_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An assets folder without the files (a broken install) fails install_offline_docs,
+    not the user's browser later."""
+    (tmp_path / "swagger-ui-bundle.js").write_text("// not all of them")
+    monkeypatch.setattr(docs, "assets_folder", lambda: tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"offline docs: .*swagger-ui\.css is missing"):
+        install_offline_docs(FastAPI())

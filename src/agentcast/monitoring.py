@@ -23,6 +23,7 @@ from pydantic import Field
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import ClientCommand, valid_topic
 from agentcast.errors import CommandError
+from agentcast.plugin import GatewayFeature
 
 if TYPE_CHECKING:
     from agentcast.core.session import Session
@@ -52,7 +53,7 @@ class TaskCommand(ClientCommand):
         )
 
 
-class Monitoring:
+class Monitoring(GatewayFeature):
     """The monitoring feature: the metrics publisher and seed 001's commands."""
 
     name = "monitoring"
@@ -61,16 +62,9 @@ class Monitoring:
         self.process = psutil.Process()
         self._last_published = 0
         self._last_time = time.monotonic()
-        self._gateway: Gateway | None = None
-
-    @property
-    def gateway(self) -> Gateway:
-        if self._gateway is None:
-            raise RuntimeError("the monitoring feature is not installed")
-        return self._gateway
 
     def install(self, gateway: Gateway) -> None:
-        self._gateway = gateway
+        super().install(gateway)
         gateway.add_command(MonitoringCommand, "monitoring:subscribe", handler=self._subscribe)
         gateway.add_command(MonitoringCommand, "monitoring:unsubscribe", handler=self._unsubscribe)
         gateway.add_command(TaskCommand, "task:subscribe", handler=self._task_subscribe)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from agentcast.core.session import Session
     from agentcast.gateway import Gateway
 
-__all__ = ["Feature", "SocketEndpoint"]
+__all__ = ["Feature", "GatewayFeature", "SocketEndpoint"]
 
 
 @runtime_checkable
@@ -47,6 +47,28 @@ class Feature(Protocol):
         Called once, from ``Gateway.__init__`` (no event loop is needed or running). Must
         do no I/O: start-up work goes into ``gateway.add_startup``.
         """
+
+
+class GatewayFeature:
+    """A base for features that keep the gateway they were installed into.
+
+    Subclasses set ``name`` and extend :meth:`install` (calling it first);
+    :attr:`gateway` raises ``RuntimeError`` before the feature is installed.
+    """
+
+    name = ""
+    _gateway: Gateway | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError(f"the {self.name} feature is not installed")
+        return self._gateway
+
+    def install(self, gateway: Gateway) -> None:
+        if self._gateway is not None and self._gateway is not gateway:
+            raise RuntimeError(f"the {self.name} feature is installed in another gateway")
+        self._gateway = gateway
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from agentcast.chat.text import Turn, build_context, estimate_tokens
 from agentcast.codes import ErrorCode
 from agentcast.core.commands import error_frame
 from agentcast.errors import AgentError, BrokerError, CommandError, ConfigError, ProtocolError
+from agentcast.plugin import GatewayFeature
 from agentcast.storage import ChatStore, create_chat_store
 from agentcast.storage.base import RunStore, StoreError
 from agentcast.storage.chat import ChatMessage, Conversation, NewMessage
@@ -94,7 +95,7 @@ class Generation:
         return CHAT_PREFIX + self.conversation.id
 
 
-class Chat:
+class Chat(GatewayFeature):
     """The chat feature of one gateway (``gateway.feature(Chat)``).
 
     ``store`` is the run store whose database also keeps the conversations (in memory
@@ -112,19 +113,12 @@ class Chat:
         self.queues: dict[str, FairQueue] = {}
         self.stats: dict[tuple[str, str], AgentStats] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._gateway: Gateway | None = None
-
-    @property
-    def gateway(self) -> Gateway:
-        if self._gateway is None:
-            raise RuntimeError("the chat feature is not installed")
-        return self._gateway
 
     def install(self, gateway: Gateway) -> None:
         from agentcast.chat.endpoint import seed003_router
         from agentcast.chat.http import chat_router
 
-        self._gateway = gateway
+        super().install(gateway)
         self.settings = gateway.settings
         if DEFAULT_AGENT not in self.agents:
             self.agents[DEFAULT_AGENT] = self._default_agent()

@@ -25,6 +25,7 @@ from agentcast.codes import ErrorCode
 from agentcast.core.envelope import Publication
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
 from agentcast.errors import BrokerError, CommandError
+from agentcast.plugin import GatewayFeature
 
 if TYPE_CHECKING:
     from agentcast.core.session import Session
@@ -48,7 +49,7 @@ class ReplayStopCommand(ClientCommand):
     topic: str = Field(pattern=TOPIC_PATTERN)
 
 
-class Replays:
+class Replays(GatewayFeature):
     """The replay feature: ``replay`` and ``replay_stop``, and the replays running for
     each connection of one gateway."""
 
@@ -56,16 +57,9 @@ class Replays:
 
     def __init__(self) -> None:
         self.running: dict[tuple[int, str], asyncio.Task[None]] = {}
-        self._gateway: Gateway | None = None
-
-    @property
-    def gateway(self) -> Gateway:
-        if self._gateway is None:
-            raise RuntimeError("the replay feature is not installed")
-        return self._gateway
 
     def install(self, gateway: Gateway) -> None:
-        self._gateway = gateway
+        super().install(gateway)
         gateway.add_command(ReplayCommand, "replay", handler=self._start)
         gateway.add_command(ReplayStopCommand, "replay_stop", handler=self._stop)
 

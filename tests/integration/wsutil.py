@@ -68,8 +68,17 @@ class RawClient:
         """Answer a ping (this client never does by itself)."""
         self.send_frame(0xA, payload)
 
+    def send_texts(self, *texts: str) -> None:
+        """Several text frames in one write (the server reads them together)."""
+        self.writer.write(b"".join(self.frame(0x1, text.encode()) for text in texts))
+
     def send_frame(self, opcode: int, payload: bytes) -> None:
         """One masked, final frame (payloads under 64 KiB)."""
+        self.writer.write(self.frame(opcode, payload))
+
+    @staticmethod
+    def frame(opcode: int, payload: bytes) -> bytes:
+        """The bytes of one masked, final frame (payloads under 64 KiB)."""
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         n = len(payload)
@@ -77,7 +86,7 @@ class RawClient:
             header = bytes((0x80 | opcode, 0x80 | n))
         else:
             header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-        self.writer.write(header + mask + masked)
+        return header + mask + masked
 
     async def read_frame(self, timeout: float = UNIT) -> tuple[int, bytes]:
         """One frame: (opcode, payload)."""

@@ -87,7 +87,12 @@ class Replays(GatewayFeature):
         )
         task = gw.spawn(self._play(session, command, pubs))
         self.running[key] = task
-        task.add_done_callback(lambda _: self.running.pop(key, None))
+        task.add_done_callback(lambda done: self._forget(key, done))
+
+    def _forget(self, key: tuple[int, str], task: asyncio.Task[None]) -> None:
+        """A replay ended: forget it, unless a newer replay of the topic took its place."""
+        if self.running.get(key) is task:
+            del self.running[key]
 
     async def _play(
         self, session: Session, command: ReplayCommand, pubs: list[Publication]

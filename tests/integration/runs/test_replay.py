@@ -6,11 +6,12 @@ import asyncio
 import json
 import subprocess
 import sys
+from typing import Any
 
 import websockets
 
 from tests.conftest import UNIT, RunningServer, ServerProcess, free_port
-from tests.integration.wsutil import recv, send
+from tests.integration.wsutil import RawClient, recv, send
 
 W = {"workflow_id": "r", "execution_id": "e", "level": "info"}
 
@@ -151,3 +152,44 @@ async def test_replay_as_a_subscribe_option(server: RunningServer) -> None:
         )
         assert [(await recv(ws))["seq"] for _ in range(2)] == [2, 3]
         assert (await recv(ws))["type"] == "replay_complete"
+
+
+async def test_replay_restarted_right_after_stop_is_tracked(server: RunningServer) -> None:
+    """``replay_stop`` then ``replay`` of the same topic, back to back: the stopped
+    replay's end must not make the gateway forget the new one (it stays stoppable and
+    unique per topic)."""
+    gw = server.gateway
+    await gw.publish("workflow:r", "log", {**W, "message": "a"})
+    await gw.publish("workflow:r", "log", {**W, "message": "b"})
+    pubs = gw.broker.history_now("workflow:r", 0).publications  # type: ignore[attr-defined]
+    pubs[1].at = pubs[0].at + 3600  # a speed-1 replay waits an hour before "b"
+    slow = {"type": "replay", "topic": "workflow:r", "speed": 1, "max_gap": 3600}
+
+    async def read(client: RawClient) -> dict[str, Any]:
+        opcode, payload = await client.read_frame()
+        assert opcode == 0x1
+        result: dict[str, Any] = json.loads(payload)
+        return result
+
+    client = await RawClient.connect(server.port)
+    try:
+        client.send_text(json.dumps(slow))
+        assert (await read(client))["type"] == "replay_started"
+        assert (await read(client))["data"]["message"] == "a"
+        # one write: the new replay starts before the stopped one's task has ended
+        stop = {"type": "replay_stop", "topic": "workflow:r"}
+        client.send_texts(json.dumps({**stop, "id": "s1"}), json.dumps({**slow, "id": "r2"}))
+        assert (await read(client))["type"] == "replay_stopped"
+        assert (await read(client))["id"] == "r2"
+        assert (await read(client))["data"]["message"] == "a"
+        client.send_text(json.dumps({**slow, "id": "r3"}))  # still one replay per topic
+        refused = await read(client)
+        assert (refused["type"], refused["id"], refused["data"]["field"]) == (
+            "error",
+            "r3",
+            "topic",
+        )
+        client.send_text(json.dumps({**stop, "id": "s2"}))
+        assert (await read(client))["type"] == "replay_stopped"
+    finally:
+        client.close()

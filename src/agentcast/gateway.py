@@ -155,6 +155,7 @@ class Gateway:
         self._shutdown: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self.started = False
         self._stopping: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         for feature in features:
             self.install(feature)
 
@@ -241,6 +242,7 @@ class Gateway:
             return
         self._loop = asyncio.get_running_loop()
         self._stopping = None
+        self._closing = None
         await self.broker.start(self._on_publication)
         for hook in self._startup:
             await hook()
@@ -250,7 +252,9 @@ class Gateway:
         self._sweeper = self._loop.create_task(self._sweep(), name="agentcast-sweep")
         self.started = True
         for factory in self._background:
-            self._background_tasks.add(self._spawn(factory()))
+            task = self._spawn(factory())
+            self._background_tasks.add(task)
+            task.add_done_callback(self._background_tasks.discard)
 
     async def __aenter__(self) -> Gateway:
         """``async with Gateway(…) as gateway:`` starts it, and stops it on the way out."""
@@ -273,32 +277,42 @@ class Gateway:
 
     def add_background(
         self, factory: Callable[[], Coroutine[Any, Any, Any]], *, once: bool = False
-    ) -> None:
-        """Run ``factory()`` as a task while the gateway runs (cancelled by :meth:`stop`).
+    ) -> asyncio.Task[Any] | None:
+        """Run ``factory()`` as a task while the gateway runs (cancelled by :meth:`stop`,
+        also when added while the gateway drains).
 
-        Unless ``once``, the factory runs again at every :meth:`start`.
+        Unless ``once``, the factory runs again at every :meth:`start`. Returns the task,
+        or None when the gateway is not running (nothing was started: a cancelled task
+        may never have begun either, so clean-up belongs in a done callback).
         """
         if not once:
             self._background.append(factory)
-        if self.started:
-            task = self._spawn(factory())
-            self._background_tasks.add(task)
-            task.add_done_callback(self._background_tasks.discard)
+        if not self.started:
+            return None
+        task = self._spawn(factory())
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+        return task
 
     async def stop(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
         """Stop: :meth:`drain` (producers stop, their last events are delivered, every
         connection is closed with ``code``), then the sweep, the shutdown hooks and the
-        broker stop."""
+        broker stop. Concurrent calls stop it once (each returns when it stopped)."""
         if not self.started:
             return
+        if self._closing is None:
+            self._closing = self.loop.create_task(self._stop(code), name="agentcast-stop")
+        await asyncio.shield(self._closing)
+
+    async def _stop(self, code: CloseCode) -> None:
         await self.drain(code)
         self.started = False
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # what the closing connections left (unlistens), bounded like the drain
+        await self._finish()
         for hook in reversed(self._shutdown):
             try:
                 await hook()
@@ -327,20 +341,36 @@ class Gateway:
             )
 
     async def _drain(self, code: CloseCode) -> None:
-        for task in list(self._background_tasks):
-            task.cancel()
-        pending = [t for t in self._tasks if t is not self._stopping]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=self.settings.shutdown_timeout)
+        await self._finish()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         self._flush()  # the stopping producers' last events, before the close frames
         for session in list(self.sessions.values()):
             self.close(session, code)
+
+    async def _finish(self) -> None:
+        """Cancel the background tasks (once each: a cancelled run publishes its last
+        events), give every task until ``shutdown_timeout`` to end, then cancel the late
+        ones. Tasks spawned meanwhile (a run started over HTTP while draining) are waited
+        for and cancelled the same way, within the same deadline."""
+        loop = self.loop
+        deadline = loop.time() + self.settings.shutdown_timeout
+        cancelled: set[asyncio.Task[Any]] = set()
+        pending: list[asyncio.Task[Any]] = []
+        while True:
+            for task in list(self._background_tasks):
+                if task not in cancelled:
+                    cancelled.add(task)
+                    task.cancel()
+            pending = [t for t in self._tasks if not t.done()]
+            remaining = deadline - loop.time()
+            if not pending or remaining <= 0:
+                break
+            await asyncio.wait(pending, timeout=remaining)
+        if pending:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
 
     # -- producers -----------------------------------------------------------------
 

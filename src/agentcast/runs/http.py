@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -120,15 +121,18 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
         runs.workflows.runs[execution_id] = run
 
         async def go() -> None:
-            try:
+            with contextlib.suppress(Exception):  # the run's own events report the failure
                 await run.run((body or ExecuteIn()).initial_inputs)
-            except Exception:  # the run's own events report the failure
-                pass
-            finally:
-                run.release()
-                runs.workflows.runs.pop(execution_id, None)
 
-        gateway.add_background(go, once=True)
+        def ended(_: object) -> None:  # the task's end, also if cancelled before it began
+            run.release()
+            runs.workflows.runs.pop(execution_id, None)
+
+        task = gateway.add_background(go, once=True)
+        if task is None:  # the gateway is not running (served without its lifespan)
+            ended(None)
+            raise http_error(503, ErrorCode.UNAVAILABLE, "the gateway is not running")
+        task.add_done_callback(ended)
         await asyncio.sleep(0)
         return ExecuteOut(
             workflow_id=workflow_id, execution_id=execution_id, topic=topic, status="started"

@@ -110,6 +110,8 @@ class Runs:
         and the per-run endpoints."""
         from agentcast.runs.http import runs_router
 
+        if self.gateway is not None and self.gateway is not gateway:
+            raise RuntimeError("the runs feature is installed in another gateway")
         self.gateway = gateway
         self.default_ttl = gateway.settings.run_lease_ttl
         gateway.observers.append(self.observe)

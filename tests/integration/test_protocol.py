@@ -355,3 +355,38 @@ async def test_stop_lets_commands_in_flight_finish() -> None:
         assert info.value.rcvd is not None
         assert info.value.rcvd.code == 1001
     await stop_server(running, task)
+
+
+async def test_publish_accepts_any_mapping(server: RunningServer) -> None:
+    """``Gateway.publish`` takes ``data: Mapping``: a read-only view or another Mapping
+    type is published like a dict (also on run topics, whose ids get filled in)."""
+    from collections.abc import Iterator, Mapping
+    from types import MappingProxyType
+    from typing import Any
+
+    class Event(Mapping[str, Any]):
+        def __init__(self, **items: Any) -> None:
+            self._items = items
+
+        def __getitem__(self, key: str) -> Any:
+            return self._items[key]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self._items)
+
+        def __len__(self) -> int:
+            return len(self._items)
+
+    gw = server.gateway
+    async with websockets.connect(server.ws_url) as ws:
+        await subscribe(ws, "m")
+        await subscribe(ws, "execution:m")
+        await gw.publish("m", "e", MappingProxyType({"a": 1}))
+        await gw.publish("m", "e", Event(b=2))
+        await gw.publish("execution:m", "status_update", Event(status="running"))
+        got = [await recv(ws) for _ in range(3)]
+    assert [m["data"] for m in got] == [
+        {"a": 1},
+        {"b": 2},
+        {"execution_id": "m", "status": "running"},
+    ]

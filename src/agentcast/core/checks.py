@@ -28,8 +28,9 @@ def check_event(
 ) -> bytes:
     """The encoded ``data`` of a valid event; raises :class:`ProtocolError` otherwise.
 
-    ``data`` is a JSON object (a mapping), or bytes already encoded by a trusted caller
-    (validators are skipped for those). At most ``max_bytes`` once encoded.
+    ``data`` is a JSON object (any mapping; validators get a dict), or bytes already
+    encoded by a trusted caller (validators are skipped for those). At most ``max_bytes``
+    once encoded.
     """
     if not valid_topic(topic):
         raise ProtocolError(ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", field="topic")
@@ -44,8 +45,10 @@ def check_event(
     else:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.INVALID_FIELD, "data must be a JSON object", field="data")
+        if not isinstance(data, dict):  # a read-only view, another Mapping type
+            data = dict(data)
         for validate in validators:
-            checked = validate(topic, type, data)  # type: ignore[arg-type]
+            checked = validate(topic, type, data)
             if checked is not None:
                 data = checked
         try:

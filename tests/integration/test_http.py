@@ -218,3 +218,31 @@ async def test_http_details(server: RunningServer) -> None:
         assert (r.json()["detail"]["code"], r.json()["detail"]["field"]) == ("bad_json", "body")
         r = await http.post("/api/topics/t/events", json={"type": "a\u0000b"})
         assert r.json()["detail"]["field"] == "type"
+
+
+async def test_array_starting_a_run_fills_its_events_with_the_new_run(
+    server: RunningServer,
+) -> None:
+    """One POST with a run's ``workflow_start`` (execution ``new``) and events that leave
+    ``execution_id`` out: they belong to the run the array starts, not to the run that was
+    in progress when the request arrived."""
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        old = {"workflow_id": "b", "execution_id": "old", "node_id": "n", "status": "running"}
+        r = await http.post(
+            "/api/topics/workflow:b/events", json={"type": "node_status", "data": old}
+        )
+        assert r.status_code == 200
+        start = {
+            "workflow_id": "b",
+            "execution_id": "new",
+            "execution_order": ["n"],
+            "total_nodes": 1,
+        }
+        batch = [
+            {"type": "workflow_start", "data": start},
+            {"type": "node_status", "data": {"node_id": "n", "status": "running"}},
+        ]
+        r = await http.post("/api/topics/workflow:b/events", json=batch)
+        assert r.status_code == 200, r.text
+        stored = (await http.get("/api/topics/workflow:b/events")).json()["events"]
+    assert [e["data"]["execution_id"] for e in stored] == ["old", "new", "new"]

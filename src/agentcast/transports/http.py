@@ -137,17 +137,22 @@ def http_router(gateway: Gateway) -> APIRouter:
             raise http_error(
                 400, ErrorCode.INVALID_FIELD, "empty array: nothing to publish", "body"
             )
-        encoded = []
         for i, event in enumerate(events):
             try:
-                encoded.append((event.type, gateway.check_event(topic, event.type, event.data)))
+                gateway.check_event(topic, event.type, event.data)
             except ProtocolError as exc:
                 where = exc.field if not isinstance(body, list) else f"{i}.{exc.field}"
                 raise http_error(400, exc.code, exc.message, where) from exc
         seqs = []
         try:
-            for kind, data in encoded:
-                seqs.append((await gateway.publish(topic, kind, data)).seq)
+            # checked again as published: defaults come from the state the earlier events
+            # of the array made (a workflow_start's run for the events after it)
+            for event in events:
+                seqs.append((await gateway.publish(topic, event.type, event.data)).seq)
+        except ProtocolError as exc:
+            where = exc.field if not isinstance(body, list) else f"{len(seqs)}.{exc.field}"
+            message = f"published {len(seqs)}: {exc.message}"
+            raise http_error(400, exc.code, message, where) from exc
         except BrokerError as exc:
             raise http_error(503, ErrorCode.UNAVAILABLE, f"published {len(seqs)}: {exc}") from exc
         return PublishResult(topic=topic, seqs=seqs, timestamp=gateway.now_iso())

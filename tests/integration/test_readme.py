@@ -223,6 +223,10 @@ async def test_fastapi_mount_example() -> None:
             event = json.loads(await asyncio.wait_for(ws.recv(), 5 * UNIT))
             assert event["type"] == "node_status"
             assert event["data"]["workflow_id"] == "9"
+        # the features' WebSocket endpoints are served too (seed 004's per-run socket)
+        async with websockets.connect(f"ws://127.0.0.1:{port}/api/ws/workflow/9") as ws:
+            snapshot = json.loads(await asyncio.wait_for(ws.recv(), 5 * UNIT))
+            assert (snapshot["type"], snapshot["seq"]) == ("snapshot", 1)
     finally:
         server.should_exit = True
         await task

@@ -6,10 +6,8 @@ import asyncio
 import time
 
 import httpx
-import pytest
 import uvicorn
 import websockets
-from websockets.exceptions import ConnectionClosed
 
 from agentcast.app import create_gateway
 from agentcast.runs.engine import NodeContext, Workflow
@@ -18,7 +16,7 @@ from agentcast.runs.tracker import WorkflowTracker
 from agentcast.settings import Settings
 from agentcast.transports.http import create_app
 from tests.conftest import UNIT, free_port, start_server, stop_server
-from tests.integration.wsutil import recv, send, subscribe
+from tests.integration.wsutil import send
 
 
 async def test_stop_called_twice_at_once_stops_once() -> None:
@@ -118,42 +116,6 @@ async def test_execute_on_a_gateway_that_is_not_running_is_refused() -> None:
         await asyncio.wait_for(task, 10 * UNIT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn's own WebSocket protocol closes ASGI connections with 1012 before the "
-    "lifespan stops the gateway: the ASGI adapter has no shutdown hook to drain first",
-)
-async def test_asgi_shutdown_delivers_the_stopping_producers_last_events() -> None:
-    """As on the native path: on shutdown a cancelled producer's last event reaches the
-    subscribers, then the connection closes with 1001."""
-    running, task = await start_server("asgi")
-    gw = running.gateway
-
-    async def producer() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await gw.publish("t", "last", {"bye": True})
-
-    try:
-        async with websockets.connect(running.ws_url) as ws:
-            await subscribe(ws, "t")
-            gw.add_background(producer, once=True)
-            running.server.should_exit = True
-            last = await recv(ws, 5 * UNIT)
-            assert last["type"] == "last"
-            with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(ws.recv(), 5 * UNIT)
-            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
-    finally:
-        await asyncio.wait_for(task, 10 * UNIT)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="only the built-in engine claims a run topic (Runs.claim); a WorkflowTracker "
-    "publishing on the gateway does not, so execute starts a second run beside it",
-)
 async def test_execute_is_refused_while_a_tracker_run_of_the_workflow_is_live() -> None:
     """README: while a run of ``workflow:<id>`` is live, a second ``execute`` answers 409
     (two runs never interleave on one topic) - also when the live run is a tracker's."""

@@ -137,7 +137,8 @@ class WorkflowRun:
             runs = publisher.feature(Runs)
         except LookupError:
             return
-        self._release = runs.claim(self.tracker.topic, self, self.control)
+        # the tracker is the producer: its own claim when the run enters it is the same
+        self._release = runs.claim(self.tracker.topic, self.tracker, self.control)
 
     def release(self) -> None:
         """Give the run topic back (``run`` does it when the run ends)."""

@@ -59,6 +59,7 @@ class Tracker:
         self.errors: list[Any] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._release: Callable[[], None] | None = None
 
     async def emit(self, type: str, data: dict[str, Any]) -> None:
         """Publish one event of this run."""
@@ -90,25 +91,50 @@ class Tracker:
 
     async def __aenter__(self: Any) -> Any:
         self.bind()
-        await self.start()
+        self._claim()
+        try:
+            await self.start()
+        except BaseException:
+            self._unclaim()
+            raise
         renew = self._lease_renewer()
         if renew is not None:
             self._renewer = asyncio.get_running_loop().create_task(self._renew(renew))
         return self
 
-    def _lease_renewer(self) -> Callable[[str], Any] | None:
-        """What keeps the run's lease: the runs feature of a gateway publisher, or a
-        publisher's own ``renew_lease(topic)`` (an HTTP publisher in another process)."""
+    def _runs(self) -> Any:
+        """The runs feature of a gateway publisher, or None."""
         from agentcast.gateway import Gateway
         from agentcast.runs.registry import Runs
 
         publisher = self.publisher
-        if isinstance(publisher, Gateway):
-            try:
-                return publisher.feature(Runs).renew
-            except LookupError:
-                return None
-        renew: Callable[[str], Any] | None = getattr(publisher, "renew_lease", None)
+        if not isinstance(publisher, Gateway):
+            return None
+        try:
+            return publisher.feature(Runs)
+        except LookupError:
+            return None
+
+    def _claim(self) -> None:
+        """Hold the run topic while the block runs (one run at a time on a topic: another
+        live run's topic raises :class:`~agentcast.errors.CommandError` ``conflict``)."""
+        runs = self._runs()
+        if runs is not None and self._release is None:
+            self._release = runs.claim(self.topic, self)
+
+    def _unclaim(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    def _lease_renewer(self) -> Callable[[str], Any] | None:
+        """What keeps the run's lease: the runs feature of a gateway publisher, or a
+        publisher's own ``renew_lease(topic)`` (an HTTP publisher in another process)."""
+        runs = self._runs()
+        if runs is not None:
+            renewer: Callable[[str], Any] = runs.renew
+            return renewer
+        renew: Callable[[str], Any] | None = getattr(self.publisher, "renew_lease", None)
         return renew
 
     async def _renew(self, renew: Callable[[str], Any]) -> None:
@@ -128,15 +154,18 @@ class Tracker:
         if self._renewer is not None:
             self._renewer.cancel()
             self._renewer = None
-        if self.finished:
-            return
-        if exc is None:
-            await self.complete()
-        elif isinstance(exc, asyncio.CancelledError):
-            await self.fail("cancelled", cancelled=True)
-        else:
-            stack = "".join(traceback.format_exception(exc_type, exc, tb))[-4000:]
-            await self.fail(f"{type(exc).__name__}: {exc}", stack_trace=stack)
+        try:
+            if self.finished:
+                return
+            if exc is None:
+                await self.complete()
+            elif isinstance(exc, asyncio.CancelledError):
+                await self.fail("cancelled", cancelled=True)
+            else:
+                stack = "".join(traceback.format_exception(exc_type, exc, tb))[-4000:]
+                await self.fail(f"{type(exc).__name__}: {exc}", stack_trace=stack)
+        finally:
+            self._unclaim()
 
     def elapsed(self) -> float:
         return 0.0 if self.started_at is None else max(0.0, self.clock() - self.started_at)

@@ -2,8 +2,11 @@
 
 Mount it in any app (``app.add_api_websocket_route("/ws", websocket_route(gateway))``)
 to serve the same hub through the ASGI server of your choice. It is slower than the
-native path (one ASGI ``send`` per frame, no write coalescing) but shares every
-guarantee: ordering, resume, slow-consumer closing.
+native path (one ASGI ``send`` per frame, no write coalescing) but shares the
+guarantees of ordering, resume and slow-consumer closing. Not the drain on shutdown: the
+ASGI server closes its connections itself before the app's lifespan stops the gateway
+(uvicorn with 1012, a reconnect code), so what the stopping producers publish reaches
+those clients when they resume (from the run store, for runs), not before the close.
 
 Handshakes that cannot succeed are refused with an HTTP answer, as on the native path:
 401 when authentication fails, 404 for a feature endpoint's value it does not accept (a

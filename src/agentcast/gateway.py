@@ -603,10 +603,18 @@ class Gateway:
         finally:
             session.running = False
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task of this gateway: :meth:`drain` gives it until
-        ``shutdown_timeout`` to finish, then cancels it (features' per-connection work)."""
-        return self._spawn(coro)
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], *, cancel_on_drain: bool = False
+    ) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of this gateway (features' per-connection work):
+        :meth:`drain` gives it until ``shutdown_timeout`` to finish, then cancels it; with
+        ``cancel_on_drain`` it is cancelled as soon as draining begins (work with nothing
+        to finish, such as a replay)."""
+        task = self._spawn(coro)
+        if cancel_on_drain:
+            self._background_tasks.add(task)
+            task.add_done_callback(self._background_tasks.discard)
+        return task
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)

@@ -128,3 +128,20 @@ async def test_execute_is_refused_while_a_tracker_run_of_the_workflow_is_live() 
             assert r.status_code == 409
     finally:
         await stop_server(running, task)
+
+
+async def test_a_running_replay_does_not_hold_up_shutdown() -> None:
+    """A replay has nothing to finish: draining cancels it at once instead of waiting for
+    ``shutdown_timeout`` (60 s here)."""
+    running, task = await start_server("native", shutdown_timeout=60.0)
+    gw = running.gateway
+    for i in range(3):
+        await gw.publish("slow", "tick", {"i": i})
+        await asyncio.sleep(0.01)  # recorded 10 ms apart: the data of the test, not a wait
+    async with websockets.connect(running.ws_url) as ws:
+        # at 1e-5x speed a 10 ms gap is 1,000 s (max_gap 3600): the replay would go on
+        await send(ws, {"type": "replay", "topic": "slow", "speed": 0.00001, "max_gap": 3600})
+        assert '"replay_started"' in await asyncio.wait_for(ws.recv(), 5 * UNIT)
+        started = time.monotonic()
+        await asyncio.wait_for(stop_server(running, task), 20 * UNIT)
+        assert time.monotonic() - started < 10 * UNIT

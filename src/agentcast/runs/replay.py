@@ -85,7 +85,7 @@ class Replays(GatewayFeature):
             id=command.id,
             topic=command.topic,
         )
-        task = gw.spawn(self._play(session, command, pubs))
+        task = gw.spawn(self._play(session, command, pubs), cancel_on_drain=True)
         self.running[key] = task
         task.add_done_callback(lambda done: self._forget(key, done))
 

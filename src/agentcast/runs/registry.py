@@ -141,12 +141,8 @@ class Runs:
         assert self.store is not None
         assert self.gateway is not None
         broker = self.gateway.broker
-        if hasattr(broker, "durable_prefixes"):
-            broker.durable_prefixes = RUN_PREFIXES
-        seed = getattr(broker, "seed_last_seq", None)
-        if seed is not None:
-            for topic, seq in (await self.store.last_seqs()).items():
-                seed(topic, seq)
+        await broker.declare_durable(RUN_PREFIXES)
+        await broker.continue_numbering(await self.store.last_seqs())
         for topic in await self.store.unfinished():
             state = await self._load(topic)
             if state is not None and not state.finished:

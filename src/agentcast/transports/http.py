@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_valid
 from agentcast.__about__ import __version__
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
-from agentcast.errors import BrokerError, ProtocolError
+from agentcast.errors import BrokerError, ProtocolError, PublishOutcomeUnknownError
 from agentcast.gateway import Gateway
 from agentcast.transports.asgi import websocket_not_found, websocket_route
 from agentcast.transports.docs import install_offline_docs
@@ -145,11 +145,25 @@ def http_router(gateway: Gateway) -> APIRouter:
                 where = exc.field if not isinstance(body, list) else f"{i}.{exc.field}"
                 raise http_error(400, exc.code, exc.message, where) from exc
         seqs = []
+        # queued in one loop iteration: one broker batch (one round trip) for the body
+        futures = [gateway.publish_nowait(topic, kind, data) for kind, data in encoded]
         try:
-            for kind, data in encoded:
-                seqs.append((await gateway.publish(topic, kind, data)).seq)
+            for future in futures:
+                seqs.append((await future).seq)
+        except PublishOutcomeUnknownError as exc:
+            raise http_error(
+                503,
+                ErrorCode.OUTCOME_UNKNOWN,
+                f"published {len(seqs)}; the broker's answer for the next "
+                f"{len(futures) - len(seqs)} was lost: they may have been published (read "
+                f"the topic's history before publishing them again): {exc}",
+            ) from exc
         except BrokerError as exc:
             raise http_error(503, ErrorCode.UNAVAILABLE, f"published {len(seqs)}: {exc}") from exc
+        finally:
+            for future in futures:  # a batch fails as a whole: its errors are reported
+                if future.done() and not future.cancelled():
+                    future.exception()
         return PublishResult(topic=topic, seqs=seqs, timestamp=gateway.now_iso())
 
     @router.get("/api/topics/{topic:path}/events", response_model=HistoryOut, tags=["events"])

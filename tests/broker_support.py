@@ -98,6 +98,18 @@ class LossyBroker(WrappedBroker):
             return
         super().notified(pub)
 
+    def redeliver_latest(self) -> None:
+        """What the contract asks of a broker that may have lost notifications (it
+        reconnected): deliver the latest publication of every listened topic again."""
+        for topic, history in self.backend.histories.items():
+            if self.inner.listens(topic) and len(history):
+                (latest,) = history.since(history.last_seq - 1).publications
+                self.deliver_again(latest)
+
+    def deliver_again(self, pub: Publication) -> None:
+        if self.listener is not None:
+            self.listener(pub)
+
 
 class RemoteLikeBroker(LossyBroker):
     """A broker that behaves like one over a network: every publish and history read takes
@@ -126,6 +138,9 @@ class RemoteLikeBroker(LossyBroker):
         if self.lose(pub):
             self.lost.append(pub)
             return
+        self.deliver_again(pub)
+
+    def deliver_again(self, pub: Publication) -> None:
         self._queue.append(pub)
         if self._pump is None:
             self._pump = asyncio.get_running_loop().create_task(self._deliver())

@@ -23,9 +23,12 @@ broker's type, no optional attribute looked up. A broker guarantees:
    the gap (a seq above the next one expected) and the gateway reads the missing seqs from
    :meth:`Broker.history` and delivers them first; if history no longer holds them, the
    subscribers of the topic are closed with
-   :attr:`~agentcast.codes.CloseCode.RESYNC` and resume (told ``recovered: false``). A
-   publication may be delivered twice (the hub drops a seq it already dispatched), and
-   publications of topics nobody listens to may be delivered too (the hub ignores them).
+   :attr:`~agentcast.codes.CloseCode.RESYNC` and resume (told ``recovered: false``). So
+   that a loss of a topic's *last* notifications is noticed too, a broker that knows it
+   may have lost some (it reconnected) delivers the latest publication of every listened
+   topic again. A publication may be delivered twice (the hub drops a seq it already
+   dispatched), and publications of topics nobody listens to may be delivered too (the
+   hub ignores them).
 4. **Bounded history.** :meth:`Broker.history` returns the retained publications after
    ``since`` in seq order with the topic's first retained and last assigned seq and its
    epoch, read atomically (no publication is half-visible). Retention is bounded by the

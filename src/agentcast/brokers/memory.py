@@ -64,8 +64,12 @@ class MemoryBackend:
             topic, history.last_seq + 1, type, data, format_timestamp(at), at, history.epoch
         )
         history.append(pub)
-        for broker in self.brokers:
-            broker.deliver(pub)
+        for broker in self.brokers:  # MemoryBroker.deliver, inline (once per publication)
+            listener = broker._listener
+            if listener is not None and (
+                topic in broker._listened or topic.startswith(broker._prefixes)
+            ):
+                listener(pub)
         return pub
 
     def listened(self, topic: str) -> bool:

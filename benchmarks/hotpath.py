@@ -83,10 +83,13 @@ from agentcast.core.hub import Hub
 _dispatch = Hub.dispatch
 def dispatch(self, pub):
     state = self.topics.get(pub.topic)
-    if state is None or state.recovering or pub.seq <= state.last_seq:
+    if (
+        state is None or state.recovering or state.waiting or state.filling is not None
+        or pub.seq != state.last_seq + 1 or pub.epoch != state.epoch
+    ):
         return _dispatch(self, pub)
     self.published += 1
-    last, state.last_seq = state.last_seq, pub.seq
+    state.last_seq = pub.seq
     live = state.live
     if live:
         self.pushes += len(live)
@@ -104,7 +107,7 @@ def dispatch(self, pub):
             elif ob.nbytes > ob.max_bytes or len(frames) > ob.max_frames:
                 ob.overflowed = True
                 self.overflowed.append(session)
-    return pub.seq - last - 1 if last else 0
+    return 0
 Hub.dispatch = dispatch
 """,
     # a burst's frames are gathered per topic and joined once per flush; every live
@@ -117,17 +120,20 @@ _dispatch, _flush, _after = Hub.dispatch, Gateway._flush, Gateway._after_dispatc
 pending, batched = {}, []
 def dispatch(self, pub):
     state = self.topics.get(pub.topic)
-    if state is None or state.recovering or pub.seq <= state.last_seq or len(state.live) < 8:
+    if (
+        state is None or state.recovering or state.waiting or state.filling is not None
+        or pub.seq != state.last_seq + 1 or pub.epoch != state.epoch or len(state.live) < 8
+    ):
         return _dispatch(self, pub)
     self.published += 1
-    last, state.last_seq = state.last_seq, pub.seq
+    state.last_seq = pub.seq
     self.pushes += len(state.live)
     frames = pending.get(state.name)
     if frames is None:
         frames = pending[state.name] = []
         batched.append(state)
     frames.append(pub.frame)
-    return pub.seq - last - 1 if last else 0
+    return 0
 def after_dispatch(self):
     _after(self)
     if batched and self._flush_handle is None:
@@ -170,7 +176,8 @@ COMPONENTS = {
     "validate_event": "publish: validate topic/type/data + orjson encode",
     "valid_topic": "publish: validate topic/type/data + orjson encode",
     "encode_json": "publish: validate topic/type/data + orjson encode",
-    "MemoryBroker.publish_now": "broker: seq, Publication, timestamp, history append",
+    "MemoryBroker._publish_sync": "broker: seq, Publication, timestamp, history append",
+    "MemoryBackend.publish": "broker: seq, Publication, timestamp, history append",
     "format_timestamp": "broker: seq, Publication, timestamp, history append",
     "History.append": "broker: seq, Publication, timestamp, history append",
     "Publication.__init__": "broker: seq, Publication, timestamp, history append",

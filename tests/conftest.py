@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 
 from agentcast.app import create_gateway
+from agentcast.brokers import Broker
 from agentcast.gateway import Gateway
 from agentcast.settings import Settings
 from agentcast.transports.http import create_app
@@ -56,10 +57,15 @@ class RunningServer:
 
 
 async def start_server(
-    transport: str = "native", app_factory: Callable[[Gateway], Any] | None = None, **settings: Any
+    transport: str = "native",
+    app_factory: Callable[[Gateway], Any] | None = None,
+    *,
+    broker: Broker | None = None,
+    **settings: Any,
 ) -> tuple[RunningServer, asyncio.Task[None]]:
-    """Start a server in this event loop on a free port; ``transport`` is native or asgi."""
-    gateway = create_gateway(Settings(host="127.0.0.1", port=0, **settings))
+    """Start a server in this event loop on a free port; ``transport`` is native or asgi
+    (``broker``: another broker than the settings' one)."""
+    gateway = create_gateway(Settings(host="127.0.0.1", port=0, **settings), broker=broker)
     app = app_factory(gateway) if app_factory is not None else create_app(gateway)
     if transport == "native":
         server = build_server(gateway, app)

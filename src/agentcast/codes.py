@@ -36,6 +36,7 @@ class CloseCode(IntEnum):
     IDLE_TIMEOUT = 4000
     SLOW_CONSUMER = 4001
     KEEPALIVE_TIMEOUT = 4002
+    RESYNC = 4003
     UNAUTHORIZED = 4500
     FORBIDDEN = 4503
     TOO_MANY_CONNECTIONS = 4529
@@ -107,6 +108,14 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
         "The client did not answer a WebSocket ping within `ping_timeout` seconds.",
         True,
     ),
+    CloseCode.RESYNC: CloseInfo(
+        "resync",
+        "The server can no longer continue one of the connection's subscriptions in "
+        "order: the topic's numbering restarted (a new `epoch`), or its broker lost "
+        "events that history no longer holds. Reconnect and resume with `since` and "
+        "`epoch`: the `subscribed` reply of that topic says `recovered: false`.",
+        True,
+    ),
     CloseCode.UNAUTHORIZED: CloseInfo(
         "unauthorized",
         "Authentication failed or the token expired. Get a new token. (A refused handshake "
@@ -146,6 +155,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNAVAILABLE = "unavailable"
+    OUTCOME_UNKNOWN = "outcome_unknown"
     INTERNAL = "internal"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
@@ -170,6 +180,9 @@ ERROR_CODES: dict[ErrorCode, str] = {
     ErrorCode.RATE_LIMITED: "Too many commands or publishes; slow down and retry.",
     ErrorCode.PAYLOAD_TOO_LARGE: "An event's data exceeds `max_event_bytes`.",
     ErrorCode.UNAVAILABLE: "The broker or store is unreachable; the command was not applied.",
+    ErrorCode.OUTCOME_UNKNOWN: "The broker did not answer a publish that was sent: the "
+    "event may or may not have been published. Read the topic's history before "
+    "publishing it again.",
     ErrorCode.INTERNAL: "An unexpected server error; the command may not have been applied.",
     ErrorCode.NOT_FOUND: "The conversation (or other resource) does not exist or is not yours.",
     ErrorCode.CONFLICT: "The resource is busy, e.g. a conversation already generating an answer.",

@@ -7,6 +7,7 @@
     │   └── CommandError         a well-formed command that was refused (forbidden, limits)
     ├── ConfigError              invalid settings
     ├── BrokerError              the broker failed; the publish or read was not applied
+    │   └── PublishOutcomeUnknownError  the publish may or may not have been applied
     ├── StoreError               the run store failed (agentcast.storage)
     ├── AuthenticationError      an authenticator refuses a request: HTTP 401 (agentcast.policy)
     ├── WorkflowError            a graph that is no DAG or names unknown nodes; also a
@@ -79,7 +80,16 @@ class ConfigError(AgentcastError):
 
 
 class BrokerError(AgentcastError):
-    """The broker failed; the operation was not applied."""
+    """The broker failed; the operation was not applied (a publish assigned nothing)."""
+
+
+class PublishOutcomeUnknownError(BrokerError):
+    """A publish was sent but its answer never came (a timeout or a lost connection after
+    the request left): the event may or may not have been assigned a seq, and the broker
+    cannot tell which. A publisher that must not duplicate reads the topic's history
+    before publishing again. For a batch (:meth:`~agentcast.brokers.base.Broker.publish_many`)
+    it is all of the batch or none of it.
+    """
 
 
 class AgentError(AgentcastError):

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from agentcast.brokers import Broker, create_broker
-from agentcast.brokers.memory import MemoryBroker
+from agentcast.brokers.base import Draft
 from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode
 from agentcast.core.checks import Validator as CoreValidator
 from agentcast.core.checks import check_event
@@ -36,10 +36,10 @@ from agentcast.core.frames import (
     UnsubscribeCommand,
 )
 from agentcast.core.history import HistoryLimits, HistoryPage
-from agentcast.core.hub import Hub
+from agentcast.core.hub import RESET, Hub
 from agentcast.core.outbox import Outbox
 from agentcast.core.session import Admission, Keepalive, Session, Writer
-from agentcast.errors import BrokerError, CommandError, ProtocolError
+from agentcast.errors import BrokerError, CommandError, ProtocolError, PublishOutcomeUnknownError
 from agentcast.plugin import Feature, SocketEndpoint
 from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal, resolve
 from agentcast.settings import Settings
@@ -145,10 +145,14 @@ class Gateway:
         self._events_since_yield = 0
         # a tight producer yields before any outbox can fill up between two flushes
         self._yield_every_events = max(1, min(s.publish_batch, s.outbox_max_frames // 4))
-        # the in-memory broker publishes synchronously: skip creating a coroutine per event
-        self._publish_now = (
-            self.broker.publish_now if isinstance(self.broker, MemoryBroker) else None
-        )
+        # the broker's synchronous capability (the in-memory broker has it): no coroutine
+        # per event; without it, publishes are batched per loop iteration (publish_many)
+        self._publish_now = self.broker.publish_sync
+        self._batch: list[tuple[Draft, asyncio.Future[Publication]]] = []
+        self._batching: asyncio.Task[None] | None = None
+        self._trimming: asyncio.Task[None] | None = None
+        self.hub.on_gap = self._fill_gap
+        self.hub.on_resync = self._resync
         self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._background_tasks: set[asyncio.Task[Any]] = set()
         self._startup: list[Callable[[], Coroutine[Any, Any, Any]]] = []
@@ -383,16 +387,21 @@ class Gateway:
         """Publish one event; returns it with its assigned ``seq``.
 
         ``data`` is a JSON object (or its JSON encoding). Raises :class:`ProtocolError`
-        for invalid input and :class:`BrokerError` when the broker failed (nothing was
-        assigned). Yields to the event loop now and then while a producer publishes in a
-        tight loop, so that outboxes are flushed instead of overflowing.
+        for invalid input, :class:`BrokerError` when the broker failed and nothing was
+        assigned, :class:`PublishOutcomeUnknownError` (a ``BrokerError``) when the
+        broker's answer was lost: the event may or may not have been published.
+
+        On a broker with the synchronous capability the event is published at once, and a
+        producer publishing in a tight loop yields to the event loop now and then, so
+        that outboxes are flushed instead of overflowing. Otherwise the event joins the
+        publishes of this loop iteration, sent to the broker as one batch (see
+        :meth:`publish_nowait`).
         """
         payload = self.check_event(topic, type, data)
         publish_now = self._publish_now
-        if publish_now is not None:
-            pub = publish_now(topic, type, payload, time.time())
-        else:
-            pub = await self.broker.publish(topic, type, payload, time.time())
+        if publish_now is None:
+            return await self._enqueue(topic, type, payload)
+        pub = publish_now(topic, type, payload, time.time())
         self._events_since_yield += 1
         pushes = self.hub.pushes
         if (
@@ -404,21 +413,105 @@ class Gateway:
             await asyncio.sleep(0)
         return pub
 
+    def publish_nowait(
+        self, topic: str, type: str, data: Mapping[str, Any] | bytes
+    ) -> asyncio.Future[Publication]:
+        """:meth:`publish` from code that cannot await (a protocol's callback, a token
+        stream): returns a future of the publication, on every broker.
+
+        Invalid input raises :class:`ProtocolError` at once; a broker failure is set on
+        the future (:class:`BrokerError`, :class:`PublishOutcomeUnknownError`). With the
+        broker's synchronous capability the future is already done. Otherwise the event
+        is queued: every publish of one event-loop iteration (from any producer, this
+        method or :meth:`publish`) goes to the broker in one ``publish_many``, in call
+        order, and the next batch is sent when the broker answered the previous one, so
+        the events of one producer keep their order and a stream of tokens costs one
+        round trip per batch, not per token. A future that is cancelled before its batch
+        is sent is not published. Call it from the event loop's thread, once the gateway
+        started (before, it raises :class:`BrokerError`); a future whose failure nobody
+        retrieves is reported by asyncio when it is garbage-collected.
+        """
+        payload = self.check_event(topic, type, data)
+        publish_now = self._publish_now
+        if publish_now is None or self._loop is None:
+            return self._enqueue(topic, type, payload)
+        future: asyncio.Future[Publication] = self._loop.create_future()
+        try:
+            future.set_result(publish_now(topic, type, payload, time.time()))
+        except BrokerError as exc:
+            future.set_exception(exc)
+        return future
+
+    def _enqueue(self, topic: str, type: str, payload: bytes) -> asyncio.Future[Publication]:
+        """Queue one checked event for the next batch; start the batch sender if idle."""
+        if self._loop is None:
+            raise BrokerError("gateway not started")
+        future: asyncio.Future[Publication] = self._loop.create_future()
+        self._batch.append((Draft(topic, type, payload, time.time()), future))
+        if self._batching is None:
+            # its first step runs after the current callbacks: it takes this iteration's
+            # publishes as one batch
+            self._batching = self._spawn(self._publish_batches())
+        return future
+
+    async def _publish_batches(self) -> None:
+        """Send the queued events with one ``publish_many`` at a time until none is left
+        and resolve each caller's future with its publication (or the batch's error)."""
+        try:
+            while self._batch:
+                batch = [item for item in self._batch if not item[1].done()]
+                self._batch = []
+                if not batch:
+                    continue
+                error: BaseException | None = None
+                try:
+                    pubs = await self.broker.publish_many([draft for draft, _ in batch])
+                    if len(pubs) != len(batch):
+                        raise PublishOutcomeUnknownError(
+                            f"the broker answered {len(pubs)} publications for {len(batch)}"
+                        )
+                except BrokerError as exc:
+                    error = exc
+                except asyncio.CancelledError:
+                    unknown = PublishOutcomeUnknownError("the gateway stopped while publishing")
+                    unsent = BrokerError("the gateway stopped")
+                    for items, failure in ((batch, unknown), (self._batch, unsent)):
+                        for _, future in items:
+                            if not future.done():
+                                future.set_exception(failure)
+                    self._batch = []
+                    raise
+                except Exception as exc:
+                    logger.exception("broker publish_many failed")
+                    error = PublishOutcomeUnknownError(f"broker failed: {exc!r}")
+                if error is not None:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), pub in zip(batch, pubs, strict=True):
+                    if not future.done():
+                        future.set_result(pub)
+        finally:
+            self._batching = None
+
     @property
     def publishes_now(self) -> bool:
-        """Whether :meth:`publish_now` works: the broker publishes synchronously (the
-        in-memory broker does; Redis does not)."""
+        """Whether :meth:`publish_now` works: the broker has the synchronous capability
+        (``Broker.publish_sync``: the in-memory broker has it; Redis does not).
+        :meth:`publish_nowait` works on every broker."""
         return self._publish_now is not None
 
     def publish_now(self, topic: str, type: str, data: Mapping[str, Any] | bytes) -> Publication:
         """:meth:`publish` from code that cannot await (a protocol's callback): same
         validation, same errors, delivered on the next flush. Only when
-        :attr:`publishes_now`; else raises :class:`BrokerError`. Does not yield: a tight
-        loop of these must give the event loop its turn itself.
+        :attr:`publishes_now`; else raises :class:`BrokerError` (use
+        :meth:`publish_nowait`). Does not yield: a tight loop of these must give the event
+        loop its turn itself.
         """
         publish_now = self._publish_now
         if publish_now is None:
-            raise BrokerError("this broker publishes asynchronously: use publish()")
+            raise BrokerError("this broker publishes asynchronously: use publish_nowait()")
         return publish_now(topic, type, self.check_event(topic, type, data), time.time())
 
     def publish_threadsafe(
@@ -440,10 +533,52 @@ class Gateway:
                 logger.exception("observer failed on %r", pub)
         gap = self.hub.dispatch(pub)
         if gap:
-            logger.warning(
-                "topic %s: %d publications missed before seq %d", pub.topic, gap, pub.seq
-            )
+            if gap == RESET:
+                logger.warning(
+                    "topic %s: numbering restarted (epoch %s): its subscribers resync",
+                    pub.topic,
+                    pub.epoch,
+                )
+            else:
+                logger.warning(
+                    "topic %s: %d publications missed before seq %d: reading history",
+                    pub.topic,
+                    gap,
+                    pub.seq,
+                )
         self._after_dispatch()
+
+    def _fill_gap(self, topic: str) -> None:
+        """Hub callback: ``topic`` holds its publications until its gap is filled."""
+        self._spawn(self._fill(topic))
+
+    async def _fill(self, topic: str) -> None:
+        """Read the missed publications of ``topic`` from history and deliver them, then
+        the held ones (until the topic no longer has a gap)."""
+        hub = self.hub
+        while (since := hub.fill_from(topic)) is not None:
+            try:
+                page = await self.broker.history(topic, since)
+            except BrokerError as exc:
+                logger.warning("topic %s: history unavailable to fill a gap: %s", topic, exc)
+                page = None
+            more = hub.fill(topic, page)
+            self._after_dispatch()
+            if not more:
+                return
+
+    def _resync(self, session: Session, topic: str) -> None:
+        """Hub callback: ``session`` can no longer be given ``topic`` in order."""
+        logger.info("closing %s to resync %s", session, topic)
+        self.close(session, CloseCode.RESYNC)
+
+    async def _trim_history(self, now: float) -> None:
+        try:
+            await self.broker.trim(now)
+        except BrokerError as exc:
+            logger.warning("history trim failed: %s", exc)
+        finally:
+            self._trimming = None
 
     def _after_dispatch(self) -> None:
         hub = self.hub
@@ -659,6 +794,12 @@ class Gateway:
             raise CommandError(ErrorCode.FORBIDDEN, f"may not publish to {command.topic!r}")
         try:
             pub = await self.publish(command.topic, command.event, command.data)
+        except PublishOutcomeUnknownError as exc:
+            raise CommandError(
+                ErrorCode.OUTCOME_UNKNOWN,
+                "publish outcome unknown (the event may have been published; read the "
+                f"topic's history before publishing it again): {exc}",
+            ) from exc
         except BrokerError as exc:
             raise CommandError(ErrorCode.UNAVAILABLE, f"publish failed: {exc}") from exc
         self.reply(session, "ack", {"topic": pub.topic, "seq": pub.seq}, id=command.id)
@@ -811,7 +952,7 @@ class Gateway:
             if pub.seq > upto:
                 hub.push(session, pub.frame)
                 upto = pub.seq
-        hub.complete(session, topic, upto)
+        hub.complete(session, topic, upto, page.epoch)
         self._after_dispatch()
 
     async def history(self, topic: str, since: int, limit: int | None = None) -> HistoryPage:
@@ -858,8 +999,8 @@ class Gateway:
                 self.close(session, CloseCode.KEEPALIVE_TIMEOUT)
             elif action is Keepalive.CLOSE_IDLE:
                 self.close(session, CloseCode.IDLE_TIMEOUT)
-        if isinstance(self.broker, MemoryBroker):
-            self.broker.trim(time.time())
+        if self._trimming is None:
+            self._trimming = self._spawn(self._trim_history(time.time()))
 
     def activity(self, session: Session) -> None:
         """Bytes from the client (pongs included) prove the connection is alive."""

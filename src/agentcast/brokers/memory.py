@@ -1,64 +1,155 @@
 """The embedded in-memory broker: one process, no persistence across restarts.
 
-Every topic ever published keeps a :class:`~agentcast.core.history.History` (bounded
-by count, bytes and age) and its last seq. :meth:`MemoryBroker.publish` is atomic
-because it runs to completion on the event loop without awaiting: seq assignment, the
-history append and the listener call happen in one step, so the contract's ordering
-holds trivially. Topics whose history is empty and that nobody listens to are forgotten
-after ``max_age`` (their seq counter too), so memory stays bounded by live topics.
+The state lives in a :class:`MemoryBackend`: every topic ever published keeps a
+:class:`~agentcast.core.history.History` (bounded by count, bytes and age) and its last
+seq. A :class:`MemoryBroker` is one process's connection to a backend (by default its
+own); several instances may share one backend, each with its own listener and listened
+topics, as several nodes share one Redis (the contract suite runs that way).
+
+Publishing is atomic because it runs to completion on the event loop without awaiting:
+seq assignment, the history append and the listener calls of every instance happen in
+one step, so the contract's ordering holds trivially and the broker offers the
+synchronous capability (:attr:`MemoryBroker.publish_sync`). Topics whose history is empty
+and that no instance listens to are forgotten by :meth:`MemoryBroker.trim` (their seq
+counter too), so memory stays bounded by live topics.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Mapping, Sequence
 
-from agentcast.brokers.base import Broker, Listener
+from agentcast.brokers.base import DURABLE_EPOCH, Broker, Draft, Listener
 from agentcast.core.envelope import Publication, format_timestamp
 from agentcast.core.history import History, HistoryLimits, HistoryPage
 from agentcast.errors import BrokerError
 
-__all__ = ["MemoryBroker"]
+__all__ = ["MemoryBackend", "MemoryBroker"]
 
 
-class MemoryBroker(Broker):
-    """In-process broker; the default (``memory://``)."""
+class MemoryBackend:
+    """The state that the :class:`MemoryBroker` instances sharing it have in common: what
+    a broker server holds (topics, numbering, history, durable prefixes), in process.
+
+    Single-threaded: use it from one event loop.
+    """
 
     def __init__(self, limits: HistoryLimits | None = None) -> None:
         self.limits = limits or HistoryLimits()
-        self._histories: dict[str, History] = {}
+        self.histories: dict[str, History] = {}
+        self.durable_prefixes: tuple[str, ...] = ()
+        self.brokers: list[MemoryBroker] = []
+        """The instances attached (started), notified in this order."""
+        self._lost = False
+
+    def flush(self) -> None:
+        """Lose every topic, as a flushed or restarted broker server does: every topic's
+        numbering restarts at 1 with a new epoch (durable topics too, until their numbering
+        is continued again)."""
+        self.histories.clear()
+        self._lost = True
+
+    def new_history(self, topic: str) -> History:
+        durable = not self._lost and topic.startswith(self.durable_prefixes)
+        epoch = DURABLE_EPOCH if durable else secrets.token_hex(4)
+        history = self.histories[topic] = History(self.limits, epoch=epoch)
+        return history
+
+    def publish(self, topic: str, type: str, data: bytes, at: float) -> Publication:
+        """Assign, append, notify every attached instance listening to ``topic``."""
+        history = self.histories.get(topic)
+        if history is None:
+            history = self.new_history(topic)
+        pub = Publication(
+            topic, history.last_seq + 1, type, data, format_timestamp(at), at, history.epoch
+        )
+        history.append(pub)
+        for broker in self.brokers:  # MemoryBroker.deliver, inline (once per publication)
+            listener = broker._listener
+            if listener is not None and (
+                topic in broker._listened or topic.startswith(broker._prefixes)
+            ):
+                listener(pub)
+        return pub
+
+    def listened(self, topic: str) -> bool:
+        return any(b.listens(topic) for b in self.brokers)
+
+    def trim(self, now: float) -> None:
+        for name in list(self.histories):
+            history = self.histories[name]
+            history.trim(now)
+            if not len(history) and not self.listened(name):
+                del self.histories[name]
+
+    def continue_numbering(self, topic: str, seq: int) -> None:
+        history = self.histories.get(topic)
+        if history is None:
+            self.histories[topic] = History(self.limits, seq, epoch=DURABLE_EPOCH)
+        elif history.last_seq < seq and not len(history):
+            history.last_seq = seq
+            history.epoch = DURABLE_EPOCH
+
+
+class MemoryBroker(Broker):
+    """In-process broker; the default (``memory://``).
+
+    ``backend``: the state to share with other instances (simulating several nodes over
+    one broker server); by default a new one with ``limits``.
+    """
+
+    def __init__(
+        self, limits: HistoryLimits | None = None, *, backend: MemoryBackend | None = None
+    ) -> None:
+        if backend is not None and limits is not None and limits != backend.limits:
+            raise ValueError("limits belong to the backend: pass one or the other")
+        self.backend = backend if backend is not None else MemoryBackend(limits)
+        self.limits = self.backend.limits
         self._listener: Listener | None = None
         self._listened: set[str] = set()
         self._prefixes: tuple[str, ...] = ()
-        self.durable_prefixes: tuple[str, ...] = ()
-        """Topics whose numbering a run store continues across restarts: their epoch is
-        stable (``durable``) instead of new with every broker."""
+        self.publish_sync = self._publish_sync
 
     async def start(self, listener: Listener) -> None:
+        if self._listener is None:
+            self.backend.brokers.append(self)
         self._listener = listener
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self.backend.brokers.remove(self)
         self._listener = None
 
-    def publish_now(self, topic: str, type: str, data: bytes, at: float) -> Publication:
-        """:meth:`publish` without the coroutine (the in-process fast path)."""
+    def listens(self, topic: str) -> bool:
+        """Whether this instance gets notifications of ``topic``."""
+        return topic in self._listened or topic.startswith(self._prefixes)
+
+    def deliver(self, pub: Publication) -> None:
+        """Notify this instance's listener of ``pub`` if it listens to its topic (called by
+        the backend, in publish order)."""
         listener = self._listener
-        if listener is None:
-            raise BrokerError("broker not started")
-        history = self._histories.get(topic)
-        if history is None:
-            history = self._new_history(topic)
-        pub = Publication(topic, history.last_seq + 1, type, data, format_timestamp(at), at)
-        history.append(pub)
-        if topic in self._listened or topic.startswith(self._prefixes):
+        topic = pub.topic
+        if listener is not None and (topic in self._listened or topic.startswith(self._prefixes)):
             listener(pub)
-        return pub
+
+    def _publish_sync(self, topic: str, type: str, data: bytes, at: float) -> Publication:
+        """:meth:`publish` without the coroutine (the in-process fast path)."""
+        if self._listener is None:
+            raise BrokerError("broker not started")
+        return self.backend.publish(topic, type, data, at)
 
     async def publish(self, topic: str, type: str, data: bytes, at: float) -> Publication:
-        return self.publish_now(topic, type, data, at)
+        return self._publish_sync(topic, type, data, at)
+
+    async def publish_many(self, drafts: Sequence[Draft]) -> list[Publication]:
+        if drafts and self._listener is None:
+            raise BrokerError("broker not started")
+        publish = self.backend.publish
+        return [publish(d.topic, d.type, d.data, d.at) for d in drafts]
 
     def history_now(self, topic: str, since: int, limit: int | None = None) -> HistoryPage:
         """:meth:`history` without the coroutine."""
-        history = self._histories.get(topic)
+        history = self.backend.histories.get(topic)
         if history is None:
             return HistoryPage([], 1, 0, since)
         return history.since(since, limit)
@@ -66,25 +157,10 @@ class MemoryBroker(Broker):
     async def history(self, topic: str, since: int, limit: int | None = None) -> HistoryPage:
         return self.history_now(topic, since, limit)
 
-    def seed_last_seq(self, topic: str, seq: int) -> None:
-        """Continue ``topic``'s numbering after ``seq`` (a run store restored after a
-        restart): the topic keeps one life across restarts, so its epoch is the run's."""
-        history = self._histories.get(topic)
-        if history is None:
-            history = self._histories[topic] = History(self.limits, seq, epoch="durable")
-        elif history.last_seq < seq and not len(history):
-            history.last_seq = seq
-
-    def _new_history(self, topic: str) -> History:
-        durable = self.durable_prefixes and topic.startswith(self.durable_prefixes)
-        epoch = "durable" if durable else secrets.token_hex(4)
-        history = self._histories[topic] = History(self.limits, epoch=epoch)
-        return history
-
     async def listen(self, topic: str) -> None:
         self._listened.add(topic)
-        if topic not in self._histories:
-            self._new_history(topic)  # a subscribed topic exists: its epoch is stable
+        if topic not in self.backend.histories:
+            self.backend.new_history(topic)  # a subscribed topic exists: its epoch is stable
 
     async def unlisten(self, topic: str) -> None:
         self._listened.discard(topic)
@@ -94,16 +170,14 @@ class MemoryBroker(Broker):
             self._prefixes = (*self._prefixes, prefix)
 
     def topics(self) -> dict[str, int]:
-        return {name: h.last_seq for name, h in self._histories.items()}
+        return {name: h.last_seq for name, h in self.backend.histories.items()}
 
-    def trim(self, now: float) -> None:
-        """Apply the age bound at time ``now`` and forget idle, empty topics."""
-        for name in list(self._histories):
-            history = self._histories[name]
-            history.trim(now)
-            if (
-                not len(history)
-                and name not in self._listened
-                and not name.startswith(self._prefixes)
-            ):
-                del self._histories[name]
+    async def trim(self, now: float) -> None:
+        self.backend.trim(now)
+
+    async def declare_durable(self, prefixes: Iterable[str]) -> None:
+        self.backend.durable_prefixes = tuple(prefixes)
+
+    async def continue_numbering(self, last_seqs: Mapping[str, int]) -> None:
+        for topic, seq in last_seqs.items():
+            self.backend.continue_numbering(topic, seq)

@@ -454,12 +454,17 @@ class Chat(GatewayFeature):
             parts.append(delta)
             return b'%b%d,"chunk":%b,"done":false}' % (head, len(parts) - 1, _dumps(delta))
 
+        # a delta costs no task switch and no round trip of its own: published at once on
+        # a broker that publishes synchronously, else queued into the loop iteration's
+        # batch (the final awaited publish keeps the order and reports a broken broker)
+        publish_delta = gateway.publish_now if gateway.publishes_now else gateway.publish_nowait
+
         def on_delta(delta: str) -> None:
-            """One delta, pushed by the agent: published at once, no task switch."""
+            """One delta, pushed by the agent or read from its stream."""
             if not delta:
                 return
             try:
-                gateway.publish_now(topic, "chat:streaming", chunk(delta))
+                publish_delta(topic, "chat:streaming", chunk(delta))
             except (BrokerError, ProtocolError) as exc:
                 logger.error("chat:streaming on %s not published: %s", topic, exc)
 
@@ -469,13 +474,17 @@ class Chat(GatewayFeature):
                 request = await self._request(gen)
                 prompt_tokens = sum(estimate_tokens(t.content) for t in request.messages)
                 push = getattr(gen.agent, "stream_to", None)
-                if push is not None and gateway.publishes_now:
+                if push is not None:
                     await push(request, on_delta)
                 else:
                     async with _closing(gen.agent.stream(request)) as deltas:
                         async for delta in deltas:
-                            if delta:
+                            if not delta:
+                                continue
+                            if gateway.publishes_now:  # yields now and then (a tight agent)
                                 await self._publish(topic, "chat:streaming", chunk(delta))
+                            else:
+                                on_delta(delta)  # into the iteration's batch
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:

@@ -90,12 +90,24 @@ class Publication:
     publication once for all its live subscribers, and publications retained in history
     stay small (a cached frame would double their memory; measured in W3, first-touch page
     faults of retained bytes cost more than re-framing on the rare history replay).
+
+    ``epoch`` is the life of the topic's numbering the seq belongs to (the broker's
+    :attr:`~agentcast.core.history.HistoryPage.epoch`): a publication whose epoch differs
+    from the previous one of its topic starts a new numbering. It is not part of the wire
+    form (clients learn epochs from ``subscribed`` replies).
     """
 
-    __slots__ = ("at", "data", "seq", "timestamp", "topic", "type")
+    __slots__ = ("at", "data", "epoch", "seq", "timestamp", "topic", "type")
 
     def __init__(
-        self, topic: str, seq: int, type: str, data: bytes, timestamp: str, at: float
+        self,
+        topic: str,
+        seq: int,
+        type: str,
+        data: bytes,
+        timestamp: str,
+        at: float,
+        epoch: str = "",
     ) -> None:
         self.topic = topic
         self.seq = seq
@@ -103,6 +115,7 @@ class Publication:
         self.data = data
         self.timestamp = timestamp
         self.at = at
+        self.epoch = epoch
 
     @property
     def payload(self) -> bytes:

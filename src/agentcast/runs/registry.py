@@ -95,6 +95,9 @@ class Runs:
         self.leases: dict[str, tuple[float, float]] = {}
         """Unfinished run topic -> (deadline on the monotonic clock, ttl)."""
         self.handlers: dict[str, ControlHandler] = {}
+        self.starting: dict[str, str] = {}
+        """Workflow topic -> the execution id of the last ``workflow_start`` checked, until
+        the fold has seen it (defaults for the events checked after it)."""
         self.producers: dict[str, object] = {}
         """Run topic -> the producer holding it (see :meth:`claim`)."""
         self.gateway: Gateway | None = None
@@ -143,12 +146,8 @@ class Runs:
         assert self.store is not None
         assert self.gateway is not None
         broker = self.gateway.broker
-        if hasattr(broker, "durable_prefixes"):
-            broker.durable_prefixes = RUN_PREFIXES
-        seed = getattr(broker, "seed_last_seq", None)
-        if seed is not None:
-            for topic, seq in (await self.store.last_seqs()).items():
-                seed(topic, seq)
+        await broker.declare_durable(RUN_PREFIXES)
+        await broker.continue_numbering(await self.store.last_seqs())
         for topic in await self.store.unfinished():
             state = await self._load(topic)
             if state is not None and not state.finished:
@@ -166,12 +165,18 @@ class Runs:
         filled: dict[str, Any] | None = None
         if kind == "workflow":
             if "workflow_id" not in data or "execution_id" not in data:
-                state = self.states.get(topic)
-                current = state.execution_id if state is not None else None
+                current = self.starting.get(topic)
+                if current is None:
+                    state = self.states.get(topic)
+                    current = state.execution_id if state is not None else None
                 filled = {"workflow_id": run_id, "execution_id": current or run_id, **data}
         elif "execution_id" not in data:
             filled = {"execution_id": run_id, **data}
-        validate_event(topic, type, filled if filled is not None else data)
+        checked = filled if filled is not None else data
+        validate_event(topic, type, checked)
+        if type == "workflow_start":
+            # the run it begins, for the events checked after it (before the fold sees it)
+            self.starting[topic] = str(checked["execution_id"])
         return filled
 
     async def stored_history(
@@ -215,6 +220,8 @@ class Runs:
         else:
             self.states.move_to_end(topic)
         state.apply(pub.seq, pub.type, orjson.loads(pub.data), pub.timestamp)
+        if pub.type == "workflow_start" and self.starting.get(topic) == state.execution_id:
+            del self.starting[topic]  # the fold knows the run now
         if self.recorder is not None:
             self.recorder.record(pub)
         if state.finished:

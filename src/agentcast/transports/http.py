@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_valid
 from agentcast.__about__ import __version__
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
-from agentcast.errors import BrokerError, ProtocolError
+from agentcast.errors import BrokerError, ProtocolError, PublishOutcomeUnknownError
 from agentcast.gateway import Gateway
 from agentcast.transports.asgi import websocket_not_found, websocket_route
 from agentcast.transports.docs import install_offline_docs
@@ -137,24 +137,35 @@ def http_router(gateway: Gateway) -> APIRouter:
             raise http_error(
                 400, ErrorCode.INVALID_FIELD, "empty array: nothing to publish", "body"
             )
+        encoded = []
         for i, event in enumerate(events):
             try:
-                gateway.check_event(topic, event.type, event.data)
+                # in order: defaults follow the earlier events of the array (the run a
+                # workflow_start in it begins, for the events after it)
+                encoded.append((event.type, gateway.check_event(topic, event.type, event.data)))
             except ProtocolError as exc:
                 where = exc.field if not isinstance(body, list) else f"{i}.{exc.field}"
                 raise http_error(400, exc.code, exc.message, where) from exc
         seqs = []
+        # queued in one loop iteration: one broker batch (one round trip) for the body
+        futures = [gateway.publish_nowait(topic, kind, data) for kind, data in encoded]
         try:
-            # checked again as published: defaults come from the state the earlier events
-            # of the array made (a workflow_start's run for the events after it)
-            for event in events:
-                seqs.append((await gateway.publish(topic, event.type, event.data)).seq)
-        except ProtocolError as exc:
-            where = exc.field if not isinstance(body, list) else f"{len(seqs)}.{exc.field}"
-            message = f"published {len(seqs)}: {exc.message}"
-            raise http_error(400, exc.code, message, where) from exc
+            for future in futures:
+                seqs.append((await future).seq)
+        except PublishOutcomeUnknownError as exc:
+            raise http_error(
+                503,
+                ErrorCode.OUTCOME_UNKNOWN,
+                f"published {len(seqs)}; the broker's answer for the next "
+                f"{len(futures) - len(seqs)} was lost: they may have been published (read "
+                f"the topic's history before publishing them again): {exc}",
+            ) from exc
         except BrokerError as exc:
             raise http_error(503, ErrorCode.UNAVAILABLE, f"published {len(seqs)}: {exc}") from exc
+        finally:
+            for future in futures:  # a batch fails as a whole: its errors are reported
+                if future.done() and not future.cancelled():
+                    future.exception()
         return PublishResult(topic=topic, seqs=seqs, timestamp=gateway.now_iso())
 
     @router.get("/api/topics/{topic:path}/events", response_model=HistoryOut, tags=["events"])

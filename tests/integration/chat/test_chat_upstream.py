@@ -12,6 +12,7 @@ import httpx
 import pytest
 import websockets
 
+from agentcast.chat.service import Chat
 from agentcast.testing.openai_server import FakeOpenAIServer, answer_for
 from tests.conftest import UNIT, RunningServer, free_port, start_server, stop_server
 from tests.integration.chat.support import chat_send, read_answer, read_until
@@ -237,5 +238,48 @@ async def test_two_tabs_reconnect_mid_answer_and_restart_with_a_real_upstream(
             ("user", "stream it to both tabs"),
             ("assistant", expected),
         ]
+    finally:
+        await stop_server(running, task)
+
+
+async def test_chat_streams_on_a_broker_without_synchronous_publish(
+    fake: FakeOpenAIServer,
+) -> None:
+    """A broker like Redis (publishes take round trips, no synchronous capability): the
+    pushed deltas of the upstream arrive in order, through batch publishes, and the answer
+    is stored."""
+    from agentcast.core.history import HistoryLimits
+    from tests.broker_support import RemoteLikeBroker
+
+    broker = RemoteLikeBroker(lambda: 2, limits=HistoryLimits())
+    settings = {"llm_read_timeout": 0.5, "llm_max_retries": 1}
+    running, task = await start_server(
+        "native", broker=broker, llm_url=fake.base_url, llm_model="fake", **settings
+    )
+    try:
+        assert not running.gateway.publishes_now
+        async with websockets.connect(running.ws_url) as ws:
+            await chat_send(ws, "What is a topic?")
+            frames = await read_answer(ws)
+        expected = answer_for("What is a topic?", 12)
+        chunks = [f["data"]["chunk"] for f in frames if f["type"] == "chat:streaming"]
+        assert chunks[:-1] == expected and chunks[-1] == ""
+        seqs = [f["seq"] for f in frames]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert frames[-1]["data"]["content"] == "".join(expected)
+        # every event went through the broker's batch publish (paced tokens: one a batch)
+        assert sum(broker.batches) >= len(frames)
+
+        async def echo(message: str) -> AsyncIterator[str]:  # pulled, no stream_to
+            for word in message.split():
+                yield word + " "
+
+        running.gateway.feature(Chat).register_agent("echo", echo)
+        async with websockets.connect(running.ws_url) as ws:
+            await chat_send(ws, "one two three four", agent_id="echo")
+            frames = await read_answer(ws)
+        chunks = [f["data"]["chunk"] for f in frames if f["type"] == "chat:streaming"]
+        assert chunks == ["one ", "two ", "three ", "four ", ""]
+        assert frames[-1]["data"]["content"] == "one two three four "
     finally:
         await stop_server(running, task)

@@ -506,7 +506,15 @@ async def test_sync_capability_is_consistent(nodes: Nodes) -> None:
     sync = nodes.pub.publish_sync
     assert sync is None or callable(sync)
     if sync is None:
-        pytest.skip("this broker has no synchronous capability")
+        # no capability: a gateway on this broker says so and refuses the sync path
+        from agentcast.errors import BrokerError
+        from agentcast.gateway import Gateway
+
+        gateway = Gateway(broker=nodes.pub)
+        assert gateway.publishes_now is False
+        with pytest.raises(BrokerError):
+            gateway.publish_now("sy", "e", {})
+        return
     await nodes.pub.listen("sy")
     first = sync("sy", "e", b"{}", 1.0)
     assert [p.seq for p in nodes.pub_rec.got] == [1]  # notified before it returned

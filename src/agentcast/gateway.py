@@ -136,6 +136,8 @@ class Gateway:
         self.socket_endpoints: list[SocketEndpoint] = []
         """WebSocket paths besides ``/ws`` served with this gateway's protocol."""
         self.features: dict[str, Feature] = {}
+        self._listening: dict[str, asyncio.Future[None]] = {}
+        """Topics whose ``broker.listen`` is under way (see :meth:`subscribe`)."""
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_handle: asyncio.Handle | None = None
@@ -897,7 +899,11 @@ class Gateway:
         snapshot: tuple[int, dict[str, Any]] | None = None
         try:
             if first_here:
-                await self.broker.listen(topic)
+                await self._listen(topic)
+            elif (listening := self._listening.get(topic)) is not None:
+                # another subscriber's listen() is under way: history read before it
+                # returns could miss publications that are not delivered yet
+                await asyncio.shield(listening)
             provider = self._by_prefix(self.snapshot_providers, topic)
             if since is None:
                 snapshot = await provider(topic) if provider is not None else None
@@ -967,6 +973,22 @@ class Gateway:
             return page
         older = await source(topic, since, page, limit)
         return page if older is None else older
+
+    async def _listen(self, topic: str) -> None:
+        """``broker.listen(topic)``, which later subscribers of the topic wait for."""
+        done: asyncio.Future[None] = self.loop.create_future()
+        self._listening[topic] = done
+        try:
+            await self.broker.listen(topic)
+        except BaseException as exc:
+            done.set_exception(exc if isinstance(exc, Exception) else BrokerError("cancelled"))
+            done.exception()  # retrieved here; waiters get it too
+            raise
+        else:
+            done.set_result(None)
+        finally:
+            if self._listening.get(topic) is done:
+                del self._listening[topic]
 
     async def _unlisten(self, topic: str) -> None:
         if not self.hub.presence(topic):

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from agentcast.brokers.base import Broker, Draft
-from agentcast.brokers.memory import MemoryBroker
+from agentcast.brokers.memory import MemoryBackend, MemoryBroker
 from agentcast.codes import CloseCode
 from agentcast.core.envelope import Publication, payload_of_frame
 from agentcast.core.history import HistoryLimits
@@ -330,3 +330,37 @@ async def test_the_sweep_trims_history_through_the_contract(gateways: list[Gatew
     async with asyncio.timeout(UNIT):
         await broker.trimmed.wait()
     assert len(broker.at) == 1 and broker.at[0] >= before
+
+
+class SlowListen(WrappedBroker):
+    """``listen`` waits for ``opened``: a remote broker's subscribe round trip."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        super().__init__(backend=backend)
+        self.opened = asyncio.Event()
+        self.listening = asyncio.Event()
+
+    async def listen(self, topic: str) -> None:
+        self.listening.set()
+        await self.opened.wait()
+        await super().listen(topic)
+
+
+async def test_a_second_subscriber_waits_for_the_first_ones_listen(
+    gateways: list[Gateway],
+) -> None:
+    """While the first subscriber's ``listen()`` is under way, publications elsewhere are
+    not delivered here yet: a second subscriber that read history then would miss them."""
+    backend = MemoryBackend()
+    slow = SlowListen(backend)
+    here = await started(slow)
+    elsewhere = await started(WrappedBroker(backend=backend))
+    gateways += [here, elsewhere]
+    first, second = Conn(here), Conn(here)
+    first.subscribe("t", since=0)
+    await asyncio.wait_for(slow.listening.wait(), UNIT)
+    second.subscribe("t", since=0)
+    await elsewhere.publish("t", "e", {"n": 1})  # another node, before listen() returned
+    slow.opened.set()
+    for conn in (first, second):
+        await conn.wait_for(lambda conn=conn: conn.seqs("t") == [1])  # type: ignore[misc]

@@ -13,6 +13,8 @@ import asyncio
 import itertools
 import random
 
+from agentcast.codes import ErrorCode
+from agentcast.errors import CommandError
 from agentcast.gateway import Gateway
 from agentcast.runs.engine import WorkflowRun, sample_workflow
 from agentcast.runs.tracker import ExecutionTracker
@@ -24,7 +26,13 @@ async def run_demo(gateway: Gateway, workflow_id: str = "demo", pace: float = 0.
     """Run the sample workflow on ``workflow:<workflow_id>`` until cancelled."""
     for run in itertools.count(1):
         engine = WorkflowRun(sample_workflow(pace, seed=run), gateway, workflow_id)
-        await engine.run({"run": run})
+        try:
+            await engine.run({"run": run})
+        except CommandError as exc:
+            if exc.code is not ErrorCode.CONFLICT:
+                raise
+            # somebody executed this workflow by hand (POST .../execute): its run goes
+            # first, the demo takes its next turn after it
         await asyncio.sleep(pace * 2)
 
 

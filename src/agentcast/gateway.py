@@ -74,6 +74,12 @@ _MAX_PENDING_COMMANDS = 256
 _YIELD_EVERY_PUSHES = 16384
 
 
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """A background task that died of an exception says so in the log (once)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("background task %s failed", task.get_name(), exc_info=exc)
+
+
 class Stats:
     """Counters exposed by ``/healthz`` and the metrics endpoint."""
 
@@ -261,6 +267,7 @@ class Gateway:
             task = self._spawn(factory())
             self._background_tasks.add(task)
             task.add_done_callback(self._background_tasks.discard)
+            task.add_done_callback(_log_failure)
 
     async def __aenter__(self) -> Gateway:
         """``async with Gateway(…) as gateway:`` starts it, and stops it on the way out."""
@@ -298,6 +305,7 @@ class Gateway:
         task = self._spawn(factory())
         self._background_tasks.add(task)
         task.add_done_callback(self._background_tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     async def stop(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:

@@ -60,3 +60,36 @@ async def test_the_demo_run_can_be_paused_and_resumed(native_server: RunningServ
                     assert msg["type"] != "error", msg
                     if msg["type"] == event:
                         break
+
+
+async def test_the_demo_lets_a_hand_executed_run_go_first(native_server: RunningServer) -> None:
+    """``POST /api/workflows/demo/execute`` between two demo runs: that run goes first,
+    the demo loop goes on after it (it used to die of the conflict)."""
+    import httpx
+
+    from agentcast.runs.engine import NodeContext, Workflow
+    from agentcast.runs.registry import Runs
+
+    gw = native_server.gateway
+    gate = asyncio.Event()
+
+    async def waits(ctx: NodeContext) -> None:
+        await gate.wait()
+
+    gw.feature(Runs).workflows.register("demo", Workflow({"hand": waits}, []))
+    async with websockets.connect(native_server.ws_url) as ws:
+        await subscribe(ws, "workflow:demo")
+        async with httpx.AsyncClient(base_url=native_server.url) as http:
+            r = await http.post("/api/workflows/demo/execute", json={})
+            assert r.status_code == 202
+        demo = gw.add_background(lambda: run_demo(gw, pace=0.001))
+        assert demo is not None
+        starts = []
+        async with asyncio.timeout(10 * UNIT):
+            while len(starts) < 2:
+                msg = await recv(ws)
+                if msg["type"] == "workflow_start":
+                    starts.append(msg["data"]["execution_order"])
+                    gate.set()  # the hand run may end: the demo's turn comes
+        assert starts == [["hand"], ["fetch", "analyze", "summarize", "report"]]
+        assert not demo.done()

@@ -1,9 +1,10 @@
 """agentcast and its peers, side by side, on the same workloads, in one run.
 
-    .venv/bin/python benchmarks/run.py                 # W1–W4, every peer, 1 rep (~6 min)
+    .venv/bin/python benchmarks/run.py                 # W1–W5, every peer, 1 rep (~8 min)
     .venv/bin/python benchmarks/run.py --reps 3        # medians of 3 fresh-server runs (~17 min)
     .venv/bin/python benchmarks/run.py --quick         # smaller sizes: a smoke run (~1 min)
     .venv/bin/python benchmarks/run.py --workloads W1,W3 --peers agentcast,raw
+    .venv/bin/python benchmarks/run.py --workloads W5 --peers agentcast,raw,websockets,seed000-fastapi --reps 5
     .venv/bin/python benchmarks/run.py --report benchmarks/results/<stamp>.jsonl  # tables again
 
 Every run starts a fresh server pinned to one core (taskset) and the C load client
@@ -15,6 +16,18 @@ It prints a Markdown table per workload (deliveries/s, latency p50/p99, server a
 CPU, server RSS per connection), agentcast's ratio to each peer and the targets' verdicts,
 and writes every run as one JSON line to ``benchmarks/results/<stamp>.jsonl`` (the report
 beside it as ``<stamp>.md``).
+
+W5 (paced unicast) runs at each rate of ``--w5-rates`` (default 20,000 and 30,000 events/s,
+``--w5-seconds`` 5 s each): workloads ``W5-20k`` and ``W5-30k`` (``--workloads W5`` selects
+every rate). Its report gives p50/p99/max latency, the achieved rate and server CPU per
+peer, and every peer's p99 and max divided by the floor's (``raw``) of the same rep.
+
+The machine may be shared: before each run the script waits (up to ``--patience`` s) until
+the two cores are quiet; a run during which other processes used more than ``--disturbed``
+of a core is run again (up to ``--retries`` times; the least disturbed attempt counts, the
+others stay in the ``.jsonl`` marked ``superseded``), and the report flags runs above 15 %.
+``--compare NAME=SRC`` adds agentcast imported from another checkout's ``src`` (e.g. the
+commit before a change) as peer ``agentcast@NAME``, interleaved: before/after in one run.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +90,31 @@ QUICK = {
     "W3": Workload("W3", "unicast", 200, 200, 50_000, 0, 60),
     "W4": Workload("W4", "idle memory", 2000, 1, 0, 0, 60),
 }
+W5_RATES = (20_000, 30_000)
+"""W5, paced unicast: events/s (one workload per rate)."""
+W5_SECONDS = 5.0
+
+
+def w5_id(rate: float) -> str:
+    return f"W5-{rate / 1000:g}k"
+
+
+def add_w5(rates: list[float], seconds: float) -> None:
+    """Add the W5 workloads (1,000 topics × 1 subscriber, paced round-robin) to the tables:
+    ``W5-20k`` etc., one per rate, ``seconds`` long (quick sizes: 200 topics, 1 s)."""
+    for rate in rates:
+        wid = w5_id(rate)
+        title = f"paced unicast {rate:,.0f}/s"
+        FULL[wid] = Workload(wid, title, 1000, 1000, round(rate * seconds), rate, 60)
+        QUICK[wid] = Workload(wid, title, 200, 200, round(rate * min(seconds, 1.0)), rate, 30)
+
+
+add_w5(list(W5_RATES), W5_SECONDS)
+
+
+def is_w5(wl: str) -> bool:
+    return wl.startswith("W5")
+
 
 # -- peers --------------------------------------------------------------------------
 
@@ -92,6 +130,7 @@ class Peer:
     trigger: str = "GET http://127.0.0.1:{port}/publish?topics={T}&count={K}&rate={R}"
     extra: str = ""  # more wsload flags
     scratch_cwd: bool = False  # agentcast: its default run store file goes to results/
+    pythonpath: str = ""  # prepended to the server's PYTHONPATH (--compare)
 
 
 UVICORN = (
@@ -307,6 +346,20 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def wait_quiet(cores: tuple[str, str], limit: float, patience: float) -> float:
+    """Wait (up to ``patience`` s) until the two cores are busy less than ``limit`` of a
+    core over half a second; returns that share."""
+    tick = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + patience
+    while True:
+        a = cpu_times(cores)
+        time.sleep(0.5)
+        b = cpu_times(cores)
+        busy = sum(b[c][0] - a[c][0] for c in cores) / tick / 0.5
+        if busy <= limit or time.monotonic() >= deadline:
+            return busy
+
+
 def stop_group(proc: subprocess.Popen[Any]) -> None:
     """Stop ``proc``'s process group: SIGTERM, then SIGKILL if it is still there after 15 s."""
     for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
@@ -321,8 +374,16 @@ def stop_group(proc: subprocess.Popen[Any]) -> None:
 
 
 def run_one(
-    peer: Peer, wl: Workload, wsload: Path, rep: int, cores: tuple[str, str], stamp: str
+    peer: Peer,
+    wl: Workload,
+    wsload: Path,
+    rep: int,
+    cores: tuple[str, str],
+    stamp: str,
+    dump: bool = False,
 ) -> dict[str, Any]:
+    """One run of ``peer`` on ``wl``: a fresh server, one ``wsload``; returns its figures.
+    ``dump``: wsload also writes every delivery (ts, latency) beside the server's log."""
     port = free_port()
     agentcast = BIN / "agentcast"
     cmd = peer.start.format(
@@ -344,9 +405,15 @@ def run_one(
         "rate": wl.rate,
     }
     with (logs / f"{peer.name}.{wl.id}.{rep}.log").open("wb") as log:
+        env = dict(os.environ)
+        if peer.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [peer.pythonpath, env.get("PYTHONPATH")])
+            )
         server = subprocess.Popen(
             ["taskset", "-c", cores[0], *cmd],
             cwd=cwd,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -381,6 +448,8 @@ def run_one(
                 f"{peer.name}.{wl.id}.{rep}",
                 *peer.extra.split(),
             ]
+            if dump:
+                args += ["--dump", str(logs / f"{peer.name}.{wl.id}.{rep}.lat")]
             if wl.count:
                 trigger = (
                     peer.trigger.replace("{port}", str(port))
@@ -478,11 +547,15 @@ def show(s: tuple[float, float, float] | None, kind: str = "") -> str:
 class Report:
     def __init__(self, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         self.meta = meta
-        self.rows = [derived(r) for r in results if "peer" in r]
+        self.rows = [derived(r) for r in results if "peer" in r and not r.get("superseded")]
+        self.superseded = sum(1 for r in results if r.get("superseded"))
         self.names = list(dict.fromkeys(r["peer"] for r in self.rows))
-        self.wls = [
-            w for w in ("W1", "W2", "W3", "W4") if any(r["workload"] == w for r in self.rows)
-        ]
+        order = ["W1", "W2", "W3", "W4"]
+        order += sorted(
+            {r["workload"] for r in self.rows if is_w5(r["workload"])},
+            key=lambda w: next((r["rate"] for r in self.rows if r["workload"] == w), 0),
+        )
+        self.wls = [w for w in order if any(r["workload"] == w for r in self.rows)]
 
     def cell(self, peer: str, wl: str, ok_only: bool = True) -> list[dict[str, Any]]:
         rows = [r for r in self.rows if r["peer"] == peer and r["workload"] == wl]
@@ -492,13 +565,15 @@ class Report:
         s = stat(self.cell(peer, wl), key)
         return s[0] if s else None
 
-    def ratio(self, wl: str, key: str, other: str) -> tuple[float, float, float] | None:
-        """agentcast ÷ other: of the medians, with the range of same-rep ratios."""
-        a, b = self.med("agentcast", wl, key), self.med(other, wl, key)
+    def ratio(
+        self, wl: str, key: str, other: str, peer: str = "agentcast"
+    ) -> tuple[float, float, float] | None:
+        """peer ÷ other: of the medians, with the range of same-rep ratios."""
+        a, b = self.med(peer, wl, key), self.med(other, wl, key)
         if a is None or not b:
             return None
         pairs = []
-        for ra in self.cell("agentcast", wl):
+        for ra in self.cell(peer, wl):
             for rb in self.cell(other, wl):
                 if ra["rep"] == rb["rep"] and rb.get(key):
                     pairs.append(ra[key] / rb[key])
@@ -526,8 +601,11 @@ class Report:
         out += self.summary(sizes)
         for wl in self.wls:
             out += self.detail(wl, sizes[wl])
+        out += self.w5_ratios()
         if "agentcast" in self.names:
-            out += self.ratios() + self.targets(sizes)
+            if any(w in self.wls for w in ("W1", "W2", "W3", "W4")):
+                out += self.ratios()
+            out += self.targets(sizes)
         out += [
             "",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
@@ -543,6 +621,8 @@ class Report:
                 head.append(f"W4 KiB per idle conn ({w.conns:,} conns)")
             elif wl == "W2":
                 head.append(f"W2 {w.rate:g} ev/s × {w.conns:,}: achieved/s, p50 / p99 ms")
+            elif is_w5(wl):
+                head.append(f"W5 {w.rate:,.0f} ev/s: achieved/s, p50 / p99 / max ms")
             else:
                 head.append(f"{wl} {w.title} deliveries/s, p50 / p99 ms")
             sep.append("---")
@@ -555,6 +635,12 @@ class Report:
                 warn = f" ⚠{bad} failed" if bad else ""
                 if wl == "W4":
                     cells.append(show(stat(rows, "rss_per_conn_kib")) + warn)
+                elif is_w5(wl):
+                    lat = " / ".join(
+                        num(v) if v is not None else "–"
+                        for v in (self.med(name, wl, k) for k in ("p50_ms", "p99_ms", "max_ms"))
+                    )
+                    cells.append(f"{show(stat(rows, 'deliveries_per_s'), 'k')}, {lat}{warn}")
                 else:
                     p50, p99 = self.med(name, wl, "p50_ms"), self.med(name, wl, "p99_ms")
                     lat = f"{num(p50)} / {num(p99)}" if p50 is not None and p99 is not None else "–"
@@ -608,6 +694,44 @@ class Report:
                         f"timed_out={r.get('timed_out')}, errors={r.get('errors')}"
                     )
                     lines.append(f"|  ⚠ rep {r['rep']} | {why} |||||||||||")
+        return [*lines, ""]
+
+    def w5_ratios(self) -> list[str]:
+        """W5: every peer's p99 and max latency ÷ the floor's (raw), same rep."""
+        w5 = [wl for wl in self.wls if is_w5(wl)]
+        if not w5 or "raw" not in self.names:
+            return []
+        head = ["peer"] + [f"{wl} {k} ÷ raw" for wl in w5 for k in ("p99", "max")]
+        lines = [
+            "### W5 paced unicast: latency ÷ the floor's (`raw`), same rep",
+            "",
+            "Lower is better; median ratio (range of same-rep ratios). The floor's own "
+            "p99 / max ms: "
+            + ", ".join(
+                f"{wl} {num(self.med('raw', wl, 'p99_ms') or 0)} / "
+                f"{num(self.med('raw', wl, 'max_ms') or 0)}"
+                for wl in w5
+            )
+            + ".",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        for name in self.names:
+            if name == "raw":
+                continue
+            cells = [name]
+            for wl in w5:
+                for key in ("p99_ms", "max_ms"):
+                    r = self.ratio(wl, key, "raw", peer=name)
+                    cells.append(
+                        "–"
+                        if r is None
+                        else f"{r[0]:.2f}×"
+                        if len(self.cell(name, wl)) < 2
+                        else f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f})"
+                    )
+            lines.append("| " + " | ".join(cells) + " |")
         return [*lines, ""]
 
     def ratios(self) -> list[str]:
@@ -688,6 +812,27 @@ class Report:
                 None if kib is None else kib[2] < 8,
                 f"{show(kib)} KiB",
             )
+        for wl in (w for w in self.wls if is_w5(w)):
+            rate = sizes[wl].rate
+            all_ = self.cell("agentcast", wl, ok_only=False)
+            done = f"{len(self.cell('agentcast', wl))}/{len(all_)} runs complete"
+            if "raw" in self.names:
+                s = self.ratio(wl, "p99_ms", "raw")
+                verdict(
+                    f"W5 {rate:,.0f}/s p99 ≤ 2× the floor's",
+                    None if s is None else s[0] <= 2.0,
+                    "–"
+                    if s is None
+                    else f"{s[0]:.2f}× (same-rep range {s[1]:.2f}–{s[2]:.2f}×): agentcast "
+                    f"{show(stat(self.cell('agentcast', wl), 'p99_ms'))} ms, floor "
+                    f"{show(stat(self.cell('raw', wl), 'p99_ms'))} ms; {done}",
+                )
+            mx = stat(self.cell("agentcast", wl), "max_ms")
+            verdict(
+                f"W5 {rate:,.0f}/s max latency < 20 ms",
+                None if mx is None else mx[0] < 20,
+                f"{show(mx)} ms (median of the reps; range in brackets)",
+            )
         hot = [
             f"{r['peer']} {r['workload']} rep {r['rep']} ({100 * r['client_util']:.0f}%)"
             for r in self.rows
@@ -711,6 +856,13 @@ class Report:
                 "other processes used > 15 % of a core in " + ", ".join(busy)
                 if busy
                 else "other processes used < 15 % of a core in every run."
+            )
+            + (
+                f" {self.superseded} disturbed run(s) (other processes > "
+                f"{100 * self.meta.get('disturbed', 0.25):.0f} % of a core) were run again and "
+                "left out (they stay in the .jsonl, marked superseded)."
+                if self.superseded
+                else ""
             ),
         ]
         return lines
@@ -734,7 +886,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated (default: all)")
+    ap.add_argument(
+        "--workloads",
+        default="W1,W2,W3,W4,W5",
+        help="comma-separated (default: all; W5 = every --w5-rates workload, or W5-20k etc.)",
+    )
+    ap.add_argument(
+        "--w5-rates",
+        default=",".join(str(r) for r in W5_RATES),
+        help="W5 paced unicast rates, events/s, comma-separated (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--w5-seconds", type=float, default=W5_SECONDS, help="W5 length (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--patience",
+        type=float,
+        default=30.0,
+        help="before each run, wait up to this many s for quiet cores (default: %(default)s; 0: never)",
+    )
     ap.add_argument(
         "--peers", default=",".join(PEERS), help=f"comma-separated among {', '.join(PEERS)}"
     )
@@ -746,17 +916,72 @@ def main() -> None:
     ap.add_argument(
         "--report", type=Path, help="only print the tables of an earlier results .jsonl"
     )
+    ap.add_argument(
+        "--disturbed",
+        type=float,
+        default=0.25,
+        help="a run during which other processes used more than this share of a core is run "
+        "again (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="runs again of a disturbed run; the least disturbed attempt counts (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also run agentcast imported from SRC (a checkout's src/ folder, e.g. an older "
+        "commit's) as peer agentcast@NAME, interleaved with the others (repeatable)",
+    )
+    ap.add_argument(
+        "--dump",
+        action="store_true",
+        help="keep every delivery's latency (wsload --dump) in results/logs/<stamp>/*.lat",
+    )
     args = ap.parse_args()
     if args.report:
         rows, meta = load(args.report)
+        add_w5(
+            sorted({float(r["rate"]) for r in rows if is_w5(r.get("workload", ""))}),
+            float(meta.get("w5_seconds", W5_SECONDS)),
+        )
         print(Report(rows, meta).render())
         return
+    try:
+        rates = [float(r) for r in args.w5_rates.split(",") if r]
+    except ValueError:
+        sys.exit(f"--w5-rates: comma-separated numbers, not {args.w5_rates!r}")
+    if not rates or min(rates) <= 0 or args.w5_seconds <= 0:
+        sys.exit("--w5-rates and --w5-seconds must be positive")
+    for wid in [w for w in FULL if is_w5(w)]:
+        del FULL[wid], QUICK[wid]
+    add_w5(rates, args.w5_seconds)
     names = [p for p in args.peers.split(",") if p]
-    wls = [w for w in args.workloads.split(",") if w]
+    for spec in args.compare:
+        label, _, src = spec.partition("=")
+        if not label or not src or not (Path(src) / "agentcast" / "__init__.py").exists():
+            sys.exit(f"--compare {spec!r}: NAME=SRC with SRC/agentcast/__init__.py")
+        base = PEERS["agentcast"]
+        peer = replace(
+            base,
+            name=f"agentcast@{label}",
+            desc=f"agentcast from {src}",
+            pythonpath=str(Path(src).resolve()),
+        )
+        PEERS[peer.name] = peer
+        names.insert(names.index("agentcast") + 1 if "agentcast" in names else 0, peer.name)
+    wls = []
+    for w in (w for w in args.workloads.split(",") if w):
+        wls += [w5_id(r) for r in rates] if w == "W5" else [w]
     bad = [p for p in names if p not in PEERS] + [w for w in wls if w not in FULL]
     if bad:
         sys.exit(
-            f"unknown peers/workloads {bad}; peers: {', '.join(PEERS)}; workloads: W1 W2 W3 W4"
+            f"unknown peers/workloads {bad}; peers: {', '.join(PEERS)}; workloads: W1 W2 W3 W4 "
+            f"W5 ({', '.join(w5_id(r) for r in rates)})"
         )
     sizes = QUICK if args.quick else FULL
     check_python_deps(names, args.install)
@@ -773,6 +998,9 @@ def main() -> None:
         "server_cpu": cores[0],
         "client_cpu": cores[1],
         "command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]),
+        "w5_rates": rates,
+        "disturbed": args.disturbed,
+        "w5_seconds": args.w5_seconds,
     }
     path = RESULTS / f"{stamp}.jsonl"
     results: list[dict[str, Any]] = []
@@ -782,15 +1010,35 @@ def main() -> None:
         for wl in wls:
             for rep in range(args.reps):
                 for name in names:  # interleaved: one rep of every peer, then the next rep
-                    r = run_one(PEERS[name], sizes[wl], wsload, rep, cores, stamp)
-                    results.append(r)
-                    out.write(json.dumps(r) + "\n")
+                    attempts = []
+                    for attempt in range(args.retries + 1):
+                        if args.patience > 0:
+                            wait_quiet(cores, 0.15, args.patience)
+                        r = run_one(PEERS[name], sizes[wl], wsload, rep, cores, stamp, args.dump)
+                        attempts.append(r)
+                        if r.get("other_load", 0) <= args.disturbed:
+                            break
+                        print(
+                            f"[{time.monotonic() - t0:5.0f}s] {wl} rep {rep} {name}: other "
+                            f"processes used {100 * r['other_load']:.0f} % of a core"
+                            + (", run again" if attempt < args.retries else ""),
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    # the least disturbed attempt counts; the others stay in the .jsonl
+                    r = min(attempts, key=lambda a: float(a.get("other_load", 0)))
+                    for a in attempts:
+                        if a is not r:
+                            a["superseded"] = True
+                        results.append(a)
+                        out.write(json.dumps(a) + "\n")
                     out.flush()
                     brief = r.get("failed") or (
                         f"{r.get('rss_per_conn_kib')} KiB/conn"
                         if wl == "W4"
                         else f"{r.get('deliveries_per_s', 0) / 1000:,.0f}k/s p50 {r.get('p50_ms')} p99 "
-                        f"{r.get('p99_ms')} ms, {r.get('deliveries')}/{r.get('expected')}"
+                        f"{r.get('p99_ms')} max {r.get('max_ms')} ms, {r.get('deliveries')}/"
+                        f"{r.get('expected')}, other load {100 * r.get('other_load', 0):.0f} %"
                     )
                     print(
                         f"[{time.monotonic() - t0:5.0f}s] {wl} rep {rep} {name:16} {brief}",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from agentcast.core.envelope import Publication
@@ -67,6 +69,24 @@ def test_since_beyond_last_seq_means_reset() -> None:
     page = h.since(50)
     assert not page.complete
     assert [p.seq for p in page.publications] == [1, 2, 3]
+
+
+def test_retained_history_adds_nothing_for_the_garbage_collector_to_walk() -> None:
+    """Retained publications are not tracked by the cyclic GC once it has seen them, so a
+    full history does not make every full collection longer; reads still return
+    publications."""
+    h = History(HistoryLimits(max_events=10_000))
+    gc.collect()
+    before = len(gc.get_objects())
+    fill(h, 5000)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 50  # objects: 5,000 more tracked
+    page = h.since(4998)
+    assert [(p.topic, p.seq, p.type, p.data) for p in page.publications] == [
+        ("t", 4999, "e", b"0" * 10),
+        ("t", 5000, "e", b"0" * 10),
+    ]
+    assert h.nbytes == 5000 * (10 + 128)
 
 
 def test_append_rejects_gaps() -> None:

@@ -37,6 +37,20 @@ def test_outbox_schedule_then_overflow_then_refuse() -> None:
     assert not box.push_unbounded(b"x")
 
 
+def test_outbox_drain_hands_out_a_new_list_and_keeps_its_own() -> None:
+    """The drained list is the caller's; the outbox's own list lives as long as the
+    outbox (no new long-lived object per flush for the garbage collector to promote)."""
+    box = Outbox(max_bytes=1 << 20, max_frames=100)
+    own = box.frames
+    box.push(b"a")
+    box.push(b"b")
+    drained = box.drain()
+    assert drained == [b"a", b"b"] and drained is not own
+    assert box.frames is own and len(box) == 0 and box.nbytes == 0
+    assert box.push(b"c") == SCHEDULE
+    assert drained == [b"a", b"b"] and box.drain() == [b"c"] and box.frames is own
+
+
 def test_outbox_frame_bound() -> None:
     box = Outbox(max_bytes=1 << 20, max_frames=2)
     assert [box.push(b"a"), box.push(b"b"), box.push(b"c")] == [SCHEDULE, 0, OVERFLOW]

@@ -93,3 +93,14 @@ def test_append_rejects_gaps() -> None:
     h = History(HistoryLimits())
     with pytest.raises(ValueError, match="does not follow"):
         h.append(pub(2))
+
+
+def test_read_publications_carry_the_topics_epoch() -> None:
+    """History keeps entries as tuples; the publications it builds carry its epoch (the
+    hub resyncs subscribers on a publication of another epoch)."""
+    from agentcast.core.envelope import Publication
+
+    history = History(HistoryLimits(), epoch="e1")
+    history.append(Publication("t", 1, "x", b"{}", "ts", 1.0, "e1"))
+    (pub,) = history.since(0).publications
+    assert (pub.seq, pub.epoch) == (1, "e1")

@@ -124,5 +124,6 @@ class History:
         first = self.first_seq
         start = 0 if since > self.last_seq else max(since + 1, first) - first
         stop = len(events) if limit is None else min(len(events), start + max(limit, 0))
-        pubs = [Publication(*events[i]) for i in range(start, stop)] if start < stop else []
-        return HistoryPage(pubs, first, self.last_seq, since, self.epoch)
+        epoch = self.epoch
+        pubs = [Publication(*events[i], epoch) for i in range(start, stop)] if start < stop else []
+        return HistoryPage(pubs, first, self.last_seq, since, epoch)

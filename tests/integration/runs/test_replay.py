@@ -6,10 +6,12 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import websockets
 
+from agentcast.gateway import Gateway
 from tests.conftest import UNIT, RunningServer, ServerProcess, free_port
 from tests.integration.wsutil import RawClient, recv, send
 
@@ -45,13 +47,19 @@ async def test_replay_at_once_and_paced(server: RunningServer) -> None:
         assert replay_only == ["log", "log", "replay_complete"]
 
 
+async def two_events_an_hour_apart(gw: Gateway) -> None:
+    """``log`` "a" now and "b" one hour later on ``workflow:r`` (publish times given to the
+    broker, as a recorded run's would be)."""
+    now = time.time()
+    for message, at in (("a", now), ("b", now + 3600)):
+        data = gw.check_event("workflow:r", "log", {**W, "message": message})
+        await gw.broker.publish("workflow:r", "log", data, at)
+
+
 async def test_replay_stop_and_errors(server: RunningServer) -> None:
     gw = server.gateway
-    await gw.publish("workflow:r", "log", {**W, "message": "a"})
-    await gw.publish("workflow:r", "log", {**W, "message": "b"})
-    # make the second event one hour after the first: a speed-1 replay would wait
-    pubs = gw.broker.history_now("workflow:r", 0).publications  # type: ignore[attr-defined]
-    pubs[1].at = pubs[0].at + 3600
+    # the second event one hour after the first: a speed-1 replay would wait
+    await two_events_an_hour_apart(gw)
     async with websockets.connect(server.ws_url) as ws:
         await send(ws, {"type": "replay", "topic": "workflow:r", "speed": 1, "max_gap": 3600})
         assert (await recv(ws))["type"] == "replay_started"
@@ -159,10 +167,7 @@ async def test_replay_restarted_right_after_stop_is_tracked(server: RunningServe
     replay's end must not make the gateway forget the new one (it stays stoppable and
     unique per topic)."""
     gw = server.gateway
-    await gw.publish("workflow:r", "log", {**W, "message": "a"})
-    await gw.publish("workflow:r", "log", {**W, "message": "b"})
-    pubs = gw.broker.history_now("workflow:r", 0).publications  # type: ignore[attr-defined]
-    pubs[1].at = pubs[0].at + 3600  # a speed-1 replay waits an hour before "b"
+    await two_events_an_hour_apart(gw)  # a speed-1 replay waits an hour before "b"
     slow = {"type": "replay", "topic": "workflow:r", "speed": 1, "max_gap": 3600}
 
     async def read(client: RawClient) -> dict[str, Any]:

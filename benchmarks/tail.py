@@ -168,6 +168,117 @@ def _drain(self):
     return frames
 Outbox.drain = _drain
 """,
+    # per loop iteration, the first N outboxes a publication dirties are written at once
+    # (in the publish call) instead of at the end of the iteration; the rest coalesce
+    "write-now": """
+import agentcast.gateway as g
+_N = int(os.environ.get("WRITE_NOW", "64"))
+def _write(self, sessions):
+    stats = self.stats
+    for session in sessions:
+        if session.paused or session.closed:
+            continue
+        frames = session.outbox.drain()
+        if frames:
+            stats.frames_written += len(frames)
+            session.writer.write_frames(frames)
+def _after_dispatch(self):
+    hub = self.hub
+    if hub.overflowed:
+        for session in hub.take_overflowed():
+            self.stats.slow_consumers += 1
+            self.close(session, g.CloseCode.SLOW_CONSUMER)
+    dirty = hub.dirty
+    if dirty:
+        left = self.__dict__.get("_wn", _N)
+        if len(dirty) <= left:
+            self._wn = left - len(dirty)
+            _write(self, hub.take_dirty())
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+def _flush_wn(self):
+    self._flush_handle = None
+    self._wn = _N
+    self.stats.flushes += 1
+    _write(self, self.hub.take_dirty())
+g.Gateway._after_dispatch, g.Gateway._flush = _after_dispatch, _flush_wn
+""",
+    # a tight producer first yields after 16 events, then after twice as many each time it
+    # is still publishing (up to publish_batch); a flush that finds it was not cut resets
+    "yield-ramp": """
+import asyncio as _aio, time as _time
+import agentcast.gateway as g
+_FIRST = int(os.environ.get("YIELD_FIRST", "16"))
+async def _publish(self, topic, type, data):
+    payload = self.check_event(topic, type, data)
+    publish_now = self._publish_now
+    if publish_now is not None:
+        pub = publish_now(topic, type, payload, _time.time())
+    else:
+        pub = await self.broker.publish(topic, type, payload, _time.time())
+    self._events_since_yield += 1
+    pushes = self.hub.pushes
+    limit = self.__dict__.get("_limit", _FIRST)
+    if (
+        pushes - self._pushes_at_yield >= g._YIELD_EVERY_PUSHES
+        or self._events_since_yield >= limit
+    ):
+        self._pushes_at_yield = pushes
+        self._events_since_yield = 0
+        self._limit = min(2 * limit, self._yield_every_events)
+        self._cut = True
+        await _aio.sleep(0)
+    return pub
+_flush0 = g.Gateway._flush
+def _flush_ramp(self):
+    if not self.__dict__.get("_cut"):
+        self._limit = _FIRST
+        self._events_since_yield = 0
+    self._cut = False
+    _flush0(self)
+g.Gateway.publish, g.Gateway._flush = _publish, _flush_ramp
+""",
+    # per loop iteration, outboxes are written as soon as 16 are dirty (one group of
+    # writes back to back), up to a budget of WRITE_BUDGET (64) per iteration; the rest at
+    # its end
+    "write-group": """
+import agentcast.gateway as g
+_B = int(os.environ.get("WRITE_BUDGET", "64"))
+_G = int(os.environ.get("WRITE_GROUP", "16"))
+def _write(self, sessions):
+    stats = self.stats
+    for session in sessions:
+        if session.paused or session.closed:
+            continue
+        frames = session.outbox.drain()
+        if frames:
+            stats.frames_written += len(frames)
+            session.writer.write_frames(frames)
+def _after_dispatch(self):
+    hub = self.hub
+    if hub.overflowed:
+        for session in hub.take_overflowed():
+            self.stats.slow_consumers += 1
+            self.close(session, g.CloseCode.SLOW_CONSUMER)
+    dirty = hub.dirty
+    if dirty:
+        left = self.__dict__.get("_wn", _B)
+        if _G <= len(dirty) <= left:
+            self._wn = left - len(dirty)
+            _write(self, hub.take_dirty())
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+def _flush_g(self):
+    self._flush_handle = None
+    self._wn = _B
+    self.stats.flushes += 1
+    _write(self, self.hub.take_dirty())
+g.Gateway._after_dispatch, g.Gateway._flush = _after_dispatch, _flush_g
+""",
+    "budget-128": "os.environ['WRITE_BUDGET'] = '128'",
+    "group-8": "os.environ['WRITE_GROUP'] = '8'",
+    "wn-16": "os.environ['WRITE_NOW'] = '16'",
+    "wn-256": "os.environ['WRITE_NOW'] = '256'",
     "freeze-tick": """
 import agentcast.gateway as g
 _s = g.Gateway.sweep
@@ -276,6 +387,11 @@ def one_run(
         else:
             tr = {}
         result.update(analyse(dump, tr))
+        if KEEP:
+            label = (variant or "as-is") if variant is not None else "raw"
+            dump.replace(KEEP[0] / f"{label}.{rate:g}.lat")
+            if trace.exists():
+                trace.replace(KEEP[0] / f"{label}.{rate:g}.trace.json")
         return result
     finally:
         stop_group(server)
@@ -391,6 +507,7 @@ def analyse(dump: Path, tr: dict[str, Any]) -> dict[str, Any]:
 
 
 BURST = [200]
+KEEP: list[Path] = []
 
 
 def med(rows: list[dict[str, Any]], key: str) -> str:
@@ -428,8 +545,14 @@ def main() -> None:
     ap.add_argument("--no-floor", action="store_true", help="do not run raw_server.py")
     ap.add_argument("--burst", type=int, default=200, help="a catch-up run: this many events")
     ap.add_argument("--patience", type=float, default=30.0, help="wait for quiet cores, s")
+    ap.add_argument(
+        "--keep", type=Path, help="keep each variant's last latency dump and trace in this folder"
+    )
     args = ap.parse_args()
     BURST[0] = args.burst
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        KEEP.append(args.keep)
     variants: list[str | None] = ["", *filter(None, args.what_if.split(","))]
     for v in variants:
         for name in filter(None, (v or "").split("+")):

@@ -1,5 +1,6 @@
-"""When the gateway writes: at once in a light loop iteration, coalesced at the end of a
-heavy one (one write per connection), and a failing writer harms no one else.
+"""When the gateway writes: a lone frame at the end of the loop iteration, a group of dirty
+outboxes early in the iteration (up to a budget), the rest coalesced at its end (one write
+per connection), and a failing writer harms no one else.
 
 The real gateway, hub and in-memory broker, without sockets: writers record their writes.
 """
@@ -14,7 +15,7 @@ import pytest
 
 from agentcast.codes import CloseCode
 from agentcast.core.envelope import payload_of_frame
-from agentcast.gateway import _WRITE_NOW, Gateway
+from agentcast.gateway import _WRITE_BUDGET, _WRITE_GROUP, Gateway
 from agentcast.policy import Principal
 from agentcast.settings import Settings
 from tests.conftest import UNIT
@@ -80,16 +81,25 @@ async def _iteration(gw: Gateway) -> None:
     assert gw._flush_handle is None and not gw.hub.dirty
 
 
-async def test_a_light_iteration_is_written_at_once(gateway: Gateway) -> None:
+async def test_a_lone_event_is_written_at_the_end_of_the_iteration(gateway: Gateway) -> None:
     (w,) = await subscribed(gateway, ["t"])
     await gateway.publish("t", "e", {"n": 1})  # returns without an event-loop iteration
+    assert not w.writes
+    await asyncio.wait_for(_iteration(gateway), UNIT)
     assert w.types() == ["e"] and len(w.writes) == 1
-    gateway.publish_now("t", "e", {"n": 2})
-    assert [len(x) for x in w.writes] == [1, 1]
+
+
+async def test_a_group_of_dirty_outboxes_is_written_early(gateway: Gateway) -> None:
+    writers = await subscribed(gateway, [f"u{i}" for i in range(_WRITE_GROUP)])
+    for i in range(_WRITE_GROUP - 1):
+        gateway.publish_now(f"u{i}", "e", {"i": i})
+    assert all(not w.writes for w in writers)
+    await gateway.publish(f"u{_WRITE_GROUP - 1}", "e", {"i": 0})  # the group is complete
+    assert all(w.types() == ["e"] and len(w.writes) == 1 for w in writers)
 
 
 async def test_a_heavy_iteration_coalesces_one_write_per_connection(gateway: Gateway) -> None:
-    writers = await subscribed(gateway, ["fan"] * (_WRITE_NOW + 36))
+    writers = await subscribed(gateway, ["fan"] * (_WRITE_BUDGET + 36))
     for n in range(3):  # each event dirties more outboxes than the budget at once
         gateway.publish_now("fan", "e", {"n": n})
     assert all(not w.writes for w in writers)  # nothing before the iteration's end
@@ -98,24 +108,31 @@ async def test_a_heavy_iteration_coalesces_one_write_per_connection(gateway: Gat
 
 
 async def test_the_budget_is_per_iteration_then_the_rest_coalesces(gateway: Gateway) -> None:
-    n = _WRITE_NOW + 50
+    n = _WRITE_BUDGET + 50
     writers = await subscribed(gateway, [f"u{i}" for i in range(n)])
     for i in range(n):
         gateway.publish_now(f"u{i}", "e", {"i": i})
-    assert [bool(w.writes) for w in writers] == [True] * _WRITE_NOW + [False] * 50
+    assert [bool(w.writes) for w in writers] == [True] * _WRITE_BUDGET + [False] * 50
+    for i in range(_WRITE_BUDGET):  # a second frame for the early ones waits too
+        gateway.publish_now(f"u{i}", "e", {"i": i})
+    assert all(len(w.writes) == 1 for w in writers[:_WRITE_BUDGET])
     await asyncio.wait_for(_iteration(gateway), UNIT)
-    assert all(len(w.writes) == 1 and w.types() == ["e"] for w in writers)
+    assert all(w.types() == ["e", "e"] and len(w.writes) == 2 for w in writers[:_WRITE_BUDGET])
+    assert all(w.types() == ["e"] and len(w.writes) == 1 for w in writers[_WRITE_BUDGET:])
     # the next iteration has its budget again
-    gateway.publish_now("u0", "e", {"i": 0})
-    assert len(writers[0].writes) == 2
+    for i in range(_WRITE_GROUP):
+        gateway.publish_now(f"u{i}", "e", {"i": i})
+    assert all(len(w.writes) == 3 for w in writers[:_WRITE_GROUP])
 
 
 async def test_a_failing_writer_is_closed_and_harms_no_one_else(gateway: Gateway) -> None:
-    bad, good = await subscribed(gateway, ["t", "t"])
+    writers = await subscribed(gateway, [f"u{i}" for i in range(_WRITE_GROUP)])
+    bad = writers[0]
     bad.fail = True
-    pub = await gateway.publish("t", "e", {"n": 1})  # the writer's error stays in the gateway
-    assert pub.seq == 1
-    assert good.types() == ["e"]
+    for i in range(_WRITE_GROUP):  # the group's early write: inside publish_now
+        gateway.publish_now(f"u{i}", "e", {"i": i})  # the writer's error stays in the gateway
+    assert all(w.types() == ["e"] for w in writers[1:])
     assert bad.closed is CloseCode.INTERNAL_ERROR
-    await gateway.publish("t", "e", {"n": 2})  # the closed one is no longer written to
-    assert good.types() == ["e", "e"] and not bad.writes
+    gateway.publish_now("u0", "e", {"i": 0})  # the closed one is no longer written to
+    await asyncio.wait_for(_iteration(gateway), UNIT)
+    assert not bad.writes

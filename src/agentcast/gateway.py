@@ -42,7 +42,14 @@ from agentcast.core.outbox import Outbox
 from agentcast.core.session import Admission, Keepalive, Session, Writer
 from agentcast.errors import BrokerError, CommandError, ProtocolError, PublishOutcomeUnknownError
 from agentcast.plugin import Feature, SocketEndpoint
-from agentcast.policy import Authenticator, Authorizer, OpenPolicy, Principal, resolve
+from agentcast.policy import (
+    Authenticator,
+    Authorizer,
+    ConnectionRequest,
+    OpenPolicy,
+    Principal,
+    resolve,
+)
 from agentcast.settings import Settings
 
 __all__ = [
@@ -138,6 +145,9 @@ class Gateway:
         """Checks run on every published event's ``data`` (see :meth:`add_validator`)."""
         self.server_prefixes: set[str] = set()
         """Topic prefixes only the server publishes to (clients get ``forbidden``)."""
+        self.handshake_checks: list[Callable[[ConnectionRequest], None]] = []
+        """Run before the authenticator on every handshake and HTTP request (see
+        :meth:`authenticate`); raise :class:`~agentcast.policy.AuthenticationError`."""
         self.subscribe_guards: dict[str, Callable[[Principal, str], Awaitable[bool] | bool]] = {}
         """Per topic prefix, a check after the authorizer (e.g. conversation ownership)."""
         self.commands = CommandTable()
@@ -247,6 +257,16 @@ class Gateway:
             if len(prefix) > best_len and topic.startswith(prefix):
                 best, best_len = value, len(prefix)
         return best
+
+    def authenticate(self, request: ConnectionRequest) -> Principal | Awaitable[Principal]:
+        """Who ``request`` (a WebSocket handshake or an HTTP request) comes from: the one
+        security entry every transport and router calls. Runs the handshake checks (the
+        Origin allow-list), then the authenticator; raises
+        :class:`~agentcast.policy.AuthenticationError` (its ``status``: 401, 403) to refuse.
+        The answer may be awaitable (an asynchronous authenticator)."""
+        for check in self.handshake_checks:
+            check(request)
+        return self.authenticator.authenticate(request)
 
     @property
     def open_mode(self) -> bool:

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 from agentcast.errors import AgentcastError
 
 __all__ = [
+    "SCOPES",
     "AuthenticationError",
     "Authenticator",
     "Authorizer",
@@ -33,13 +34,36 @@ _anonymous_ids = itertools.count(1)
 _NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
+SCOPES = frozenset({"publish", "control", "admin"})
+"""The scopes a principal may hold: ``publish`` (events on any topic a client may write),
+``control`` (run control: pause, resume, cancel, execute), ``admin`` (everything,
+everybody's runs and conversations)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is on the other end. ``subject`` is stable across connections of one user."""
+    """Who is on the other end. ``subject`` is stable across connections of one user.
+
+    ``scopes`` are what the principal may do beyond reading its own (see :data:`SCOPES`;
+    ``admin`` implies every scope); ``topics`` are topic patterns (``fnmatch`` style,
+    ``workflow:team-42:*``) it may subscribe to beyond its own; ``expires_at`` is the
+    wall-clock time (``time.time()``) at which its credentials end, None for never.
+    """
 
     subject: str
     anonymous: bool = False
     claims: Mapping[str, Any] = field(default_factory=lambda: _NO_CLAIMS)
+    scopes: frozenset[str] = frozenset()
+    topics: tuple[str, ...] = ()
+    expires_at: float | None = None
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def has_scope(self, scope: str) -> bool:
+        """True when the principal holds ``scope`` or ``admin``."""
+        return scope in self.scopes or "admin" in self.scopes
 
     @classmethod
     def new_anonymous(cls) -> Principal:
@@ -49,12 +73,15 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionRequest:
-    """What an authenticator may look at: path, query, headers (lower-case names), peer."""
+    """What an authenticator may look at: path, query, headers (lower-case names), peer,
+    and whether it is a WebSocket handshake (``kind == "websocket"``) or an HTTP request
+    (``"http"``)."""
 
     path: str
     query: Mapping[str, str]
     headers: Mapping[str, str]
     client: tuple[str, int] | None = None
+    kind: str = "websocket"
 
 
 T = TypeVar("T")
@@ -68,8 +95,16 @@ async def resolve(value: T | Awaitable[T]) -> T:
 
 
 class AuthenticationError(AgentcastError):
-    """Raised by an authenticator to refuse a request or a WebSocket handshake: it is
-    answered HTTP 401 with the message."""
+    """Raised by an authenticator (or a handshake check) to refuse a request or a
+    WebSocket handshake: it is answered with HTTP ``status`` (401 unless a subclass says
+    otherwise, 403 for a refused Origin) and the message."""
+
+    status: int = 401
+
+    def __init__(self, message: str = "unauthorized", *, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
 
 
 class Authenticator(Protocol):

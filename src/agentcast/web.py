@@ -25,16 +25,18 @@ def request_of(conn: HTTPConnection) -> ConnectionRequest:
         query=dict(conn.query_params),
         headers={k.lower(): v for k, v in conn.headers.items()},
         client=(client.host, client.port) if client else None,
+        kind="websocket" if conn.scope["type"] == "websocket" else "http",
     )
 
 
 async def principal_of(gateway: Gateway, request: Request) -> Principal:
     """Who sent ``request``; raises HTTP 401 when the authenticator refuses it."""
     try:
-        result = gateway.authenticator.authenticate(request_of(request))
+        result = gateway.authenticate(request_of(request))
         return await result if inspect.isawaitable(result) else result
     except AuthenticationError as exc:
-        raise http_error(401, ErrorCode.UNAUTHORIZED, str(exc) or "unauthorized") from exc
+        code = ErrorCode.UNAUTHORIZED if exc.status == 401 else ErrorCode.FORBIDDEN
+        raise http_error(exc.status, code, str(exc) or "unauthorized") from exc
 
 
 async def allowed(value: Any) -> bool:

@@ -70,12 +70,13 @@ def seed003_endpoint(gateway: Gateway, chat: Chat) -> Callable[[WebSocket], Awai
 
     async def endpoint(websocket: WebSocket) -> None:
         try:
-            result = gateway.authenticator.authenticate(request_of(websocket))
+            result = gateway.authenticate(request_of(websocket))
             principal: Principal = await result if inspect.isawaitable(result) else result
         except AuthenticationError as exc:
             if "websocket.http.response" in websocket.scope.get("extensions", {}):
+                word = "unauthorized" if exc.status == 401 else "forbidden"
                 await websocket.send_denial_response(
-                    PlainTextResponse(f"unauthorized: {exc}\n", status_code=401)
+                    PlainTextResponse(f"{word}: {exc}\n", status_code=exc.status)
                 )
             else:  # pragma: no cover - depends on the ASGI server
                 await websocket.close()  # before accepting: HTTP 403

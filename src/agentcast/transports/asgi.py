@@ -113,12 +113,13 @@ def websocket_route(
                 await _deny(websocket, 404, "no such endpoint")
                 return
         try:
-            result = gateway.authenticator.authenticate(request_of(websocket))
+            result = gateway.authenticate(request_of(websocket))
             principal: Principal = await result if inspect.isawaitable(result) else result
         except AuthenticationError as exc:
-            # HTTP 401 on the handshake, as on the native path, where the server supports
-            # the ASGI denial-response extension; a 403 close otherwise
-            await _deny(websocket, 401, f"unauthorized: {exc}")
+            # HTTP 401 (403) on the handshake, as on the native path, where the server
+            # supports the ASGI denial-response extension; a 403 close otherwise
+            word = "unauthorized" if exc.status == 401 else "forbidden"
+            await _deny(websocket, exc.status, f"{word}: {exc}")
             return
         await websocket.accept()
         writer = AsgiWriter(websocket, gateway)

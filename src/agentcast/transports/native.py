@@ -274,9 +274,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             client=transport.get_extra_info("peername"),
         )
         try:
-            result = self.gateway.authenticator.authenticate(creq)
+            result = self.gateway.authenticate(creq)
         except AuthenticationError as exc:
-            self._reject(conn.reject(401, f"unauthorized: {exc}\n"))
+            self._reject(conn.reject(exc.status, f"{_refusal(exc)}: {exc}\n"))
             return
         if inspect.isawaitable(result):
             transport.pause_reading()
@@ -293,7 +293,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         try:
             principal = await pending
         except AuthenticationError as exc:
-            self._reject(conn.reject(401, f"unauthorized: {exc}\n"))
+            self._reject(conn.reject(exc.status, f"{_refusal(exc)}: {exc}\n"))
             return
         except Exception:
             logger.exception("authenticator failed")
@@ -344,3 +344,8 @@ def protocol_class(
         (NativeWebSocketProtocol,),
         {"gateway": gateway, "paths": frozenset(paths), "__slots__": ()},
     )
+
+
+def _refusal(exc: AuthenticationError) -> str:
+    """The first word of a refused handshake's body."""
+    return "unauthorized" if exc.status == 401 else "forbidden"

@@ -163,7 +163,7 @@ def serve(
                 "configure authentication, bind 127.0.0.1, or pass --insecure"
             )
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     logging.basicConfig(
         level=settings.log_level.upper() if settings.log_level != "trace" else 5,

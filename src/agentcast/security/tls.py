@@ -10,6 +10,7 @@ not match the certificate stops the server with one clear line.
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 from agentcast.errors import ConfigError
 from agentcast.settings import Settings
@@ -22,11 +23,12 @@ def check_tls(settings: Settings) -> bool:
     :class:`~agentcast.errors.ConfigError` naming the file and the reason otherwise."""
     if not settings.tls_certfile:
         return False
+    for path in (settings.tls_certfile, settings.tls_keyfile):
+        if not Path(path).is_file():
+            raise ConfigError(f"TLS: {path!r} does not exist")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"TLS: {exc.filename!r} does not exist") from None
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"TLS: cannot load certificate {settings.tls_certfile!r} with key "

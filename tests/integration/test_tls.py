@@ -4,8 +4,11 @@ and the HTTP API all run over it, in-process and as ``agentcast serve --tls-cert
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shlex
+import shutil
 import ssl
 import subprocess
 import sys
@@ -22,6 +25,8 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import UNIT, RunningServer, free_port, start_server, stop_server
 from tests.integration.wsutil import recv, recv_until, send, subscribe
+
+DOCS = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
 
 
 @dataclass
@@ -108,33 +113,62 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def tls_process(certs: Certs, tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """``agentcast serve --tls-cert … --tls-key …`` (uvloop, as in production)."""
+@contextlib.contextmanager
+def serving(
+    args: list[str], client: ssl.SSLContext, log: Path, cwd: Path | None = None
+) -> Iterator[int]:
+    """``agentcast serve ARGS --port P`` (uvloop, as in production) until healthy over
+    https; yields the port."""
     port = free_port()
-    log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agentcast.cli", "serve", "--port", str(port),
-             "--tls-cert", str(certs.cert), "--tls-key", str(certs.key)],
+            [sys.executable, "-m", "agentcast.cli", "serve", *args, "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=cwd,
+        )
     try:
         deadline = time.monotonic() + 10 * UNIT
         while True:
             assert proc.poll() is None, log.read_text()
             try:
                 url = f"https://127.0.0.1:{port}/healthz"
-                if httpx.get(url, verify=certs.client, timeout=UNIT).status_code == 200:
+                if httpx.get(url, verify=client, timeout=UNIT).status_code == 200:
                     break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "server did not become healthy"
                 time.sleep(0.05)
-        yield port, log
+        yield port
     finally:
         proc.terminate()
         proc.wait(10 * UNIT)
+
+
+@pytest.fixture
+def tls_process(certs: Certs, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """``agentcast serve --tls-cert … --tls-key …``."""
+    log = tmp_path / "serve.log"
+    args = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)]
+    with serving(args, certs.client, log) as port:
+        yield port, log
+
+
+async def test_security_docs_example(certs: Certs, tmp_path: Path) -> None:
+    """docs/security.md's command, as written, in a directory holding cert.pem and key.pem."""
+    section = DOCS.split("## Origins, CORS and TLS", 1)[1].split("\n## ", 1)[0]
+    (line,) = re.findall(r"```sh\n(.*?)\n```", section, flags=re.S)
+    words = shlex.split(line)
+    assert words[:2] == ["agentcast", "serve"]
+    shutil.copy(certs.cert, tmp_path / "cert.pem")
+    shutil.copy(certs.key, tmp_path / "key.pem")
+    with serving(words[2:], certs.client, tmp_path / "log", cwd=tmp_path) as port:
+        base = f"wss://127.0.0.1:{port}/ws"
+        async with websockets.connect(base, ssl=certs.client, origin="http://localhost:3000"):  # type: ignore[arg-type]
+            pass
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(base, ssl=certs.client, origin="https://evil.example"):  # type: ignore[arg-type]
+                pass
+        assert info.value.response.status_code == 403
 
 
 async def test_serve_with_tls_flags(tls_process: tuple[int, Path], certs: Certs) -> None:

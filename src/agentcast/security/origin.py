@@ -64,8 +64,10 @@ def normalize_origin(text: str) -> str | None:
     """``text`` as browsers serialize an origin (``scheme://host[:port]``, lower case, no
     default port), or None when it is not an origin (``null``, a path, a fragment, …)."""
     parts = _split(text)
-    if parts is None:
-        return None
+    return None if parts is None else _serialize(parts)
+
+
+def _serialize(parts: tuple[str, str, int | None]) -> str:
     scheme, host, port = parts
     if port is None or port == _DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{host}"
@@ -104,7 +106,7 @@ class OriginPolicy:
         parts = _split(origin)
         if parts is None:
             return False
-        if normalize_origin(origin) in self.allowed:
+        if self.allowed and _serialize(parts) in self.allowed:
             return True
         if host is None:
             return False

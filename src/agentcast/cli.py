@@ -68,7 +68,8 @@ def serve(
             "--config",
             "-c",
             metavar="PATH",
-            help="YAML settings file (flags override it, it overrides AGENTCAST_* variables).",
+            help="YAML settings file (flags and AGENTCAST_* / WEBSOCKET_* variables override "
+            "it; seed 002's websocket: section is accepted).",
         ),
     ] = None,
     insecure: Annotated[
@@ -105,13 +106,32 @@ def serve(
     model: Annotated[
         str | None, typer.Option("--model", metavar="TEXT", help="Model at --llm-url.")
     ] = None,
+    origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--origin",
+            metavar="URL",
+            help="Browser origin allowed besides the server's own, e.g. "
+            "http://localhost:3000 (repeatable; exact matches).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", metavar="PATH", help="TLS certificate chain (PEM): https/wss."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", metavar="PATH", help="TLS private key (PEM).")
+    ] = None,
 ) -> None:
     """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port.
 
-    Settings come from the flags, then --config, then AGENTCAST_* environment variables;
-    the defaults shown apply when none of them sets a value.
+    Settings come from the flags, then AGENTCAST_* environment variables, then seed 002's
+    WEBSOCKET_* ones, then --config; the defaults shown apply when none of them sets a
+    value.
     """
     from agentcast.app import create_gateway
+    from agentcast.security.secrets import redact_url
+    from agentcast.security.tls import check_tls
     from agentcast.settings import load_settings
     from agentcast.transports.server import build_server
 
@@ -126,15 +146,24 @@ def serve(
             agent=agent,
             llm_url=llm_url,
             llm_model=model,
+            origins=origin or None,
+            tls_certfile=str(tls_cert) if tls_cert is not None else None,
+            tls_keyfile=str(tls_key) if tls_key is not None else None,
         )
+        tls = check_tls(settings)
         gateway = create_gateway(settings)
+        if gateway.open_mode and settings.auth_required:
+            raise ConfigError(
+                "authentication is required (auth_required, seed 002's "
+                "security.authentication.enabled) but none is configured"
+            )
         if gateway.open_mode and not settings.loopback and not settings.insecure:
             raise ConfigError(
                 f"refusing to serve open dev mode (no authentication) on {settings.host}: "
                 "configure authentication, bind 127.0.0.1, or pass --insecure"
             )
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     logging.basicConfig(
         level=settings.log_level.upper() if settings.log_level != "trace" else 5,
@@ -148,9 +177,17 @@ def serve(
             "[yellow]agentcast runs in OPEN DEV MODE: no authentication, every client may "
             "subscribe and publish to every topic.[/yellow]"
         )
+    if not settings.loopback and not tls:
+        err.print(
+            f"[yellow]warning: serving {settings.host} without TLS: tokens and events cross "
+            "the network in clear text (--tls-cert/--tls-key, or a TLS proxy in front)[/yellow]"
+        )
+    http, ws = ("https", "wss") if tls else ("http", "ws")
     err.print(
-        f"agentcast {__version__} on http://{settings.host}:{settings.port} "
-        f"(WebSocket ws://{settings.host}:{settings.port}/ws, broker {settings.broker_url})"
+        f"agentcast {__version__} on {http}://{settings.host}:{settings.port} "
+        f"(WebSocket {ws}://{settings.host}:{settings.port}/ws, "
+        f"broker {redact_url(settings.broker_url)})",
+        highlight=False,
     )
     if demo:
         from agentcast.demo import run_demo, run_execution_demo

@@ -50,6 +50,7 @@ from agentcast.policy import (
     Principal,
     resolve,
 )
+from agentcast.security.origin import OriginPolicy
 from agentcast.settings import Settings
 
 __all__ = [
@@ -145,7 +146,9 @@ class Gateway:
         """Checks run on every published event's ``data`` (see :meth:`add_validator`)."""
         self.server_prefixes: set[str] = set()
         """Topic prefixes only the server publishes to (clients get ``forbidden``)."""
-        self.handshake_checks: list[Callable[[ConnectionRequest], None]] = []
+        self.handshake_checks: list[Callable[[ConnectionRequest], None]] = [
+            OriginPolicy(s.origins).check  # the Origin allow-list, in open dev mode too
+        ]
         """Run before the authenticator on every handshake and HTTP request (see
         :meth:`authenticate`); raise :class:`~agentcast.policy.AuthenticationError`."""
         self.subscribe_guards: dict[str, Callable[[Principal, str], Awaitable[bool] | bool]] = {}

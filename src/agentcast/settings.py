@@ -1,4 +1,10 @@
-"""Settings: flags > environment (``AGENTCAST_*``) > YAML file > defaults.
+"""Settings: flags > environment (``AGENTCAST_*``, then seed 002's ``WEBSOCKET_*``) >
+YAML file > defaults.
+
+The YAML file holds agentcast's flat keys and may hold seed 002's ``websocket:`` section
+as written (:mod:`agentcast.compat.seed002` maps it). Secret settings (``SecretStr``:
+``llm_api_key``, ``jwt_secret``) show as ``**********`` in every repr and dump; read them
+with ``.get_secret_value()`` where they are used, nowhere else.
 
 :func:`load_settings` builds validated :class:`Settings`; an invalid value raises
 :class:`~agentcast.errors.ConfigError` naming the field and the reason.
@@ -7,18 +13,24 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
 
+from agentcast.compat import seed002
 from agentcast.errors import ConfigError
+from agentcast.security.origin import parse_origin_setting
 
 __all__ = ["Settings", "load_settings"]
 
@@ -39,6 +51,32 @@ class Settings(BaseSettings):
         False, description="Allow open dev mode (no auth) on a non-loopback address."
     )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug|trace)$")
+    # -- origins, TLS, secrets and seed 002's names (docs/security.md) -----------------
+    origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port], exact) allowed besides the "
+        "server's own; the CORS allow-list too (empty: same-origin pages only). "
+        "Environment: a JSON list or comma-separated.",
+    )
+    tls_certfile: str = Field("", description="TLS certificate chain (PEM): serve https/wss.")
+    tls_keyfile: str = Field("", description="TLS private key (PEM) of tls_certfile.")
+    auth_required: bool = Field(
+        False,
+        description="Refuse to start without authentication configured (seed 002's "
+        "security.authentication.enabled).",
+    )
+    jwt_secret: SecretStr = Field(
+        SecretStr(""), description="HS256 secret of client tokens (seed 002: WEBSOCKET_SECRET_KEY)."
+    )
+    token_expiry: float = Field(
+        3600.0, gt=0, description="Lifetime of minted tokens (seed 002's token_expiry)."
+    )
+    max_connections: int = Field(
+        0, ge=0, description="Seed 002's server.max_connections (0: no limit)."
+    )
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="Seed 002's max_requests_per_minute (0: no limit)."
+    )
     broker_url: str = Field("memory://", description="Broker URL: memory:// (redis:// later).")
     store_url: str = Field(
         "sqlite:///agentcast.db",
@@ -101,7 +139,9 @@ class Settings(BaseSettings):
         "", description="OpenAI-compatible base URL, e.g. http://localhost:1234/v1 (LM Studio)."
     )
     llm_model: str = Field("", description="Model name at llm_url.")
-    llm_api_key: str = Field("", description="API key for llm_url (empty: none).")
+    llm_api_key: SecretStr = Field(
+        SecretStr(""), description="API key for llm_url (empty: none); a secret: never shown."
+    )
     llm_fallback_models: list[str] = Field(
         default_factory=list, description="Models tried in order when llm_model fails."
     )
@@ -158,10 +198,23 @@ class Settings(BaseSettings):
         False, description="Serve GET /_bench/publish for the benchmark (never in production)."
     )
 
+    @field_validator("origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment: a JSON list or comma-separated
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+            value = [v for v in value if not isinstance(v, str) or v.strip()]
+        if isinstance(value, list):
+            return [parse_origin_setting(v) if isinstance(v, str) else v for v in value]
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.ping_timeout > self.ping_interval * 10:
             raise ValueError("ping_timeout must be at most 10 × ping_interval")
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError("tls_certfile and tls_keyfile go together: give both or neither")
         return self
 
     @property
@@ -184,10 +237,24 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_file = _yaml_file.get("path")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            InitSettingsSource(settings_cls, seed002.environment(os.environ)),
+        ]
         if yaml_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+            sources.append(_YamlSource(settings_cls, yaml_file=yaml_file))
         return tuple(sources)
+
+
+class _YamlSource(YamlConfigSettingsSource):
+    """The YAML file, with seed 002's ``websocket:`` section mapped onto flat settings."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(file_path)!r}: not a mapping of settings")
+        return seed002.flatten(data)
 
 
 _yaml_file: dict[str, Path | None] = {"path": None}

@@ -133,7 +133,7 @@ class UpstreamConfig:
 
     base_url: str
     model: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
     fallback_models: tuple[str, ...] = ()
     connect_timeout: float = 5.0
     read_timeout: float = 60.0

@@ -149,7 +149,7 @@ class Chat(GatewayFeature):
                 UpstreamConfig(
                     base_url=s.llm_url,
                     model=s.llm_model,
-                    api_key=s.llm_api_key or None,
+                    api_key=s.llm_api_key.get_secret_value() or None,
                     fallback_models=tuple(s.llm_fallback_models),
                     connect_timeout=s.llm_connect_timeout,
                     read_timeout=s.llm_read_timeout,

@@ -2,7 +2,9 @@
 
 Every error body is ``{"detail": {"code": …, "message": …, "field": …}}`` with a code
 from :mod:`agentcast.codes`; request validation errors are answered 400 with the exact
-field. The OpenAPI document is served at ``/openapi.json`` (docs at ``/docs`` and
+field. Requests from another origin than the server's own and the ``origins`` setting's
+are refused with 403, and CORS headers follow that list (:mod:`agentcast.security.origin`).
+The OpenAPI document is served at ``/openapi.json`` (docs at ``/docs`` and
 ``/redoc``, working offline: :mod:`agentcast.transports.docs`).
 """
 
@@ -18,12 +20,14 @@ from fastapi import APIRouter, Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
+from starlette.middleware.cors import CORSMiddleware
 
 from agentcast.__about__ import __version__
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
 from agentcast.errors import BrokerError, ProtocolError, PublishOutcomeUnknownError
 from agentcast.gateway import Gateway
+from agentcast.security.origin import OriginMiddleware, OriginPolicy
 from agentcast.transports.asgi import websocket_not_found, websocket_route
 from agentcast.transports.docs import install_offline_docs
 from agentcast.web import allowed, http_error, principal_of
@@ -290,6 +294,19 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
             },
         )
 
+    # outermost last: CORS answers preflights and adds its headers to every answer, the
+    # Origin check refuses requests from other origins (agentcast.security.origin)
+    policy = OriginPolicy(gateway.settings.origins)
+    app.add_middleware(OriginMiddleware, policy=policy)
+    if policy.allowed:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted(policy.allowed),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.include_router(http_router(gateway))
     for router in gateway.routers:
         app.include_router(router)

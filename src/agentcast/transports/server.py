@@ -2,7 +2,8 @@
 
 :func:`build_server` returns a ``uvicorn.Server`` whose HTTP requests go to the FastAPI
 app and whose WebSocket upgrades on ``/ws`` go to the native protocol; other WebSocket
-paths reach the app's ASGI routes. uvicorn handles SIGINT/SIGTERM: it stops accepting,
+paths reach the app's ASGI routes; with ``tls_certfile`` and ``tls_keyfile`` set, both
+run over TLS (https, wss). uvicorn handles SIGINT/SIGTERM: it stops accepting,
 asks every connection to shut down (ours close with 1001 ``server shutting down``),
 waits up to ``shutdown_timeout`` for them, then runs the app's lifespan shutdown.
 """
@@ -40,5 +41,7 @@ def build_server(gateway: Gateway, app: FastAPI | None = None) -> uvicorn.Server
         timeout_graceful_shutdown=max(1, round(s.shutdown_timeout)),
         backlog=4096,
         access_log=s.log_level in ("debug", "trace"),
+        ssl_certfile=s.tls_certfile or None,  # https and wss (agentcast.security.tls)
+        ssl_keyfile=s.tls_keyfile or None,
     )
     return uvicorn.Server(config)

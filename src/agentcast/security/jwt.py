@@ -36,6 +36,7 @@ EC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512"})
 OKP_ALGORITHMS = frozenset({"EdDSA"})
 PUBLIC_KEY_ALGORITHMS = RSA_ALGORITHMS | EC_ALGORITHMS | OKP_ALGORITHMS
 _MAX_TOKEN_CHARS = 8192
+_HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 
 def principal_of_claims(claims: Mapping[str, Any]) -> Principal:
@@ -111,6 +112,12 @@ class JwtVerifier:
                     "HS384 or HS512 only (set jwt_public_key_file for public-key algorithms)"
                 )
             secret = s.jwt_secret.get_secret_value().encode()
+            needed = max(_HMAC_KEY_BYTES[a] for a in algorithms)
+            if len(secret) < needed:
+                raise ConfigError(
+                    f"jwt_secret is {len(secret)} bytes long: {max(algorithms)} needs at least "
+                    f"{needed} (RFC 7518 3.2)"
+                )
             return cls(algorithms=algorithms, key=secret, audience=aud, issuer=iss, leeway=leeway)
         if s.jwt_public_key_file:
             key, fitting = _public_key(Path(s.jwt_public_key_file))

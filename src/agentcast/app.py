@@ -20,6 +20,7 @@ from agentcast.monitoring import Monitoring
 from agentcast.plugin import Feature
 from agentcast.runs.registry import Runs
 from agentcast.runs.replay import Replays
+from agentcast.security.feature import Security, application_policy
 from agentcast.settings import Settings
 from agentcast.storage import create_store
 from agentcast.storage.feature import Storage
@@ -29,15 +30,18 @@ __all__ = ["create_gateway", "default_features"]
 
 def default_features(settings: Settings) -> list[Feature]:
     """Storage (unless ``store_url`` is empty), runs, replay, monitoring and chat, sharing
-    one store."""
+    one store; security (JWT authentication when the ``jwt_*`` settings configure it)."""
     store = create_store(settings.store_url)
     features: list[Feature] = [Storage(store)] if store is not None else []
     features += [Runs(store), Replays(), Monitoring(), Chat(store)]
+    features.append(Security.from_settings(settings))
     return features
 
 
 def create_gateway(settings: Settings | None = None, **options: Any) -> Gateway:
     """A :class:`Gateway` with :func:`default_features`; ``options`` go to the gateway
-    (``broker``, ``authenticator``, ``authorizer``)."""
+    (``broker``, ``authenticator``, ``authorizer``), after the application's policy that
+    ``settings.auth`` names (``--auth package.module:factory``)."""
     settings = settings or Settings()
+    options = {**application_policy(settings), **options}
     return Gateway(settings, features=default_features(settings), **options)

@@ -36,6 +36,19 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOption = Annotated[
     str, typer.Option("--url", metavar="URL", help="Server base URL.", envvar="AGENTCAST_URL")
 ]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        metavar="TOKEN",
+        envvar="AGENTCAST_TOKEN",
+        help="Bearer token for a server with authentication (see `agentcast token`).",
+    ),
+]
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _version(value: bool) -> None:
@@ -122,6 +135,15 @@ def serve(
     tls_key: Annotated[
         Path | None, typer.Option("--tls-key", metavar="PATH", help="TLS private key (PEM).")
     ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            metavar="MODULE:FACTORY",
+            help="The application's authenticator/authorizer: package.module:factory "
+            "(called with the settings).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port.
 
@@ -149,6 +171,7 @@ def serve(
             origins=origin or None,
             tls_certfile=str(tls_cert) if tls_cert is not None else None,
             tls_keyfile=str(tls_key) if tls_key is not None else None,
+            auth=auth,
         )
         tls = check_tls(settings)
         gateway = create_gateway(settings)
@@ -202,11 +225,54 @@ def serve(
 
 
 @app.command()
+def token(
+    sub: Annotated[str, typer.Option("--sub", metavar="SUBJECT", help="The user (`sub`).")],
+    ttl: Annotated[
+        str, typer.Option("--ttl", metavar="DURATION", help="Lifetime: 90s, 15m, 1h, 7d.")
+    ] = "1h",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", metavar="SCOPE", help="publish, control or admin (repeatable)."),
+    ] = None,
+    topics: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--topics",
+            metavar="PATTERN",
+            help="Topic pattern granted beyond the user's own, e.g. 'workflow:team-42:*' "
+            "(repeatable).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", metavar="PATH", help="YAML settings file."),
+    ] = None,
+) -> None:
+    """Mint a development token (HS256) with the configured jwt_secret
+    (AGENTCAST_JWT_SECRET, or `jwt_secret` in --config) and print it."""
+    from agentcast.security.jwt import mint_token, parse_duration
+    from agentcast.settings import load_settings
+
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError:
+        err.print(f"[red]error:[/red] --ttl {escape(ttl)!r}: use e.g. 90s, 15m, 1h or 7d")
+        raise typer.Exit(2) from None
+    try:
+        settings = load_settings(config)
+        print(mint_token(settings, sub, seconds, scopes=scope or (), topics=topics or ()))
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def publish(
     topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Topic, e.g. workflow:123.")],
     type: Annotated[str, typer.Argument(metavar="TYPE", help="Event type, e.g. node_status.")],
     data: Annotated[str, typer.Argument(metavar="DATA", help="Event data: a JSON object.")] = "{}",
     url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
 ) -> None:
     """Publish one event over HTTP and print its assigned seq."""
     try:
@@ -218,6 +284,7 @@ def publish(
         response = httpx.post(
             f"{url.rstrip('/')}/api/topics/{topic}/events",
             json={"type": type, "data": payload},
+            headers=_auth_headers(token),
             timeout=10.0,
         )
     except httpx.HTTPError as exc:
@@ -258,6 +325,7 @@ def tail(
         int | None,
         typer.Option(metavar="INTEGER", help="Exit after this many events.  [default: never]"),
     ] = None,
+    token: TokenOption = None,
 ) -> None:
     """Print a topic's events as they come; resumes after restarts and dropped connections.
 
@@ -288,7 +356,9 @@ def tail(
 
     async def run() -> None:
         seen = 0
-        async with connect(url, on_retry=on_retry, on_connect=on_connect) as client:
+        async with connect(
+            url, token=token or None, on_retry=on_retry, on_connect=on_connect
+        ) as client:
             async for event in client.subscribe(topic, since=since, on_history_lost="reset"):
                 if isinstance(event, HistoryLost):
                     err.print(
@@ -331,6 +401,7 @@ def replay(
         bool, typer.Option("--json", help="One wire-format event per line.")
     ] = False,
     url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
 ) -> None:
     """Replay a run's recorded events at their original pace (or N× faster).
 
@@ -344,7 +415,7 @@ def replay(
     ws_url = ws_url_of(url)
 
     async def run() -> int:
-        async with websockets.connect(ws_url) as ws:
+        async with websockets.connect(ws_url, additional_headers=_auth_headers(token)) as ws:
             command = {"type": "replay", "topic": topic, "speed": speed, "since": since, "id": 1}
             await ws.send(json.dumps(command))
             while True:

@@ -38,7 +38,9 @@ class CloseCode(IntEnum):
     KEEPALIVE_TIMEOUT = 4002
     RESYNC = 4003
     UNAUTHORIZED = 4500
+    TOKEN_EXPIRED = 4501
     FORBIDDEN = 4503
+    AUTH_TIMEOUT = 4508
     TOO_MANY_CONNECTIONS = 4529
 
 
@@ -118,17 +120,29 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     ),
     CloseCode.UNAUTHORIZED: CloseInfo(
         "unauthorized",
-        "Authentication failed or the token expired. Get a new token. (A refused handshake "
-        "is answered HTTP 401; the client reports it as this code.)",
+        "The token of a first `auth` message was refused (invalid, expired, wrong audience "
+        "or issuer). Get a new token. (A refused handshake is answered HTTP 401; the client "
+        "reports it as this code.)",
         False,
-        reserved=True,
+    ),
+    CloseCode.TOKEN_EXPIRED: CloseInfo(
+        "token expired",
+        "The connection's token expired and no `auth:refresh` brought a fresh one within "
+        "`auth_expiry_grace` seconds. Get a new token, then reconnect and resume.",
+        False,
     ),
     CloseCode.FORBIDDEN: CloseInfo(
         "forbidden",
-        "The authenticated principal may not use this endpoint (the client's code for an "
-        "HTTP 403 handshake answer).",
+        "The authenticated principal may not use this endpoint: a valid token without the "
+        "rights, in a first `auth` message (an HTTP 403 handshake answer, which the client "
+        "reports as this code, otherwise).",
         False,
-        reserved=True,
+    ),
+    CloseCode.AUTH_TIMEOUT: CloseInfo(
+        "authentication timeout",
+        "The handshake carried no credentials and no `auth` message came within "
+        "`auth_timeout` seconds.",
+        False,
     ),
     CloseCode.TOO_MANY_CONNECTIONS: CloseInfo(
         "too many connections",

@@ -39,10 +39,11 @@ from agentcast.core.frames import (
 from agentcast.core.history import HistoryLimits, HistoryPage
 from agentcast.core.hub import RESET, Hub
 from agentcast.core.outbox import Outbox
-from agentcast.core.session import Admission, Keepalive, Session, Writer
+from agentcast.core.session import Admission, Credentials, Keepalive, Session, Writer
 from agentcast.errors import BrokerError, CommandError, ProtocolError, PublishOutcomeUnknownError
 from agentcast.plugin import Feature, SocketEndpoint
 from agentcast.policy import (
+    UNAUTHENTICATED,
     Authenticator,
     Authorizer,
     ConnectionRequest,
@@ -153,6 +154,9 @@ class Gateway:
         :meth:`authenticate`); raise :class:`~agentcast.policy.AuthenticationError`."""
         self.subscribe_guards: dict[str, Callable[[Principal, str], Awaitable[bool] | bool]] = {}
         """Per topic prefix, a check after the authorizer (e.g. conversation ownership)."""
+        self.unauthenticated_commands: set[str] = set()
+        """Commands a connection opened without credentials (:data:`UNAUTHENTICATED`) may
+        send before it authenticated (the security feature's ``auth``); others are refused."""
         self.commands = CommandTable()
         """This gateway's command types and models (core commands plus the features')."""
         self.handlers: dict[str, CommandHandler] = {
@@ -679,7 +683,15 @@ class Gateway:
         )
         self.sessions[session.id] = session
         self.stats.connections_total += 1
+        if principal is UNAUTHENTICATED:  # it authenticates with its first `auth` message
+            session.auth_deadline = session.last_seen + s.auth_timeout
+            self.loop.call_later(s.auth_timeout, self._auth_deadline, session)
         return session
+
+    def _auth_deadline(self, session: Session) -> None:
+        """Close a connection still unauthenticated at its deadline (4508)."""
+        if session.authenticating:  # the timer may fire a clock tick early: no time check
+            self.close(session, CloseCode.AUTH_TIMEOUT)
 
     def close_session(self, session: Session) -> None:
         """Forget a connection whose transport is gone. Idempotent."""
@@ -741,6 +753,14 @@ class Gateway:
             if not session.running:
                 self.send(session, command)
                 return
+        if session.auth_deadline and (
+            not isinstance(command, ClientCommand)
+            or command.type not in self.unauthenticated_commands
+        ):
+            refused = CommandError(ErrorCode.UNAUTHORIZED, "authenticate first: send `auth`")
+            cid = command.id if isinstance(command, ClientCommand) else command_id(text)
+            self.send(session, error_frame(refused, self.now_iso(), id=cid))
+            return
         admission = session.admit(command, _MAX_PENDING_COMMANDS)
         if admission is Admission.REFUSED:
             limited = CommandError(ErrorCode.RATE_LIMITED, "too many commands in flight")
@@ -841,6 +861,8 @@ class Gateway:
 
     async def may_subscribe(self, principal: Principal, topic: str) -> bool:
         """The authorizer's answer, then the guard of the topic's prefix, if any."""
+        if principal is UNAUTHENTICATED:
+            return False
         if not await resolve(self.authorizer.can_subscribe(principal, topic)):
             return False
         for prefix, guard in self.subscribe_guards.items():
@@ -1070,10 +1092,21 @@ class Gateway:
                 logger.exception("sweep failed")
 
     def sweep(self, now: float) -> None:
-        """Ping, reap dead and idle connections, trim history (called periodically)."""
+        """Ping, reap dead and idle connections, close those whose token expired more than
+        ``auth_expiry_grace`` ago (4501) or that did not authenticate in time (4508), trim
+        history (called periodically: the credentials are checked per connection here,
+        never per event)."""
         s = self.settings
         interval, timeout, idle = s.ping_interval, s.ping_timeout, s.idle_timeout
+        wall, grace = time.time(), s.auth_expiry_grace
         for session in list(self.sessions.values()):
+            credentials = session.credentials(now, wall, grace)
+            if credentials is Credentials.CLOSE_EXPIRED:
+                self.close(session, CloseCode.TOKEN_EXPIRED)
+                continue
+            if credentials is Credentials.CLOSE_AUTH_TIMEOUT:
+                self.close(session, CloseCode.AUTH_TIMEOUT)
+                continue
             action = session.keepalive(now, interval, timeout, idle)
             if action is Keepalive.PING:
                 session.writer.send_ping()

@@ -21,6 +21,7 @@ from agentcast.errors import AgentcastError
 
 __all__ = [
     "SCOPES",
+    "UNAUTHENTICATED",
     "AuthenticationError",
     "Authenticator",
     "Authorizer",
@@ -69,6 +70,14 @@ class Principal:
     def new_anonymous(cls) -> Principal:
         """A fresh anonymous principal (one per connection in open dev mode)."""
         return cls(subject=f"anon-{next(_anonymous_ids)}", anonymous=True)
+
+
+UNAUTHENTICATED = Principal(subject="", anonymous=True)
+"""What an authenticator returns for a ``/ws`` handshake that carries no credentials when
+the connection may still authenticate with a first ``auth`` message (see
+:mod:`agentcast.security`): the gateway opens it as *authenticating* (every other command
+refused, closed with 4508 after ``auth_timeout``). Compared by identity; never a valid
+principal for an HTTP request or a subscription."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ from agentcast.core.frames import (
     UnsubscribedFrame,
 )
 from agentcast.runs.vocabulary import EXECUTION_EVENTS, WORKFLOW_EVENTS
+from agentcast.security.protocol import AuthenticatedFrame, TicketOut
 from agentcast.transports.http import EventIn, HistoryOut, PublishResult
 
 __all__ = [
@@ -381,6 +382,8 @@ register(
     mode="serialization",
     description="`data` of the `chat:cancelled` reply.",
 )
+register("server.authenticated", AuthenticatedFrame, "server")
+register("http.ticket", TicketOut, "http", mode="serialization")
 register(
     "seed003.agent-frame",
     AgentFrame,

@@ -50,6 +50,46 @@ class Settings(BaseSettings):
     insecure: bool = Field(
         False, description="Allow open dev mode (no auth) on a non-loopback address."
     )
+
+    # -- authentication (agentcast.security) --
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="HS256 secret of client tokens (at least 32 bytes; never printed). "
+        "Setting it (or a key below) turns authentication on.",
+    )
+    jwt_public_key_file: str = Field(
+        "", description="PEM public key (RSA or EC) verifying RS256/ES256 client tokens."
+    )
+    jwt_jwks_url: str = Field(
+        "", description="JWKS URL of the token issuer (cached; fetched again on an unknown kid)."
+    )
+    jwt_algorithms: list[str] = Field(
+        default_factory=list,
+        description="Accepted token algorithms (default: HS256 with a secret, the key's "
+        "with a key file, RS256 and ES256 with a JWKS URL); never taken from the token.",
+    )
+    jwt_audience: str = Field("", description="Required `aud` claim (empty: not checked).")
+    jwt_issuer: str = Field("", description="Required `iss` claim (empty: not checked).")
+    jwt_leeway: float = Field(30.0, ge=0, le=600, description="Clock skew allowed (seconds).")
+    jwt_jwks_timeout: float = Field(5.0, gt=0, le=60, description="JWKS fetch deadline.")
+    jwt_jwks_cache: float = Field(300.0, gt=0, description="JWKS cache lifetime (seconds).")
+    auth: str = Field(
+        "",
+        description="The application's own authenticator/authorizer: package.module:factory "
+        "(called with the settings).",
+    )
+    auth_timeout: float = Field(
+        5.0,
+        ge=0,
+        description="A /ws handshake without credentials must send an `auth` message within "
+        "this long (0: such handshakes get HTTP 401).",
+    )
+    auth_expiry_grace: float = Field(
+        30.0, ge=0, description="A connection whose token expired is closed after this long."
+    )
+    ticket_ttl: float = Field(
+        60.0, gt=0, le=600, description="Lifetime of a single-use WebSocket ticket."
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug|trace)$")
     # -- origins, TLS, secrets and seed 002's names (docs/security.md) -----------------
     origins: Annotated[list[str], NoDecode] = Field(
@@ -64,9 +104,6 @@ class Settings(BaseSettings):
         False,
         description="Refuse to start without authentication configured (seed 002's "
         "security.authentication.enabled).",
-    )
-    jwt_secret: SecretStr = Field(
-        SecretStr(""), description="HS256 secret of client tokens (seed 002: WEBSOCKET_SECRET_KEY)."
     )
     token_expiry: float = Field(
         3600.0, gt=0, description="Lifetime of minted tokens (seed 002's token_expiry)."
@@ -208,6 +245,33 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return [parse_origin_setting(v) if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError("jwt_secret is blank: set a random secret of at least 32 bytes")
+        if len(secret.encode()) < 32:
+            raise ValueError(
+                f"jwt_secret is {len(secret.encode())} bytes long: use at least 32 random "
+                "bytes (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        return value
+
+    @property
+    def jwt_configured(self) -> bool:
+        """True when a JWT secret, public key file or JWKS URL is set."""
+        return bool(self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_url)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Settings:
+        sources = [self.jwt_secret, self.jwt_public_key_file, self.jwt_jwks_url]
+        if sum(1 for source in sources if source) > 1:
+            raise ValueError("set one of jwt_secret, jwt_public_key_file and jwt_jwks_url")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

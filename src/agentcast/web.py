@@ -12,7 +12,13 @@ from starlette.requests import HTTPConnection
 
 from agentcast.codes import ErrorCode
 from agentcast.gateway import Gateway
-from agentcast.policy import AuthenticationError, ConnectionRequest, Principal, resolve
+from agentcast.policy import (
+    UNAUTHENTICATED,
+    AuthenticationError,
+    ConnectionRequest,
+    Principal,
+    resolve,
+)
 
 __all__ = ["allowed", "http_error", "principal_of", "request_of"]
 
@@ -33,7 +39,10 @@ async def principal_of(gateway: Gateway, request: Request) -> Principal:
     """Who sent ``request``; raises HTTP 401 when the authenticator refuses it."""
     try:
         result = gateway.authenticate(request_of(request))
-        return await result if inspect.isawaitable(result) else result
+        principal = await result if inspect.isawaitable(result) else result
+        if principal is UNAUTHENTICATED:  # first-message authentication is for sockets
+            raise AuthenticationError("no credentials")
+        return principal
     except AuthenticationError as exc:
         code = ErrorCode.UNAUTHORIZED if exc.status == 401 else ErrorCode.FORBIDDEN
         raise http_error(exc.status, code, str(exc) or "unauthorized") from exc

@@ -230,3 +230,38 @@ async def test_fastapi_mount_example() -> None:
     finally:
         server.should_exit = True
         await task
+
+
+def test_authentication_example_runs_as_written(tmp_path: Path) -> None:
+    """The README's Authentication block through bash: a JWT server on a free port, bound
+    to every address without --insecure, a minted token, a publish and a ticket."""
+    (body,) = [b for lang, b in BLOCKS if lang == "bash" and "agentcast token" in b]
+    port = free_port()
+    script = localize_all(body, port).replace("python -c", f"{shlex.quote(sys.executable)} -c")
+    script = script.replace("serve --host 0.0.0.0", f"serve --host 0.0.0.0 --port {port}")
+    env = {**os.environ, "AGENTCAST_STORE_URL": ""}
+    env.pop("AGENTCAST_URL", None)
+    env["AGENTCAST_URL"] = f"http://127.0.0.1:{port}"
+    result = subprocess.run(
+        ["bash", "-c", f"set -e\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n{script}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60 * UNIT,
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].strip().isdigit(), result.stdout  # the publish's seq
+    ticket = json.loads(lines[-1])
+    assert ticket["expires_in"] == 60 and len(ticket["ticket"]) >= 32
+
+
+def localize_all(text: str, port: int) -> str:
+    """Every line of ``text`` localized (agentcast -> this interpreter, port 8000 -> ``port``)."""
+    return "\n".join(
+        re.sub(r"(^|\$\()agentcast\b", lambda m: m[1] + AGENTCAST, line).replace(
+            "localhost:8000", f"127.0.0.1:{port}"
+        )
+        for line in text.splitlines()
+    )

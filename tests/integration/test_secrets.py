@@ -18,11 +18,14 @@ import httpx
 import pytest
 import websockets
 
+from agentcast.security.jwt import mint_token
 from agentcast.security.secrets import secret_settings
+from agentcast.settings import Settings
 from agentcast.testing.openai_server import FakeOpenAIServer
 from tests.conftest import UNIT, ServerProcess, free_port
 
-MARKERS = {name: f"SECRET-MARKER-{name}-1f6c0e" for name in secret_settings()}
+MARKERS = {name: f"SECRET-MARKER-{name}-1f6c0e7d2b9a4c58e3" for name in secret_settings()}
+"""Each at least 32 bytes: ``jwt_secret`` refuses shorter ones."""
 ENV = {f"AGENTCAST_{name.upper()}": value for name, value in MARKERS.items()}
 
 
@@ -56,7 +59,10 @@ async def test_secrets_never_leave_the_server(
 ) -> None:
     assert set(MARKERS) >= {"llm_api_key", "jwt_secret"}
     answers: list[str] = []
-    async with httpx.AsyncClient(base_url=served.url, timeout=10 * UNIT) as http:
+    # jwt_secret turns authentication on: an admin token signed with it reaches every route
+    token = mint_token(Settings(jwt_secret=MARKERS["jwt_secret"]), "root", 600, scopes=["admin"])
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=served.url, timeout=10 * UNIT, headers=auth) as http:
         spec = (await http.get("/openapi.json")).json()
         paths = [
             path
@@ -71,13 +77,15 @@ async def test_secrets_never_leave_the_server(
         assert health["upstreams"][0]["ok"], health  # the upstream got the key
     # a chat: the LLM agent's completion request carries the key (the upstream requires it)
     port = served.port
-    async with websockets.connect(f"ws://127.0.0.1:{port}/api/v1/ws/helper") as ws:
+    async with websockets.connect(
+        f"ws://127.0.0.1:{port}/api/v1/ws/helper", additional_headers=auth
+    ) as ws:
         answers.append(str(await asyncio.wait_for(ws.recv(), 5 * UNIT)))
         await ws.send("hello")
         reply = json.loads(await asyncio.wait_for(ws.recv(), 10 * UNIT))
         answers.append(json.dumps(reply))
         assert reply["type"] == "message" and reply["message"], reply
-    async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", additional_headers=auth) as ws:
         await ws.send(json.dumps({"type": "subscribe", "topic": "monitoring"}))
         answers.append(str(await asyncio.wait_for(ws.recv(), 5 * UNIT)))
         await ws.send("{not json")
@@ -86,7 +94,7 @@ async def test_secrets_never_leave_the_server(
     assert leaks("\n".join(answers)) == []
     served.stop()
     output = served.output()
-    assert "OPEN DEV MODE" in output and "GET /api/llm/health" in output  # trace logs
+    assert "OPEN DEV MODE" not in output and "GET /api/llm/health" in output  # trace logs
     assert leaks(output) == []
 
 

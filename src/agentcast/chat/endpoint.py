@@ -30,7 +30,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from agentcast.codes import CloseCode
 from agentcast.errors import ProtocolError
-from agentcast.policy import AuthenticationError, Principal
+from agentcast.policy import UNAUTHENTICATED, AuthenticationError, Principal
+from agentcast.security.credentials import select_subprotocol
 from agentcast.web import request_of
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ def seed003_endpoint(gateway: Gateway, chat: Chat) -> Callable[[WebSocket], Awai
         try:
             result = gateway.authenticate(request_of(websocket))
             principal: Principal = await result if inspect.isawaitable(result) else result
+            if principal is UNAUTHENTICATED:  # no first-message authentication here
+                raise AuthenticationError("no credentials")
         except AuthenticationError as exc:
             if "websocket.http.response" in websocket.scope.get("extensions", {}):
                 word = "unauthorized" if exc.status == 401 else "forbidden"
@@ -82,7 +85,7 @@ def seed003_endpoint(gateway: Gateway, chat: Chat) -> Callable[[WebSocket], Awai
                 await websocket.close()  # before accepting: HTTP 403
             return
         agent_id = str(websocket.path_params["agent_id"])
-        await websocket.accept()
+        await websocket.accept(select_subprotocol(websocket.scope.get("subprotocols", [])))
         try:
             wanted = websocket.query_params.get("conversation_id")
             if wanted:

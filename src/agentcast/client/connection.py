@@ -428,6 +428,14 @@ class Client:
         await self.request({"type": "ping"})
         return loop.time() - started
 
+    async def refresh_token(self, token: str) -> Reply:
+        """Present a fresh ``token`` (same subject) with ``auth:refresh`` before the current
+        one expires, and use it for every later reconnection; returns the ``authenticated``
+        reply. A connection whose token expires unrefreshed is closed with 4501
+        (terminal: the client stops)."""
+        self.headers["Authorization"] = f"Bearer {token}"
+        return await self.request({"type": "auth:refresh", "token": token})
+
     async def request(self, command: Mapping[str, Any]) -> Reply:
         """Send ``command`` with a fresh ``id`` and return the server's reply frame.
 

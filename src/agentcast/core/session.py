@@ -8,7 +8,9 @@ sweep needs. Its ``writer`` is the transport's side of the connection
 The protocol decisions about one connection are made here, without an event loop, from
 times passed in: whether a command runs now, waits behind the running one or is refused
 (:meth:`Session.admit`, :meth:`Session.next_command`), and what the keepalive sweep does
-(:meth:`Session.keepalive`). The gateway carries them out.
+(:meth:`Session.keepalive`), and whether its credentials still hold
+(:meth:`Session.credentials`: a connection waiting for its first ``auth`` message, a token
+that expired). The gateway carries them out.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from agentcast.core.outbox import Outbox
 if TYPE_CHECKING:
     from agentcast.policy import Principal
 
-__all__ = ["Admission", "Keepalive", "Session", "Writer"]
+__all__ = ["Admission", "Credentials", "Keepalive", "Session", "Writer"]
 
 
 class Admission(IntEnum):
@@ -49,6 +51,18 @@ class Keepalive(IntEnum):
     """No subscription, nothing running and no command for ``idle_timeout``: close 4000."""
 
 
+class Credentials(IntEnum):
+    """What :meth:`Session.credentials` decided."""
+
+    VALID = 0
+    PENDING = 1
+    """Waiting for the first ``auth`` message, within its deadline."""
+    CLOSE_AUTH_TIMEOUT = 2
+    """No ``auth`` message before ``auth_deadline``: close with 4508."""
+    CLOSE_EXPIRED = 3
+    """The principal's ``expires_at`` plus the grace period passed: close with 4501."""
+
+
 class Writer(Protocol):
     """What a transport offers the gateway for one connection."""
 
@@ -67,6 +81,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "auth_deadline",
         "closed",
         "id",
         "last_command",
@@ -109,6 +124,35 @@ class Session:
         self.running = False
         self.meta: dict[str, Any] | None = None
         """Free slot for transports and features (e.g. the seeds' per-run endpoints)."""
+        self.auth_deadline = 0.0
+        """Loop time by which a connection opened without credentials must authenticate
+        (its first ``auth`` message); 0.0 once it has (or when it came with credentials)."""
+
+    @property
+    def authenticating(self) -> bool:
+        """True while the connection waits for its first ``auth`` message: every other
+        command is refused."""
+        return self.auth_deadline > 0.0
+
+    def authenticated(self, principal: Principal) -> None:
+        """The connection proved who it is (first ``auth``) or refreshed its token."""
+        self.principal = principal
+        self.auth_deadline = 0.0
+
+    def credentials(self, now: float, wall: float, grace: float) -> Credentials:
+        """Do the connection's credentials still hold at loop time ``now`` and wall-clock
+        time ``wall`` (``time.time()``, the clock of tokens' ``exp``)? ``grace`` is how long
+        an expired token is tolerated (time for an ``auth:refresh``)."""
+        if self.closed:
+            return Credentials.VALID
+        if self.auth_deadline:
+            return (
+                Credentials.CLOSE_AUTH_TIMEOUT if now >= self.auth_deadline else Credentials.PENDING
+            )
+        expires = self.principal.expires_at
+        if expires is not None and wall >= expires + grace:
+            return Credentials.CLOSE_EXPIRED
+        return Credentials.VALID
 
     def admit(self, command: Any, max_pending: int) -> Admission:
         """Commands of one connection run one at a time, in arrival order.

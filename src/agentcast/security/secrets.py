@@ -10,6 +10,7 @@ carry a password (``broker_url``, ``store_url``) are shown through :func:`redact
 
 from __future__ import annotations
 
+from typing import get_args
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
@@ -20,9 +21,11 @@ __all__ = ["redact_url", "secret_settings"]
 
 
 def secret_settings() -> list[str]:
-    """The names of the settings typed ``SecretStr``."""
+    """The names of the settings typed ``SecretStr`` (or ``SecretStr | None``)."""
     return sorted(
-        name for name, info in Settings.model_fields.items() if info.annotation is SecretStr
+        name
+        for name, info in Settings.model_fields.items()
+        if SecretStr in (info.annotation, *get_args(info.annotation))
     )
 
 

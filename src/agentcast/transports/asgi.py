@@ -32,6 +32,7 @@ from agentcast.core.session import Session
 from agentcast.gateway import Gateway
 from agentcast.plugin import SocketEndpoint
 from agentcast.policy import AuthenticationError, Principal
+from agentcast.security.credentials import select_subprotocol
 from agentcast.web import request_of
 
 __all__ = ["AsgiWriter", "websocket_not_found", "websocket_route"]
@@ -121,7 +122,7 @@ def websocket_route(
             word = "unauthorized" if exc.status == 401 else "forbidden"
             await _deny(websocket, exc.status, f"{word}: {exc}")
             return
-        await websocket.accept()
+        await websocket.accept(select_subprotocol(websocket.scope.get("subprotocols", [])))
         writer = AsgiWriter(websocket, gateway)
         session = writer.session = gateway.open_session(principal, writer)
         if socket_endpoint is not None and value is not None:

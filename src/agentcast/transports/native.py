@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, ClassVar, cast
 from urllib.parse import parse_qsl, unquote
 
@@ -31,12 +31,14 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from agentcast.codes import CloseCode
 from agentcast.core.session import Session
 from agentcast.gateway import Gateway
 from agentcast.plugin import SocketEndpoint
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.security.credentials import select_subprotocol
 
 __all__ = ["NativeWebSocketProtocol", "protocol_class"]
 
@@ -115,7 +117,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                     self._delegate(data)
                     return
             conn = self.conn = ServerProtocol(
-                max_size=self.gateway.settings.max_message_bytes, logger=protocol_logger
+                max_size=self.gateway.settings.max_message_bytes,
+                logger=protocol_logger,
+                select_subprotocol=_subprotocol,
             )
         conn.receive_data(data)
         session = self.session
@@ -344,6 +348,13 @@ def protocol_class(
         (NativeWebSocketProtocol,),
         {"gateway": gateway, "paths": frozenset(paths), "__slots__": ()},
     )
+
+
+def _subprotocol(conn: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``agentcast.v1`` when offered (never a ``bearer.<token>`` one: see
+    :mod:`agentcast.security.credentials`)."""
+    chosen = select_subprotocol(offered)
+    return Subprotocol(chosen) if chosen is not None else None
 
 
 def _refusal(exc: AuthenticationError) -> str:

@@ -6,7 +6,8 @@ it records, on CLOCK_REALTIME (ns, the clock of the benchmarks' ``ts`` stamps),
 * every garbage collection (``gc.callbacks``): start, end, generation;
 * every stall of the event loop: a 1 ms timer chain whose lateness over ``STALL_MS``
   (2 ms) is a stall, from when the timer was due until it ran;
-* what a full collection walks (the tracked objects by type, at the start of the first three);
+* what a full collection walks (the tracked objects by type, at the start of the first three
+  after the gateway started, so after its ``gc_freeze``);
 * what the loop was running during stalls: a sampler thread (``sys._current_frames``,
   every ms while the timer is overdue; the switch interval is lowered to 1 ms so that it
   gets the GIL) counts the main thread's innermost frame and its nearest agentcast callers;
@@ -34,9 +35,10 @@ gcs, stalls, due = array("q"), array("q"), [0]
 where = Counter()
 _g0 = [0]
 census = []
+serving = [False]  # the census counts the collections after start-up (after gc_freeze)
 def on_gc(phase, info):
     if phase == "start":
-        if info["generation"] == 2 and len(census) < 3:  # what a full collection walks
+        if info["generation"] == 2 and serving[0] and len(census) < 3:  # what it walks
             objs = gc.get_objects(2) + gc.get_objects(1) + gc.get_objects(0)
             census.append([len(objs), Counter(type(o).__name__ for o in objs).most_common(12)])
             del objs
@@ -82,6 +84,7 @@ from agentcast.gateway import Gateway
 _start = Gateway.start
 async def start(self):
     await _start(self)
+    serving[0] = True
     probe()
 _stop = Gateway.stop
 async def stop(self, *a, **k):

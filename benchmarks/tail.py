@@ -11,9 +11,9 @@ stamp and latency. The wrapper records, on the same clock (CLOCK_REALTIME, ns):
 
 * every garbage collection (``gc.callbacks``): start, end, generation;
 * every ``Gateway._flush`` (start, duration, dirty outboxes) and ``Gateway.sweep``;
-* the benchmark publisher (``_bench_loop``, same pacing as the original): each *run* of
-  events it published without sleeping (start, end, count) and how late the run started
-  against the schedule (the loop's lag).
+* the benchmark publisher (the endpoint's ``_bench_loop``, through its ``on_run``): each
+  *run* of events it published without sleeping (start, end, count) and how late the run
+  started against the schedule (the loop's lag).
 
 Each delivery slower than ``--slow`` ms is then given one cause, the first that applies:
 a gen-2 collection overlapping its time in the server (``gc2``); a gen-0/1 collection of
@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from run import (  # noqa: E402
     wait_port,
     wait_quiet,
 )
+from stalls import load_dump  # noqa: E402
 
 # The server inside the tracer. Trace arrays are int64 (array('q')): nothing the cyclic GC
 # tracks is added per event.
@@ -96,37 +96,12 @@ def census():
     return out
 _publish_loop = http._bench_loop
 async def bench_loop(gateway, names, count, rate):
-    # the original's pacing, plus a record of each run of events published without sleeping
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    rt0 = time.time_ns() - int(1e9 * (loop.time() - t0))
-    n = len(names)
-    start = k0 = 0
-    for k in range(count):
-        if rate > 0:
-            delay = t0 + k / rate - loop.time()
-            if delay > 0:
-                if k > k0:
-                    runs.extend((start, time.time_ns(), k - k0, rt0 + int(1e9 * k0 / rate)))
-                await asyncio.sleep(delay)
-                k0 = k
-            if k == k0:
-                start = time.time_ns()
-        topic = names[k % n]
-        await gateway.publish(
-            topic,
-            "node_status",
-            {
-                "workflow_id": f"wf-{topic}",
-                "execution_id": f"exec-{k:08d}",
-                "node_id": "node7",
-                "status": "running",
-                "progress": 42.0,
-                "ts": time.time_ns(),
-            },
-        )
-    if rate > 0 and count > k0:
-        runs.extend((start, time.time_ns(), count - k0, rt0 + int(1e9 * k0 / rate)))
+    # the endpoint's own publisher, reporting each run of events published without sleeping
+    import inspect
+    if "on_run" in inspect.signature(_publish_loop).parameters:
+        await _publish_loop(gateway, names, count, rate, on_run=lambda *run: runs.extend(run))
+    else:  # an older checkout's: no runs recorded
+        await _publish_loop(gateway, names, count, rate)
     await asyncio.sleep(0.5)
     t = time.perf_counter()
     gc.collect()
@@ -168,41 +143,11 @@ def _drain(self):
     return frames
 Outbox.drain = _drain
 """,
-    # per loop iteration, the first N outboxes a publication dirties are written at once
-    # (in the publish call) instead of at the end of the iteration; the rest coalesce
-    "write-now": """
-import agentcast.gateway as g
-_N = int(os.environ.get("WRITE_NOW", "64"))
-def _write(self, sessions):
-    stats = self.stats
-    for session in sessions:
-        if session.paused or session.closed:
-            continue
-        frames = session.outbox.drain()
-        if frames:
-            stats.frames_written += len(frames)
-            session.writer.write_frames(frames)
-def _after_dispatch(self):
-    hub = self.hub
-    if hub.overflowed:
-        for session in hub.take_overflowed():
-            self.stats.slow_consumers += 1
-            self.close(session, g.CloseCode.SLOW_CONSUMER)
-    dirty = hub.dirty
-    if dirty:
-        left = self.__dict__.get("_wn", _N)
-        if len(dirty) <= left:
-            self._wn = left - len(dirty)
-            _write(self, hub.take_dirty())
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
-def _flush_wn(self):
-    self._flush_handle = None
-    self._wn = _N
-    self.stats.flushes += 1
-    _write(self, self.hub.take_dirty())
-g.Gateway._after_dispatch, g.Gateway._flush = _after_dispatch, _flush_wn
-""",
+    # per loop iteration, each outbox a publication dirties is written at once, up to
+    # WRITE_NOW (64) per iteration (in the publish call); the rest coalesce at its end
+    "write-now": "os.environ.setdefault('WRITE_GROUP', '1')\n"
+    "os.environ.setdefault('WRITE_BUDGET', os.environ.get('WRITE_NOW', '64'))\n"
+    "exec(WHAT_IF['write-group'])",
     # a tight producer first yields after 16 events, then after twice as many each time it
     # is still publishing (up to publish_batch); a flush that finds it was not cut resets
     "yield-ramp": """
@@ -238,42 +183,15 @@ def _flush_ramp(self):
     _flush0(self)
 g.Gateway.publish, g.Gateway._flush = _publish, _flush_ramp
 """,
-    # per loop iteration, outboxes are written as soon as 16 are dirty (one group of
-    # writes back to back), up to a budget of WRITE_BUDGET (64) per iteration; the rest at
-    # its end
+    # per loop iteration, outboxes are written as soon as WRITE_GROUP (16) are dirty (one
+    # group of writes back to back), up to a budget of WRITE_BUDGET (64) per iteration; the
+    # rest at its end (the gateway's own group writes, with other constants)
     "write-group": """
 import agentcast.gateway as g
-_B = int(os.environ.get("WRITE_BUDGET", "64"))
-_G = int(os.environ.get("WRITE_GROUP", "16"))
-def _write(self, sessions):
-    stats = self.stats
-    for session in sessions:
-        if session.paused or session.closed:
-            continue
-        frames = session.outbox.drain()
-        if frames:
-            stats.frames_written += len(frames)
-            session.writer.write_frames(frames)
-def _after_dispatch(self):
-    hub = self.hub
-    if hub.overflowed:
-        for session in hub.take_overflowed():
-            self.stats.slow_consumers += 1
-            self.close(session, g.CloseCode.SLOW_CONSUMER)
-    dirty = hub.dirty
-    if dirty:
-        left = self.__dict__.get("_wn", _B)
-        if _G <= len(dirty) <= left:
-            self._wn = left - len(dirty)
-            _write(self, hub.take_dirty())
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
-def _flush_g(self):
-    self._flush_handle = None
-    self._wn = _B
-    self.stats.flushes += 1
-    _write(self, self.hub.take_dirty())
-g.Gateway._after_dispatch, g.Gateway._flush = _after_dispatch, _flush_g
+if not hasattr(g, "_WRITE_GROUP"):
+    raise SystemExit("write-group/write-now: this checkout has no group writes")
+g._WRITE_GROUP = int(os.environ.get("WRITE_GROUP", "16"))
+g._WRITE_BUDGET = g.Gateway._write_now_left = int(os.environ.get("WRITE_BUDGET", "64"))
 """,
     "budget-128": "os.environ['WRITE_BUDGET'] = '128'",
     "group-8": "os.environ['WRITE_GROUP'] = '8'",
@@ -399,11 +317,7 @@ def one_run(
 
 def analyse(dump: Path, tr: dict[str, Any]) -> dict[str, Any]:
     """Join the deliveries with the server's trace: causes of the slow ones."""
-    raw = dump.read_bytes()
-    recs = array("Q")
-    recs.frombytes(raw)
-    ts = recs[0::2]
-    lat = array("q", [(v & 0xFFFFFFFF) * 1000 for v in recs[1::2]])  # us -> ns
+    ts, lat = load_dump(dump)
     order = sorted(range(len(ts)), key=ts.__getitem__)
     out: dict[str, Any] = {}
     if not tr:

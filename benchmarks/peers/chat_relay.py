@@ -17,26 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
-import struct
 from urllib.parse import urlsplit
 
 import uvloop
+from common import HandWrittenWS, frame
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 UPSTREAM = ("127.0.0.1", 9100, "/v1")
 CONTENT = b'"content":"'
-
-
-def frame(op: int, payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | op, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x80 | op, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | op, 127, n) + payload
 
 
 class Completion(asyncio.Protocol):
@@ -121,50 +109,8 @@ class Completion(asyncio.Protocol):
         self.t = None
 
 
-class Conn(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t: asyncio.Transport = transport  # type: ignore[assignment]
-        self.buf = bytearray()
-        self.open = False
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.open:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-            del self.buf[: end + 4]
-            headers = {
-                k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])
-            }
-            key = headers.get("sec-websocket-key", "").encode()
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            self.t.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
-            self.open = True
-        buf = self.buf
-        while len(buf) >= 6:  # client frames are masked; small ones only
-            op, n = buf[0] & 0x0F, buf[1] & 0x7F
-            pos = 2 if n < 126 else 4 if n == 126 else 10
-            n = n if n < 126 else int.from_bytes(buf[2:pos], "big")
-            if len(buf) < pos + 4 + n:
-                return
-            mask = buf[pos : pos + 4]
-            payload = bytes(b ^ mask[i & 3] for i, b in enumerate(buf[pos + 4 : pos + 4 + n]))
-            del buf[: pos + 4 + n]
-            if op == 1:
-                self.command(payload)
-            elif op == 8:
-                self.t.write(frame(8, payload[:2]))
-                self.t.close()
-                return
-            elif op == 9:
-                self.t.write(frame(10, payload))
-
-    def command(self, payload: bytes) -> None:
+class Conn(HandWrittenWS):
+    def text(self, payload: bytes) -> None:
         try:
             msg = json.loads(payload)
         except ValueError:

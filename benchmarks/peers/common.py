@@ -1,4 +1,6 @@
-"""What every peer server shares: the event, the subscribe frame, the trigger, the publisher.
+"""What every peer server shares: the event, the subscribe frame, the trigger, the
+publisher, and the hand-written WebSocket server side of the floors (``raw_server.py``,
+``chat_relay.py``: handshake, framing, client frames).
 
 The contract (the same for agentcast, through its ``--bench-endpoint``):
 
@@ -13,7 +15,10 @@ The contract (the same for agentcast, through its ``--bench-endpoint``):
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -118,3 +123,76 @@ def spawn(coro: Awaitable[None]) -> None:
     task = asyncio.ensure_future(coro)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def frame(op: int, payload: bytes) -> bytes:
+    """One final, unmasked server frame (``op`` 1 text, 8 close, 10 pong)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | op, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x80 | op, 126, n) + payload
+    return struct.pack("!BBQ", 0x80 | op, 127, n) + payload
+
+
+class HandWrittenWS(asyncio.Protocol):
+    """The floors' server connection: the HTTP request head by hand, the WebSocket upgrade,
+    the client's (masked, small) frames; close and ping answered here.
+
+    Subclasses get :meth:`request` (return False to refuse the upgrade: the subclass
+    answered the request itself) and :meth:`text` (one client text frame).
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buf = bytearray()
+        self.open = False
+
+    def request(self, target: str, headers: dict[str, str]) -> bool:
+        """The request head before the upgrade; False: not upgraded (answered already)."""
+        return True
+
+    def text(self, payload: bytes) -> None:
+        """One text frame from the client."""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.open:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            del self.buf[: end + 4]
+            headers = {
+                k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])
+            }
+            if not self.request(head[0].split(" ")[1], headers):
+                return
+            key = headers.get("sec-websocket-key", "").encode()
+            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+            self.t.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            self.open = True
+        buf = self.buf
+        while len(buf) >= 6:  # client frames are masked; small ones only
+            op, n = buf[0] & 0x0F, buf[1] & 0x7F
+            pos = 2 if n < 126 else 4 if n == 126 else 10
+            n = n if n < 126 else int.from_bytes(buf[2:pos], "big")
+            if len(buf) < pos + 4 + n:
+                return
+            mask = buf[pos : pos + 4]
+            payload = bytes(b ^ mask[i & 3] for i, b in enumerate(buf[pos + 4 : pos + 4 + n]))
+            del buf[: pos + 4 + n]
+            if op == 1:
+                self.text(payload)
+            elif op == 8:
+                self.t.write(frame(8, payload[:2]))
+                self.t.close()
+                return
+            elif op == 9:
+                self.t.write(frame(10, payload))

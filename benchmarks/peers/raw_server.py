@@ -10,81 +10,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
-import struct
 
 import uvloop
-from common import parse_publish, parse_subscribe, publish_loop, spawn, subscribed
+from common import (
+    HandWrittenWS,
+    frame,
+    parse_publish,
+    parse_subscribe,
+    publish_loop,
+    spawn,
+    subscribed,
+)
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 topics: dict[str, set[Conn]] = {}
 paused: set[Conn] = set()
 drain: asyncio.Event | None = None
 
 
-def frame(op: int, payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | op, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x80 | op, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | op, 127, n) + payload
-
-
-class Conn(asyncio.Protocol):
+class Conn(HandWrittenWS):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t: asyncio.Transport = transport  # type: ignore[assignment]
-        self.buf = bytearray()
-        self.open = False
+        super().connection_made(transport)
         self.mine: set[str] = set()
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.open:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-            del self.buf[: end + 4]
-            target = head[0].split(" ")[1]
-            headers = {
-                k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])
-            }
-            if target.startswith("/publish"):
-                self.t.write(
-                    b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-                self.t.close()
-                spawn(publish_loop(*parse_publish(target), send, fanout, drained=drained))
-                return
-            key = headers.get("sec-websocket-key", "").encode()
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            self.t.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
-            self.open = True
-        buf = self.buf
-        while len(buf) >= 6:  # client frames are masked; small ones only (subscribe, close)
-            op, n = buf[0] & 0x0F, buf[1] & 0x7F
-            pos = 2 if n < 126 else 4 if n == 126 else 10
-            n = n if n < 126 else int.from_bytes(buf[2:pos], "big")
-            if len(buf) < pos + 4 + n:
-                return
-            mask = buf[pos : pos + 4]
-            payload = bytes(b ^ mask[i & 3] for i, b in enumerate(buf[pos + 4 : pos + 4 + n]))
-            del buf[: pos + 4 + n]
-            if op == 1 and (topic := parse_subscribe(payload)) is not None:
-                topics.setdefault(topic, set()).add(self)
-                self.mine.add(topic)
-                self.t.write(frame(1, subscribed(topic).encode()))
-            elif op == 8:
-                self.t.write(frame(8, payload[:2]))
-                self.t.close()
-                return
-            elif op == 9:
-                self.t.write(frame(10, payload))
+    def request(self, target: str, headers: dict[str, str]) -> bool:
+        if not target.startswith("/publish"):
+            return True
+        self.t.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        self.t.close()
+        spawn(publish_loop(*parse_publish(target), send, fanout, drained=drained))
+        return False
+
+    def text(self, payload: bytes) -> None:
+        if (topic := parse_subscribe(payload)) is not None:
+            topics.setdefault(topic, set()).add(self)
+            self.mine.add(topic)
+            self.t.write(frame(1, subscribed(topic).encode()))
 
     def connection_lost(self, exc: Exception | None) -> None:
         for topic in self.mine:

@@ -301,6 +301,9 @@ class Gateway:
         if self.settings.gc_freeze:
             gc.collect()
             gc.freeze()  # the code and start-up state: never garbage, no longer scanned
+            if self.settings.gc_full_every:  # full collections: rarer (see the setting)
+                young, middle, _ = gc.get_threshold()
+                gc.set_threshold(young, middle, self.settings.gc_full_every)
         self._sweeper = self._loop.create_task(self._sweep(), name="agentcast-sweep")
         self.started = True
         for factory in self._background:

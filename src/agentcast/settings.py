@@ -230,6 +230,15 @@ class Settings(BaseSettings):
         "the loaded code, which otherwise stall the loop for tens of milliseconds "
         "(chat benchmark: p99 added delay 293 ms -> 4.7 ms).",
     )
+    gc_full_every: int = Field(
+        100,
+        ge=0,
+        description="With gc_freeze: a full (generation-2) collection at most every this "
+        "many generation-1 collections (gc.set_threshold's third value; CPython's default "
+        "10, 0 keeps the interpreter's). A full collection walks every live tracked object "
+        "(~140 per chat conversation) and stalls the event loop for 10-70 ms; cyclic "
+        "garbage that outlived the young generations waits longer to be freed.",
+    )
 
     bench_endpoint: bool = Field(
         False, description="Serve GET /_bench/publish for the benchmark (never in production)."

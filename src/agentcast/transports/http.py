@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -221,16 +221,33 @@ def http_router(gateway: Gateway) -> APIRouter:
     return router
 
 
-async def _bench_loop(gateway: Gateway, names: list[str], count: int, rate: float) -> None:
-    """The benchmark's publisher: ~200-byte node_status events stamped with ``ts`` (ns)."""
+async def _bench_loop(
+    gateway: Gateway,
+    names: list[str],
+    count: int,
+    rate: float,
+    on_run: Callable[[int, int, int, int], None] | None = None,
+) -> None:
+    """The benchmark's publisher: ~200-byte node_status events stamped with ``ts`` (ns),
+    round-robin over ``names``, ``rate`` per second (0: as fast as possible).
+
+    ``on_run(start_ns, end_ns, events, due_ns)``, if given, is told of each run of events
+    published back to back between two sleeps of a paced loop, and when its first event was
+    due (``benchmarks/tail.py`` traces the publisher's catch-up runs with it).
+    """
     loop = asyncio.get_running_loop()
     t0 = loop.time()
+    due0 = time.time_ns()
     n = len(names)
+    start, k0 = due0, 0
     for k in range(count):
         if rate > 0:
             delay = t0 + k / rate - loop.time()
             if delay > 0:
+                if on_run is not None and k > k0:
+                    on_run(start, time.time_ns(), k - k0, due0 + int(1e9 * k0 / rate))
                 await asyncio.sleep(delay)
+                k0, start = k, time.time_ns()
         topic = names[k % n]
         await gateway.publish(
             topic,
@@ -244,6 +261,8 @@ async def _bench_loop(gateway: Gateway, names: list[str], count: int, rate: floa
                 "ts": time.time_ns(),
             },
         )
+    if on_run is not None and rate > 0 and count > k0:
+        on_run(start, time.time_ns(), count - k0, due0 + int(1e9 * k0 / rate))
 
 
 def create_app(gateway: Gateway | None = None) -> FastAPI:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-
 from typing import Any
 
 import pytest
@@ -44,9 +43,7 @@ def pub(topic: str, seq: int, type: str = "log", data: bytes = b'{"m":1}') -> Pu
     return Publication(topic, seq, type, data, format_timestamp(1000.0 + seq), 1000.0 + seq)
 
 
-def summary(
-    topic: str, status: str, last_seq: int = 1, owner: str | None = None
-) -> RunSummary:
+def summary(topic: str, status: str, last_seq: int = 1, owner: str | None = None) -> RunSummary:
     kind, run_id = topic.split(":", 1)
     return RunSummary(
         topic, kind, run_id, status, "e1", "t0", None, last_seq, {"status": status}, owner

@@ -14,12 +14,11 @@ from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
 from agentcast.errors import CommandError
 from agentcast.gateway import Gateway
+from agentcast.policy import Principal
 from agentcast.runs.engine import WorkflowRun
 from agentcast.runs.state import run_kind
-from agentcast.storage.base import RunStore, StoreError
-from agentcast.policy import Principal
 from agentcast.security.ownership import OwnershipPolicy
-from agentcast.storage.base import RunVisibility
+from agentcast.storage.base import RunStore, RunVisibility, StoreError
 from agentcast.web import http_error, principal_of
 
 if TYPE_CHECKING:

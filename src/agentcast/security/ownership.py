@@ -111,7 +111,9 @@ class OwnershipPolicy:
         if principal.admin or topic_granted(principal, topic):
             return True
         owner = await owner_of(self.gateway, topic)
-        return owner is not None and owner.subject is not None and owner.subject == principal.subject
+        if owner is None or owner.subject is None:
+            return False
+        return owner.subject == principal.subject
 
     def can_publish(self, principal: Principal, topic: str) -> bool:
         """The ``publish`` scope (or ``admin``)."""

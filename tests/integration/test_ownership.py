@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from agentcast.security.ownership import OwnershipPolicy
 from tests.conftest import UNIT, RunningServer, eventually, start_server, stop_server
 from tests.integration.wsutil import recv, recv_until, send, subscribe
 
+SECURITY_DOC = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
 BOB = "bob;control,publish"
 ALICE = "alice;control"
 ALICE_TEAM = "alice;;workflow:team-42:*"
@@ -439,3 +441,19 @@ async def test_per_run_endpoints_refuse_alike(secured: RunningServer) -> None:
     same_answer(answers[0], answers[1], bobs, "workflow:no-such-run")
     async with connect(secured, BOB, "/api/ws/workflow/endpoint") as ws:
         assert (await recv(ws))["type"] == "snapshot"
+
+
+async def test_security_docs_owner_example(secured: RunningServer) -> None:
+    """docs/security.md's ``owner`` example, published as written by a producer, makes
+    the run alice's."""
+    section = SECURITY_DOC.split("## Authorization and ownership", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"\(`(\{\"type\": \"workflow_start\".*?\})`\)", section, flags=re.S)
+    assert found is not None
+    event = json.loads(found.group(1))
+    assert event["data"]["owner"] == "alice"
+    async with client(secured, PRODUCER) as http:
+        r = await http.post("/api/topics/workflow:docs/events", json=event)
+        assert r.status_code == 200
+    for token, allowed in ((ALICE, True), (BOB, False)):
+        async with client(secured, token) as http:
+            assert (await http.get("/api/runs/workflow:docs")).is_success is allowed

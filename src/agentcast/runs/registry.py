@@ -16,6 +16,10 @@ listens to every ``execution:`` and ``workflow:`` topic and:
   ``PUT /api/runs/{run}/lease``, or a tracker doing it for you) with its own TTL. When a
   lease lapses, the gateway itself appends a terminal ``publisher_lost`` event, so
   dashboards and history show what happened instead of a run "running" for ever;
+* records each run's **owner** (the principal that executed it or published its first
+  event, or the ``owner`` that event names; None for runs the server makes), in memory
+  and in the run store, and answers the gateway's owner lookups of run topics (the
+  default authorizer's, :mod:`agentcast.security.ownership`);
 * routes **control** (``pause``, ``resume``, ``cancel``) from authorized clients to the
   handler the producer registered for the run, then publishes ``run_paused``,
   ``run_resumed`` or ``run_cancelled`` on the run topic. One producer at a time holds a
@@ -333,14 +337,15 @@ class Runs:
         one the server made), which the caller refuses."""
         assert self.gateway is not None
         if await self.owner_of(topic) is None:
-            self._own(topic, principal.subject)
+            self._own(topic, None if principal.anonymous else principal.subject)
             return True
         return await self.gateway.may_subscribe(principal, topic)
 
     def _publishing(self, principal: Principal, topic: str) -> bool:
         """Publish guard of run topics: remember the first client allowed to publish to
-        a topic without an owner (it owns the topic when its first event arrives)."""
-        if topic not in self.owners and topic not in self.publishers:
+        a topic without an owner (it owns the topic when its first event arrives; an
+        anonymous one of open dev mode leaves it nobody's)."""
+        if topic not in self.owners and topic not in self.publishers and not principal.anonymous:
             if len(self.publishers) >= 10_000:  # publishes that never arrived
                 self.publishers.clear()
             self.publishers[topic] = principal.subject

@@ -457,3 +457,22 @@ async def test_security_docs_owner_example(secured: RunningServer) -> None:
     for token, allowed in ((ALICE, True), (BOB, False)):
         async with client(secured, token) as http:
             assert (await http.get("/api/runs/workflow:docs")).is_success is allowed
+
+
+async def test_a_forgotten_owner_is_nobody_not_up_for_grabs(tmp_path: Path) -> None:
+    """Without a run store, a run whose owner this server no longer remembers (evicted)
+    but whose events the broker still holds is nobody's: admin reads it, nobody claims it."""
+    running, task = await start_server("native", store_url="")
+    running.gateway.authenticator = BearerAuthenticator()
+    try:
+        bobs = await execute(running, BOB, "forgotten")
+        running.gateway.feature(Runs).owners.clear()
+        async with client(running, ALICE) as http:
+            r = await http.post("/api/workflows/forgotten/execute", json={})
+            assert r.status_code == 409
+        for token, allowed in ((BOB, False), (ALICE, False), (ADMIN, True)):
+            async with connect(running, token) as ws:
+                got = await ask(ws, {"type": "subscribe", "topic": bobs, "id": 1})
+                assert (got["type"] == "subscribed") is allowed, token
+    finally:
+        await stop_server(running, task)

@@ -44,7 +44,7 @@ from agentcast.codes import ErrorCode
 from agentcast.core.envelope import Publication, encode_json
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
 from agentcast.core.history import HistoryPage
-from agentcast.errors import CommandError
+from agentcast.errors import BrokerError, CommandError
 from agentcast.policy import Principal
 from agentcast.runs.endpoints import run_endpoints
 from agentcast.runs.engine import WorkflowRegistry
@@ -313,22 +313,30 @@ class Runs:
     async def owner_of(self, topic: str) -> Owner | None:
         """Who owns the run ``topic`` (the gateway's owner lookup for run topics): the
         principal that executed it or published its first event, or the ``owner`` that
-        event names; ``Owner(None)`` for a run the server made; None for a run unknown
-        here and in the run store (or when the store cannot answer: refused alike)."""
+        event names; ``Owner(None)`` for a run the server made, and for one whose owner
+        cannot be told (forgotten here, not in the store, still in the broker's history;
+        or the store is unavailable): nobody may claim those; None for a run that exists
+        neither here, nor in the store, nor in the broker."""
+        assert self.gateway is not None
         if topic in self.owners:
             return Owner(self.owners[topic])
-        if self.store is None or run_kind(topic) is None:
+        if run_kind(topic) is None:
             return None
+        if self.store is not None:
+            try:
+                summary = await self.store.get_run(topic)
+            except StoreError as exc:
+                logger.warning("owner of %s unknown, run store unavailable: %s", topic, exc)
+                return Owner(None)
+            if summary is not None:
+                if topic not in self.owners:
+                    self._own(topic, summary.owner)
+                return Owner(self.owners[topic])
         try:
-            summary = await self.store.get_run(topic)
-        except StoreError as exc:
-            logger.warning("owner of %s unknown, run store unavailable: %s", topic, exc)
-            return None
-        if summary is None:
-            return None
-        if topic not in self.owners:
-            self._own(topic, summary.owner)
-        return Owner(self.owners[topic])
+            page = await self.gateway.broker.history(topic, 0, limit=0)
+        except BrokerError:
+            return Owner(None)
+        return Owner(None) if page.last_seq > 0 else None
 
     async def take_ownership(self, principal: Principal, topic: str) -> bool:
         """Before ``principal`` starts a run of ``topic`` (execute): a topic nobody owns

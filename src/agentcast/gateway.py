@@ -52,6 +52,7 @@ from agentcast.policy import (
     resolve,
 )
 from agentcast.security.origin import OriginPolicy
+from agentcast.security.ownership import OwnerLookup, OwnershipPolicy
 from agentcast.settings import Settings
 
 __all__ = [
@@ -135,9 +136,10 @@ class Gateway:
             max_age=s.history_max_age,
         )
         self.broker = broker or create_broker(s.broker_url, self.history_limits)
-        open_policy = OpenPolicy()
+        self._open_policy = open_policy = OpenPolicy()
         self.authenticator: Authenticator = authenticator or open_policy
-        self.authorizer: Authorizer = authorizer or open_policy
+        self._authorizer: Authorizer | None = authorizer
+        self._ownership: Authorizer | None = None
         self.hub = Hub()
         self.sessions: dict[int, Session] = {}
         self.stats = Stats()
@@ -157,6 +159,13 @@ class Gateway:
         self.unauthenticated_commands: set[str] = set()
         """Commands a connection opened without credentials (:data:`UNAUTHENTICATED`) may
         send before it authenticated (the security feature's ``auth``); others are refused."""
+        self.publish_guards: dict[str, Callable[[Principal, str], Awaitable[bool] | bool]] = {}
+        """Per topic prefix, a check after the authorizer of a client's publish, called once
+        per publish the authorizer allowed (the runs feature records who publishes first)."""
+        self.owner_lookups: dict[str, OwnerLookup] = {}
+        """Per topic prefix, who owns a topic (the features that create topics register
+        theirs); the default authorizer, :class:`~agentcast.security.ownership.OwnershipPolicy`,
+        reads them."""
         self.commands = CommandTable()
         """This gateway's command types and models (core commands plus the features')."""
         self.handlers: dict[str, CommandHandler] = {
@@ -279,6 +288,24 @@ class Gateway:
     def open_mode(self) -> bool:
         """True when no authenticator was configured (open dev mode)."""
         return isinstance(self.authenticator, OpenPolicy)
+
+    @property
+    def authorizer(self) -> Authorizer:
+        """The authorizer given (constructor or assignment); without one, open dev mode's
+        :class:`~agentcast.policy.OpenPolicy`, or, once an authenticator is configured,
+        :class:`~agentcast.security.ownership.OwnershipPolicy` (owners, scopes, the
+        ``topics`` claim; docs/security.md)."""
+        if self._authorizer is not None:
+            return self._authorizer
+        if self.open_mode:
+            return self._open_policy
+        if self._ownership is None:
+            self._ownership = OwnershipPolicy(self)
+        return self._ownership
+
+    @authorizer.setter
+    def authorizer(self, value: Authorizer | None) -> None:
+        self._authorizer = value
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -873,11 +900,30 @@ class Gateway:
                 return False
         return True
 
+    async def may_publish(self, principal: Principal, topic: str) -> bool:
+        """May a client publish to ``topic``: not a server topic, the authorizer's answer,
+        then the publish guard of the topic's prefix, if any (per publish, not per event
+        delivered)."""
+        if self.server_owned(topic):
+            return False
+        if not await resolve(self.authorizer.can_publish(principal, topic)):
+            return False
+        for prefix, guard in self.publish_guards.items():
+            if topic.startswith(prefix) and not await resolve(guard(principal, topic)):
+                return False
+        return True
+
+    async def may_control(self, principal: Principal, topic: str) -> bool:
+        """May ``principal`` control the run of ``topic`` (pause, resume, cancel,
+        execute): the authorizer's ``can_control`` where it has one, else its
+        ``can_publish``."""
+        check = getattr(self.authorizer, "can_control", None)
+        if check is None:
+            check = self.authorizer.can_publish
+        return bool(await resolve(check(principal, topic)))
+
     async def _cmd_publish(self, session: Session, command: PublishCommand) -> None:
-        allowed = not self.server_owned(command.topic) and await resolve(
-            self.authorizer.can_publish(session.principal, command.topic)
-        )
-        if not allowed:
+        if not await self.may_publish(session.principal, command.topic):
             raise CommandError(ErrorCode.FORBIDDEN, f"may not publish to {command.topic!r}")
         try:
             pub = await self.publish(command.topic, command.event, command.data)

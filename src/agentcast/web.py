@@ -20,7 +20,7 @@ from agentcast.policy import (
     resolve,
 )
 
-__all__ = ["allowed", "http_error", "principal_of", "request_of"]
+__all__ = ["admin_of", "allowed", "http_error", "principal_of", "request_of"]
 
 
 def request_of(conn: HTTPConnection) -> ConnectionRequest:
@@ -46,6 +46,15 @@ async def principal_of(gateway: Gateway, request: Request) -> Principal:
     except AuthenticationError as exc:
         code = ErrorCode.UNAUTHORIZED if exc.status == 401 else ErrorCode.FORBIDDEN
         raise http_error(exc.status, code, str(exc) or "unauthorized") from exc
+
+
+async def admin_of(gateway: Gateway, request: Request) -> Principal:
+    """The caller, who must hold ``admin`` once authentication is on (anyone in open dev
+    mode); raises HTTP 401 (not authenticated) or 403 ``forbidden``."""
+    principal = await principal_of(gateway, request)
+    if not gateway.open_mode and not principal.admin:
+        raise http_error(403, ErrorCode.FORBIDDEN, "needs the admin scope")
+    return principal
 
 
 async def allowed(value: Any) -> bool:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentcast.core.envelope import Publication, format_timestamp
 from agentcast.storage import RunSummary, create_store
-from agentcast.storage.base import RunStore, StoreError
+from agentcast.storage.base import RunStore, RunVisibility, StoreError
+from agentcast.storage.sql import MIGRATIONS
 from tests.conftest import free_port
 from tests.services import require_postgres
 
@@ -38,9 +43,11 @@ def pub(topic: str, seq: int, type: str = "log", data: bytes = b'{"m":1}') -> Pu
     return Publication(topic, seq, type, data, format_timestamp(1000.0 + seq), 1000.0 + seq)
 
 
-def summary(topic: str, status: str, last_seq: int = 1) -> RunSummary:
+def summary(topic: str, status: str, last_seq: int = 1, owner: str | None = None) -> RunSummary:
     kind, run_id = topic.split(":", 1)
-    return RunSummary(topic, kind, run_id, status, "e1", "t0", None, last_seq, {"status": status})
+    return RunSummary(
+        topic, kind, run_id, status, "e1", "t0", None, last_seq, {"status": status}, owner
+    )
 
 
 async def test_events_are_idempotent_and_ordered(store: RunStore) -> None:
@@ -74,6 +81,81 @@ async def test_runs_upsert_list_filter_and_page(store: RunStore) -> None:
     await store.upsert_runs([summary("workflow:c", "running")])
     assert await store.unfinished() == ["workflow:c"]
     await store.upsert_runs([])
+
+
+async def test_owner_is_stored_once_and_never_replaced(store: RunStore) -> None:
+    await store.upsert_runs([summary("workflow:o", "running"), summary("workflow:p", "running")])
+    assert (await store.get_run("workflow:o")).owner is None  # type: ignore[union-attr]
+    await store.upsert_runs([summary("workflow:o", "running", 2, owner="alice")])
+    await store.upsert_runs([summary("workflow:o", "completed", 3, owner="mallory")])
+    await store.upsert_runs([summary("workflow:o", "completed", 4)])
+    run = await store.get_run("workflow:o")
+    assert run is not None and (run.owner, run.last_seq, run.status) == ("alice", 4, "completed")
+
+
+async def test_listing_by_visibility_matches_owner_or_pattern(store: RunStore) -> None:
+    await store.upsert_runs(
+        [
+            summary("workflow:a1", "running", owner="alice"),
+            summary("workflow:b1", "running", owner="bob"),
+            summary("workflow:team-42:x", "running", owner="bob"),
+            summary("workflow:TEAM-42:y", "running", owner="bob"),
+            summary("workflow:team-4%:z", "running", owner="bob"),
+            summary("workflow:team_42:w", "running", owner="bob"),
+            summary("execution:[x]", "running", owner="bob"),
+            summary("workflow:demo", "running"),
+        ]
+    )
+    alice = RunVisibility("alice")
+    found, total = await store.list_runs(None, None, 10, 0, alice)
+    assert ([r.topic for r in found], total) == (["workflow:a1"], 1)
+    team = RunVisibility("alice", ("workflow:team-42:*",))
+    found, total = await store.list_runs(None, None, 10, 0, team)
+    assert {r.topic for r in found} == {"workflow:a1", "workflow:team-42:x"}  # case, _ literal
+    assert total == 2
+    literal = RunVisibility("carol", ("workflow:team-4%:?", "execution:[x]"))
+    found, _ = await store.list_runs(None, None, 10, 0, literal)
+    assert {r.topic for r in found} == {"workflow:team-4%:z", "execution:[x]"}
+    page, total = await store.list_runs("workflow", "running", 1, 1, team)
+    assert (len(page), total) == (1, 2)
+    nobody, total = await store.list_runs(None, None, 10, 0, RunVisibility("zed"))
+    assert (nobody, total) == ([], 0)
+
+
+async def test_migration_0003_adds_owner_to_stored_runs(tmp_path: Path, store: RunStore) -> None:
+    """A database at revision 0002 (runs without owners) upgrades in place: its runs
+    belong to nobody until an owner is stored."""
+    await store.stop()
+    url: str = store.url  # type: ignore[attr-defined]
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: c.exec_driver_sql("DROP TABLE IF EXISTS alembic_version"))
+            for table in ("agentcast_messages", "agentcast_conversations", "agentcast_run_events"):
+                await conn.run_sync(lambda c, t=table: c.exec_driver_sql(f"DROP TABLE {t}"))
+            await conn.run_sync(lambda c: c.exec_driver_sql("DROP TABLE agentcast_runs"))
+            await conn.run_sync(lambda c: _upgrade_to(c, "0002"))
+            await conn.run_sync(
+                lambda c: c.exec_driver_sql(
+                    "INSERT INTO agentcast_runs (topic, kind, run_id, status, last_seq, state,"
+                    " updated_at) VALUES ('workflow:old', 'workflow', 'old', 'completed', 3,"
+                    " '{}', 1.0)"
+                )
+            )
+    finally:
+        await engine.dispose()
+    await store.start()  # upgrades to head
+    old = await store.get_run("workflow:old")
+    assert old is not None and (old.owner, old.last_seq) == (None, 3)
+    await store.upsert_runs([summary("workflow:old", "completed", 3, owner="alice")])
+    assert (await store.get_run("workflow:old")).owner == "alice"  # type: ignore[union-attr]
+
+
+def _upgrade_to(connection: Any, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
 
 
 async def test_migrations_are_idempotent(store: RunStore) -> None:

@@ -16,7 +16,7 @@ from agentcast.gateway import Gateway
 from agentcast.policy import Principal
 from agentcast.storage.base import StoreError
 from agentcast.storage.chat import Conversation
-from agentcast.web import http_error, principal_of
+from agentcast.web import admin_of, http_error, principal_of
 
 __all__ = ["chat_router"]
 
@@ -76,10 +76,14 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
             **conv.to_wire(), generating=isinstance(chat.generations.get(conv.id), Generation)
         )
 
-    async def owned(request: Request, cid: str) -> tuple[Principal, Conversation]:
+    async def owned(
+        request: Request, cid: str, *, read: bool = False
+    ) -> tuple[Principal, Conversation]:
+        """The conversation the caller owns (``read``: may read); 404 for any other,
+        existing or not."""
         principal = await principal_of(gateway, request)
         try:
-            return principal, await chat.conversation(principal, cid)
+            return principal, await chat.conversation(principal, cid, read=read)
         except ProtocolError as exc:
             status = 404 if exc.code is ErrorCode.NOT_FOUND else 503
             raise http_error(status, exc.code, exc.message) from exc
@@ -90,10 +94,12 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> ConversationPage:
-        """The caller's conversations, most recently updated first (in open dev mode,
-        where every request is a new anonymous user, every conversation)."""
+        """The caller's conversations, most recently updated first (every conversation
+        for ``admin``, and in open dev mode, where every request is a new anonymous
+        user)."""
         principal = await principal_of(gateway, request)
-        user = None if principal.anonymous and gateway.open_mode else principal.subject
+        everyone = (principal.anonymous and gateway.open_mode) or principal.admin
+        user = None if everyone else principal.subject
         try:
             found, total = await chat.store.list_conversations(user, limit, offset)
         except StoreError as exc:
@@ -116,7 +122,7 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
     @router.get("/api/conversations/{conversation_id}", response_model=ConversationOut)
     async def get_conversation(request: Request, conversation_id: Cid) -> ConversationOut:
         """One conversation."""
-        _, conv = await owned(request, conversation_id)
+        _, conv = await owned(request, conversation_id, read=True)
         return out(conv)
 
     @router.patch("/api/conversations/{conversation_id}", response_model=ConversationOut)
@@ -155,7 +161,7 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> MessagePage:
         """Stored messages, oldest first; page back with ``before``."""
-        _, conv = await owned(request, conversation_id)
+        _, conv = await owned(request, conversation_id, read=True)
         try:
             found = await chat.store.messages(conv.id, before, limit + 1)
         except StoreError as exc:
@@ -170,8 +176,9 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
         )
 
     @router.get("/api/agents", response_model=list[AgentOut])
-    async def agents() -> list[AgentOut]:
-        """The agents this server answers with."""
+    async def agents(request: Request) -> list[AgentOut]:
+        """The agents this server answers with (any authenticated caller)."""
+        await principal_of(gateway, request)
         return [
             AgentOut(
                 id=agent_id,
@@ -184,9 +191,11 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
         ]
 
     @router.get("/api/llm/stats")
-    async def llm_stats() -> dict[str, Any]:
+    async def llm_stats(request: Request) -> dict[str, Any]:
         """Per upstream and model: generations, time to first token, tokens/s, cancel
-        and error rates, queue wait; and each queue's load now."""
+        and error rates, queue wait; and each queue's load now (``admin`` only once
+        authentication is on: everybody's usage)."""
+        await admin_of(gateway, request)
         return {
             "agents": [s.to_dict() for s in chat.stats.values()],
             "queues": [
@@ -196,8 +205,11 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
         }
 
     @router.get("/api/llm/health")
-    async def llm_health() -> dict[str, Any]:
-        """Health of every LLM upstream in use (agents without one are left out)."""
+    async def llm_health(request: Request) -> dict[str, Any]:
+        """Health of every LLM upstream in use (agents without one are left out). Sends a
+        request to each upstream and shows its URL: ``admin`` only once authentication
+        is on."""
+        await admin_of(gateway, request)
         found = []
         for agent_id, agent in chat.agents.items():
             upstream = getattr(agent, "upstream", None)

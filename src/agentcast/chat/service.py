@@ -47,6 +47,7 @@ from agentcast.codes import ErrorCode
 from agentcast.core.commands import error_frame
 from agentcast.errors import AgentError, BrokerError, CommandError, ConfigError, ProtocolError
 from agentcast.plugin import GatewayFeature
+from agentcast.security.ownership import Owner, topic_granted
 from agentcast.storage import ChatStore, create_chat_store
 from agentcast.storage.base import RunStore, StoreError
 from agentcast.storage.chat import ChatMessage, Conversation, NewMessage
@@ -127,6 +128,7 @@ class Chat(GatewayFeature):
         gateway.add_command(ChatCancelCommand, "chat:cancel", handler=self._cmd_cancel)
         gateway.server_prefixes.add(CHAT_PREFIX)
         gateway.subscribe_guards[CHAT_PREFIX] = self._may_subscribe
+        gateway.owner_lookups[CHAT_PREFIX] = self.owner_of
         gateway.add_shutdown(self.stop)
         gateway.add_router(chat_router(gateway, self))
         gateway.add_router(seed003_router(gateway, self))
@@ -198,24 +200,45 @@ class Chat(GatewayFeature):
     # -- ownership -----------------------------------------------------------------
 
     def owns(self, principal: Principal, conversation: Conversation) -> bool:
-        """May ``principal`` use ``conversation``? Its owner may; in open dev mode every
-        anonymous connection is its own user, so there the (unguessable) conversation
-        id is the capability, which lets a reconnecting client or a second tab in."""
-        if conversation.user == principal.subject:
+        """May ``principal`` use ``conversation`` (send, cancel, rename, delete)? Its owner
+        and ``admin`` may; in open dev mode every anonymous connection is its own user,
+        so there the (unguessable) conversation id is the capability, which lets a
+        reconnecting client or a second tab in."""
+        if conversation.user == principal.subject or principal.admin:
             return True
         return principal.anonymous and self.gateway.open_mode
 
+    def reads(self, principal: Principal, conversation: Conversation) -> bool:
+        """May ``principal`` read ``conversation`` (subscribe, history, messages)? Who
+        :meth:`owns` it, and a ``topics`` claim that grants ``chat:<id>``."""
+        return self.owns(principal, conversation) or topic_granted(
+            principal, CHAT_PREFIX + conversation.id
+        )
+
     async def _may_subscribe(self, principal: Principal, topic: str) -> bool:
         conv = await self.store.get_conversation(topic[len(CHAT_PREFIX) :])
-        return conv is not None and self.owns(principal, conv)
+        return conv is not None and self.reads(principal, conv)
 
-    async def conversation(self, principal: Principal, conversation_id: str) -> Conversation:
-        """The caller's conversation; CommandError ``not_found`` otherwise."""
+    async def owner_of(self, topic: str) -> Owner | None:
+        """The owner lookup of ``chat:`` topics: the conversation's user."""
+        try:
+            conv = await self.store.get_conversation(topic[len(CHAT_PREFIX) :])
+        except StoreError:
+            return None
+        return Owner(conv.user) if conv is not None else None
+
+    async def conversation(
+        self, principal: Principal, conversation_id: str, *, read: bool = False
+    ) -> Conversation:
+        """The caller's conversation (with ``read``: one they may read); CommandError
+        ``not_found`` otherwise: the same answer for a conversation that does not exist
+        and for one that is not theirs."""
         try:
             conv = await self.store.get_conversation(conversation_id)
         except StoreError as exc:
             raise CommandError(ErrorCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
-        if conv is None or not self.owns(principal, conv):
+        allowed = self.reads if read else self.owns
+        if conv is None or not allowed(principal, conv):
             raise CommandError(
                 ErrorCode.NOT_FOUND,
                 f"no conversation {conversation_id!r}",
@@ -328,7 +351,7 @@ class Chat(GatewayFeature):
         limit = data.limit or self.settings.chat_history_limit
         if data.conversation_id is not None:
             conv: Conversation | None = await self.conversation(
-                session.principal, data.conversation_id
+                session.principal, data.conversation_id, read=True
             )
         else:
             try:

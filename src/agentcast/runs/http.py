@@ -7,17 +7,19 @@ import contextlib
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
 from agentcast.errors import CommandError
 from agentcast.gateway import Gateway
+from agentcast.policy import Principal
 from agentcast.runs.engine import WorkflowRun
 from agentcast.runs.state import run_kind
-from agentcast.storage.base import RunStore, StoreError
-from agentcast.web import allowed, http_error, principal_of
+from agentcast.security.ownership import OwnershipPolicy
+from agentcast.storage.base import RunStore, RunVisibility, StoreError
+from agentcast.web import http_error, principal_of
 
 if TYPE_CHECKING:
     from agentcast.runs.registry import Runs
@@ -88,10 +90,14 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
     """The runs HTTP API of ``runs`` on ``gateway``: execute, control, lease, list, read."""
     router = APIRouter(tags=["runs"])
 
-    async def authorize(request: Request, topic: str) -> None:
+    async def authorize_control(request: Request, topic: str) -> Principal:
         principal = await principal_of(gateway, request)
-        if not await allowed(gateway.authorizer.can_publish(principal, topic)):
-            raise http_error(403, ErrorCode.FORBIDDEN, f"may not run {topic!r}")
+        try:
+            await runs.authorize_control(principal, topic)
+        except CommandError as exc:
+            status = 409 if exc.code is ErrorCode.UNAVAILABLE else 403
+            raise http_error(status, exc.code, exc.message, exc.field) from exc
+        return principal
 
     @router.post("/api/workflows/{workflow_id}/execute", response_model=ExecuteOut, status_code=202)
     async def execute(
@@ -109,7 +115,13 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
         if not valid_topic(topic):
             message = f"invalid workflow id {workflow_id!r}"
             raise http_error(400, ErrorCode.INVALID_TOPIC, message, "workflow_id")
-        await authorize(request, topic)
+        principal = await principal_of(gateway, request)
+        if not await gateway.may_control(principal, topic):
+            raise http_error(403, ErrorCode.FORBIDDEN, f"may not run {topic!r}: needs control")
+        if not await runs.take_ownership(principal, topic):
+            # the same answer whoever owns it (another user, the server)
+            message = f"workflow id {workflow_id!r} is not available"
+            raise http_error(409, ErrorCode.CONFLICT, message, "workflow_id")
         execution_id = str(uuid.uuid4())
         run = WorkflowRun(
             runs.workflows.get(workflow_id), gateway, workflow_id, execution_id=execution_id
@@ -140,8 +152,10 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
 
     @router.post("/api/runs/{topic}/control", response_model=ControlOut)
     async def control(request: Request, topic: str, body: ControlIn) -> ControlOut:
-        """Pause, resume or cancel a run through its producer's control handler."""
-        await authorize(request, topic)
+        """Pause, resume or cancel a run through its producer's control handler (needs
+        ``control`` and a run the caller may read; any other run, existing or not, gets
+        the same 409 as a run without a producer here)."""
+        await authorize_control(request, topic)
         try:
             seq = await runs.control(topic, body.action)
         except CommandError as exc:
@@ -154,7 +168,9 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
         """The producer of ``topic`` is alive: renew its lease for ``ttl`` seconds."""
         if run_kind(topic) is None:
             raise http_error(400, ErrorCode.INVALID_TOPIC, f"{topic!r} is not a run", "topic")
-        await authorize(request, topic)
+        principal = await principal_of(gateway, request)
+        if not await gateway.may_publish(principal, topic):
+            raise http_error(403, ErrorCode.FORBIDDEN, f"may not renew the lease of {topic!r}")
         return LeaseOut(topic=topic, ttl=runs.renew(topic, body.ttl))
 
     @router.get("/api/runs", response_model=RunPage)
@@ -165,14 +181,18 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> RunPage:
-        """Stored runs, most recently updated first, filtered by kind and status."""
+        """Stored runs the caller may read, most recently updated first, filtered by kind
+        and status (with authentication on and the default authorizer: their own and what
+        their ``topics`` claim grants, all for ``admin``)."""
+        principal = await principal_of(gateway, request)
         store = _store_or_404(runs)
         await _flush(runs)
-        found, total = await store.list_runs(kind, status, limit, offset)
-        principal = await principal_of(gateway, request)
-        visible = [
-            r for r in found if await allowed(gateway.authorizer.can_subscribe(principal, r.topic))
-        ]
+        if isinstance(gateway.authorizer, OwnershipPolicy) and not principal.admin:
+            visibility = RunVisibility(principal.subject, principal.topics)
+        else:
+            visibility = None
+        found, total = await store.list_runs(kind, status, limit, offset, visibility)
+        visible = [r for r in found if await gateway.may_subscribe(principal, r.topic)]
         return RunPage(
             total=total,
             limit=limit,
@@ -198,7 +218,7 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
         await _readable(gateway, request, topic)
         state = await runs.snapshot_async(topic)
         if state is None:
-            raise http_error(404, ErrorCode.INVALID_TOPIC, f"no run {topic!r}", "topic")
+            raise _no_run(topic)
         return RunStateOut(topic=topic, seq=state[0], state=state[1])
 
     @router.get("/api/runs/{topic}/events", response_model=RunEventsOut)
@@ -233,9 +253,15 @@ async def _flush(runs: Runs) -> None:
             raise http_error(503, ErrorCode.UNAVAILABLE, f"run store unavailable: {exc}") from exc
 
 
+def _no_run(topic: str) -> HTTPException:
+    return http_error(404, ErrorCode.NOT_FOUND, f"no run {topic!r}", "topic")
+
+
 async def _readable(gateway: Gateway, request: Request, topic: str) -> None:
+    """Raise unless the caller may read the run ``topic``: 404 ``not_found``, the answer
+    for a run that does not exist, so that a refusal says nothing about another's run."""
     if run_kind(topic) is None:
         raise http_error(400, ErrorCode.INVALID_TOPIC, f"{topic!r} is not a run", "topic")
     principal = await principal_of(gateway, request)
-    if not await allowed(gateway.authorizer.can_subscribe(principal, topic)):
-        raise http_error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")
+    if not await gateway.may_subscribe(principal, topic):
+        raise _no_run(topic)

@@ -82,8 +82,10 @@ class RunRecorder:
             await asyncio.sleep(self.interval)
 
 
-def summary_of(topic: str, state: dict[str, object], seq: int) -> RunSummary:
-    """A :class:`RunSummary` from a run snapshot."""
+def summary_of(
+    topic: str, state: dict[str, object], seq: int, owner: str | None = None
+) -> RunSummary:
+    """A :class:`RunSummary` from a run snapshot (and the run's owner)."""
     kind, run_id = topic.split(":", 1)
     return RunSummary(
         topic=topic,
@@ -95,4 +97,5 @@ def summary_of(topic: str, state: dict[str, object], seq: int) -> RunSummary:
         finished_at=state.get("finished_at"),  # type: ignore[arg-type]
         last_seq=seq,
         state=state,
+        owner=owner,
     )

@@ -16,6 +16,10 @@ listens to every ``execution:`` and ``workflow:`` topic and:
   ``PUT /api/runs/{run}/lease``, or a tracker doing it for you) with its own TTL. When a
   lease lapses, the gateway itself appends a terminal ``publisher_lost`` event, so
   dashboards and history show what happened instead of a run "running" for ever;
+* records each run's **owner** (the principal that executed it or published its first
+  event, or the ``owner`` that event names; None for runs the server makes), in memory
+  and in the run store, and answers the gateway's owner lookups of run topics (the
+  default authorizer's, :mod:`agentcast.security.ownership`);
 * routes **control** (``pause``, ``resume``, ``cancel``) from authorized clients to the
   handler the producer registered for the run, then publishes ``run_paused``,
   ``run_resumed`` or ``run_cancelled`` on the run topic. One producer at a time holds a
@@ -27,6 +31,7 @@ listens to every ``execution:`` and ``workflow:`` topic and:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -39,13 +44,14 @@ from agentcast.codes import ErrorCode
 from agentcast.core.envelope import Publication, encode_json
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
 from agentcast.core.history import HistoryPage
-from agentcast.errors import CommandError
-from agentcast.policy import resolve
+from agentcast.errors import BrokerError, CommandError
+from agentcast.policy import Principal
 from agentcast.runs.endpoints import run_endpoints
 from agentcast.runs.engine import WorkflowRegistry
 from agentcast.runs.recorder import RunRecorder, summary_of
 from agentcast.runs.state import RunState, run_kind
 from agentcast.runs.vocabulary import validate_event
+from agentcast.security.ownership import Owner
 from agentcast.storage.base import RunStore, RunSummary, StoreError
 
 if TYPE_CHECKING:
@@ -53,6 +59,8 @@ if TYPE_CHECKING:
     from agentcast.gateway import Gateway
 
 __all__ = ["RUN_PREFIXES", "ControlCommand", "ControlHandler", "LeaseCommand", "Runs"]
+
+logger = logging.getLogger("agentcast")
 
 RUN_PREFIXES = ("execution:", "workflow:")
 ControlAction = Literal["pause", "resume", "cancel"]
@@ -100,6 +108,12 @@ class Runs:
         the fold has seen it (defaults for the events checked after it)."""
         self.producers: dict[str, object] = {}
         """Run topic -> the producer holding it (see :meth:`claim`)."""
+        self.owners: OrderedDict[str, str | None] = OrderedDict()
+        """Run topic -> its owner's subject (None: nobody, the server made it), for the
+        runs seen here; the run store keeps them all (see :meth:`owner_of`)."""
+        self.publishers: dict[str, str] = {}
+        """Unowned run topic -> the first client allowed to publish to it, until its first
+        event arrives (that client then owns it, unless the event names an ``owner``)."""
         self.gateway: Gateway | None = None
         self.default_ttl = 60.0
         self.store: RunStore | None = store
@@ -120,6 +134,9 @@ class Runs:
         gateway.observers.append(self.observe)
         gateway.add_validator(self.check_event)
         gateway.add_snapshot_provider(RUN_PREFIXES, self.snapshot_async)
+        for prefix in RUN_PREFIXES:
+            gateway.owner_lookups[prefix] = self.owner_of
+            gateway.publish_guards[prefix] = self._publishing
         gateway.add_command(ControlCommand, "control", handler=self._cmd_control)
         gateway.add_command(LeaseCommand, "lease", handler=self._cmd_lease)
         for endpoint in run_endpoints(gateway):
@@ -219,7 +236,11 @@ class Runs:
             self._evict()
         else:
             self.states.move_to_end(topic)
-        state.apply(pub.seq, pub.type, orjson.loads(pub.data), pub.timestamp)
+        data = orjson.loads(pub.data)
+        if pub.seq == 1 and topic not in self.owners:  # the topic's first event
+            named = data.get("owner")
+            self._own(topic, named if isinstance(named, str) else self.publishers.get(topic))
+        state.apply(pub.seq, pub.type, data, pub.timestamp)
         if pub.type == "workflow_start" and self.starting.get(topic) == state.execution_id:
             del self.starting[topic]  # the fold knows the run now
         if self.recorder is not None:
@@ -264,7 +285,9 @@ class Runs:
     def summary(self, topic: str) -> RunSummary | None:
         """The stored summary of a run this registry holds in memory."""
         state = self.states.get(topic)
-        return summary_of(topic, state.snapshot(), state.seq) if state is not None else None
+        if state is None:
+            return None
+        return summary_of(topic, state.snapshot(), state.seq, self.owners.get(topic))
 
     def _evict(self) -> None:
         if len(self.states) <= self.max_runs:
@@ -275,6 +298,66 @@ class Runs:
                 return
         topic, _ = self.states.popitem(last=False)
         self.leases.pop(topic, None)
+
+    # -- owners --------------------------------------------------------------------
+
+    def _own(self, topic: str, subject: str | None) -> None:
+        """Record ``topic``'s owner (bounded: the oldest are forgotten here, not in the
+        store; a forgotten owner without a store makes the run readable by admin only)."""
+        self.publishers.pop(topic, None)
+        self.owners[topic] = subject
+        self.owners.move_to_end(topic)
+        if len(self.owners) > 10 * self.max_runs:
+            self.owners.popitem(last=False)
+
+    async def owner_of(self, topic: str) -> Owner | None:
+        """Who owns the run ``topic`` (the gateway's owner lookup for run topics): the
+        principal that executed it or published its first event, or the ``owner`` that
+        event names; ``Owner(None)`` for a run the server made, and for one whose owner
+        cannot be told (forgotten here, not in the store, still in the broker's history;
+        or the store is unavailable): nobody may claim those; None for a run that exists
+        neither here, nor in the store, nor in the broker."""
+        assert self.gateway is not None
+        if topic in self.owners:
+            return Owner(self.owners[topic])
+        if run_kind(topic) is None:
+            return None
+        if self.store is not None:
+            try:
+                summary = await self.store.get_run(topic)
+            except StoreError as exc:
+                logger.warning("owner of %s unknown, run store unavailable: %s", topic, exc)
+                return Owner(None)
+            if summary is not None:
+                if topic not in self.owners:
+                    self._own(topic, summary.owner)
+                return Owner(self.owners[topic])
+        try:
+            page = await self.gateway.broker.history(topic, 0, limit=0)
+        except BrokerError:
+            return Owner(None)
+        return Owner(None) if page.last_seq > 0 else None
+
+    async def take_ownership(self, principal: Principal, topic: str) -> bool:
+        """Before ``principal`` starts a run of ``topic`` (execute): a topic nobody owns
+        yet becomes theirs; a topic they may read (their own, the ``topics`` claim,
+        ``admin``, open dev mode) keeps its owner; False for any other (its owner's, or
+        one the server made), which the caller refuses."""
+        assert self.gateway is not None
+        if await self.owner_of(topic) is None:
+            self._own(topic, None if principal.anonymous else principal.subject)
+            return True
+        return await self.gateway.may_subscribe(principal, topic)
+
+    def _publishing(self, principal: Principal, topic: str) -> bool:
+        """Publish guard of run topics: remember the first client allowed to publish to
+        a topic without an owner (it owns the topic when its first event arrives; an
+        anonymous one of open dev mode leaves it nobody's)."""
+        if topic not in self.owners and topic not in self.publishers and not principal.anonymous:
+            if len(self.publishers) >= 10_000:  # publishes that never arrived
+                self.publishers.clear()
+            self.publishers[topic] = principal.subject
+        return True
 
     # -- leases --------------------------------------------------------------------
 
@@ -313,7 +396,7 @@ class Runs:
 
     async def _cmd_lease(self, session: Session, command: LeaseCommand) -> None:
         assert self.gateway is not None
-        await self._authorize(session, command.topic)
+        await self._authorize(session, command.topic, control=False)
         ttl = self.renew(command.topic, command.ttl)
         self.gateway.reply(
             session, "lease_renewed", {"topic": command.topic, "ttl": ttl}, id=command.id
@@ -361,11 +444,7 @@ class Runs:
         assert self.gateway is not None
         handler = self.handlers.get(topic)
         if handler is None:
-            raise CommandError(
-                ErrorCode.UNAVAILABLE,
-                f"no producer on this node accepts control for {topic!r}",
-                field="topic",
-            )
+            raise _no_producer(topic)
         state = self.states.get(topic)
         if state is not None and state.finished:
             raise CommandError(ErrorCode.INVALID_FIELD, f"{topic!r} has finished", field="topic")
@@ -379,10 +458,29 @@ class Runs:
         seq = await self.control(command.topic, command.action)
         self.gateway.reply(session, "ack", {"topic": command.topic, "seq": seq}, id=command.id)
 
-    async def _authorize(self, session: Session, topic: str) -> None:
+    async def _authorize(self, session: Session, topic: str, *, control: bool = True) -> None:
         assert self.gateway is not None
         if run_kind(topic) is None:
             raise CommandError(ErrorCode.INVALID_TOPIC, f"{topic!r} is not a run", field="topic")
-        allowed = self.gateway.authorizer.can_publish(session.principal, topic)
-        if not await resolve(allowed):
-            raise CommandError(ErrorCode.FORBIDDEN, f"may not control {topic!r}")
+        if control:
+            await self.authorize_control(session.principal, topic)
+        elif not await self.gateway.may_publish(session.principal, topic):
+            raise CommandError(ErrorCode.FORBIDDEN, f"may not renew the lease of {topic!r}")
+
+    async def authorize_control(self, principal: Principal, topic: str) -> None:
+        """Raise unless ``principal`` may control the run ``topic``: it must read the run
+        (else the answer is the one for a run without a producer here, which says nothing
+        about whether the run exists), then hold control (``forbidden``)."""
+        assert self.gateway is not None
+        if not await self.gateway.may_subscribe(principal, topic):
+            raise _no_producer(topic)
+        if not await self.gateway.may_control(principal, topic):
+            raise CommandError(ErrorCode.FORBIDDEN, f"may not control {topic!r}: needs control")
+
+
+def _no_producer(topic: str) -> CommandError:
+    return CommandError(
+        ErrorCode.UNAVAILABLE,
+        f"no producer on this node accepts control for {topic!r}",
+        field="topic",
+    )

@@ -17,7 +17,7 @@ from typing import Any
 from agentcast.core.envelope import Publication
 from agentcast.errors import AgentcastError
 
-__all__ = ["RunStore", "RunSummary", "StoreError", "StoredEvent"]
+__all__ = ["RunStore", "RunSummary", "RunVisibility", "StoreError", "StoredEvent"]
 
 
 class StoreError(AgentcastError):
@@ -35,6 +35,19 @@ class RunSummary:
     finished_at: str | None
     last_seq: int
     state: dict[str, Any]
+    owner: str | None = None
+    """The subject of the principal the run belongs to; None: nobody (the server made
+    it). Once stored, an owner is never replaced (:meth:`RunStore.upsert_runs`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunVisibility:
+    """The runs one principal may list: those ``owner`` owns, and those whose topic
+    matches one of ``patterns`` (a ``topics`` claim: ``*``, ``?``, the rest literal; see
+    :func:`agentcast.security.ownership.topic_granted`)."""
+
+    owner: str
+    patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +83,20 @@ class RunStore(ABC):
 
     @abstractmethod
     async def upsert_runs(self, runs: list[RunSummary]) -> None:
-        """Insert or replace run summaries, in one transaction."""
+        """Insert or replace run summaries, in one transaction; a stored ``owner`` is
+        kept (a summary's owner only fills one that is not stored yet)."""
 
     @abstractmethod
     async def list_runs(
-        self, kind: str | None, status: str | None, limit: int, offset: int
+        self,
+        kind: str | None,
+        status: str | None,
+        limit: int,
+        offset: int,
+        visibility: RunVisibility | None = None,
     ) -> tuple[list[RunSummary], int]:
-        """Runs, most recently updated first, and the total matching the filters."""
+        """Runs, most recently updated first, and the total matching the filters (only
+        those ``visibility`` lets see, when given)."""
 
     @abstractmethod
     async def get_run(self, topic: str) -> RunSummary | None: ...

@@ -30,8 +30,10 @@ runs = Table(
     Column("last_seq", BigInteger, nullable=False),
     Column("state", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("owner", String(200)),
     Index("ix_agentcast_runs_kind_status", "kind", "status"),
     Index("ix_agentcast_runs_updated_at", "updated_at"),
+    Index("ix_agentcast_runs_owner_updated", "owner", "updated_at"),
 )
 
 run_events = Table(

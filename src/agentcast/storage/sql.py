@@ -15,14 +15,15 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, bindparam, delete, event, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, event, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from agentcast.core.envelope import Publication
-from agentcast.storage.base import RunStore, RunSummary, StoredEvent, StoreError
+from agentcast.security.ownership import pattern_like
+from agentcast.storage.base import RunStore, RunSummary, RunVisibility, StoredEvent, StoreError
 from agentcast.storage.chat import ChatMessage, ChatStore, Conversation, NewMessage
 from agentcast.storage.schema import conversations, messages, run_events, runs
 
@@ -58,6 +59,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _glob(pattern: str) -> str:
+    """A ``topics`` claim pattern as a SQLite ``GLOB`` (``[`` and ``]`` literal)."""
+    return "".join("[" + c + "]" if c in "[]" else c for c in pattern)
+
+
 def _summary(row: Any) -> RunSummary:
     return RunSummary(
         topic=row.topic,
@@ -69,6 +75,7 @@ def _summary(row: Any) -> RunSummary:
         finished_at=row.finished_at,
         last_seq=row.last_seq,
         state=orjson.loads(row.state),
+        owner=row.owner,
     )
 
 
@@ -165,14 +172,16 @@ class SqlRunStore(RunStore):
                 "last_seq": r.last_seq,
                 "state": orjson.dumps(r.state).decode(),
                 "updated_at": now,
+                "owner": r.owner,
             }
             for r in summaries
         ]
         insert = self._insert(runs)
-        stmt = insert.on_conflict_do_update(
-            index_elements=["topic"],
-            set_={c: insert.excluded[c] for c in rows[0] if c != "topic"},
-        )
+        replaced: dict[str, Any] = {
+            c: insert.excluded[c] for c in rows[0] if c not in ("topic", "owner")
+        }
+        replaced["owner"] = func.coalesce(runs.c.owner, insert.excluded.owner)  # kept once set
+        stmt = insert.on_conflict_do_update(index_elements=["topic"], set_=replaced)
         try:
             async with self._engine.begin() as conn:
                 for row in rows:  # one statement per row: upserts do not batch on every driver
@@ -181,10 +190,19 @@ class SqlRunStore(RunStore):
             raise StoreError(f"storing {len(rows)} runs failed: {exc}") from exc
 
     async def list_runs(
-        self, kind: str | None, status: str | None, limit: int, offset: int
+        self,
+        kind: str | None,
+        status: str | None,
+        limit: int,
+        offset: int,
+        visibility: RunVisibility | None = None,
     ) -> tuple[list[RunSummary], int]:
         query = select(runs)
         count = select(func.count()).select_from(runs)
+        if visibility is not None:
+            seen = self._visible(visibility)
+            query = query.where(seen)
+            count = count.where(seen)
         if kind is not None:
             query = query.where(runs.c.kind == kind)
             count = count.where(runs.c.kind == kind)
@@ -196,6 +214,18 @@ class SqlRunStore(RunStore):
             rows = (await conn.execute(query)).all()
             total = (await conn.execute(count)).scalar_one()
         return [_summary(r) for r in rows], int(total)
+
+    def _visible(self, visibility: RunVisibility) -> Any:
+        """``owner = :owner OR topic matches a pattern``, case-sensitive on every database
+        (SQLite's ``LIKE`` ignores ASCII case: its ``GLOB`` is used there)."""
+        clauses: list[Any] = [runs.c.owner == visibility.owner]
+        sqlite_ = self._engine.dialect.name == "sqlite"
+        for pattern in visibility.patterns:
+            if sqlite_:
+                clauses.append(runs.c.topic.op("GLOB")(_glob(pattern)))
+            else:
+                clauses.append(runs.c.topic.like(pattern_like(pattern), escape="\\"))
+        return or_(*clauses)
 
     async def get_run(self, topic: str) -> RunSummary | None:
         async with self._engine.connect() as conn:

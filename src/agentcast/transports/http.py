@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
@@ -30,7 +30,7 @@ from agentcast.gateway import Gateway
 from agentcast.security.origin import OriginMiddleware, OriginPolicy
 from agentcast.transports.asgi import websocket_not_found, websocket_route
 from agentcast.transports.docs import install_offline_docs
-from agentcast.web import allowed, http_error, principal_of
+from agentcast.web import admin_of, http_error, principal_of
 
 __all__ = ["create_app", "http_router"]
 
@@ -77,8 +77,12 @@ class Health(BaseModel):
     status: str
     version: str
     mode: str
-    connections: int
-    topics: int
+    connections: int | None = Field(
+        description="Open connections; with authentication on, shown to admin only."
+    )
+    topics: int | None = Field(
+        description="Topics the broker knows; with authentication on, shown to admin only."
+    )
     uptime_s: float
 
 
@@ -88,15 +92,19 @@ def http_router(gateway: Gateway) -> APIRouter:
     started = time.monotonic()
 
     @router.get("/healthz", response_model=Health, tags=["ops"])
-    async def healthz() -> Health:
+    async def healthz(request: Request) -> Health:
         """Liveness and a few counters; ``topics`` counts the topics the broker knows,
-        published to or subscribed (what ``/api/topics`` lists in open mode)."""
+        published to or subscribed (what ``/api/topics`` lists in open mode).
+
+        Needs no credentials (load balancers), and never names a topic; with
+        authentication on, the counters are for ``admin`` only (``null`` otherwise)."""
+        counters = gateway.open_mode or await _is_admin(gateway, request)
         return Health(
             status="ok" if gateway.started else "starting",
             version=__version__,
             mode="open" if gateway.open_mode else "auth",
-            connections=len(gateway.sessions),
-            topics=len(gateway.broker.topics()),  # what /api/topics lists (open mode)
+            connections=len(gateway.sessions) if counters else None,
+            topics=len(gateway.broker.topics()) if counters else None,
             uptime_s=round(time.monotonic() - started, 3),
         )
 
@@ -123,9 +131,7 @@ def http_router(gateway: Gateway) -> APIRouter:
         sequence numbers in order.
         """
         principal = await principal_of(gateway, request)
-        if gateway.server_owned(topic) or not await allowed(
-            gateway.authorizer.can_publish(principal, topic)
-        ):
+        if not await gateway.may_publish(principal, topic):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
         try:
             events = (
@@ -210,15 +216,31 @@ def http_router(gateway: Gateway) -> APIRouter:
 
         @router.get("/_bench/publish", status_code=202, include_in_schema=False)
         async def bench_publish(
-            topics: int = 1, count: int = 1000, rate: float = 0.0, prefix: str = "t"
+            request: Request,
+            topics: int = 1,
+            count: int = 1000,
+            rate: float = 0.0,
+            prefix: str = "t",
         ) -> dict[str, str]:
-            """Benchmark trigger: publish ``count`` events round-robin over ``topics``."""
+            """Benchmark trigger: publish ``count`` events round-robin over ``topics``
+            (``admin`` only once authentication is on)."""
+            await admin_of(gateway, request)
             asyncio.get_running_loop().create_task(
                 _bench_loop(gateway, [f"{prefix}{i}" for i in range(topics)], count, rate)
             )
             return {"status": "publishing"}
 
     return router
+
+
+async def _is_admin(gateway: Gateway, request: Request) -> bool:
+    """Whether ``request`` comes from an ``admin``; False for a request without valid
+    credentials (never an error: /healthz answers everybody)."""
+    try:
+        principal = await principal_of(gateway, request)
+    except HTTPException:
+        return False
+    return principal.admin
 
 
 async def _bench_loop(

@@ -46,9 +46,9 @@ broker's type, no optional attribute looked up. A broker guarantees:
    numbering continues (a store continues it across restarts with
    :meth:`Broker.continue_numbering`). A durable topic is never forgotten: when
    :meth:`Broker.trim` drops an idle durable topic's history, its last seq is kept and its
-   next publication continues it (with :data:`DURABLE_EPOCH`); a broker whose server lost a durable topic's
-   numbering while processes kept running must give the restarted numbering another
-   epoch, never :data:`DURABLE_EPOCH` again.
+   next publication continues it (with :data:`DURABLE_EPOCH`). A broker whose server lost
+   a durable topic's numbering while processes kept running must give the restarted
+   numbering another epoch, never :data:`DURABLE_EPOCH` again.
 6. **What a publisher learns.** When :meth:`Broker.publish` returns, the publication is
    in history (durable for the lifetime of the broker's server). If it raises
    :class:`~agentcast.errors.BrokerError`, nothing was assigned: the publish can be

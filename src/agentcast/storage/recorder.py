@@ -83,7 +83,10 @@ class EventRecorder:
             await self.wakeup.wait()
             self.wakeup.clear()
             try:
-                await self.flush()
+                # not cut short when the gateway stops: a write in flight finishes (the
+                # shutdown flush then waits for it), a database connection is never
+                # abandoned mid-transaction
+                await asyncio.shield(self.flush())
             except StoreError as exc:
                 logger.error("%s store write failed, will retry: %s", self.name, exc)
             await asyncio.sleep(self.interval)

@@ -72,6 +72,12 @@ def _summary(row: Any) -> RunSummary:
     )
 
 
+_SQLITE_APPEND = (
+    "INSERT OR IGNORE INTO agentcast_run_events (topic, seq, type, timestamp, at, data) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 class SqlRunStore(RunStore):
     """SQLite or PostgreSQL through SQLAlchemy's async engine."""
 
@@ -130,6 +136,16 @@ class SqlRunStore(RunStore):
 
     async def append(self, events: list[Publication]) -> None:
         if not events:
+            return
+        if self._engine.dialect.name == "sqlite":
+            # the driver's executemany with tuples: a third of the CPU per event of the
+            # Core statement with one dict per row (chat streams record every token)
+            tuples = [(p.topic, p.seq, p.type, p.timestamp, p.at, p.data.decode()) for p in events]
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.exec_driver_sql(_SQLITE_APPEND, tuples)
+            except SQLAlchemyError as exc:
+                raise StoreError(f"storing {len(tuples)} events failed: {exc}") from exc
             return
         rows = [
             {

@@ -39,6 +39,7 @@ lost get a snapshot (:meth:`Chat.snapshot`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -604,23 +605,24 @@ class Chat(GatewayFeature):
         # batch (the final awaited publish keeps the order and reports a broken broker);
         # with a store, its publication joins the recorder's next batch (a list append)
         record = self.recorder.record if self.recorder is not None else None
+        publish_delta: Callable[[bytes], object]
         if gateway.publishes_now:
             publish_now = gateway.publish_now
             if record is None:
-
-                def publish_delta(data: bytes) -> None:
-                    publish_now(topic, "chat:streaming", data)
+                publish_delta = functools.partial(publish_now, topic, "chat:streaming")
             else:
 
-                def publish_delta(data: bytes) -> None:
+                def publish_delta(data: bytes) -> object:
                     record(publish_now(topic, "chat:streaming", data))
+                    return None
         else:
             publish_nowait = gateway.publish_nowait
 
-            def publish_delta(data: bytes) -> None:
+            def publish_delta(data: bytes) -> object:
                 future = publish_nowait(topic, "chat:streaming", data)
                 if record is not None:
                     future.add_done_callback(self._record_done)
+                return future
 
         def on_delta(delta: str) -> None:
             """One delta, pushed by the agent or read from its stream."""

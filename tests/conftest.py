@@ -27,7 +27,7 @@ from agentcast.brokers import Broker
 from agentcast.gateway import Gateway
 from agentcast.settings import Settings
 from agentcast.transports.http import create_app
-from agentcast.transports.server import build_server
+from agentcast.transports.server import DrainingServer, build_server
 
 # tests use no run store unless they ask for one (no agentcast.db in the working tree)
 os.environ.setdefault("AGENTCAST_STORE_URL", "")
@@ -70,7 +70,8 @@ async def start_server(
     if transport == "native":
         server = build_server(gateway, app)
     else:
-        server = uvicorn.Server(
+        # uvicorn's own WebSocket protocol and the ASGI adapter, draining on shutdown
+        server = DrainingServer(
             uvicorn.Config(
                 app,
                 host="127.0.0.1",
@@ -79,7 +80,8 @@ async def start_server(
                 log_level="warning",
                 ws="websockets-sansio",
                 ws_max_size=gateway.settings.max_message_bytes,
-            )
+            ),
+            gateway,
         )
     task = asyncio.create_task(server.serve(sockets=None))
     deadline = time.monotonic() + 5 * UNIT

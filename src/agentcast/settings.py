@@ -213,6 +213,14 @@ class Settings(BaseSettings):
     chat_history_limit: int = Field(
         10, ge=1, le=1000, description="Messages a chat:history returns by default."
     )
+    chat_events_max_age: float | None = Field(
+        None,
+        ge=0,
+        description="With a store: seconds a chat topic's events (deltas included) are kept "
+        "for resuming across a restart (default: history_max_age; 0: until the "
+        "conversation is deleted). Resuming from further back gets recovered: false and "
+        "a snapshot.",
+    )
     chat_idle_timeout: float = Field(
         600.0,
         gt=0,

@@ -394,6 +394,30 @@ async def test_durable_topics_continue_numbering_with_the_durable_epoch(nodes: N
     assert (await nodes.pub.publish("plain", "e", b"{}", 1.0)).epoch != DURABLE_EPOCH
 
 
+async def test_a_forgotten_durable_topic_keeps_its_numbering(nodes: Nodes) -> None:
+    await nodes.pub.declare_durable(["run:"])
+    await nodes.pub.declare_durable(["chat:"])  # adds to the first declaration
+    for topic in ("run:idle", "chat:idle"):
+        for _ in range(3):
+            await nodes.pub.publish(topic, "e", b"{}", 1.0)
+    await nodes.sub.trim(now=1e6)  # aged out, listened to by nobody
+    for topic in ("run:idle", "chat:idle"):
+        page = await nodes.sub.history(topic, 3)
+        assert (page.last_seq, page.epoch, page.complete) == (3, DURABLE_EPOCH, True)
+        again = await nodes.pub.publish(topic, "e", b"{}", 1e6)
+        assert (again.seq, again.epoch) == (4, DURABLE_EPOCH)
+    # continued from a store before first use: history says so before any publish
+    await nodes.pub.continue_numbering({"chat:stored": 9})
+    page = await nodes.sub.history("chat:stored", 9)
+    assert (page.first_seq, page.last_seq, page.epoch, page.complete) == (
+        10,
+        9,
+        DURABLE_EPOCH,
+        True,
+    )
+    assert not (await nodes.sub.history("chat:stored", 5)).complete
+
+
 async def test_a_lost_durable_numbering_does_not_keep_the_durable_epoch(nodes: Nodes) -> None:
     await nodes.pub.declare_durable(["run:"])
     await nodes.pub.publish("run:r", "e", b"{}", 1.0)

@@ -187,3 +187,20 @@ async def test_missing_service_skips_unless_required(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("AGENTCAST_REQUIRE_SERVICES", "1")
     with pytest.raises(pytest.fail.Exception, match="AGENTCAST_REQUIRE_SERVICES=1 but PostgreSQL"):
         await require_postgres(nowhere)
+
+
+async def test_prune_keeps_each_topics_last_event_and_other_prefixes(store: RunStore) -> None:
+    # pub() publishes seq n at 1000 + n
+    await store.append([pub("chat:a", n) for n in range(1, 6)] + [pub("chat:b", 1)])
+    await store.append([pub("workflow:w", n) for n in range(1, 4)] + [pub("chat;x", 1)])
+    assert await store.last_seqs("chat:") == {"chat:a": 5, "chat:b": 1}
+    assert await store.prune("chat:", before=1003.5) == 3  # chat:a 1..3; chat:b 1 is its last
+    assert [e.seq for e in await store.events("chat:a", 0)] == [4, 5]
+    assert [e.seq for e in await store.events("chat:b", 0)] == [1]
+    assert await store.prune("chat:", before=1e9) == 1  # chat:a 4: 5 stays, the numbering
+    assert await store.last_seqs("chat:") == {"chat:a": 5, "chat:b": 1}
+    assert [e.seq for e in await store.events("workflow:w", 0)] == [1, 2, 3]
+    assert len(await store.events("chat;x", 0)) == 1
+    assert (await store.last_seqs())["workflow:w"] == 3
+    await store.delete_events("chat:a")
+    assert await store.last_seqs("chat:") == {"chat:b": 1}

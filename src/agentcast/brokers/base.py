@@ -43,10 +43,12 @@ broker's type, no optional attribute looked up. A broker guarantees:
    the topic's subscribers with ``RESYNC`` (their resume is answered ``recovered:
    false`` and replays the new numbering's history). Topics under the prefixes declared
    with :meth:`Broker.declare_durable` carry :data:`DURABLE_EPOCH` as long as their
-   numbering continues (a run store continues it across restarts with
-   :meth:`Broker.continue_numbering`); a broker whose server lost a durable topic's
-   numbering while processes kept running must give the restarted numbering another
-   epoch, never :data:`DURABLE_EPOCH` again.
+   numbering continues (a store continues it across restarts with
+   :meth:`Broker.continue_numbering`). A durable topic is never forgotten: when
+   :meth:`Broker.trim` drops an idle durable topic's history, its last seq is kept and its
+   next publication continues it (with :data:`DURABLE_EPOCH`). A broker whose server lost
+   a durable topic's numbering while processes kept running must give the restarted
+   numbering another epoch, never :data:`DURABLE_EPOCH` again.
 6. **What a publisher learns.** When :meth:`Broker.publish` returns, the publication is
    in history (durable for the lifetime of the broker's server). If it raises
    :class:`~agentcast.errors.BrokerError`, nothing was assigned: the publish can be
@@ -185,8 +187,8 @@ class Broker(ABC):
     async def declare_durable(self, prefixes: Iterable[str]) -> None:
         """Topics starting with one of ``prefixes`` have a numbering that a store keeps
         across restarts (run topics): from now on they are created with
-        :data:`DURABLE_EPOCH`. Called at start-up, before any publish; replaces earlier
-        declarations."""
+        :data:`DURABLE_EPOCH`. Called at start-up, before any publish; adds to earlier
+        declarations (each feature with a store declares its own prefixes)."""
 
     @abstractmethod
     async def continue_numbering(self, last_seqs: Mapping[str, int]) -> None:

@@ -11,7 +11,8 @@ seq assignment, the history append and the listener calls of every instance happ
 one step, so the contract's ordering holds trivially and the broker offers the
 synchronous capability (:attr:`MemoryBroker.publish_sync`). Topics whose history is empty
 and that no instance listens to are forgotten by :meth:`MemoryBroker.trim` (their seq
-counter too), so memory stays bounded by live topics.
+counter too), so memory stays bounded by live topics; a durable topic keeps only its last
+seq (one dict entry, :attr:`MemoryBackend.numbering`), so its numbering goes on.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class MemoryBackend:
         self.limits = limits or HistoryLimits()
         self.histories: dict[str, History] = {}
         self.durable_prefixes: tuple[str, ...] = ()
+        self.numbering: dict[str, int] = {}
+        """Last seq of durable topics that have no history here (continued from a store, or
+        forgotten by :meth:`trim`): their next publication continues it."""
         self.brokers: list[MemoryBroker] = []
         """The instances attached (started), notified in this order."""
         self._lost = False
@@ -47,12 +51,15 @@ class MemoryBackend:
         numbering restarts at 1 with a new epoch (durable topics too, until their numbering
         is continued again)."""
         self.histories.clear()
+        self.numbering.clear()
         self._lost = True
 
     def new_history(self, topic: str) -> History:
-        durable = not self._lost and topic.startswith(self.durable_prefixes)
-        epoch = DURABLE_EPOCH if durable else secrets.token_hex(4)
-        history = self.histories[topic] = History(self.limits, epoch=epoch)
+        last = self.numbering.pop(topic, None)
+        if last is not None or (not self._lost and topic.startswith(self.durable_prefixes)):
+            history = self.histories[topic] = History(self.limits, last or 0, epoch=DURABLE_EPOCH)
+        else:
+            history = self.histories[topic] = History(self.limits, epoch=secrets.token_hex(4))
         return history
 
     def publish(self, topic: str, type: str, data: bytes, at: float) -> Publication:
@@ -81,11 +88,14 @@ class MemoryBackend:
             history.trim(now)
             if not len(history) and not self.listened(name):
                 del self.histories[name]
+                if history.epoch == DURABLE_EPOCH and history.last_seq:
+                    self.numbering[name] = history.last_seq  # a durable numbering is kept
 
     def continue_numbering(self, topic: str, seq: int) -> None:
         history = self.histories.get(topic)
         if history is None:
-            self.histories[topic] = History(self.limits, seq, epoch=DURABLE_EPOCH)
+            if seq > self.numbering.get(topic, 0):
+                self.numbering[topic] = seq  # a History only once the topic is used
         elif history.last_seq < seq and not len(history):
             history.last_seq = seq
             history.epoch = DURABLE_EPOCH
@@ -149,8 +159,12 @@ class MemoryBroker(Broker):
 
     def history_now(self, topic: str, since: int, limit: int | None = None) -> HistoryPage:
         """:meth:`history` without the coroutine."""
-        history = self.backend.histories.get(topic)
+        backend = self.backend
+        history = backend.histories.get(topic)
         if history is None:
+            last = backend.numbering.get(topic)
+            if last is not None:
+                return HistoryPage([], last + 1, last, since, DURABLE_EPOCH)
             return HistoryPage([], 1, 0, since)
         return history.since(since, limit)
 
@@ -176,7 +190,8 @@ class MemoryBroker(Broker):
         self.backend.trim(now)
 
     async def declare_durable(self, prefixes: Iterable[str]) -> None:
-        self.backend.durable_prefixes = tuple(prefixes)
+        known = self.backend.durable_prefixes
+        self.backend.durable_prefixes = (*known, *(p for p in prefixes if p not in known))
 
     async def continue_numbering(self, last_seqs: Mapping[str, int]) -> None:
         for topic, seq in last_seqs.items():

@@ -149,6 +149,7 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
             await gen.done
         try:
             await chat.store.delete_conversation(conv.id)
+            await chat.forget_events(conv.id)
         except StoreError as exc:
             raise http_error(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
         return Response(status_code=204)

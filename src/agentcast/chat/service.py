@@ -22,12 +22,24 @@ A generation belongs to the conversation, not to the socket: when the socket dro
 answer is still generated and stored. One generation per conversation at a time
 (``conflict`` otherwise). ``chat:cancel`` cancels the generation's task: the agent's
 stream is closed at once (an upstream HTTP request is closed), or the request leaves the
-queue without reaching the upstream.
+queue without reaching the upstream. When the gateway drains (shutdown), every generation
+is cancelled first: its last events are delivered before the connections close, and its
+partial answer is stored.
+
+Resume across a restart (with a store): every event of a ``chat:`` topic (deltas too) is
+recorded in the store's event log in batches (:class:`~agentcast.storage.recorder.
+EventRecorder`, one write per batch, never one per token), chat topics are durable (their
+numbering continues after a restart, epoch ``durable``) and the store is their history
+source where the broker's history no longer reaches back. Recorded events are kept for
+``chat_events_max_age`` (default ``history_max_age``), each topic's last event for as long
+as the conversation (it carries the numbering). Late joiners and clients whose history is
+lost get a snapshot (:meth:`Chat.snapshot`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -45,12 +57,15 @@ from agentcast.chat.stats import AgentStats
 from agentcast.chat.text import Turn, build_context, estimate_tokens
 from agentcast.codes import ErrorCode
 from agentcast.core.commands import error_frame
+from agentcast.core.envelope import Publication, encode_json
+from agentcast.core.history import HistoryPage
 from agentcast.errors import AgentError, BrokerError, CommandError, ConfigError, ProtocolError
 from agentcast.plugin import GatewayFeature
 from agentcast.security.ownership import Owner, topic_granted
 from agentcast.storage import ChatStore, create_chat_store
 from agentcast.storage.base import RunStore, StoreError
 from agentcast.storage.chat import ChatMessage, Conversation, NewMessage
+from agentcast.storage.recorder import EventRecorder
 
 if TYPE_CHECKING:
     from agentcast.core.session import Session
@@ -87,6 +102,10 @@ class Generation:
     command_id: Any = None
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
+    parts: list[str] = field(default_factory=list)
+    """The answer's deltas published so far (chunk ``i`` is ``parts[i]``)."""
+    position: int | None = None
+    """The queue position last published (None: not waiting)."""
     done: asyncio.Future[ChatMessage] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -94,6 +113,15 @@ class Generation:
     @property
     def topic(self) -> str:
         return CHAT_PREFIX + self.conversation.id
+
+    def progress(self) -> dict[str, Any]:
+        """The answer so far: the ``streaming`` part of a chat snapshot."""
+        return {
+            "reply_to": self.message.id,
+            "index": len(self.parts),
+            "text": "".join(self.parts),
+            "position": self.position,
+        }
 
 
 class Chat(GatewayFeature):
@@ -108,6 +136,9 @@ class Chat(GatewayFeature):
 
     def __init__(self, store: RunStore | None = None) -> None:
         self.store: ChatStore = create_chat_store(store)
+        self.events_store = store
+        """The store's event log, where chat topics' events are recorded (None: not kept)."""
+        self.recorder: EventRecorder | None = None
         self.agents: dict[str, Agent] = {}
         self.default_agent = DEFAULT_AGENT
         self.generations: dict[str, Generation | _Reserved] = {}
@@ -129,6 +160,15 @@ class Chat(GatewayFeature):
         gateway.server_prefixes.add(CHAT_PREFIX)
         gateway.subscribe_guards[CHAT_PREFIX] = self._may_subscribe
         gateway.owner_lookups[CHAT_PREFIX] = self.owner_of
+        gateway.add_snapshot_provider([CHAT_PREFIX], self.snapshot)
+        gateway.add_background(self._stop_on_drain)
+        if self.events_store is not None:
+            self.recorder = EventRecorder(self.events_store, name="chat")
+            gateway.add_history_source([CHAT_PREFIX], self.stored_history)
+            gateway.add_startup(self._restore)
+            gateway.add_background(self.recorder.run)
+            gateway.add_background(self._prune_events)
+            gateway.add_shutdown(self.recorder.flush)  # after stop (hooks run in reverse)
         gateway.add_shutdown(self.stop)
         gateway.add_router(chat_router(gateway, self))
         gateway.add_router(seed003_router(gateway, self))
@@ -306,7 +346,10 @@ class Chat(GatewayFeature):
         self.generations[cid] = placeholder = _Reserved()
         try:
             if session is not None and topic not in session.topics:
-                await self.gateway.subscribe(session, topic, None, reply=False)
+                # from the topic's last seq: the events from now on, without the snapshot
+                # a subscription without `since` gets (this connection is sending)
+                last = (await self.gateway.broker.history(topic, 0, limit=0)).last_seq
+                await self.gateway.subscribe(session, topic, last, reply=False)
             now = time.time()
             try:
                 stored = await self.store.add_message(
@@ -365,21 +408,9 @@ class Chat(GatewayFeature):
                 messages = await self.store.messages(conv.id, data.before, limit + 1)
             except StoreError as exc:
                 raise CommandError(ErrorCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
-        has_more = len(messages) > limit
-        messages = messages[-limit:]
         generating = conv is not None and isinstance(self.generations.get(conv.id), Generation)
         self.gateway.reply(
-            session,
-            "chat:history",
-            {
-                "conversation_id": conv.id if conv else None,
-                "conversation": conv.to_wire() if conv else None,
-                "messages": [m.to_wire() for m in messages],
-                "has_more": has_more,
-                "before": messages[0].id if has_more and messages else None,
-                "generating": generating,
-            },
-            id=command.id,
+            session, "chat:history", _history_data(conv, messages, limit, generating), id=command.id
         )
 
     async def _cmd_cancel(self, session: Session, command: ChatCancelCommand) -> None:
@@ -405,12 +436,126 @@ class Chat(GatewayFeature):
         return True
 
     async def stop(self) -> None:
-        """Gateway shutdown: cancel generations; their partial answers are stored."""
+        """Gateway shutdown: cancel generations; their last events are published and their
+        partial answers stored before this returns."""
         for gen in list(self.generations.values()):
             if isinstance(gen, Generation):
                 self.cancel(gen, "server shutting down")
-        if self._tasks:
+        while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _stop_on_drain(self) -> None:
+        """A background task of the gateway: cancelled when it starts draining, it stops
+        the generations then, so that their last events reach the subscribers before the
+        connections close (the drain waits for it, up to ``shutdown_timeout``)."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    # -- resume and snapshots --------------------------------------------------------
+
+    async def _restore(self) -> None:
+        """At start: chat topics are durable; continue their numbering from the store."""
+        assert self.events_store is not None
+        broker = self.gateway.broker
+        await broker.declare_durable([CHAT_PREFIX])
+        await broker.continue_numbering(await self.events_store.last_seqs(CHAT_PREFIX))
+
+    @property
+    def events_max_age(self) -> float:
+        """Seconds recorded chat events are kept (0: until the conversation is deleted)."""
+        s = self.settings
+        return s.history_max_age if s.chat_events_max_age is None else s.chat_events_max_age
+
+    async def prune(self, now: float) -> int:
+        """Delete recorded chat events older than :attr:`events_max_age` at ``now`` (each
+        topic's last event stays: it carries the numbering); returns how many."""
+        age = self.events_max_age
+        if self.events_store is None or age <= 0:
+            return 0
+        return await self.events_store.prune(CHAT_PREFIX, now - age)
+
+    async def _prune_events(self) -> None:
+        age = self.events_max_age
+        if age <= 0:
+            return
+        while True:
+            await asyncio.sleep(min(60.0, max(0.05, age / 4)))
+            try:
+                await self.prune(time.time())
+            except StoreError as exc:
+                logger.error("pruning chat events failed, will retry: %s", exc)
+
+    async def forget_events(self, conversation_id: str) -> None:
+        """Delete the recorded events of a deleted conversation (StoreError on failure)."""
+        if self.events_store is not None and self.recorder is not None:
+            await self.recorder.flush()
+            await self.events_store.delete_events(CHAT_PREFIX + conversation_id)
+
+    async def stored_history(
+        self, topic: str, since: int, page: HistoryPage, limit: int | None = None
+    ) -> HistoryPage | None:
+        """The recorded events of ``topic`` after ``since``, joined to the broker's
+        ``page`` (the gateway's history source for chat topics), at most ``limit``. None
+        when the store does not reach back to ``since + 1`` either, or is unavailable."""
+        if self.events_store is None or self.recorder is None:
+            return None
+        upto = page.first_seq - 1 if page.publications else page.last_seq
+        wanted = upto - since if limit is None else min(upto - since, limit)
+        if wanted <= 0:
+            return None
+        try:
+            await self.recorder.flush()
+            stored = await self.events_store.events(topic, since, wanted)
+        except StoreError:
+            return None
+        if not stored or stored[0].seq != since + 1 or stored[-1].seq != since + wanted:
+            return None  # pruned, or never recorded: the events are gone
+        pubs = [
+            Publication(e.topic, e.seq, e.type, encode_json(e.data), e.timestamp, e.at, page.epoch)
+            for e in stored
+        ]
+        room = None if limit is None else limit - len(pubs)
+        pubs.extend(page.publications if room is None else page.publications[:room])
+        return HistoryPage(pubs, since + 1, page.last_seq, since, page.epoch)
+
+    async def snapshot(self, topic: str) -> tuple[int, dict[str, Any]] | None:
+        """``(seq, state)`` of a conversation for a late joiner or a client whose history
+        is lost (the gateway's snapshot provider for ``chat:`` topics).
+
+        ``state`` has the shape of a ``chat:history`` reply (the latest
+        ``chat_history_limit`` messages, ``has_more``, ``before``, ``generating``) plus
+        ``streaming``: the answer being generated (``reply_to``, ``index`` = the number of
+        chunks in ``text``, ``text``, queue ``position``), or None. It reflects every event
+        up to ``seq`` and possibly a few after it (the store is read after ``seq`` is
+        taken): a ``chat:message`` whose ``id`` the snapshot holds replaces that message,
+        a ``chat:streaming`` whose ``index`` is below ``streaming.index`` is already in
+        ``text``.
+        """
+        cid = topic[len(CHAT_PREFIX) :]
+        try:
+            seq = (await self.gateway.broker.history(topic, 0, limit=0)).last_seq
+        except BrokerError:
+            return None
+        gen = self.generations.get(cid)
+        streaming = gen.progress() if isinstance(gen, Generation) else None
+        limit = self.settings.chat_history_limit
+        try:
+            conv = await self.store.get_conversation(cid)
+            if conv is None:
+                return None
+            messages = await self.store.messages(cid, None, limit + 1)
+        except StoreError as exc:
+            logger.warning("no snapshot of %s: %s", topic, exc)
+            return None
+        if streaming is not None and any(
+            m.role == "assistant" and m.reply_to == streaming["reply_to"] for m in messages
+        ):
+            streaming = None  # answered meanwhile: the message holds the whole answer
+        state = _history_data(conv, messages, limit, streaming is not None)
+        state["streaming"] = streaming
+        return seq, state
 
     # -- generation ----------------------------------------------------------------
 
@@ -443,7 +588,7 @@ class Chat(GatewayFeature):
         loop = asyncio.get_running_loop()
         topic = gen.topic
         reply_to = gen.message.id
-        parts: list[str] = []
+        parts = gen.parts
         status, error, code = "complete", None, None
         ttft: float | None = None
         prompt_tokens = 0
@@ -451,6 +596,7 @@ class Chat(GatewayFeature):
         started = t0
 
         def on_position(position: int) -> None:
+            gen.position = position
             self._publish_soon(
                 topic,
                 "chat:queued",
@@ -479,15 +625,34 @@ class Chat(GatewayFeature):
 
         # a delta costs no task switch and no round trip of its own: published at once on
         # a broker that publishes synchronously, else queued into the loop iteration's
-        # batch (the final awaited publish keeps the order and reports a broken broker)
-        publish_delta = gateway.publish_now if gateway.publishes_now else gateway.publish_nowait
+        # batch (the final awaited publish keeps the order and reports a broken broker);
+        # with a store, its publication joins the recorder's next batch (a list append)
+        record = self.recorder.record if self.recorder is not None else None
+        publish_delta: Callable[[bytes], object]
+        if gateway.publishes_now:
+            publish_now = gateway.publish_now
+            if record is None:
+                publish_delta = functools.partial(publish_now, topic, "chat:streaming")
+            else:
+
+                def publish_delta(data: bytes) -> object:
+                    record(publish_now(topic, "chat:streaming", data))
+                    return None
+        else:
+            publish_nowait = gateway.publish_nowait
+
+            def publish_delta(data: bytes) -> object:
+                future = publish_nowait(topic, "chat:streaming", data)
+                if record is not None:
+                    future.add_done_callback(self._record_done)
+                return future
 
         def on_delta(delta: str) -> None:
             """One delta, pushed by the agent or read from its stream."""
             if not delta:
                 return
             try:
-                publish_delta(topic, "chat:streaming", chunk(delta))
+                publish_delta(chunk(delta))
             except (BrokerError, ProtocolError) as exc:
                 logger.error("chat:streaming on %s not published: %s", topic, exc)
 
@@ -583,14 +748,44 @@ class Chat(GatewayFeature):
 
     async def _publish(self, topic: str, kind: str, data: dict[str, Any] | bytes) -> None:
         try:
-            await self.gateway.publish(topic, kind, data)
+            pub = await self.gateway.publish(topic, kind, data)
         except (BrokerError, ProtocolError) as exc:
             logger.error("%s on %s not published: %s", kind, topic, exc)
+            return
+        if self.recorder is not None:
+            self.recorder.record(pub)
+
+    def _record_done(self, future: asyncio.Future[Publication]) -> None:
+        """Record a delta published through the loop iteration's batch."""
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            logger.error("chat:streaming not published: %s", exc)
+        elif self.recorder is not None:
+            self.recorder.record(future.result())
 
     def _publish_soon(self, topic: str, kind: str, data: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(self._publish(topic, kind, data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _history_data(
+    conv: Conversation | None, messages: list[ChatMessage], limit: int, generating: bool
+) -> dict[str, Any]:
+    """The data of a ``chat:history`` reply (and of a chat snapshot) from the ``limit + 1``
+    latest messages (one more than shown tells whether older ones exist)."""
+    has_more = len(messages) > limit
+    messages = messages[-limit:]
+    return {
+        "conversation_id": conv.id if conv else None,
+        "conversation": conv.to_wire() if conv else None,
+        "messages": [m.to_wire() for m in messages],
+        "has_more": has_more,
+        "before": messages[0].id if has_more and messages else None,
+        "generating": generating,
+    }
 
 
 def _title(message: str) -> str:

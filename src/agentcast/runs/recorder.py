@@ -1,33 +1,29 @@
 """The run recorder: every run event into the run store, in batches, off the hot path.
 
 The run registry hands each run publication to :meth:`RunRecorder.record` (an append to a
-list). A background task writes what accumulated in one transaction (events, then the
-summaries of the runs they touched) whenever there is something to write, at most every
-``interval`` seconds; :meth:`RunRecorder.flush` writes at once (HTTP reads and shutdown
-call it). If the database is unreachable the batch is kept and retried; past
-``max_pending`` events the oldest are dropped with an error log (they stay in the
-broker's history, which is the source of truth for delivery).
+list). The batching is :class:`~agentcast.storage.recorder.EventRecorder`'s: a background
+task writes what accumulated in one transaction (events, then the summaries of the runs
+they touched) at most every ``interval`` seconds; :meth:`RunRecorder.flush` writes at once
+(HTTP reads and shutdown call it). A failed or cancelled write keeps its batch for the
+next one; past ``max_pending`` events the oldest are dropped with an error log (they stay
+in the broker's history, which is the source of truth for delivery).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import TYPE_CHECKING
 
-from agentcast.core.envelope import Publication
-from agentcast.storage.base import RunStore, RunSummary, StoreError
+from agentcast.storage.base import RunStore, RunSummary
+from agentcast.storage.recorder import EventRecorder
 
 if TYPE_CHECKING:
     from agentcast.runs.registry import Runs
 
 __all__ = ["RunRecorder"]
 
-logger = logging.getLogger("agentcast.store")
 
-
-class RunRecorder:
-    """Batches run events into a :class:`RunStore`."""
+class RunRecorder(EventRecorder):
+    """Batches run events into a :class:`RunStore`, then the touched runs' summaries."""
 
     def __init__(
         self,
@@ -36,50 +32,15 @@ class RunRecorder:
         interval: float = 0.2,
         max_pending: int = 200_000,
     ) -> None:
-        self.store = store
+        super().__init__(
+            store, after=self._summaries, interval=interval, max_pending=max_pending, name="run"
+        )
         self.registry = registry
-        self.interval = interval
-        self.max_pending = max_pending
-        self.pending: list[Publication] = []
-        self.wakeup = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self.written = 0
 
-    def record(self, pub: Publication) -> None:
-        self.pending.append(pub)
-        if len(self.pending) > self.max_pending:
-            dropped = len(self.pending) - self.max_pending
-            del self.pending[:dropped]
-            logger.error("run store behind: dropped %d oldest unstored events", dropped)
-        self.wakeup.set()
-
-    async def flush(self) -> None:
-        """Write everything recorded so far (one transaction for events, one for runs)."""
-        async with self._lock:
-            batch, self.pending = self.pending, []
-            if not batch:
-                return
-            topics = {pub.topic for pub in batch}
-            try:
-                await self.store.append(batch)
-                await self.store.upsert_runs(
-                    [s for t in sorted(topics) if (s := self.registry.summary(t)) is not None]
-                )
-            except StoreError:
-                self.pending[:0] = batch  # retried by the next flush
-                raise
-            self.written += len(batch)
-
-    async def run(self) -> None:
-        """The background writer."""
-        while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            try:
-                await self.flush()
-            except StoreError as exc:
-                logger.error("run store write failed, will retry: %s", exc)
-            await asyncio.sleep(self.interval)
+    async def _summaries(self, topics: set[str]) -> None:
+        await self.store.upsert_runs(
+            [s for t in sorted(topics) if (s := self.registry.summary(t)) is not None]
+        )
 
 
 def summary_of(

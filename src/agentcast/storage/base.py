@@ -3,6 +3,9 @@
 * :meth:`RunStore.append` stores events idempotently: an event is identified by
   ``(topic, seq)``; storing it twice keeps the first copy. Events of a topic are returned
   in seq order.
+* :meth:`RunStore.prune` bounds the log of topics that are not kept for ever (chat
+  topics): it never deletes a topic's last event, so ``last_seqs`` still continues the
+  numbering of a pruned topic.
 * :meth:`RunStore.upsert_runs` replaces each run's summary (status, state) atomically.
 * Every method raises :class:`~agentcast.errors.BrokerError`-like failures as
   :class:`StoreError` when the database is unreachable; callers retry.
@@ -106,8 +109,19 @@ class RunStore(ABC):
         """Stored events of ``topic`` with seq > ``since``, in seq order."""
 
     @abstractmethod
-    async def last_seqs(self) -> dict[str, int]:
-        """Last stored seq of every topic (to continue numbering after a restart)."""
+    async def last_seqs(self, prefix: str | None = None) -> dict[str, int]:
+        """Last stored seq of every topic (of the topics starting with ``prefix``): to
+        continue their numbering after a restart."""
+
+    @abstractmethod
+    async def prune(self, prefix: str, before: float) -> int:
+        """Delete the events of topics starting with ``prefix`` published before
+        ``before`` (seconds since the epoch), except each topic's last event (which keeps
+        its numbering across restarts); returns how many were deleted."""
+
+    @abstractmethod
+    async def delete_events(self, topic: str) -> None:
+        """Delete every stored event of ``topic``."""
 
     @abstractmethod
     async def unfinished(self) -> list[str]:

@@ -3,10 +3,17 @@
 Mount it in any app (``app.add_api_websocket_route("/ws", websocket_route(gateway))``)
 to serve the same hub through the ASGI server of your choice. It is slower than the
 native path (one ASGI ``send`` per frame, no write coalescing) but shares the
-guarantees of ordering, resume and slow-consumer closing. Not the drain on shutdown: the
-ASGI server closes its connections itself before the app's lifespan stops the gateway
-(uvicorn with 1012, a reconnect code), so what the stopping producers publish reaches
-those clients when they resume (from the run store, for runs), not before the close.
+guarantees of ordering, resume and slow-consumer closing.
+
+The drain on shutdown: :func:`drain` stops the gateway's producers, sends every
+connection its last frames (what the stopping producers published: a cancelled run's or
+answer's last events), then closes it with 1001, and returns when those closes are sent.
+An ASGI app only learns of a shutdown through its lifespan, and ASGI servers close their
+WebSockets *before* the lifespan's shutdown (uvicorn with 1012, a reconnect code), so the
+server has to call :func:`drain` itself first: :class:`agentcast.transports.server.
+DrainingServer` is uvicorn doing so. Under another server the lifespan still drains
+(producers stop, partial answers and runs are stored), but the clients were closed
+already; they get those events when they resume (from the store).
 
 Handshakes that cannot succeed are refused with an HTTP answer, as on the native path:
 401 when authentication fails, 404 for a feature endpoint's value it does not accept (a
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -35,7 +43,10 @@ from agentcast.policy import AuthenticationError, Principal
 from agentcast.security.credentials import select_subprotocol
 from agentcast.web import request_of
 
-__all__ = ["AsgiWriter", "websocket_not_found", "websocket_route"]
+__all__ = ["AsgiWriter", "drain", "websocket_not_found", "websocket_route"]
+
+_senders: weakref.WeakKeyDictionary[Gateway, set[asyncio.Task[None]]] = weakref.WeakKeyDictionary()
+"""Per gateway, the tasks sending to its ASGI connections (what :func:`drain` waits for)."""
 
 
 class AsgiWriter:
@@ -79,7 +90,10 @@ class AsgiWriter:
             await self.wakeup.wait()
             self.wakeup.clear()
             queue = self.queue
-            while queue and self.closing is None:
+            # a shutdown close (1001) comes after the frames queued before it: the stopping
+            # producers' last events; any other close cuts the queue (a slow consumer)
+            going_away = self.closing is not None and self.closing[0] == CloseCode.GOING_AWAY
+            while queue and (self.closing is None or going_away):
                 frame = queue.popleft()
                 self.queued_bytes -= len(frame)
                 await ws.send_text(payload_of_frame(frame).decode())
@@ -128,6 +142,9 @@ def websocket_route(
         if socket_endpoint is not None and value is not None:
             socket_endpoint.open(session, value, dict(websocket.query_params))
         sender = asyncio.create_task(writer.run())
+        senders = _senders.setdefault(gateway, set())
+        senders.add(sender)
+        sender.add_done_callback(senders.discard)
         try:
             while True:
                 message = await websocket.receive()
@@ -150,6 +167,18 @@ def websocket_route(
                     await websocket.close()
 
     return endpoint
+
+
+async def drain(gateway: Gateway) -> None:
+    """Drain ``gateway`` (:meth:`Gateway.drain`: producers stop, their last events are
+    delivered, every connection is closed with 1001) and wait, up to ``shutdown_timeout``,
+    until its ASGI connections have sent those frames and their close. Call it before the
+    ASGI server closes its connections."""
+    if gateway.started:
+        await gateway.drain()
+    senders = [t for t in _senders.get(gateway, ()) if not t.done()]
+    if senders:
+        await asyncio.wait(senders, timeout=gateway.settings.shutdown_timeout)
 
 
 def websocket_not_found(fallback: ASGIApp) -> ASGIApp:

@@ -6,20 +6,27 @@ paths reach the app's ASGI routes; with ``tls_certfile`` and ``tls_keyfile`` set
 run over TLS (https, wss). uvicorn handles SIGINT/SIGTERM: it stops accepting,
 asks every connection to shut down (ours close with 1001 ``server shutting down``),
 waits up to ``shutdown_timeout`` for them, then runs the app's lifespan shutdown.
+
+:func:`build_asgi_server` serves the same app with the ASGI adapter on uvicorn's own
+WebSocket protocol instead (embedding; slower), as a :class:`DrainingServer`: uvicorn
+closes its WebSockets before the app's lifespan ends, so this server drains the gateway
+first (the stopping producers' last events, then 1001), as the native protocol does.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
 from fastapi import FastAPI
 
 from agentcast.gateway import Gateway
+from agentcast.transports import asgi
 from agentcast.transports.http import create_app
 from agentcast.transports.native import protocol_class
 
-__all__ = ["build_server"]
+__all__ = ["DrainingServer", "build_asgi_server", "build_server"]
 
 logger = logging.getLogger("agentcast")
 
@@ -45,3 +52,44 @@ def build_server(gateway: Gateway, app: FastAPI | None = None) -> uvicorn.Server
         ssl_keyfile=s.tls_keyfile or None,
     )
     return uvicorn.Server(config)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn serving ``gateway`` through the ASGI adapter, with the gateway's drain.
+
+    On shutdown (SIGTERM, SIGINT, ``should_exit``) it stops accepting connections, then
+    :func:`agentcast.transports.asgi.drain`: producers stop, their last events are sent,
+    every WebSocket is closed with 1001; only then does uvicorn's own shutdown run (which
+    would close them with 1012 without those events) and the app's lifespan.
+    """
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connection while draining (uvicorn closes them again)
+        await asgi.drain(self.gateway)
+        await super().shutdown(sockets)
+
+
+def build_asgi_server(gateway: Gateway, app: FastAPI | None = None) -> DrainingServer:
+    """A uvicorn server for ``gateway`` whose WebSockets go through the ASGI adapter
+    (uvicorn's ``websockets-sansio`` protocol), draining on shutdown."""
+    s = gateway.settings
+    config = uvicorn.Config(
+        app if app is not None else create_app(gateway),
+        host=s.host,
+        port=s.port,
+        ws="websockets-sansio",
+        ws_max_size=s.max_message_bytes,
+        ws_ping_interval=s.ping_interval,
+        ws_ping_timeout=s.ping_timeout,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_level=s.log_level,
+        timeout_graceful_shutdown=max(1, round(s.shutdown_timeout)),
+        access_log=s.log_level in ("debug", "trace"),
+    )
+    return DrainingServer(config, gateway)

@@ -138,6 +138,7 @@ class Gateway:
             max_events=s.history_max_events,
             max_bytes=s.history_max_bytes,
             max_age=s.history_max_age,
+            max_total_bytes=s.history_max_total_bytes,
         )
         self.broker = broker or create_broker(s.broker_url, self.history_limits)
         open_policy = OpenPolicy()
@@ -281,10 +282,13 @@ class Gateway:
 
     async def wait_writable(self, session: Session) -> None:
         """Return once ``session`` can take more frames: its transport is not paused and
-        its outbox is under half its bound (or it closed). For producers of bulk frames
+        its outbox is under half its bounds (or it closed). For producers of bulk frames
         to one connection (a replay), which must not overflow its outbox."""
+        outbox = session.outbox
         while not session.closed and (
-            session.paused or session.outbox.nbytes * 2 > session.outbox.max_bytes
+            session.paused
+            or outbox.nbytes * 2 > outbox.max_bytes
+            or len(outbox.frames) * 2 > outbox.max_frames
         ):
             waiter = self._writable.get(session.id)
             if waiter is None:

@@ -112,14 +112,32 @@ def websocket_route(
             if not socket_endpoint.accepts(value):
                 await _deny(websocket, 404, "no such endpoint")
                 return
+        if len(gateway.sessions) >= gateway.settings.max_connections:
+            await _deny(websocket, 503, "server full")
+            return
         try:
             result = gateway.authenticate(request_of(websocket))
-            principal: Principal = await result if inspect.isawaitable(result) else result
+            if inspect.isawaitable(result):
+                if not gateway.begin_handshake():
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    await _deny(websocket, 503, "too many handshakes in progress")
+                    return
+                try:
+                    principal: Principal = await result
+                finally:
+                    gateway.end_handshake()
+            else:
+                principal = result
         except AuthenticationError as exc:
             # HTTP 401 (403) on the handshake, as on the native path, where the server
             # supports the ASGI denial-response extension; a 403 close otherwise
             word = "unauthorized" if exc.status == 401 else "forbidden"
             await _deny(websocket, exc.status, f"{word}: {exc}")
+            return
+        refusal = gateway.connection_refusal(principal)
+        if refusal is not None:  # HTTP 429 (per user) or 503 (server full)
+            await _deny(websocket, *refusal)
             return
         await websocket.accept()
         writer = AsgiWriter(websocket, gateway)
@@ -171,9 +189,13 @@ def websocket_not_found(fallback: ASGIApp) -> ASGIApp:
 
 async def _deny(websocket: WebSocket, status: int, message: str) -> None:
     """Refuse a handshake with HTTP ``status`` where the server supports the ASGI
-    denial-response extension; otherwise by closing before accepting, which ASGI servers
-    answer with HTTP 403 (no close code reaches the client)."""
+    denial-response extension (429 and 503 with ``Retry-After``); otherwise by closing
+    before accepting, which ASGI servers answer with HTTP 403 (no close code reaches the
+    client)."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(PlainTextResponse(f"{message}\n", status_code=status))
+        headers = {"Retry-After": "1"} if status in (429, 503) else None
+        await websocket.send_denial_response(
+            PlainTextResponse(f"{message}\n", status_code=status, headers=headers)
+        )
     else:  # pragma: no cover - depends on the ASGI server
         await websocket.close()

@@ -9,12 +9,13 @@ field. The OpenAPI document is served at ``/openapi.json`` (docs at ``/docs`` an
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
@@ -25,6 +26,7 @@ from agentcast.core.frames import valid_topic
 from agentcast.errors import BrokerError, ProtocolError, PublishOutcomeUnknownError
 from agentcast.gateway import Gateway
 from agentcast.transports.asgi import websocket_not_found, websocket_route
+from agentcast.transports.bodylimit import BodyLimit
 from agentcast.transports.docs import install_offline_docs
 from agentcast.web import allowed, http_error, principal_of
 
@@ -76,6 +78,11 @@ class Health(BaseModel):
     connections: int
     topics: int
     uptime_s: float
+    history: dict[str, int] | None = Field(
+        None,
+        description="The in-process history and its budget (memory broker): bytes, "
+        "budget, topics, evicted_topics.",
+    )
 
 
 def http_router(gateway: Gateway) -> APIRouter:
@@ -94,6 +101,7 @@ def http_router(gateway: Gateway) -> APIRouter:
             connections=len(gateway.sessions),
             topics=len(gateway.broker.topics()),  # what /api/topics lists (open mode)
             uptime_s=round(time.monotonic() - started, 3),
+            history=gateway.broker.history_usage(),
         )
 
     @router.post(
@@ -123,6 +131,14 @@ def http_router(gateway: Gateway) -> APIRouter:
             gateway.authorizer.can_publish(principal, topic)
         ):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
+        if wait := gateway.rate_limit_http(principal, "publish"):
+            detail = {
+                "code": ErrorCode.RATE_LIMITED.value,
+                "message": "rate limit of publish exceeded; retry later",
+                "retry_after": round(wait, 3),
+            }
+            headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+            raise HTTPException(status_code=429, detail=detail, headers=headers)
         try:
             events = (
                 _EVENTS.validate_python(body)
@@ -271,6 +287,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.add_middleware(BodyLimit, max_bytes=gateway.settings.max_http_body_bytes)
     install_offline_docs(app)  # /docs and /redoc from local files, not a CDN
 
     @app.exception_handler(RequestValidationError)

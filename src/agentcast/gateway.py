@@ -789,13 +789,18 @@ class Gateway:
             session.pending.clear()
 
     def close(self, session: Session, code: CloseCode, reason: str | None = None) -> None:
-        """Close a connection with ``code`` (and the code's standard reason by default)."""
+        """Close a connection with ``code`` (and the code's standard reason by default),
+        after the frames it has queued unless it is a slow consumer."""
         if session.closed:
             return
         session.closed = True
         for topic in self.hub.remove_all(session):
             self._spawn(self._unlisten(topic))
-        session.outbox.drain()
+        frames = session.outbox.drain()
+        if frames and not session.paused and not session.outbox.overflowed:
+            # what is queued (an error frame saying why) goes before the close frame
+            with contextlib.suppress(Exception):
+                session.writer.write_frames(frames)
         self._wake_writable(session)
         session.writer.close(code, reason if reason is not None else CLOSE_CODES[code].reason)
 

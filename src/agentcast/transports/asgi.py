@@ -78,7 +78,8 @@ class AsgiWriter:
             await self.wakeup.wait()
             self.wakeup.clear()
             queue = self.queue
-            while queue and self.closing is None:
+            # on a close, what is queued goes first unless it is a slow consumer's backlog
+            while queue and (self.closing is None or self.queued_bytes <= self.high_water):
                 frame = queue.popleft()
                 self.queued_bytes -= len(frame)
                 await ws.send_text(payload_of_frame(frame).decode())

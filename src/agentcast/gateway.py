@@ -247,9 +247,10 @@ class Gateway:
         for name in command_types:
             self.rate_kinds[name] = kind
 
-    def rate_limit_http(self, principal: Principal, kind: str) -> float:
-        """Draw one ``kind`` token from ``principal``'s user bucket for an HTTP request:
-        0.0 when admitted, else the seconds to wait (answer 429 with ``Retry-After``)."""
+    def rate_limit_user(self, principal: Principal, kind: str) -> float:
+        """Draw one ``kind`` token from ``principal``'s user bucket only (an HTTP request,
+        a message on seed 003's endpoint): 0.0 when admitted, else the seconds to wait
+        (HTTP: answer 429 with ``Retry-After``)."""
         bucket = self.rate_limiter.user_bucket(principal.subject, kind, self.loop.time())
         if bucket is None:
             return 0.0

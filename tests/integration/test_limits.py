@@ -421,3 +421,16 @@ async def test_history_budget_evicts_the_least_recently_published_topic() -> Non
             assert sub["data"]["recovered"] is True
             got = [await recv_until(ws, "e") for _ in range(35)]
             assert [m["seq"] for m in got] == list(range(6, 41))
+
+
+async def test_seed003_chat_messages_are_rate_limited_per_user() -> None:
+    async with serve(rate_limit_chat_per_minute=2, offline_tokens_per_second=0) as running:
+        url = f"ws://127.0.0.1:{running.port}/api/v1/ws/helper"
+        async with websockets.connect(url) as ws:
+            assert (await recv(ws, 5 * UNIT))["type"] == "welcome"
+            for _ in range(2):
+                await ws.send("hello")
+                assert (await recv(ws, 10 * UNIT))["type"] == "message"
+            await ws.send("hello")
+            err = await recv(ws, 5 * UNIT)
+            assert err["type"] == "error" and 0 < err["retry_after"] <= 30.0

@@ -131,7 +131,7 @@ def http_router(gateway: Gateway) -> APIRouter:
             gateway.authorizer.can_publish(principal, topic)
         ):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
-        if wait := gateway.rate_limit_http(principal, "publish"):
+        if wait := gateway.rate_limit_user(principal, "publish"):
             detail = {
                 "code": ErrorCode.RATE_LIMITED.value,
                 "message": "rate limit of publish exceeded; retry later",

@@ -200,7 +200,10 @@ class ServerThread:
 @pytest.fixture(scope="module")
 def fuzzed() -> Iterator[tuple[ServerThread, Fuzzer, Any]]:
     server = ServerThread()
-    legit = server.call(websockets.connect(server.running.ws_url))
+    async def connect() -> Any:
+        return await websockets.connect(server.running.ws_url)
+
+    legit = server.call(connect())
     server.call(subscribe(legit, "legit"))
     fuzzer = Fuzzer(server.running.port)
     try:
@@ -243,6 +246,10 @@ def test_after_the_fuzz_the_server_answers_normally(
     assert sent["frames"] >= BATCHES * BATCH  # runs after test_random_frames
     assert not server.task.done()
     assert set(fuzzer.close_codes) <= {int(code) for code in CLOSE_CODES}
+    # the fuzz reached the limits: oversized and invalid frames were closed with their
+    # codes, and the client read them (the closing handshake)
+    assert {1007, 1009} <= set(fuzzer.close_codes), fuzzer.close_codes
+    assert fuzzer.connections > 1
 
     async def legitimate() -> None:
         async with websockets.connect(server.running.ws_url) as ws:

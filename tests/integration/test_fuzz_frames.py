@@ -195,6 +195,7 @@ class ServerThread:
         self.call(stop_server(self.running, self.task))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10 * UNIT)
+        self.loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -768,7 +768,9 @@ class Gateway:
         self.stats.connections_total += 1
         subject = principal.subject
         self.user_connections[subject] = self.user_connections.get(subject, 0) + 1
-        session.limits = self.rate_limiter.connection(subject, session.last_seen)
+        session.limits = self.rate_limiter.connection(
+            subject, session.last_seen, anonymous=principal.anonymous
+        )
         return session
 
     def close_session(self, session: Session) -> None:

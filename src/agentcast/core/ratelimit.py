@@ -83,6 +83,10 @@ class ConnectionLimits:
             return 0.0
         own, user = pair
         wait = own.wait(now)
+        if own is user:  # an anonymous connection is its own user
+            if not wait:
+                own.tokens -= 1.0
+            return wait
         user_wait = user.wait(now)
         if wait or user_wait:
             return wait if wait > user_wait else user_wait
@@ -133,15 +137,20 @@ class RateLimiter:
             bucket = buckets[kind] = TokenBucket(rate, now)
         return bucket
 
-    def connection(self, subject: str, now: float) -> ConnectionLimits | None:
-        """The limits of a new connection of ``subject`` (None when nothing is limited)."""
+    def connection(
+        self, subject: str, now: float, *, anonymous: bool = False
+    ) -> ConnectionLimits | None:
+        """The limits of a new connection of ``subject`` (None when nothing is limited).
+        An ``anonymous`` connection (open dev mode: each is its own user) has one bucket
+        per kind, no user bucket (half the memory)."""
         if not self.rates:
             return None
         pairs = {}
         for kind, rate in self.rates.items():
-            user = self.user_bucket(subject, kind, now)
+            own = TokenBucket(rate, now)
+            user = own if anonymous else self.user_bucket(subject, kind, now)
             assert user is not None
-            pairs[kind] = (TokenBucket(rate, now), user)
+            pairs[kind] = (own, user)
         return ConnectionLimits(pairs, self.close_after, self.close_window)
 
     def forget_idle(self, now: float, active: Container[str]) -> int:

@@ -228,8 +228,13 @@ def serve(
 def token(
     sub: Annotated[str, typer.Option("--sub", metavar="SUBJECT", help="The user (`sub`).")],
     ttl: Annotated[
-        str, typer.Option("--ttl", metavar="DURATION", help="Lifetime: 90s, 15m, 1h, 7d.")
-    ] = "1h",
+        str | None,
+        typer.Option(
+            "--ttl",
+            metavar="DURATION",
+            help="Lifetime: 90s, 15m, 1h, 7d (default: the token_expiry setting, 1h).",
+        ),
+    ] = None,
     scope: Annotated[
         list[str] | None,
         typer.Option("--scope", metavar="SCOPE", help="publish, control or admin (repeatable)."),
@@ -254,13 +259,14 @@ def token(
     from agentcast.settings import load_settings
 
     try:
-        seconds = parse_duration(ttl)
+        seconds = parse_duration(ttl) if ttl is not None else None
     except ValueError:
-        err.print(f"[red]error:[/red] --ttl {escape(ttl)!r}: use e.g. 90s, 15m, 1h or 7d")
+        err.print(f"[red]error:[/red] --ttl {escape(str(ttl))!r}: use e.g. 90s, 15m, 1h or 7d")
         raise typer.Exit(2) from None
     try:
         settings = load_settings(config)
-        print(mint_token(settings, sub, seconds, scopes=scope or (), topics=topics or ()))
+        lifetime = seconds if seconds is not None else settings.token_expiry
+        print(mint_token(settings, sub, lifetime, scopes=scope or (), topics=topics or ()))
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

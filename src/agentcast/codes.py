@@ -42,6 +42,7 @@ class CloseCode(IntEnum):
     FORBIDDEN = 4503
     AUTH_TIMEOUT = 4508
     TOO_MANY_CONNECTIONS = 4529
+    RATE_LIMITED = 4530
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +147,20 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     ),
     CloseCode.TOO_MANY_CONNECTIONS: CloseInfo(
         "too many connections",
-        "The principal already holds the maximum number of connections.",
+        "The principal already holds `max_connections_per_user` connections. Refused "
+        "before the upgrade with HTTP 429 (`Retry-After`), or 503 when the server holds "
+        "`max_connections` or `max_pending_handshakes`; clients may report either as "
+        "this code (agentcast's client retries 429 and 503 with backoff). Sent as a close "
+        "code to a connection that authenticated with its first `auth` message as a user "
+        "already at the limit.",
         False,
-        reserved=True,
+    ),
+    CloseCode.RATE_LIMITED: CloseInfo(
+        "rate limited",
+        "The connection kept sending over a rate limit: `rate_limit_close_after` "
+        "`rate_limited` errors within `rate_limit_close_window` seconds. Slow down before "
+        "connecting again.",
+        False,
     ),
 }
 
@@ -191,8 +203,11 @@ ERROR_CODES: dict[ErrorCode, str] = {
     ErrorCode.FORBIDDEN: "The principal may not subscribe or publish to this topic.",
     ErrorCode.UNAUTHORIZED: "The request carries no valid credentials (HTTP 401).",
     ErrorCode.TOO_MANY_SUBSCRIPTIONS: "The connection holds `max_subscriptions` topics already.",
-    ErrorCode.RATE_LIMITED: "Too many commands or publishes; slow down and retry.",
-    ErrorCode.PAYLOAD_TOO_LARGE: "An event's data exceeds `max_event_bytes`.",
+    ErrorCode.RATE_LIMITED: "Too many commands, publishes or chat messages (a `rate_limit_*` "
+    "setting), or too many commands in flight; `retry_after` (seconds) says when to retry "
+    "(HTTP: 429 with a `Retry-After` header). The command was not applied.",
+    ErrorCode.PAYLOAD_TOO_LARGE: "An event's data exceeds `max_event_bytes`, or an HTTP request "
+    "body exceeds `max_http_body_bytes` (HTTP 413).",
     ErrorCode.UNAVAILABLE: "The broker or store is unreachable; the command was not applied.",
     ErrorCode.OUTCOME_UNKNOWN: "The broker did not answer a publish that was sent: the "
     "event may or may not have been published. Read the topic's history before "

@@ -5,6 +5,7 @@
     AgentcastError
     ├── ProtocolError            a client frame agentcast cannot act on (carries an ErrorCode)
     │   └── CommandError         a well-formed command that was refused (forbidden, limits)
+    │       └── RateLimitedError  refused by a rate limit (carries ``retry_after``)
     ├── ConfigError              invalid settings
     ├── BrokerError              the broker failed; the publish or read was not applied
     │   └── PublishOutcomeUnknownError  the publish may or may not have been applied
@@ -73,6 +74,20 @@ class ProtocolError(AgentcastError):
 
 class CommandError(ProtocolError):
     """A valid command that the server refused (authorization, limits, availability)."""
+
+
+class RateLimitedError(CommandError):
+    """A command refused by a rate limit: retry after ``retry_after`` seconds (sent in the
+    error frame's ``data.retry_after``)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, message)
+        self.retry_after = retry_after
+
+    def to_data(self) -> dict[str, Any]:
+        data = super().to_data()
+        data["retry_after"] = round(self.retry_after, 3)
+        return data
 
 
 class ConfigError(AgentcastError):

@@ -39,8 +39,15 @@ from agentcast.core.frames import (
 from agentcast.core.history import HistoryLimits, HistoryPage
 from agentcast.core.hub import RESET, Hub
 from agentcast.core.outbox import Outbox
+from agentcast.core.ratelimit import Rate, RateLimiter
 from agentcast.core.session import Admission, Credentials, Keepalive, Session, Writer
-from agentcast.errors import BrokerError, CommandError, ProtocolError, PublishOutcomeUnknownError
+from agentcast.errors import (
+    BrokerError,
+    CommandError,
+    ProtocolError,
+    PublishOutcomeUnknownError,
+    RateLimitedError,
+)
 from agentcast.plugin import Feature, SocketEndpoint
 from agentcast.policy import (
     UNAUTHENTICATED,
@@ -134,6 +141,7 @@ class Gateway:
             max_events=s.history_max_events,
             max_bytes=s.history_max_bytes,
             max_age=s.history_max_age,
+            max_total_bytes=s.history_max_total_bytes,
         )
         self.broker = broker or create_broker(s.broker_url, self.history_limits)
         self._open_policy = open_policy = OpenPolicy()
@@ -142,6 +150,16 @@ class Gateway:
         self._ownership: Authorizer | None = None
         self.hub = Hub()
         self.sessions: dict[int, Session] = {}
+        self.user_connections: dict[str, int] = {}
+        """Open connections per principal subject (``max_connections_per_user``)."""
+        self.handshakes_pending = 0
+        """WebSocket handshakes whose authentication is under way (``max_pending_handshakes``)."""
+        self.rate_limiter = RateLimiter(s.rate_limit_close_after, s.rate_limit_close_window)
+        """Token buckets per connection and per user (see :meth:`add_rate_limit`)."""
+        self.rate_kinds: dict[str, str] = {}
+        """Command type -> the rate-limited kind it draws from (besides ``commands``)."""
+        self._writable: dict[int, asyncio.Future[None]] = {}
+        """Waiters of :meth:`wait_writable`, by session id."""
         self.stats = Stats()
         self.observers: list[Callable[[Publication], None]] = []
         """Called with every publication this node receives, before local fan-out."""
@@ -207,6 +225,8 @@ class Gateway:
         self.started = False
         self._stopping: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self.add_rate_limit("commands", s.rate_limit_commands_per_minute)
+        self.add_rate_limit("publish", s.rate_limit_publish_per_minute, "publish")
         for feature in features:
             self.install(feature)
 
@@ -231,6 +251,71 @@ class Gateway:
         self.commands.add(model, *names)
         for name in names:
             self.handlers[name] = handler
+
+    def add_rate_limit(self, kind: str, per_minute: float, *command_types: str) -> None:
+        """Limit the commands ``command_types`` to ``per_minute`` per connection and per
+        user (``rate_limit_burst`` minutes' worth at once; 0: no limit). ``commands`` (no
+        type: every client frame) and ``publish`` are installed by the gateway; the chat
+        feature adds ``chat`` (``chat:send``). Over the limit a command is answered
+        ``rate_limited`` with ``retry_after``; see :meth:`receive_text`."""
+        rate = Rate.per_minute(per_minute, self.settings.rate_limit_burst) if per_minute else None
+        self.rate_limiter.set_rate(kind, rate)
+        for name in command_types:
+            self.rate_kinds[name] = kind
+
+    def rate_limit_user(self, principal: Principal, kind: str) -> float:
+        """Draw one ``kind`` token from ``principal``'s user bucket only (an HTTP request,
+        a message on seed 003's endpoint): 0.0 when admitted, else the seconds to wait
+        (HTTP: answer 429 with ``Retry-After``)."""
+        bucket = self.rate_limiter.user_bucket(principal.subject, kind, self.loop.time())
+        if bucket is None:
+            return 0.0
+        wait = bucket.wait(self.loop.time())
+        if not wait:
+            bucket.tokens -= 1.0
+        return wait
+
+    def connection_refusal(self, principal: Principal) -> tuple[int, str] | None:
+        """Why one more WebSocket connection of ``principal`` is refused, as an HTTP status
+        and message (429: the user holds ``max_connections_per_user``; 503: the server
+        holds ``max_connections``), or None. Transports ask right before accepting."""
+        s = self.settings
+        if len(self.sessions) >= s.max_connections:
+            return 503, f"server full: {s.max_connections} connections"
+        if self.user_connections.get(principal.subject, 0) >= s.max_connections_per_user:
+            return 429, f"too many connections: at most {s.max_connections_per_user} per user"
+        return None
+
+    def begin_handshake(self) -> bool:
+        """Count one handshake whose authentication is under way; False (refuse it with
+        503) when ``max_pending_handshakes`` are already. Pair with :meth:`end_handshake`."""
+        if self.handshakes_pending >= self.settings.max_pending_handshakes:
+            return False
+        self.handshakes_pending += 1
+        return True
+
+    def end_handshake(self) -> None:
+        self.handshakes_pending -= 1
+
+    async def wait_writable(self, session: Session) -> None:
+        """Return once ``session`` can take more frames: its transport is not paused and
+        its outbox is under half its bounds (or it closed). For producers of bulk frames
+        to one connection (a replay), which must not overflow its outbox."""
+        outbox = session.outbox
+        while not session.closed and (
+            session.paused
+            or outbox.nbytes * 2 > outbox.max_bytes
+            or len(outbox.frames) * 2 > outbox.max_frames
+        ):
+            waiter = self._writable.get(session.id)
+            if waiter is None:
+                waiter = self._writable[session.id] = self.loop.create_future()
+            await asyncio.shield(waiter)  # woken by the next flush, resume_writing, close
+
+    def _wake_writable(self, session: Session) -> None:
+        waiter = self._writable.pop(session.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def add_validator(self, check: Validator) -> None:
         """Run ``check(topic, type, data)`` on every event published through this gateway
@@ -682,6 +767,11 @@ class Gateway:
         self._write_now_left = _WRITE_BUDGET
         self.stats.flushes += 1
         self._write(self.hub.take_dirty())
+        if self._writable:  # bulk producers waiting for room (wait_writable)
+            for waiter in self._writable.values():
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._writable.clear()
 
     def _write(self, sessions: list[Session]) -> None:
         """Drain each outbox into its writer. A writer that raises is closed; the others
@@ -713,10 +803,35 @@ class Gateway:
         )
         self.sessions[session.id] = session
         self.stats.connections_total += 1
+        subject = principal.subject
+        self.user_connections[subject] = self.user_connections.get(subject, 0) + 1
+        session.limits = self.rate_limiter.connection(
+            subject, session.last_seen, anonymous=principal.anonymous
+        )
         if principal is UNAUTHENTICATED:  # it authenticates with its first `auth` message
             session.auth_deadline = session.last_seen + s.auth_timeout
             self.loop.call_later(s.auth_timeout, self._auth_deadline, session)
         return session
+
+    def set_principal(self, session: Session, principal: Principal) -> bool:
+        """Make ``principal`` the connection's (its first ``auth`` message, or a refresh),
+        moving it to its user's connection count. False, and the connection closed with
+        4529, when that user already holds ``max_connections_per_user`` (a connection that
+        authenticated at the handshake was refused with HTTP 429 instead)."""
+        old = session.principal.subject
+        new = principal.subject
+        if new != old:
+            if self.user_connections.get(new, 0) >= self.settings.max_connections_per_user:
+                self.close(session, CloseCode.TOO_MANY_CONNECTIONS)
+                return False
+            left = self.user_connections.get(old, 1) - 1
+            if left > 0:
+                self.user_connections[old] = left
+            else:
+                self.user_connections.pop(old, None)
+            self.user_connections[new] = self.user_connections.get(new, 0) + 1
+        session.authenticated(principal)
+        return True
 
     def _auth_deadline(self, session: Session) -> None:
         """Close a connection still unauthenticated at its deadline (4508)."""
@@ -728,6 +843,13 @@ class Gateway:
         session.closed = True
         if self.sessions.pop(session.id, None) is None:
             return
+        subject = session.principal.subject
+        left = self.user_connections.get(subject, 1) - 1
+        if left > 0:
+            self.user_connections[subject] = left
+        else:
+            self.user_connections.pop(subject, None)
+        self._wake_writable(session)
         for topic in self.hub.remove_all(session):
             self._spawn(self._unlisten(topic))
         session.outbox.drain()
@@ -735,21 +857,29 @@ class Gateway:
             session.pending.clear()
 
     def close(self, session: Session, code: CloseCode, reason: str | None = None) -> None:
-        """Close a connection with ``code`` (and the code's standard reason by default)."""
+        """Close a connection with ``code`` (and the code's standard reason by default),
+        after the frames it has queued unless it is a slow consumer."""
         if session.closed:
             return
         session.closed = True
         for topic in self.hub.remove_all(session):
             self._spawn(self._unlisten(topic))
-        session.outbox.drain()
+        frames = session.outbox.drain()
+        if frames and not session.paused and not session.outbox.overflowed:
+            # what is queued (an error frame saying why) goes before the close frame
+            with contextlib.suppress(Exception):
+                session.writer.write_frames(frames)
+        self._wake_writable(session)
         session.writer.close(code, reason if reason is not None else CLOSE_CODES[code].reason)
 
     def set_paused(self, session: Session, paused: bool) -> None:
         """The transport's write buffer crossed its high (True) or low (False) water mark."""
         session.paused = paused
-        if not paused and session.outbox.frames and not session.closed:
-            self.hub.dirty.append(session)
-            self._after_dispatch()
+        if not paused:
+            if session.outbox.frames and not session.closed:
+                self.hub.dirty.append(session)
+                self._after_dispatch()
+            self._wake_writable(session)
 
     def send(self, session: Session, frame: bytes) -> None:
         """Queue one control frame for ``session`` (flushed with its other frames)."""
@@ -773,8 +903,12 @@ class Gateway:
         """Handle one client text frame: parse it and run it in order with earlier ones."""
         if session.closed:
             return
-        session.last_command = self.loop.time()
+        now = session.last_command = self.loop.time()
         self.stats.commands += 1
+        limits = session.limits
+        if limits is not None and (wait := limits.take("commands", now)):
+            self._rate_limited(session, "commands", wait, command_id(text), now)
+            return
         command: ClientCommand | bytes
         try:
             command = self.commands.parse(text)
@@ -791,6 +925,11 @@ class Gateway:
             cid = command.id if isinstance(command, ClientCommand) else command_id(text)
             self.send(session, error_frame(refused, self.now_iso(), id=cid))
             return
+        if isinstance(command, ClientCommand) and limits is not None:
+            kind = self.rate_kinds.get(command.type)
+            if kind is not None and (wait := limits.take(kind, now)):
+                self._rate_limited(session, kind, wait, command.id, now)
+                return
         admission = session.admit(command, _MAX_PENDING_COMMANDS)
         if admission is Admission.REFUSED:
             limited = CommandError(ErrorCode.RATE_LIMITED, "too many commands in flight")
@@ -800,8 +939,23 @@ class Gateway:
         if admission is Admission.RUN and isinstance(command, ClientCommand):
             self._execute(session, command)
 
+    def _rate_limited(self, session: Session, kind: str, wait: float, cid: Any, now: float) -> None:
+        """Refuse one command over a rate limit; close the connection with 4530 when it
+        keeps sending over it (``rate_limit_close_after`` refusals in the window)."""
+        limits = session.limits
+        if limits is not None and limits.refused(now):
+            logger.info("closing %s: sustained rate-limit abuse (%s)", session, kind)
+            self.close(session, CloseCode.RATE_LIMITED)
+            return
+        exc = RateLimitedError(f"rate limit of {kind} exceeded; retry later", wait)
+        self.send(session, error_frame(exc, self.now_iso(), id=cid))
+
     def receive_binary(self, session: Session) -> None:
         """Binary frames are not part of protocol v1: answer with an error frame."""
+        limits = session.limits
+        if limits is not None and (wait := limits.take("commands", now := self.loop.time())):
+            self._rate_limited(session, "commands", wait, None, now)
+            return
         exc = ProtocolError(ErrorCode.BINARY_UNSUPPORTED, "binary frames are not supported")
         self.send(session, error_frame(exc, self.now_iso()))
 
@@ -1165,6 +1319,9 @@ class Gateway:
                 self.close(session, CloseCode.IDLE_TIMEOUT)
         if self._trimming is None:
             self._trimming = self._spawn(self._trim_history(time.time()))
+        limiter = self.rate_limiter
+        if limiter.users and len(limiter.users) > len(self.user_connections):
+            limiter.forget_idle(now, self.user_connections.keys())
 
     def activity(self, session: Session) -> None:
         """Bytes from the client (pongs included) prove the connection is alive."""

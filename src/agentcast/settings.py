@@ -106,13 +106,10 @@ class Settings(BaseSettings):
         "security.authentication.enabled).",
     )
     token_expiry: float = Field(
-        3600.0, gt=0, description="Lifetime of minted tokens (seed 002's token_expiry)."
-    )
-    max_connections: int = Field(
-        0, ge=0, description="Seed 002's server.max_connections (0: no limit)."
-    )
-    rate_limit_per_minute: int = Field(
-        0, ge=0, description="Seed 002's max_requests_per_minute (0: no limit)."
+        3600.0,
+        gt=0,
+        description="Lifetime of tokens `agentcast token` mints without --ttl "
+        "(seed 002's token_expiry).",
     )
     broker_url: str = Field("memory://", description="Broker URL: memory:// (redis:// later).")
     store_url: str = Field(
@@ -156,6 +153,60 @@ class Settings(BaseSettings):
     history_max_bytes: int = Field(4 * _MIB, ge=_KIB, description="History per topic: bytes.")
     history_max_age: float = Field(
         3600.0, ge=0, description="History per topic: seconds (0: no age bound)."
+    )
+
+    # -- limits (issue 11; docs/security.md "Limits") ----------------------------------
+    history_max_total_bytes: int = Field(
+        256 * _MIB,
+        ge=_MIB,
+        description="In-process history of all topics together (memory broker): past it "
+        "the least recently published topics lose their history first.",
+    )
+    max_connections: int = Field(
+        10_000, ge=1, description="WebSocket connections at once (HTTP 503 beyond)."
+    )
+    max_connections_per_user: int = Field(
+        100, ge=1, description="WebSocket connections at once per principal (HTTP 429 beyond)."
+    )
+    max_pending_handshakes: int = Field(
+        256,
+        ge=1,
+        description="WebSocket handshakes being authenticated at once (HTTP 503 beyond).",
+    )
+    max_http_body_bytes: int = Field(
+        1 * _MIB, ge=_KIB, description="Largest HTTP request body (HTTP 413 beyond)."
+    )
+    replay_page_events: int = Field(
+        500, ge=1, description="A replay reads the stored run this many events at a time."
+    )
+    rate_limit_chat_per_minute: float = Field(
+        60.0, ge=0, description="chat:send per minute, per connection and per user (0: none)."
+    )
+    rate_limit_publish_per_minute: float = Field(
+        6000.0,
+        ge=0,
+        description="Client publishes per minute (WebSocket events and HTTP requests), per "
+        "connection and per user (0: none).",
+    )
+    rate_limit_commands_per_minute: float = Field(
+        6000.0,
+        ge=0,
+        description="Commands of any type per minute, per connection and per user (0: none).",
+    )
+    rate_limit_burst: float = Field(
+        1.0,
+        ge=0.05,
+        description="Bucket size as minutes of rate: the burst a client may send at once "
+        "(1.0: a minute's worth).",
+    )
+    rate_limit_close_after: int = Field(
+        20,
+        ge=1,
+        description="Refusals within rate_limit_close_window after which the connection "
+        "is closed with 4429.",
+    )
+    rate_limit_close_window: float = Field(
+        10.0, gt=0, description="Seconds over which rate_limit_close_after counts."
     )
 
     run_lease_ttl: float = Field(

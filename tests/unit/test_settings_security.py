@@ -30,7 +30,7 @@ def test_seed002_file_as_written_maps_onto_flat_settings() -> None:
     assert (s.host, s.port, s.max_connections) == ("localhost", 8765, 100)
     assert (s.auth_required, s.token_expiry) == (True, 3600.0)
     assert s.origins == ["http://localhost:3000"]
-    assert s.rate_limit_per_minute == 60
+    assert s.rate_limit_chat_per_minute == 60
 
 
 def test_seed002_environment_and_precedence(
@@ -82,14 +82,14 @@ def test_seed002_disabled_switches(tmp_path: Path) -> None:
         "log_level: debug\n"
     )
     s = load_settings(path)
-    assert (s.auth_required, s.origins, s.rate_limit_per_minute, s.log_level) == (
+    assert (s.auth_required, s.origins, s.rate_limit_chat_per_minute, s.log_level) == (
         False,
         [],
         0,
         "debug",
     )
     path.write_text("websocket:\n  security:\n    rate_limiting:\n      enabled: true\n")
-    assert load_settings(path).rate_limit_per_minute == 60  # seed 002's figure
+    assert load_settings(path).rate_limit_chat_per_minute == 60  # seed 002's figure
 
 
 def test_origins_from_every_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -183,6 +183,12 @@ class Broker(ABC):
         here. Raises :class:`~agentcast.errors.BrokerError` when the server is unreachable.
         """
 
+    def history_usage(self) -> dict[str, int] | None:
+        """The in-process history held for every topic together and its budget
+        (``bytes``, ``budget``, ``topics``, ``evicted_topics``), for ``/healthz``; None
+        (the default) when the history lives in a broker server, bounded there."""
+        return None
+
     @abstractmethod
     async def declare_durable(self, prefixes: Iterable[str]) -> None:
         """Topics starting with one of ``prefixes`` have a numbering that a store keeps

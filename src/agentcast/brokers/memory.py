@@ -45,6 +45,14 @@ class MemoryBackend:
         self.brokers: list[MemoryBroker] = []
         """The instances attached (started), notified in this order."""
         self._lost = False
+        budget = self.limits.max_total_bytes
+        self.evicted_topics = 0
+        """Topics whose history the memory budget dropped (``max_total_bytes``)."""
+        self._added = 0
+        """Bytes appended since the budget was last checked."""
+        self._check_every = max(budget // 16, 64 * 1024) if budget else 1 << 62
+        """The budget is checked after this many bytes were appended (and at every trim):
+        one addition per publish, the histories are summed once per 1/16 of the budget."""
 
     def flush(self) -> None:
         """Lose every topic, as a flushed or restarted broker server does: every topic's
@@ -71,6 +79,9 @@ class MemoryBackend:
             topic, history.last_seq + 1, type, data, format_timestamp(at), at, history.epoch
         )
         history.append(pub)
+        self._added += len(data)
+        if self._added > self._check_every:
+            self.enforce_budget()
         for broker in self.brokers:  # MemoryBroker.deliver, inline (once per publication)
             listener = broker._listener
             if listener is not None and (
@@ -90,6 +101,44 @@ class MemoryBackend:
                 del self.histories[name]
                 if history.epoch == DURABLE_EPOCH and history.last_seq:
                     self.numbering[name] = history.last_seq  # a durable numbering is kept
+        self.enforce_budget()
+
+    def history_bytes(self) -> int:
+        """Bytes the histories of every topic hold together (as counted by the budget)."""
+        return sum(h.nbytes for h in self.histories.values())
+
+    def enforce_budget(self) -> int:
+        """Past ``max_total_bytes``, drop the history of the least recently published
+        topics until the histories hold at most 90 % of it (so that the next eviction is
+        a tenth of the budget away). Their numbering stays: a client resuming there gets
+        ``recovered: false``. Returns how many topics lost their history."""
+        self._added = 0
+        budget = self.limits.max_total_bytes
+        if not budget:
+            return 0
+        total = self.history_bytes()
+        if total <= budget:
+            return 0
+        goal = budget - budget // 10
+        evicted = 0
+        for history in sorted(
+            (h for h in self.histories.values() if len(h)), key=lambda h: h.last_at
+        ):
+            total -= history.clear()
+            evicted += 1
+            if total <= goal:
+                break
+        self.evicted_topics += evicted
+        return evicted
+
+    def usage(self) -> dict[str, int]:
+        """What ``/healthz`` shows of the histories and their budget."""
+        return {
+            "bytes": self.history_bytes(),
+            "budget": self.limits.max_total_bytes,
+            "topics": len(self.histories),
+            "evicted_topics": self.evicted_topics,
+        }
 
     def continue_numbering(self, topic: str, seq: int) -> None:
         history = self.histories.get(topic)
@@ -188,6 +237,9 @@ class MemoryBroker(Broker):
 
     async def trim(self, now: float) -> None:
         self.backend.trim(now)
+
+    def history_usage(self) -> dict[str, int] | None:
+        return self.backend.usage()
 
     async def declare_durable(self, prefixes: Iterable[str]) -> None:
         known = self.backend.durable_prefixes

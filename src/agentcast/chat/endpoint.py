@@ -122,6 +122,12 @@ def seed003_endpoint(gateway: Gateway, chat: Chat) -> Callable[[WebSocket], Awai
                 if raw is None:
                     await websocket.send_text(_frame("error", "send text frames, not binary"))
                     continue
+                if wait := gateway.rate_limit_user(principal, "chat"):
+                    retry = round(wait, 3)
+                    await websocket.send_text(
+                        _frame("error", f"rate limited: retry in {retry} s", retry_after=retry)
+                    )
+                    continue
                 try:
                     gen = await chat.submit(principal, conv, _text_of(raw))
                 except ProtocolError as exc:

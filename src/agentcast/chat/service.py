@@ -157,6 +157,8 @@ class Chat(GatewayFeature):
         gateway.add_command(ChatSendCommand, "chat:send", handler=self._cmd_send)
         gateway.add_command(ChatHistoryCommand, "chat:history", handler=self._cmd_history)
         gateway.add_command(ChatCancelCommand, "chat:cancel", handler=self._cmd_cancel)
+        # seed 002: 60 chat messages a minute, per connection and per user
+        gateway.add_rate_limit("chat", self.settings.rate_limit_chat_per_minute, "chat:send")
         gateway.server_prefixes.add(CHAT_PREFIX)
         gateway.subscribe_guards[CHAT_PREFIX] = self._may_subscribe
         gateway.owner_lookups[CHAT_PREFIX] = self.owner_of

@@ -20,7 +20,7 @@ seed 002                                                  agentcast setting
 ``WEBSOCKET_SECRET_KEY``                                  ``jwt_secret``
 ``websocket.security.cors.origins`` (``cors.enabled``)    ``origins`` (``[]`` when
                                                           ``enabled`` is false)
-``websocket.security.rate_limiting.max_requests_per_minute``  ``rate_limit_per_minute``
+``websocket.security.rate_limiting.max_requests_per_minute``  ``rate_limit_chat_per_minute``
 (``rate_limiting.enabled``)                               (0, no limit, when ``enabled``
                                                           is false; 60 when true alone)
 ========================================================  ==========================
@@ -103,7 +103,7 @@ def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
     )
     if rate:
         enabled = _flag(rate, f"{SECTION}.security.rate_limiting")
-        mapped["rate_limit_per_minute"] = (
+        mapped["rate_limit_chat_per_minute"] = (
             rate.get("max_requests_per_minute", _DEFAULT_RATE) if enabled else 0
         )
     twice = sorted(set(mapped) & set(flat))

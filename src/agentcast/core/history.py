@@ -21,11 +21,16 @@ _OVERHEAD = 128
 
 @dataclass(frozen=True, slots=True)
 class HistoryLimits:
-    """Bounds applied to every topic's history. ``max_age`` is in seconds (0: no age bound)."""
+    """Bounds applied to every topic's history. ``max_age`` is in seconds (0: no age bound).
+
+    ``max_total_bytes`` bounds the histories of all topics of one in-process broker
+    together (0: no such bound): past it the least recently published topics lose their
+    history first (see :meth:`History.clear`)."""
 
     max_events: int = 1000
     max_bytes: int = 4 * 1024 * 1024
     max_age: float = 3600.0
+    max_total_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,20 @@ class History:
             self._nbytes > limits.max_bytes and len(events) > 1
         ):
             self._nbytes -= len(events.popleft()[3]) + _OVERHEAD
+
+    @property
+    def last_at(self) -> float:
+        """When the newest retained publication was published (0.0 when none is)."""
+        return self._events[-1][5] if self._events else 0.0
+
+    def clear(self) -> int:
+        """Drop every retained publication (a memory budget's eviction); the numbering
+        stays, so a reader resuming here learns that history is gone (``complete`` is
+        False). Returns the bytes freed."""
+        freed = self._nbytes
+        self._events.clear()
+        self._nbytes = 0
+        return freed
 
     def trim(self, now: float) -> int:
         """Drop events older than ``max_age`` at time ``now``; returns how many were dropped."""

@@ -23,6 +23,7 @@ from agentcast.codes import CloseCode
 from agentcast.core.outbox import Outbox
 
 if TYPE_CHECKING:
+    from agentcast.core.ratelimit import ConnectionLimits
     from agentcast.policy import Principal
 
 __all__ = ["Admission", "Credentials", "Keepalive", "Session", "Writer"]
@@ -86,6 +87,7 @@ class Session:
         "id",
         "last_command",
         "last_seen",
+        "limits",
         "meta",
         "outbox",
         "paused",
@@ -123,6 +125,8 @@ class Session:
         """Commands waiting while an earlier one is still running (ordering per connection)."""
         self.running = False
         self.meta: dict[str, Any] | None = None
+        self.limits: ConnectionLimits | None = None
+        """The rate-limit buckets this connection draws from (None: no rate limit)."""
         """Free slot for transports and features (e.g. the seeds' per-run endpoints)."""
         self.auth_deadline = 0.0
         """Loop time by which a connection opened without credentials must authenticate

@@ -10,8 +10,13 @@ subscriptions and stops when the connection closes or on ``replay_stop``.
 
 Events come from :meth:`Gateway.history <agentcast.gateway.Gateway.history>`: the
 broker's history, and where a topic's history source reaches further back (the run store
-for run topics) from there, so whole runs replay also after a restart. The ``replay``
-option of ``subscribe`` is the same command.
+for run topics) from there, so whole runs replay also after a restart. They are read
+``replay_page_events`` at a time, up to the topic's last seq when the replay started, and
+sent no faster than the connection takes them (:meth:`Gateway.wait_writable
+<agentcast.gateway.Gateway.wait_writable>`): a replay of a long run holds one page in
+memory and never overflows the connection's outbox. ``replay_started`` counts the events
+to come (``last_seq - since`` where history is whole). The ``replay`` option of
+``subscribe`` is the same command.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from agentcast.codes import ErrorCode
+from agentcast.core.commands import error_frame
 from agentcast.core.envelope import Publication
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
+from agentcast.core.history import HistoryPage
 from agentcast.errors import BrokerError, CommandError
 from agentcast.plugin import GatewayFeature
 
@@ -72,20 +79,23 @@ class Replays(GatewayFeature):
             raise CommandError(
                 ErrorCode.INVALID_FIELD, f"a replay of {command.topic!r} is running", field="topic"
             )
+        size = gw.settings.replay_page_events
         try:
-            page = await gw.history(command.topic, command.since)
+            page = await gw.history(command.topic, command.since, size)
         except BrokerError as exc:
             raise CommandError(ErrorCode.UNAVAILABLE, f"history unavailable: {exc}") from exc
         pubs = page.publications
         info = {"first_seq": page.first_seq, "last_seq": page.last_seq, "complete": page.complete}
+        start = pubs[0].seq - 1 if pubs else page.last_seq
+        events = len(pubs) if len(pubs) < size else page.last_seq - start
         gw.reply(
             session,
             "replay_started",
-            {"events": len(pubs), "speed": command.speed, **info},
+            {"events": events, "speed": command.speed, **info},
             id=command.id,
             topic=command.topic,
         )
-        task = gw.spawn(self._play(session, command, pubs), cancel_on_drain=True)
+        task = gw.spawn(self._play(session, command, page), cancel_on_drain=True)
         self.running[key] = task
         task.add_done_callback(lambda done: self._forget(key, done))
 
@@ -94,22 +104,38 @@ class Replays(GatewayFeature):
         if self.running.get(key) is task:
             del self.running[key]
 
-    async def _play(
-        self, session: Session, command: ReplayCommand, pubs: list[Publication]
-    ) -> None:
+    async def _play(self, session: Session, command: ReplayCommand, page: HistoryPage) -> None:
         gw = self.gateway
+        size = gw.settings.replay_page_events
+        until = page.last_seq  # what the topic held when the replay started
+        pubs: list[Publication] = page.publications
         previous = pubs[0].at if pubs else 0.0
         sent = 0
-        for pub in pubs:
-            if session.closed:
+        while pubs:
+            for pub in pubs:
+                if session.closed:
+                    return
+                if pub.seq > until:
+                    break
+                if command.speed > 0:
+                    gap = min((pub.at - previous) / command.speed, command.max_gap)
+                    if gap > 0:
+                        await asyncio.sleep(gap)
+                previous = pub.at
+                await gw.wait_writable(session)  # back-pressure: never past the outbox
+                gw.send(session, pub.replay_frame)
+                sent += 1
+            last = pubs[-1].seq
+            if len(pubs) < size or last >= until or session.closed:
+                break
+            try:
+                pubs = (await gw.history(command.topic, last, size)).publications
+            except BrokerError as exc:
+                exc_frame = CommandError(ErrorCode.UNAVAILABLE, f"history unavailable: {exc}")
+                gw.send(session, error_frame(exc_frame, gw.now_iso()))
                 return
-            if command.speed > 0:
-                gap = min((pub.at - previous) / command.speed, command.max_gap)
-                if gap > 0:
-                    await asyncio.sleep(gap)
-            previous = pub.at
-            gw.send(session, pub.replay_frame)
-            sent += 1
+            if pubs and pubs[0].seq != last + 1:
+                break  # evicted meanwhile: what followed is gone
         gw.reply(session, "replay_complete", {"events": sent}, topic=command.topic)
 
     def _stop(self, session: Session, command: ReplayStopCommand) -> None:

@@ -109,7 +109,8 @@ class Security(GatewayFeature):
                 ErrorCode.FORBIDDEN,
                 f"{command.type}: the token is for another subject than this connection's",
             )
-        session.authenticated(principal)
+        if not gateway.set_principal(session, principal):
+            return
         expires = principal.expires_at
         gateway.reply(
             session,

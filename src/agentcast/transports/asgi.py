@@ -91,9 +91,12 @@ class AsgiWriter:
             self.wakeup.clear()
             queue = self.queue
             # a shutdown close (1001) comes after the frames queued before it: the stopping
-            # producers' last events; any other close cuts the queue (a slow consumer)
+            # producers' last events; any other close sends them too, unless they are a
+            # slow consumer's backlog
             going_away = self.closing is not None and self.closing[0] == CloseCode.GOING_AWAY
-            while queue and (self.closing is None or going_away):
+            while queue and (
+                self.closing is None or going_away or self.queued_bytes <= self.high_water
+            ):
                 frame = queue.popleft()
                 self.queued_bytes -= len(frame)
                 await ws.send_text(payload_of_frame(frame).decode())
@@ -127,14 +130,32 @@ def websocket_route(
             if not socket_endpoint.accepts(value):
                 await _deny(websocket, 404, "no such endpoint")
                 return
+        if len(gateway.sessions) >= gateway.settings.max_connections:
+            await _deny(websocket, 503, "server full")
+            return
         try:
             result = gateway.authenticate(request_of(websocket))
-            principal: Principal = await result if inspect.isawaitable(result) else result
+            if inspect.isawaitable(result):
+                if not gateway.begin_handshake():
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    await _deny(websocket, 503, "too many handshakes in progress")
+                    return
+                try:
+                    principal: Principal = await result
+                finally:
+                    gateway.end_handshake()
+            else:
+                principal = result
         except AuthenticationError as exc:
             # HTTP 401 (403) on the handshake, as on the native path, where the server
             # supports the ASGI denial-response extension; a 403 close otherwise
             word = "unauthorized" if exc.status == 401 else "forbidden"
             await _deny(websocket, exc.status, f"{word}: {exc}")
+            return
+        refusal = gateway.connection_refusal(principal)
+        if refusal is not None:  # HTTP 429 (per user) or 503 (server full)
+            await _deny(websocket, *refusal)
             return
         await websocket.accept(select_subprotocol(websocket.scope.get("subprotocols", [])))
         writer = AsgiWriter(websocket, gateway)
@@ -201,9 +222,13 @@ def websocket_not_found(fallback: ASGIApp) -> ASGIApp:
 
 async def _deny(websocket: WebSocket, status: int, message: str) -> None:
     """Refuse a handshake with HTTP ``status`` where the server supports the ASGI
-    denial-response extension; otherwise by closing before accepting, which ASGI servers
-    answer with HTTP 403 (no close code reaches the client)."""
+    denial-response extension (429 and 503 with ``Retry-After``); otherwise by closing
+    before accepting, which ASGI servers answer with HTTP 403 (no close code reaches the
+    client)."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(PlainTextResponse(f"{message}\n", status_code=status))
+        headers = {"Retry-After": "1"} if status in (429, 503) else None
+        await websocket.send_denial_response(
+            PlainTextResponse(f"{message}\n", status_code=status, headers=headers)
+        )
     else:  # pragma: no cover - depends on the ASGI server
         await websocket.close()

@@ -11,6 +11,7 @@ The OpenAPI document is served at ``/openapi.json`` (docs at ``/docs`` and
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from agentcast.errors import BrokerError, ProtocolError, PublishOutcomeUnknownEr
 from agentcast.gateway import Gateway
 from agentcast.security.origin import OriginMiddleware, OriginPolicy
 from agentcast.transports.asgi import websocket_not_found, websocket_route
+from agentcast.transports.bodylimit import BodyLimit
 from agentcast.transports.docs import install_offline_docs
 from agentcast.web import admin_of, http_error, principal_of
 
@@ -84,6 +86,11 @@ class Health(BaseModel):
         description="Topics the broker knows; with authentication on, shown to admin only."
     )
     uptime_s: float
+    history: dict[str, int] | None = Field(
+        None,
+        description="The in-process history and its budget (memory broker): bytes, "
+        "budget, topics, evicted_topics.",
+    )
 
 
 def http_router(gateway: Gateway) -> APIRouter:
@@ -106,6 +113,7 @@ def http_router(gateway: Gateway) -> APIRouter:
             connections=len(gateway.sessions) if counters else None,
             topics=len(gateway.broker.topics()) if counters else None,
             uptime_s=round(time.monotonic() - started, 3),
+            history=gateway.broker.history_usage(),
         )
 
     @router.post(
@@ -133,6 +141,14 @@ def http_router(gateway: Gateway) -> APIRouter:
         principal = await principal_of(gateway, request)
         if not await gateway.may_publish(principal, topic):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
+        if wait := gateway.rate_limit_user(principal, "publish"):
+            detail = {
+                "code": ErrorCode.RATE_LIMITED.value,
+                "message": "rate limit of publish exceeded; retry later",
+                "retry_after": round(wait, 3),
+            }
+            headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+            raise HTTPException(status_code=429, detail=detail, headers=headers)
         try:
             events = (
                 _EVENTS.validate_python(body)
@@ -316,6 +332,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.add_middleware(BodyLimit, max_bytes=gateway.settings.max_http_body_bytes)
     install_offline_docs(app)  # /docs and /redoc from local files, not a CDN
 
     @app.exception_handler(RequestValidationError)

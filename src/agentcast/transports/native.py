@@ -163,6 +163,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self._write_pending()
 
     def eof_received(self) -> bool | None:
+        # the client closed its side: after our close frame (the closing handshake is
+        # complete) or without one; either way the transport closes now
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -203,13 +205,14 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
     def write_frames(self, frames: list[bytes]) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self.close_handle is not None:
             return
         transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def send_ping(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_PING_FRAME)
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and self.close_handle is None:
+            transport.write(_PING_FRAME)
 
     def close(self, code: CloseCode, reason: str) -> None:
         conn = self.conn
@@ -224,13 +227,21 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         except InvalidState:
             return
         self._write_pending()
-        if self.close_handle is None and not transport.is_closing():
-            timeout = self.gateway.settings.close_timeout
-            self.close_handle = self.gateway.loop.call_later(timeout, transport.abort)
+        self._close_later()
 
     # -- internals -----------------------------------------------------------------
 
     def _write_pending(self) -> None:
+        """Write what the protocol has to send, and carry out its end of the connection.
+
+        A close the server initiates completes its closing handshake: after the close
+        frame the connection keeps reading (websockets discards what follows) until the
+        client's close frame, then half-closes (``write_eof``: the client reads our close
+        frame and EOF) and waits for the client's EOF, at most ``close_timeout`` in all.
+        Closing the socket at once with unread input would make the kernel reset the
+        connection and lose the close frame (a client flooding after an oversized frame
+        never saw its 1009).
+        """
         conn = self.conn
         transport = self.transport
         if conn is None or transport is None:
@@ -240,10 +251,25 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             data = b"".join(chunks)
             if data and not transport.is_closing():
                 transport.write(data)
-            if chunks[-1] == b"" or conn.close_expected():
-                transport.close()
-        elif conn.close_expected():
-            transport.close()
+            if chunks[-1] == b"":  # the protocol is done sending: EOF
+                if self.session is None:  # a refused or failed handshake: nothing to read
+                    transport.close()
+                else:
+                    # nothing more is written: the session goes (no ping, no frame)
+                    self.gateway.close_session(self.session)
+                    if not transport.is_closing() and transport.can_write_eof():
+                        transport.write_eof()
+                    self._close_later()
+                return
+        if conn.close_expected():
+            self._close_later()
+
+    def _close_later(self) -> None:
+        """Abort the transport if the client has not closed it within ``close_timeout``."""
+        transport = self.transport
+        if self.close_handle is None and transport is not None and not transport.is_closing():
+            timeout = self.gateway.settings.close_timeout
+            self.close_handle = self.gateway.loop.call_later(timeout, transport.abort)
 
     def _delegate(self, data: bytes) -> None:
         """Hand a non-native path to uvicorn's own sans-I/O WebSocket protocol (ASGI app)."""
@@ -277,14 +303,23 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             headers={k.lower(): v for k, v in request.headers.raw_items()},
             client=transport.get_extra_info("peername"),
         )
+        gateway = self.gateway
+        if len(gateway.sessions) >= gateway.settings.max_connections:  # before any work
+            self._reject(_limit_response(conn, 503, "server full"))
+            return
         try:
-            result = self.gateway.authenticate(creq)
+            result = gateway.authenticate(creq)
         except AuthenticationError as exc:
             self._reject(conn.reject(exc.status, f"{_refusal(exc)}: {exc}\n"))
             return
         if inspect.isawaitable(result):
+            if not gateway.begin_handshake():
+                if inspect.iscoroutine(result):
+                    result.close()
+                self._reject(_limit_response(conn, 503, "too many handshakes in progress"))
+                return
             transport.pause_reading()
-            self.gateway.loop.create_task(self._finish_handshake(response, result, creq))
+            gateway.loop.create_task(self._finish_handshake(response, result, creq))
         else:
             self._accept(response, result, creq)
 
@@ -303,6 +338,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             logger.exception("authenticator failed")
             self._reject(conn.reject(500, "authentication failed\n"))
             return
+        finally:
+            self.gateway.end_handshake()
         if self.transport.is_closing():
             return
         self._accept(response, principal, creq)
@@ -311,6 +348,10 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     def _accept(self, response: Response, principal: Principal, creq: ConnectionRequest) -> None:
         conn = self.conn
         assert isinstance(conn, ServerProtocol)
+        refusal = self.gateway.connection_refusal(principal)
+        if refusal is not None:
+            self._reject(_limit_response(conn, *refusal))
+            return
         conn.send_response(response)
         self._write_pending()
         # From here on only frames flow. A fresh frame-level protocol in OPEN state drops
@@ -355,6 +396,13 @@ def _subprotocol(conn: ServerProtocol, offered: Sequence[Subprotocol]) -> Subpro
     :mod:`agentcast.security.credentials`)."""
     chosen = select_subprotocol(offered)
     return Subprotocol(chosen) if chosen is not None else None
+
+
+def _limit_response(conn: ServerProtocol, status: int, message: str) -> Response:
+    """A handshake refused by a connection limit: HTTP 429 or 503 with ``Retry-After``."""
+    response = conn.reject(status, f"{message}\n")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _refusal(exc: AuthenticationError) -> str:

@@ -1,0 +1,166 @@
+"""Rate limits: token buckets per connection and per user, with times passed in.
+
+Each limited *kind* (``commands``: every client frame; ``publish``; ``chat``: ``chat:send``)
+has a :class:`Rate`: tokens per second and a bucket size (the burst). A connection draws
+every command of a kind from two buckets at once: its own, and its user's (shared by every
+connection of one principal ``subject`` in this process). A command is admitted only when
+both hold a token; otherwise it is refused with the seconds until both would
+(:meth:`ConnectionLimits.take` returns it: the ``retry_after`` of the error frame) and
+nothing is drawn. Refusals are counted: ``close_after`` of them within ``close_window``
+seconds is sustained abuse (:meth:`ConnectionLimits.refused` says to close).
+
+Cost: one dict lookup and a few float operations per command and kind; nothing per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass
+
+__all__ = ["ConnectionLimits", "Rate", "RateLimiter", "TokenBucket"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``per_second`` tokens flow into a bucket holding at most ``burst`` (≥ 1)."""
+
+    per_second: float
+    burst: float
+
+    @classmethod
+    def per_minute(cls, count: float, burst_minutes: float = 1.0) -> Rate:
+        """``count`` a minute, a bucket of ``burst_minutes`` minutes' worth (at least 1)."""
+        return cls(count / 60.0, max(1.0, count * burst_minutes))
+
+
+class TokenBucket:
+    """A token bucket, full at creation time ``now``."""
+
+    __slots__ = ("burst", "per_second", "stamp", "tokens")
+
+    def __init__(self, rate: Rate, now: float) -> None:
+        self.per_second = rate.per_second
+        self.burst = rate.burst
+        self.tokens = rate.burst
+        self.stamp = now
+
+    def wait(self, now: float) -> float:
+        """Refill up to ``now``; 0.0 when a token is there, else the seconds until one is."""
+        tokens = self.tokens + (now - self.stamp) * self.per_second
+        if tokens > self.burst:
+            tokens = self.burst
+        self.tokens = tokens
+        self.stamp = now
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.per_second
+
+    def full(self, now: float) -> bool:
+        """True when the bucket would be full at ``now`` (it may be forgotten)."""
+        return self.tokens + (now - self.stamp) * self.per_second >= self.burst
+
+
+class ConnectionLimits:
+    """The buckets one connection draws from (its own and its user's), and its refusals."""
+
+    __slots__ = ("close_after", "close_window", "pairs", "strikes", "window_start")
+
+    def __init__(
+        self,
+        pairs: dict[str, tuple[TokenBucket, TokenBucket]],
+        close_after: int,
+        close_window: float,
+    ) -> None:
+        self.pairs = pairs
+        self.close_after = close_after
+        self.close_window = close_window
+        self.strikes = 0
+        self.window_start = 0.0
+
+    def take(self, kind: str, now: float) -> float:
+        """Draw one token of ``kind`` from both buckets: 0.0 when admitted, else the
+        seconds to wait (nothing drawn). A kind without a rate is always admitted."""
+        pair = self.pairs.get(kind)
+        if pair is None:
+            return 0.0
+        own, user = pair
+        wait = own.wait(now)
+        if own is user:  # an anonymous connection is its own user
+            if not wait:
+                own.tokens -= 1.0
+            return wait
+        user_wait = user.wait(now)
+        if wait or user_wait:
+            return wait if wait > user_wait else user_wait
+        own.tokens -= 1.0
+        user.tokens -= 1.0
+        return 0.0
+
+    def refused(self, now: float) -> bool:
+        """Count one refusal at ``now``; True when ``close_after`` refusals fell within
+        ``close_window`` seconds (close the connection)."""
+        if now - self.window_start > self.close_window:
+            self.window_start = now
+            self.strikes = 0
+        self.strikes += 1
+        return self.strikes >= self.close_after
+
+
+class RateLimiter:
+    """The rates of one gateway and the buckets of its users.
+
+    ``close_after`` and ``close_window``: see :meth:`ConnectionLimits.refused`.
+    """
+
+    def __init__(self, close_after: int = 20, close_window: float = 10.0) -> None:
+        self.rates: dict[str, Rate] = {}
+        self.close_after = close_after
+        self.close_window = close_window
+        self.users: dict[str, dict[str, TokenBucket]] = {}
+        """Per principal subject, its buckets by kind (kept while they are not full)."""
+
+    def set_rate(self, kind: str, rate: Rate | None) -> None:
+        """Limit ``kind`` to ``rate`` (None: no limit) for connections opened from now."""
+        if rate is None:
+            self.rates.pop(kind, None)
+        else:
+            self.rates[kind] = rate
+
+    def user_bucket(self, subject: str, kind: str, now: float) -> TokenBucket | None:
+        """The bucket of ``kind`` of the user ``subject`` (None when ``kind`` has no rate)."""
+        rate = self.rates.get(kind)
+        if rate is None:
+            return None
+        buckets = self.users.get(subject)
+        if buckets is None:
+            buckets = self.users[subject] = {}
+        bucket = buckets.get(kind)
+        if bucket is None:
+            bucket = buckets[kind] = TokenBucket(rate, now)
+        return bucket
+
+    def connection(
+        self, subject: str, now: float, *, anonymous: bool = False
+    ) -> ConnectionLimits | None:
+        """The limits of a new connection of ``subject`` (None when nothing is limited).
+        An ``anonymous`` connection (open dev mode: each is its own user) has one bucket
+        per kind, no user bucket (half the memory)."""
+        if not self.rates:
+            return None
+        pairs = {}
+        for kind, rate in self.rates.items():
+            own = TokenBucket(rate, now)
+            user = own if anonymous else self.user_bucket(subject, kind, now)
+            assert user is not None
+            pairs[kind] = (own, user)
+        return ConnectionLimits(pairs, self.close_after, self.close_window)
+
+    def forget_idle(self, now: float, active: Container[str]) -> int:
+        """Forget the buckets of users not in ``active`` whose buckets are all full at
+        ``now`` (a new bucket would be the same); returns how many users were forgotten."""
+        idle = [
+            subject
+            for subject, buckets in self.users.items()
+            if subject not in active and all(b.full(now) for b in buckets.values())
+        ]
+        for subject in idle:
+            del self.users[subject]
+        return len(idle)

@@ -265,7 +265,8 @@ async def test_first_message_auth(hs_server: RunningServer) -> None:
         )
         await send(ws, "ping")
         assert (await recv(ws))["data"]["code"] == "unauthorized"
-        await send(ws, {"type": "auth", "token": hs(claims(scope="publish")), "id": "a"})
+        token = hs(claims(scope="publish", topics=["workflow:*"]))  # workflow:1 is nobody's
+        await send(ws, {"type": "auth", "token": token, "id": "a"})
         done = await recv(ws)
         assert (done["type"], done["id"]) == ("authenticated", "a")
         assert done["data"]["subject"] == "alice" and done["data"]["scopes"] == ["publish"]
@@ -314,7 +315,8 @@ async def test_python_client_passes_the_token_and_stops_on_expiry(
     from agentcast.client import connect
     from agentcast.errors import ConnectionClosedError
 
-    async with connect(hs_server.url, token=hs(claims(ttl=2))) as client:
+    token = hs(claims(ttl=2, topics=["workflow:*"]))  # workflow:1 is nobody's: the claim
+    async with connect(hs_server.url, token=token) as client:
         await client.ping()
         with pytest.raises(ConnectionClosedError) as info:
             async with asyncio.timeout(10 * UNIT):
@@ -334,7 +336,8 @@ async def test_python_client_passes_the_token_and_stops_on_expiry(
 async def test_ticket_opens_one_websocket(hs_server: RunningServer) -> None:
     async with httpx.AsyncClient(base_url=hs_server.url) as http:
         assert (await http.post("/api/tickets")).status_code == 401
-        r = await http.post("/api/tickets", headers={"Authorization": f"Bearer {hs()}"})
+        granted = hs(claims(topics=["workflow:*"]))  # workflow:1 is nobody's: the claim grants it
+        r = await http.post("/api/tickets", headers={"Authorization": f"Bearer {granted}"})
         assert r.status_code == 200, r.text
         answer = r.json()
         assert answer["expires_in"] == 60

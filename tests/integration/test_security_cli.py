@@ -107,7 +107,9 @@ def test_serve_with_a_secret_binds_any_address_without_insecure(
 
 
 def test_client_commands_take_a_token(jwt_server: ServerProcess) -> None:
-    token = run("token", "--sub", "alice", env={"AGENTCAST_JWT_SECRET": SECRET}).stdout.strip()
+    token = run(
+        "token", "--sub", "alice", "--scope", "publish", env={"AGENTCAST_JWT_SECRET": SECRET}
+    ).stdout.strip()  # publishing needs `publish`; the first publisher owns workflow:7
     env = {"AGENTCAST_URL": jwt_server.url}
     denied = run("publish", "workflow:7", "node_status", '{"node_id": "n1"}', env=env)
     assert denied.returncode == 1 and "401" in denied.stderr

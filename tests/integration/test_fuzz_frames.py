@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import websockets
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agentcast.codes import CLOSE_CODES
@@ -230,6 +230,8 @@ sent = {"frames": 0}
     ],
 )
 @given(batch=st.lists(frames, min_size=BATCH, max_size=BATCH))
+@example(batch=[(0x1, b"\xff\xfe\xfd")])  # invalid UTF-8 for certain: 1007
+@example(batch=[(0x1, b"x" * 70_000)])  # oversized for certain: 1009
 def test_random_frames(fuzzed: tuple[ServerThread, Fuzzer, Any], batch: list[Any]) -> None:
     server, fuzzer, legit = fuzzed
     fuzzer.send(b"".join(framed(op, payload) for op, payload in batch))

@@ -69,8 +69,16 @@ def test_core_has_no_coroutines_and_reads_no_clock() -> None:
 # -- the layers around the core ------------------------------------------------------------
 
 PACKAGE = CORE.parent
-FEATURES = ("agentcast.runs", "agentcast.chat", "agentcast.monitoring", "agentcast.storage")
-"""Feature packages (and the store they share): the gateway knows none of them."""
+FEATURES = (
+    "agentcast.runs",
+    "agentcast.chat",
+    "agentcast.monitoring",
+    "agentcast.storage",
+    "agentcast.security.feature",
+)
+"""Feature packages (and the store they share): the gateway knows none of them. The
+security package's policies (``security.origin``, ``security.ownership``,
+``security.credentials``) are not features: the gateway and the transports use them."""
 
 
 def _imports(path: Path) -> list[str]:
@@ -100,7 +108,7 @@ def test_gateway_imports_no_feature() -> None:
 
 def test_features_import_no_transport() -> None:
     paths = [PACKAGE / "monitoring.py"]
-    for package in ("runs", "chat", "storage"):
+    for package in ("runs", "chat", "storage", "security"):
         paths += sorted((PACKAGE / package).rglob("*.py"))
     assert len(paths) > 10
     for path in paths:

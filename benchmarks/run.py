@@ -390,8 +390,9 @@ def run_one(
         py=PY, port=port, agentcast=agentcast if agentcast.exists() else "agentcast"
     ).split()
     cwd = HERE / "peers"
-    if peer.scratch_cwd:
-        cwd = RESULTS / "agentcast-cwd"
+    if peer.scratch_cwd:  # a fresh run store per run: checkouts of other schema versions
+        cwd = RESULTS / "agentcast-cwd" / peer.name  # (--compare) must not share one
+        shutil.rmtree(cwd, ignore_errors=True)
         cwd.mkdir(parents=True, exist_ok=True)
     logs = RESULTS / "logs" / stamp
     logs.mkdir(parents=True, exist_ok=True)

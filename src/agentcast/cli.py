@@ -480,13 +480,16 @@ def chat(
         ),
     ] = None,
     url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
 ) -> None:
     """Chat with an agent in the terminal: answers stream as they are generated; Ctrl-C
     stops a generation (the partial answer is kept), Ctrl-C at the prompt or Ctrl-D exits."""
     from agentcast.chat.terminal import run_chat
 
     try:
-        code = asyncio.run(run_chat(url, agent_id, conversation, message, out=out, err=err))
+        code = asyncio.run(
+            run_chat(url, agent_id, conversation, message, out=out, err=err, token=token)
+        )
     except ValueError as exc:  # an unusable --url
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -804,7 +804,7 @@ class Gateway:
         self.sessions[session.id] = session
         self.stats.connections_total += 1
         subject = principal.subject
-        self.user_connections[subject] = self.user_connections.get(subject, 0) + 1
+        self.user_connected(principal)
         session.limits = self.rate_limiter.connection(
             subject, session.last_seen, anonymous=principal.anonymous
         )
@@ -812,6 +812,22 @@ class Gateway:
             session.auth_deadline = session.last_seen + s.auth_timeout
             self.loop.call_later(s.auth_timeout, self._auth_deadline, session)
         return session
+
+    def user_connected(self, principal: Principal) -> None:
+        """Count one more connection of ``principal``'s user (``max_connections_per_user``):
+        sessions are counted by :meth:`open_session`; other sockets (seed 003's endpoint)
+        call this after :meth:`connection_refusal` allowed them, and
+        :meth:`user_disconnected` when they end."""
+        subject = principal.subject
+        self.user_connections[subject] = self.user_connections.get(subject, 0) + 1
+
+    def user_disconnected(self, principal: Principal) -> None:
+        subject = principal.subject
+        left = self.user_connections.get(subject, 1) - 1
+        if left > 0:
+            self.user_connections[subject] = left
+        else:
+            self.user_connections.pop(subject, None)
 
     def set_principal(self, session: Session, principal: Principal) -> bool:
         """Make ``principal`` the connection's (its first ``auth`` message, or a refresh),
@@ -824,12 +840,8 @@ class Gateway:
             if self.user_connections.get(new, 0) >= self.settings.max_connections_per_user:
                 self.close(session, CloseCode.TOO_MANY_CONNECTIONS)
                 return False
-            left = self.user_connections.get(old, 1) - 1
-            if left > 0:
-                self.user_connections[old] = left
-            else:
-                self.user_connections.pop(old, None)
-            self.user_connections[new] = self.user_connections.get(new, 0) + 1
+            self.user_disconnected(session.principal)
+            self.user_connected(principal)
         session.authenticated(principal)
         return True
 
@@ -843,12 +855,7 @@ class Gateway:
         session.closed = True
         if self.sessions.pop(session.id, None) is None:
             return
-        subject = session.principal.subject
-        left = self.user_connections.get(subject, 1) - 1
-        if left > 0:
-            self.user_connections[subject] = left
-        else:
-            self.user_connections.pop(subject, None)
+        self.user_disconnected(session.principal)
         self._wake_writable(session)
         for topic in self.hub.remove_all(session):
             self._spawn(self._unlisten(topic))
@@ -1094,6 +1101,18 @@ class Gateway:
     def _cmd_unsubscribe(self, session: Session, command: UnsubscribeCommand) -> None:
         self.unsubscribe(session, command.topic)
         self.reply(session, "unsubscribed", {}, id=command.id, topic=command.topic)
+
+    async def recheck_subscriptions(self, session: Session) -> list[str]:
+        """End the subscriptions the connection's (new) principal may no longer hold, after
+        an ``auth:refresh`` with fewer rights: each gets an ``unsubscribed`` frame with
+        ``reason: "forbidden"``. Returns the topics ended."""
+        ended: list[str] = []
+        for topic in sorted(session.topics):
+            if topic in session.topics and not await self.may_subscribe(session.principal, topic):
+                self.unsubscribe(session, topic)
+                self.reply(session, "unsubscribed", {"reason": "forbidden"}, topic=topic)
+                ended.append(topic)
+        return ended
 
     def unsubscribe(self, session: Session, topic: str) -> None:
         """End one subscription; raises :class:`CommandError` when there is none."""

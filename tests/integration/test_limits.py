@@ -435,3 +435,23 @@ async def test_seed003_chat_messages_are_rate_limited_per_user() -> None:
             await ws.send("hello")
             err = await recv(ws, 5 * UNIT)
             assert err["type"] == "error" and 0 < err["retry_after"] <= 30.0
+
+
+@pytest.mark.parametrize("transport", ["native", "asgi"])
+async def test_seed003_connections_count_for_their_user(transport: str) -> None:
+    async with serve(transport, max_connections_per_user=1) as running:
+        running.gateway.authenticator = QueryUser()
+        seed003 = f"ws://127.0.0.1:{running.port}/api/v1/ws/helper?user=alice"
+        async with websockets.connect(running.ws_url + "?user=alice"):
+            with pytest.raises(InvalidStatus) as refused:
+                await websockets.connect(seed003)
+            assert refused.value.response.status_code == 429
+            assert refused.value.response.headers["Retry-After"] == "1"
+        await eventually(lambda: not running.gateway.user_connections)
+        async with websockets.connect(seed003) as chat:
+            assert (await recv(chat, 5 * UNIT))["type"] == "welcome"
+            assert running.gateway.user_connections == {"alice": 1}
+            with pytest.raises(InvalidStatus) as refused:
+                await websockets.connect(running.ws_url + "?user=alice")
+            assert refused.value.response.status_code == 429
+        await eventually(lambda: not running.gateway.user_connections)

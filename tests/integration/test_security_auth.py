@@ -503,3 +503,19 @@ async def test_tokens_and_tickets_never_reach_the_logs(
     assert "token=[redacted]" in text
     assert token not in text and ticket not in text
     assert token.split(".")[2] not in text
+
+
+async def test_refresh_with_fewer_rights_ends_those_subscriptions(hs_server: RunningServer) -> None:
+    wide = hs(claims(topics=["workflow:*"]))
+    async with websockets.connect(hs_server.ws_url, **bearer(wide)) as ws:
+        assert (await subscribe(ws, "workflow:1"))["type"] == "subscribed"
+        await send(ws, {"type": "auth:refresh", "token": hs(claims()), "id": "r"})
+        frames = [await recv(ws), await recv(ws)]
+        ended = next(f for f in frames if f["type"] == "unsubscribed")
+        assert (ended["topic"], ended["data"]) == ("workflow:1", {"reason": "forbidden"})
+        assert any(f["type"] == "authenticated" for f in frames)
+        await hs_server.gateway.publish(
+            "workflow:1", "node_status", {"node_id": "n", "status": "running"}
+        )
+        await send(ws, "ping")
+        assert (await recv(ws))["type"] == "pong"  # no event of workflow:1 came before it

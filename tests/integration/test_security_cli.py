@@ -153,3 +153,13 @@ def test_serve_loads_the_applications_own_policy() -> None:
         server.log.close()
     bad = run("serve", "--port", str(free_port()), "--auth", "no.such.module:make")
     assert bad.returncode == 2 and "cannot load it" in bad.stderr
+
+
+def test_chat_takes_a_token(jwt_server: ServerProcess) -> None:
+    env = {"AGENTCAST_URL": jwt_server.url}
+    refused = run("chat", "helper", "-m", "hello", env=env)
+    assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr
+    token = run("token", "--sub", "carol", env={"AGENTCAST_JWT_SECRET": SECRET}).stdout.strip()
+    answered = run("chat", "helper", "-m", "hello", "--token", token, env=env)
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout.strip(), "no answer streamed"

@@ -84,66 +84,85 @@ def seed003_endpoint(gateway: Gateway, chat: Chat) -> Callable[[WebSocket], Awai
             else:  # pragma: no cover - depends on the ASGI server
                 await websocket.close()  # before accepting: HTTP 403
             return
-        agent_id = str(websocket.path_params["agent_id"])
-        await websocket.accept(select_subprotocol(websocket.scope.get("subprotocols", [])))
-        try:
-            wanted = websocket.query_params.get("conversation_id")
-            if wanted:
-                conv = await chat.conversation(principal, wanted)
-            else:
-                conv = await chat.new_conversation(principal, agent_id, f"{agent_id} session")
-        except ProtocolError as exc:
-            await websocket.send_text(_frame("error", exc.message))
-            await websocket.close(code=int(CloseCode.POLICY_VIOLATION), reason=exc.code.value)
+        refusal = gateway.connection_refusal(principal)
+        if refusal is not None:  # HTTP 429: the user holds max_connections_per_user
+            status, text = refusal
+            if "websocket.http.response" in websocket.scope.get("extensions", {}):
+                await websocket.send_denial_response(
+                    PlainTextResponse(f"{text}\n", status_code=status, headers={"Retry-After": "1"})
+                )
+            else:  # pragma: no cover - depends on the ASGI server
+                await websocket.close()
             return
-        await websocket.send_text(
-            _frame(
-                "welcome",
-                f"Connected to agent {agent_id}. Send a message to start; the conversation "
-                "keeps its context.",
-                agent_id=agent_id,
-                conversation_id=conv.id,
-            )
-        )
-        idle = gateway.settings.chat_idle_timeout
+        gateway.user_connected(principal)
         try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(websocket.receive(), idle)
-                except TimeoutError:
-                    await websocket.close(
-                        code=int(CloseCode.IDLE_TIMEOUT),
-                        reason=f"idle timeout: no message for {idle:g} s",
-                    )
-                    return
-                if message["type"] == "websocket.disconnect":
-                    return
-                raw = message.get("text")
-                if raw is None:
-                    await websocket.send_text(_frame("error", "send text frames, not binary"))
-                    continue
-                if wait := gateway.rate_limit_user(principal, "chat"):
-                    retry = round(wait, 3)
-                    await websocket.send_text(
-                        _frame("error", f"rate limited: retry in {retry} s", retry_after=retry)
-                    )
-                    continue
-                try:
-                    gen = await chat.submit(principal, conv, _text_of(raw))
-                except ProtocolError as exc:
-                    await websocket.send_text(_frame("error", exc.message))
-                    continue
-                answer = await asyncio.shield(gen.done)
-                if answer.status == "complete":
-                    await websocket.send_text(_frame("message", answer.content))
-                else:
-                    reason = answer.error or answer.status
-                    await websocket.send_text(_frame("error", f"{reason}"))
-        except WebSocketDisconnect:
-            return
+            await _serve(websocket, gateway, chat, principal)
         finally:
-            if websocket.client_state is WebSocketState.CONNECTED:
-                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                    await websocket.close()
+            gateway.user_disconnected(principal)
 
     return endpoint
+
+
+async def _serve(websocket: WebSocket, gateway: Gateway, chat: Chat, principal: Principal) -> None:
+    """One accepted seed 003 connection, counted as one of its user's."""
+    agent_id = str(websocket.path_params["agent_id"])
+    await websocket.accept(select_subprotocol(websocket.scope.get("subprotocols", [])))
+    try:
+        wanted = websocket.query_params.get("conversation_id")
+        if wanted:
+            conv = await chat.conversation(principal, wanted)
+        else:
+            conv = await chat.new_conversation(principal, agent_id, f"{agent_id} session")
+    except ProtocolError as exc:
+        await websocket.send_text(_frame("error", exc.message))
+        await websocket.close(code=int(CloseCode.POLICY_VIOLATION), reason=exc.code.value)
+        return
+    await websocket.send_text(
+        _frame(
+            "welcome",
+            f"Connected to agent {agent_id}. Send a message to start; the conversation "
+            "keeps its context.",
+            agent_id=agent_id,
+            conversation_id=conv.id,
+        )
+    )
+    idle = gateway.settings.chat_idle_timeout
+    try:
+        while True:
+            try:
+                message = await asyncio.wait_for(websocket.receive(), idle)
+            except TimeoutError:
+                await websocket.close(
+                    code=int(CloseCode.IDLE_TIMEOUT),
+                    reason=f"idle timeout: no message for {idle:g} s",
+                )
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                await websocket.send_text(_frame("error", "send text frames, not binary"))
+                continue
+            if wait := gateway.rate_limit_user(principal, "chat"):
+                retry = round(wait, 3)
+                await websocket.send_text(
+                    _frame("error", f"rate limited: retry in {retry} s", retry_after=retry)
+                )
+                continue
+            try:
+                gen = await chat.submit(principal, conv, _text_of(raw))
+            except ProtocolError as exc:
+                await websocket.send_text(_frame("error", exc.message))
+                continue
+            answer = await asyncio.shield(gen.done)
+            if answer.status == "complete":
+                await websocket.send_text(_frame("message", answer.content))
+            else:
+                reason = answer.error or answer.status
+                await websocket.send_text(_frame("error", f"{reason}"))
+    except WebSocketDisconnect:
+        return
+    finally:
+        if websocket.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close()

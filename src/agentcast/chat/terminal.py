@@ -52,9 +52,12 @@ async def run_chat(
     *,
     out: Console,
     err: Console,
+    token: str | None = None,
 ) -> int:
-    """Chat in the terminal; returns the exit status (0, or 1 when an answer failed)."""
-    async with httpx.AsyncClient(base_url=http_base(url), timeout=10.0) as http:
+    """Chat in the terminal; returns the exit status (0, or 1 when an answer failed).
+    ``token`` is sent as ``Authorization: Bearer`` on the HTTP requests and the socket."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=http_base(url), timeout=10.0, headers=headers) as http:
         if conversation is None:
             r = await http.post(
                 "/api/conversations", json={"agent_id": agent_id, "title": f"{agent_id} (terminal)"}
@@ -74,7 +77,7 @@ async def run_chat(
     err.print(f"[dim]conversation {cid} with {agent_id} (Ctrl-C stops an answer)[/dim]")
     loop = asyncio.get_running_loop()
     status = 0
-    async with connect(url) as client:
+    async with connect(url, token=token) as client:
         sub = client.subscribe(f"chat:{cid}")
         await sub.wait_subscribed()
         events = sub.__aiter__()

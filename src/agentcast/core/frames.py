@@ -152,7 +152,8 @@ class SubscribedFrame(_Reply):
 
 
 class UnsubscribedFrame(_Reply):
-    """Reply to ``unsubscribe``."""
+    """Reply to ``unsubscribe``; also sent without an ``id``, with ``data.reason:
+    "forbidden"``, when an ``auth:refresh`` token no longer grants the topic."""
 
     type: Literal["unsubscribed"] = "unsubscribed"
     topic: str

@@ -111,6 +111,8 @@ class Security(GatewayFeature):
             )
         if not gateway.set_principal(session, principal):
             return
+        if not first:  # a refreshed token may grant less: drop what it no longer allows
+            await gateway.recheck_subscriptions(session)
         expires = principal.expires_at
         gateway.reply(
             session,

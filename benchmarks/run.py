@@ -133,6 +133,19 @@ class Peer:
     pythonpath: str = ""  # prepended to the server's PYTHONPATH (--compare)
 
 
+_JWT_SECRET = "bench-jwt-secret-" + "j" * 40
+"""The ``agentcast-jwt`` peer's HS256 secret (a benchmark's, never a real one)."""
+
+
+def _jwt(**claims: Any) -> str:
+    """A token for the ``agentcast-jwt`` peer, valid for a day."""
+    import jwt  # PyJWT, an agentcast dependency
+
+    now = int(time.time())
+    payload = {"sub": "bench", "iat": now, "exp": now + 86_400, **claims}
+    return jwt.encode(payload, _JWT_SECRET, algorithm="HS256")
+
+
 UVICORN = (
     "{py} -m uvicorn --host 127.0.0.1 --port {port} --loop uvloop --http httptools "
     "--ws websockets-sansio --no-access-log --log-level warning --backlog 4096 --lifespan off"
@@ -147,6 +160,21 @@ PEERS = {
             "agentcast uvloop httptools",
             sub='{"type":"subscribe","topic":"{topic}"}',
             trigger="GET http://127.0.0.1:{port}/_bench/publish?topics={T}&count={K}&rate={R}",
+            scratch_cwd=True,
+        ),
+        Peer(
+            "agentcast-jwt",
+            "agentcast with JWT authentication on (HS256): every handshake verifies a token "
+            "(`?token=`, topics claim `t*`), ownership checks every subscribe; all connections "
+            "are one user, so its per-user connection and command limits are lifted",
+            f"env AGENTCAST_JWT_SECRET={_JWT_SECRET} AGENTCAST_MAX_CONNECTIONS_PER_USER=1000000 "
+            "AGENTCAST_RATE_LIMIT_COMMANDS_PER_MINUTE=0 {agentcast} serve --host 127.0.0.1 "
+            "--port {port} --bench-endpoint --log-level warning",
+            "agentcast uvloop httptools jwt",
+            path=f"/ws?token={_jwt(topics=['t*'])}",
+            sub='{"type":"subscribe","topic":"{topic}"}',
+            trigger="GET http://127.0.0.1:{port}/_bench/publish?topics={T}&count={K}&rate={R}"
+            f"&token={_jwt(scope='admin')}",
             scratch_cwd=True,
         ),
         Peer(

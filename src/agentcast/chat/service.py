@@ -57,7 +57,7 @@ from agentcast.chat.stats import AgentStats
 from agentcast.chat.text import Turn, build_context, estimate_tokens
 from agentcast.codes import ErrorCode
 from agentcast.core.commands import error_frame
-from agentcast.core.envelope import Publication, encode_json
+from agentcast.core.envelope import Publication
 from agentcast.core.history import HistoryPage
 from agentcast.errors import AgentError, BrokerError, CommandError, ConfigError, ProtocolError
 from agentcast.plugin import GatewayFeature
@@ -65,7 +65,7 @@ from agentcast.security.ownership import Owner, topic_granted
 from agentcast.storage import ChatStore, create_chat_store
 from agentcast.storage.base import RunStore, StoreError
 from agentcast.storage.chat import ChatMessage, Conversation, NewMessage
-from agentcast.storage.recorder import EventRecorder
+from agentcast.storage.recorder import EventRecorder, stored_page
 
 if TYPE_CHECKING:
     from agentcast.core.session import Session
@@ -503,24 +503,7 @@ class Chat(GatewayFeature):
         when the store does not reach back to ``since + 1`` either, or is unavailable."""
         if self.events_store is None or self.recorder is None:
             return None
-        upto = page.first_seq - 1 if page.publications else page.last_seq
-        wanted = upto - since if limit is None else min(upto - since, limit)
-        if wanted <= 0:
-            return None
-        try:
-            await self.recorder.flush()
-            stored = await self.events_store.events(topic, since, wanted)
-        except StoreError:
-            return None
-        if not stored or stored[0].seq != since + 1 or stored[-1].seq != since + wanted:
-            return None  # pruned, or never recorded: the events are gone
-        pubs = [
-            Publication(e.topic, e.seq, e.type, encode_json(e.data), e.timestamp, e.at, page.epoch)
-            for e in stored
-        ]
-        room = None if limit is None else limit - len(pubs)
-        pubs.extend(page.publications if room is None else page.publications[:room])
-        return HistoryPage(pubs, since + 1, page.last_seq, since, page.epoch)
+        return await stored_page(self.events_store, self.recorder, topic, since, page, limit)
 
     async def snapshot(self, topic: str) -> tuple[int, dict[str, Any]] | None:
         """``(seq, state)`` of a conversation for a late joiner or a client whose history

@@ -41,7 +41,7 @@ import orjson
 from pydantic import Field
 
 from agentcast.codes import ErrorCode
-from agentcast.core.envelope import Publication, encode_json
+from agentcast.core.envelope import Publication
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
 from agentcast.core.history import HistoryPage
 from agentcast.errors import BrokerError, CommandError
@@ -53,6 +53,7 @@ from agentcast.runs.state import RunState, run_kind
 from agentcast.runs.vocabulary import validate_event
 from agentcast.security.ownership import Owner
 from agentcast.storage.base import RunStore, RunSummary, StoreError
+from agentcast.storage.recorder import stored_page
 
 if TYPE_CHECKING:
     from agentcast.core.session import Session
@@ -204,24 +205,7 @@ class Runs:
         when the store does not reach back to ``since + 1`` either, or is unavailable."""
         if self.store is None or self.recorder is None or run_kind(topic) is None:
             return None
-        upto = page.first_seq - 1 if page.publications else page.last_seq
-        wanted = upto - since if limit is None else min(upto - since, limit)
-        if wanted <= 0:
-            return None
-        try:
-            await self.recorder.flush()
-            stored = await self.store.events(topic, since, wanted)
-        except StoreError:
-            return None
-        if not stored or stored[0].seq != since + 1 or stored[-1].seq != since + wanted:
-            return None  # the store is behind or has a hole: it cannot fill this in
-        pubs = [
-            Publication(e.topic, e.seq, e.type, encode_json(e.data), e.timestamp, e.at)
-            for e in stored
-        ]
-        room = None if limit is None else limit - len(pubs)
-        pubs.extend(page.publications if room is None else page.publications[:room])
-        return HistoryPage(pubs, since + 1, page.last_seq, since, page.epoch)
+        return await stored_page(self.store, self.recorder, topic, since, page, limit)
 
     # -- state ---------------------------------------------------------------------
 

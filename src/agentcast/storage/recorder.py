@@ -19,10 +19,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from agentcast.core.envelope import Publication
+from agentcast.core.envelope import Publication, encode_json
+from agentcast.core.history import HistoryPage
 from agentcast.storage.base import RunStore, StoreError
 
-__all__ = ["EventRecorder"]
+__all__ = ["EventRecorder", "stored_page"]
 
 logger = logging.getLogger("agentcast.store")
 
@@ -90,3 +91,35 @@ class EventRecorder:
             except StoreError as exc:
                 logger.error("%s store write failed, will retry: %s", self.name, exc)
             await asyncio.sleep(self.interval)
+
+
+async def stored_page(
+    store: RunStore,
+    recorder: EventRecorder,
+    topic: str,
+    since: int,
+    page: HistoryPage,
+    limit: int | None = None,
+) -> HistoryPage | None:
+    """The recorded events of ``topic`` after ``since`` joined to the broker's ``page``,
+    at most ``limit``: what a feature's history source answers (runs, chat). None when the
+    store does not reach back to ``since + 1`` either (pruned, never recorded, a hole) or
+    is unavailable. The recorder is flushed first, so that nothing recorded is missed."""
+    upto = page.first_seq - 1 if page.publications else page.last_seq
+    wanted = upto - since if limit is None else min(upto - since, limit)
+    if wanted <= 0:
+        return None
+    try:
+        await recorder.flush()
+        stored = await store.events(topic, since, wanted)
+    except StoreError:
+        return None
+    if not stored or stored[0].seq != since + 1 or stored[-1].seq != since + wanted:
+        return None
+    pubs = [
+        Publication(e.topic, e.seq, e.type, encode_json(e.data), e.timestamp, e.at, page.epoch)
+        for e in stored
+    ]
+    room = None if limit is None else limit - len(pubs)
+    pubs.extend(page.publications if room is None else page.publications[:room])
+    return HistoryPage(pubs, since + 1, page.last_seq, since, page.epoch)

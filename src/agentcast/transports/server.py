@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -31,14 +32,15 @@ __all__ = ["DrainingServer", "build_asgi_server", "build_server"]
 logger = logging.getLogger("agentcast")
 
 
-def build_server(gateway: Gateway, app: FastAPI | None = None) -> uvicorn.Server:
-    """A uvicorn server for ``gateway`` (``app`` defaults to :func:`create_app`)."""
+def _config(gateway: Gateway, app: FastAPI | None, ws: Any) -> uvicorn.Config:
+    """uvicorn's configuration from the gateway's settings; ``ws`` is its WebSocket
+    protocol (agentcast's native class, or ``"websockets-sansio"`` for the ASGI adapter)."""
     s = gateway.settings
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app if app is not None else create_app(gateway),
         host=s.host,
         port=s.port,
-        ws=protocol_class(gateway),
+        ws=ws,
         ws_max_size=s.max_message_bytes,
         ws_ping_interval=s.ping_interval,
         ws_ping_timeout=s.ping_timeout,
@@ -51,7 +53,11 @@ def build_server(gateway: Gateway, app: FastAPI | None = None) -> uvicorn.Server
         ssl_certfile=s.tls_certfile or None,  # https and wss (agentcast.security.tls)
         ssl_keyfile=s.tls_keyfile or None,
     )
-    return uvicorn.Server(config)
+
+
+def build_server(gateway: Gateway, app: FastAPI | None = None) -> uvicorn.Server:
+    """A uvicorn server for ``gateway`` (``app`` defaults to :func:`create_app`)."""
+    return uvicorn.Server(_config(gateway, app, protocol_class(gateway)))
 
 
 class DrainingServer(uvicorn.Server):
@@ -77,19 +83,4 @@ class DrainingServer(uvicorn.Server):
 def build_asgi_server(gateway: Gateway, app: FastAPI | None = None) -> DrainingServer:
     """A uvicorn server for ``gateway`` whose WebSockets go through the ASGI adapter
     (uvicorn's ``websockets-sansio`` protocol), draining on shutdown."""
-    s = gateway.settings
-    config = uvicorn.Config(
-        app if app is not None else create_app(gateway),
-        host=s.host,
-        port=s.port,
-        ws="websockets-sansio",
-        ws_max_size=s.max_message_bytes,
-        ws_ping_interval=s.ping_interval,
-        ws_ping_timeout=s.ping_timeout,
-        ws_per_message_deflate=False,
-        lifespan="on",
-        log_level=s.log_level,
-        timeout_graceful_shutdown=max(1, round(s.shutdown_timeout)),
-        access_log=s.log_level in ("debug", "trace"),
-    )
-    return DrainingServer(config, gateway)
+    return DrainingServer(_config(gateway, app, "websockets-sansio"), gateway)

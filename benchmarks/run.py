@@ -27,7 +27,8 @@ the two cores are quiet; a run during which other processes used more than ``--d
 of a core is run again (up to ``--retries`` times; the least disturbed attempt counts, the
 others stay in the ``.jsonl`` marked ``superseded``), and the report flags runs above 15 %.
 ``--compare NAME=SRC`` adds agentcast imported from another checkout's ``src`` (e.g. the
-commit before a change) as peer ``agentcast@NAME``, interleaved: before/after in one run.
+commit before a change) as peer ``agentcast@NAME`` (and ``agentcast-jwt@NAME`` when
+``agentcast-jwt`` is among the peers), interleaved: before/after in one run.
 """
 
 from __future__ import annotations
@@ -166,9 +167,10 @@ PEERS = {
             "agentcast-jwt",
             "agentcast with JWT authentication on (HS256): every handshake verifies a token "
             "(`?token=`, topics claim `t*`), ownership checks every subscribe; all connections "
-            "are one user, so its per-user connection and command limits are lifted",
+            "are one user, so its per-user connection and command limits are raised (not lifted: "
+            "every connection holds its buckets, as without JWT)",
             f"env AGENTCAST_JWT_SECRET={_JWT_SECRET} AGENTCAST_MAX_CONNECTIONS_PER_USER=1000000 "
-            "AGENTCAST_RATE_LIMIT_COMMANDS_PER_MINUTE=0 {agentcast} serve --host 127.0.0.1 "
+            "AGENTCAST_RATE_LIMIT_COMMANDS_PER_MINUTE=100000000 {agentcast} serve --host 127.0.0.1 "
             "--port {port} --bench-endpoint --log-level warning",
             "agentcast uvloop httptools jwt",
             path=f"/ws?token={_jwt(topics=['t*'])}",
@@ -994,15 +996,18 @@ def main() -> None:
         label, _, src = spec.partition("=")
         if not label or not src or not (Path(src) / "agentcast" / "__init__.py").exists():
             sys.exit(f"--compare {spec!r}: NAME=SRC with SRC/agentcast/__init__.py")
-        base = PEERS["agentcast"]
-        peer = replace(
-            base,
-            name=f"agentcast@{label}",
-            desc=f"agentcast from {src}",
-            pythonpath=str(Path(src).resolve()),
-        )
-        PEERS[peer.name] = peer
-        names.insert(names.index("agentcast") + 1 if "agentcast" in names else 0, peer.name)
+        # every agentcast peer asked for (agentcast by default) gets its @NAME twin
+        bases = [n for n in names if n.startswith("agentcast") and "@" not in n]
+        for base_name in bases or ["agentcast"]:
+            base = PEERS[base_name]
+            peer = replace(
+                base,
+                name=f"{base_name}@{label}",
+                desc=f"{base.desc}; imported from {src}",
+                pythonpath=str(Path(src).resolve()),
+            )
+            PEERS[peer.name] = peer
+            names.insert(names.index(base_name) + 1 if base_name in names else 0, peer.name)
     wls = []
     for w in (w for w in args.workloads.split(",") if w):
         wls += [w5_id(r) for r in rates] if w == "W5" else [w]

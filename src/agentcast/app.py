@@ -41,7 +41,13 @@ def default_features(settings: Settings) -> list[Feature]:
 def create_gateway(settings: Settings | None = None, **options: Any) -> Gateway:
     """A :class:`Gateway` with :func:`default_features`; ``options`` go to the gateway
     (``broker``, ``authenticator``, ``authorizer``), after the application's policy that
-    ``settings.auth`` names (``--auth package.module:factory``)."""
+    ``settings.auth`` names (``--auth package.module:factory``; the claims it reads are
+    added to ``jwt_claims``)."""
     settings = settings or Settings()
-    options = {**application_policy(settings), **options}
+    policy = application_policy(settings)
+    wanted = policy.pop("jwt_claims", ())
+    if set(wanted) - set(settings.jwt_claims):
+        claims = sorted({*settings.jwt_claims, *wanted})
+        settings = settings.model_copy(update={"jwt_claims": claims})
+    options = {**policy, **options}
     return Gateway(settings, features=default_features(settings), **options)

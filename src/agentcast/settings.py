@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     jwt_leeway: float = Field(30.0, ge=0, le=600, description="Clock skew allowed (seconds).")
     jwt_jwks_timeout: float = Field(5.0, gt=0, le=60, description="JWKS fetch deadline.")
     jwt_jwks_cache: float = Field(300.0, gt=0, description="JWKS cache lifetime (seconds).")
+    jwt_claims: list[str] = Field(
+        default_factory=list,
+        description="Token claims kept on the principal for the application's policy "
+        "(`principal.claims`; `*`: all). None by default: a copy costs memory per connection.",
+    )
     auth: str = Field(
         "",
         description="The application's own authenticator/authorizer: package.module:factory "

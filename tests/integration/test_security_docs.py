@@ -7,8 +7,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import jwt
 import pytest
 import websockets
 
@@ -29,7 +31,7 @@ def block(lang: str, marker: str) -> str:
 
 
 def test_the_section_has_the_examples_this_test_runs() -> None:
-    assert [kind for kind, _ in BLOCKS] == ["yaml", "python", "python"]
+    assert [kind for kind, _ in BLOCKS] == ["yaml", "python", "python", "python"]
 
 
 def test_yaml_example_is_valid_settings(tmp_path: Path) -> None:
@@ -74,5 +76,27 @@ async def test_the_application_policy_example(
             async with websockets.connect(running.ws_url, additional_headers=headers) as ws:
                 await send(ws, {"type": "subscribe", "topic": "execution:exec-1", "id": 1})
                 assert (await recv(ws))["type"] == expected, user
+    finally:
+        await stop_server(running, task)
+
+
+async def test_the_claims_policy_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy's ``jwt_claims`` keeps ``org`` on the principal (nothing else), and its
+    authorizer decides with it."""
+    (tmp_path / "org_example.py").write_text(block("python", "SameOrganisation"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    running, task = await start_server("native", jwt_secret=SECRET, auth="org_example:make")
+    try:
+        exp = int(time.time()) + 60
+        token = jwt.encode({"sub": "alice", "org": "acme", "exp": exp}, SECRET, algorithm="HS256")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(running.ws_url, additional_headers=headers) as ws:
+            for topic, expected in (
+                ("workflow:acme:1", "subscribed"),
+                ("workflow:other:1", "error"),
+            ):
+                await send(ws, {"type": "subscribe", "topic": topic, "id": topic})
+                assert (await recv(ws))["type"] == expected, topic
+        assert running.gateway.settings.jwt_claims == ["org"]
     finally:
         await stop_server(running, task)

@@ -73,7 +73,11 @@ def test_claims_to_principal() -> None:
         ("a:*",),
         5.0,
     )
-    assert p.claims["scope"] == "publish control root"
+    assert dict(p.claims) == {}  # nothing kept unless asked for (jwt_claims)
+    kept = principal_of_claims({"sub": "alice", "org": "o-1", "exp": 5}, keep=("org", "x"))
+    assert dict(kept.claims) == {"org": "o-1"}
+    every = principal_of_claims({"sub": "alice", "org": "o-1", "exp": 5}, keep=("*",))
+    assert dict(every.claims) == {"sub": "alice", "org": "o-1", "exp": 5}
     for bad in (
         {"sub": ""},
         {"sub": 7},
@@ -92,6 +96,63 @@ def test_minted_tokens_verify() -> None:
     assert principal.admin and principal.topics == ("x:*",)
     with pytest.raises(ConfigError):
         mint_token(Settings(), "bob", 60)
+
+
+def test_one_principal_per_token_until_it_expires() -> None:
+    """Connections with the same token share one principal (memory per connection), for
+    as long as the token is valid and at most ``cache_seconds``; invalid tokens are never
+    remembered; the cache holds at most ``cache_size`` tokens."""
+    now = [time.time()]  # the cache's clock; PyJWT checks `exp` with the real one
+    verifier = JwtVerifier(
+        algorithms=["HS256"],
+        key=SECRET.encode(),
+        leeway=5,
+        cache_size=2,
+        cache_seconds=60,
+        clock=lambda: now[0],
+    )
+
+    def token(sub: str, ttl: float) -> str:
+        return jwt.encode({"sub": sub, "exp": int(now[0] + ttl)}, SECRET, algorithm="HS256")
+
+    alice = token("alice", 30)
+    first = verifier.verify(alice)
+    assert verifier.verify(alice) is first  # shared: no second copy, no second decode
+    bob = token("bob", 3600)
+    assert verifier.verify(bob) is verifier.verify(bob)
+    now[0] += 34  # alice's exp + leeway is 35 s away: still valid (PyJWT agrees)
+    assert verifier.verify(alice) is first
+    now[0] += 2  # past exp + leeway (by the cache's clock): verified again, not reused
+    assert verifier.verify(alice) is not first
+    now[0] += 30  # bob verified 66 s ago: past cache_seconds, verified again
+    again = verifier.verify(bob)
+    assert again is not None and again.subject == "bob"
+    # bounded: two tokens at most, least recently used out first
+    carol, dave, erin = token("carol", 3600), token("dave", 3600), token("erin", 3600)
+    c = verifier.verify(carol)
+    verifier.verify(dave)
+    verifier.verify(erin)
+    assert len(verifier._cache) == 2 and carol not in verifier._cache
+    assert verifier.verify(carol) is not c  # verified again after its eviction
+    forged = jwt.encode({"sub": "eve", "exp": int(now[0] + 60)}, "x" * 32, algorithm="HS256")
+    for _ in range(2):
+        with pytest.raises(AuthenticationError, match="Signature"):
+            verifier.verify(forged)
+    assert forged not in verifier._cache
+    tampered = alice[:-2] + ("AA" if not alice.endswith("AA") else "BB")
+    with pytest.raises(AuthenticationError):
+        verifier.verify(tampered)
+
+
+def test_jwt_claims_setting_keeps_claims() -> None:
+    settings = Settings(jwt_secret=SECRET, jwt_claims=["org"])
+    token = jwt.encode(
+        {"sub": "a", "org": "o-7", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
+    )
+    principal = JwtVerifier.from_settings(settings).verify(token)
+    assert isinstance(principal, Principal) and dict(principal.claims) == {"org": "o-7"}
+    principal = JwtVerifier.from_settings(Settings(jwt_secret=SECRET)).verify(token)
+    assert isinstance(principal, Principal) and dict(principal.claims) == {}
 
 
 def test_tickets_are_single_use_and_expire() -> None:

@@ -147,8 +147,11 @@ class Security(GatewayFeature):
 def application_policy(settings: Settings) -> dict[str, Any]:
     """The gateway options ``settings.auth`` (``package.module:factory``) gives:
     ``factory(settings)`` returns an object with ``authenticate`` (the authenticator)
-    and/or ``can_subscribe`` and ``can_publish`` (the authorizer). Empty without
-    ``settings.auth``; raises :class:`ConfigError` when it cannot be loaded."""
+    and/or ``can_subscribe`` and ``can_publish`` (the authorizer), and optionally
+    ``jwt_claims``, the token claims its methods read from ``principal.claims`` (added to
+    the ``jwt_claims`` setting: returned under that key, :func:`agentcast.app.create_gateway`
+    applies it). Empty without ``settings.auth``; raises :class:`ConfigError` when it
+    cannot be loaded."""
     spec = settings.auth
     if not spec:
         return {}
@@ -172,4 +175,9 @@ def application_policy(settings: Settings) -> dict[str, Any]:
             f"auth {spec!r}: the factory's object has neither `authenticate` nor "
             "`can_subscribe` and `can_publish`"
         )
+    wanted = getattr(policy, "jwt_claims", None)
+    if wanted:
+        if isinstance(wanted, str) or not all(isinstance(c, str) for c in wanted):
+            raise ConfigError(f"auth {spec!r}: `jwt_claims` must be a collection of claim names")
+        options["jwt_claims"] = sorted(wanted)
     return options

@@ -12,8 +12,10 @@ Headers that try to choose the key (``jwk``, ``jku``, ``x5u``, ``x5c``) are igno
 from __future__ import annotations
 
 import functools
+import sys
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -38,13 +40,17 @@ OKP_ALGORITHMS = frozenset({"EdDSA"})
 PUBLIC_KEY_ALGORITHMS = RSA_ALGORITHMS | EC_ALGORITHMS | OKP_ALGORITHMS
 _MAX_TOKEN_CHARS = 8192
 _HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
-def principal_of_claims(claims: Mapping[str, Any]) -> Principal:
+def principal_of_claims(claims: Mapping[str, Any], keep: Collection[str] = ()) -> Principal:
     """The principal a verified token names: ``sub`` (a non-empty string) is the subject,
     ``scope`` (space-separated) the scopes among :data:`~agentcast.policy.SCOPES` (others
     are ignored), ``topics`` (a list of topic patterns) the extra topics, ``exp`` the
-    expiry. Raises :class:`~agentcast.policy.AuthenticationError` for malformed claims."""
+    expiry. ``keep``: the claims copied into :attr:`~agentcast.policy.Principal.claims`
+    (``jwt_claims``; ``*`` for all of them; none by default, since a copy of a token's
+    claims costs ~700 bytes per connection and nothing in agentcast reads it). Raises
+    :class:`~agentcast.policy.AuthenticationError` for malformed claims."""
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or len(subject) > 200:
         raise AuthenticationError("invalid token: `sub` must be a non-empty string")
@@ -55,9 +61,14 @@ def principal_of_claims(claims: Mapping[str, Any]) -> Principal:
     if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
         raise AuthenticationError("invalid token: `topics` must be a list of topic patterns")
     expires = claims.get("exp")
+    kept = _NO_CLAIMS
+    if keep:
+        kept = MappingProxyType(
+            dict(claims) if "*" in keep else {k: claims[k] for k in keep if k in claims}
+        )
     return Principal(
-        subject=subject,
-        claims=MappingProxyType(dict(claims)),
+        subject=sys.intern(subject),  # one string per user, however many tokens it has
+        claims=kept,
         scopes=_scopes(scope),
         topics=_topics(tuple(topics)),
         expires_at=float(expires) if isinstance(expires, int | float) else None,
@@ -79,7 +90,20 @@ def _topics(topics: tuple[str, ...]) -> tuple[str, ...]:
 
 class JwtVerifier:
     """Verifies tokens with a fixed key (``key``: secret bytes or a public key) or a
-    JWKS (``jwks``), accepting only ``algorithms``."""
+    JWKS (``jwks``), accepting only ``algorithms``.
+
+    ``claims``: the claims kept on each principal (:func:`principal_of_claims`).
+
+    **One principal per token.** A token verified once is remembered (at most
+    ``cache_size`` tokens, least recently used first out) with its principal, until it
+    expires (``exp`` + ``leeway``, when PyJWT would refuse it too) or ``cache_seconds``
+    after it was verified, whichever comes first (so that a key removed from a JWKS stops
+    being accepted within that time). Every connection opened with the same token (a
+    user's tabs, a service's pool, a reconnection storm after a restart) then shares one
+    :class:`~agentcast.policy.Principal` and skips the signature check. Only valid tokens
+    are remembered (an invalid one is verified, and refused, every time), so the cache
+    holds at most ``cache_size`` tokens the issuer signed.
+    """
 
     def __init__(
         self,
@@ -90,6 +114,10 @@ class JwtVerifier:
         audience: str = "",
         issuer: str = "",
         leeway: float = 0.0,
+        claims: Collection[str] = (),
+        cache_size: int = 1024,
+        cache_seconds: float = 300.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if (key is None) == (jwks is None):
             raise ValueError("give exactly one of key and jwks")
@@ -105,6 +133,12 @@ class JwtVerifier:
         if self.issuer:
             required.append("iss")
         self._options: dict[str, Any] = {"require": required, "verify_aud": bool(audience)}
+        self.claims = frozenset(claims)
+        self.cache_size = cache_size
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        """Verified tokens: their principal and until when (wall clock) it may be reused."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JwtVerifier:
@@ -117,7 +151,12 @@ class JwtVerifier:
         unknown = pinned - HMAC_ALGORITHMS - PUBLIC_KEY_ALGORITHMS
         if unknown:
             raise ConfigError(f"jwt_algorithms: unknown algorithm(s) {sorted(unknown)}")
-        aud, iss, leeway = s.jwt_audience, s.jwt_issuer, s.jwt_leeway
+        common: dict[str, Any] = {
+            "audience": s.jwt_audience,
+            "issuer": s.jwt_issuer,
+            "leeway": s.jwt_leeway,
+            "claims": s.jwt_claims,
+        }
         if s.jwt_secret is not None:
             algorithms = pinned or {"HS256"}
             if not algorithms <= HMAC_ALGORITHMS:
@@ -132,7 +171,7 @@ class JwtVerifier:
                     f"jwt_secret is {len(secret)} bytes long: {max(algorithms)} needs at least "
                     f"{needed} (RFC 7518 3.2)"
                 )
-            return cls(algorithms=algorithms, key=secret, audience=aud, issuer=iss, leeway=leeway)
+            return cls(algorithms=algorithms, key=secret, **common)
         if s.jwt_public_key_file:
             key, fitting = _public_key(Path(s.jwt_public_key_file))
             algorithms = pinned or {min(fitting)}  # RS256 / ES256 / EdDSA
@@ -141,7 +180,7 @@ class JwtVerifier:
                     f"jwt_algorithms {sorted(algorithms)} do not fit the key in "
                     f"{s.jwt_public_key_file} (it verifies {sorted(fitting)})"
                 )
-            return cls(algorithms=algorithms, key=key, audience=aud, issuer=iss, leeway=leeway)
+            return cls(algorithms=algorithms, key=key, **common)
         if s.jwt_jwks_url:
             algorithms = pinned or {"RS256", "ES256"}
             if not algorithms <= PUBLIC_KEY_ALGORITHMS:
@@ -154,7 +193,12 @@ class JwtVerifier:
                 timeout=s.jwt_jwks_timeout,
                 lifetime=s.jwt_jwks_cache,
             )
-            return cls(algorithms=algorithms, jwks=jwks, audience=aud, issuer=iss, leeway=leeway)
+            return cls(
+                algorithms=algorithms,
+                jwks=jwks,
+                cache_seconds=min(300.0, s.jwt_jwks_cache),
+                **common,
+            )
         raise ConfigError(
             "no JWT key configured: set jwt_secret, jwt_public_key_file or jwt_jwks_url"
         )
@@ -166,6 +210,12 @@ class JwtVerifier:
         an awaitable."""
         if len(token) > _MAX_TOKEN_CHARS:
             raise AuthenticationError("invalid token: too long")
+        cached = self._cache.get(token)
+        if cached is not None:
+            if self._clock() < cached[1]:
+                self._cache.move_to_end(token)
+                return cached[0]
+            del self._cache[token]
         if self.jwks is None:
             return self._decode(token, self.key)
         kid = self._kid(token)
@@ -208,7 +258,22 @@ class JwtVerifier:
             raise AuthenticationError("invalid token: not yet valid") from None
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"invalid token: {exc}") from None
-        return principal_of_claims(claims)
+        principal = principal_of_claims(claims, self.claims)
+        self._remember(token, principal)
+        return principal
+
+    def _remember(self, token: str, principal: Principal) -> None:
+        """Keep ``principal`` for ``token`` (see the class docstring)."""
+        if self.cache_size <= 0:
+            return
+        until = self._clock() + self.cache_seconds
+        if principal.expires_at is not None:
+            until = min(until, principal.expires_at + self.leeway)
+        cache = self._cache
+        cache[token] = (principal, until)
+        cache.move_to_end(token)
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
 
 
 def _public_key(path: Path) -> tuple[Any, frozenset[str]]:

@@ -274,8 +274,12 @@ async def flood_and_read_close(raw: RawClient, frame: bytes) -> int:
     return code
 
 
-async def test_oversized_frame_then_flood_still_sees_1009() -> None:
-    async with serve(max_message_bytes=1024, close_timeout=1.0) as running:  # noqa: SIM117 - the server, then clients
+@pytest.mark.parametrize("transport", ["native", "asgi"])
+async def test_oversized_frame_then_flood_still_sees_1009(transport: str) -> None:
+    """On both transports: under the ASGI adapter uvicorn's protocol fails the connection
+    (it would close the socket at once, and a client still sending lost its 1009 to the
+    reset); agentcast's subclass completes the closing handshake there too."""
+    async with serve(transport, max_message_bytes=1024, close_timeout=1.0) as running:  # noqa: SIM117 - the server, then clients
         async with websockets.connect(running.ws_url) as legit:
             await subscribe(legit, "legit")
             for _ in range(3):
@@ -283,6 +287,17 @@ async def test_oversized_frame_then_flood_still_sees_1009() -> None:
                 raw.send_frame(0x1, b"x" * 4096)  # oversized, then it keeps sending
                 code = await flood_and_read_close(raw, RawClient.frame(0x1, b"y" * 512))
                 assert code == 1009
+            for _ in range(3):  # it sends on after the close and reads only later
+                raw = await RawClient.connect(running.port)
+                junk = RawClient.frame(0x1, b"y" * 512) * 64
+                raw.writer.write(RawClient.frame(0x1, b"x" * 4096) + junk)
+                for _ in range(5):
+                    await asyncio.sleep(0)  # a yield, so that the loop writes: not a wait
+                    raw.writer.write(junk)
+                    await raw.writer.drain()  # the server reads on: no reset, no EPIPE
+                code, _, _ = await raw.read_until_close(10 * UNIT)
+                assert code == 1009
+                raw.close()
             await live_check(legit, running.gateway.publish, "legit")
 
 

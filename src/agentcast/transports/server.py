@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from agentcast.gateway import Gateway
-from agentcast.transports import asgi
+from agentcast.transports import asgi, uvicorn_ws
 from agentcast.transports.http import create_app
 from agentcast.transports.native import protocol_class
 
@@ -34,7 +34,7 @@ logger = logging.getLogger("agentcast")
 
 def _config(gateway: Gateway, app: FastAPI | None, ws: Any) -> uvicorn.Config:
     """uvicorn's configuration from the gateway's settings; ``ws`` is its WebSocket
-    protocol (agentcast's native class, or ``"websockets-sansio"`` for the ASGI adapter)."""
+    protocol (agentcast's native class, or uvicorn's sans-I/O one for the ASGI adapter)."""
     s = gateway.settings
     return uvicorn.Config(
         app if app is not None else create_app(gateway),
@@ -82,5 +82,7 @@ class DrainingServer(uvicorn.Server):
 
 def build_asgi_server(gateway: Gateway, app: FastAPI | None = None) -> DrainingServer:
     """A uvicorn server for ``gateway`` whose WebSockets go through the ASGI adapter
-    (uvicorn's ``websockets-sansio`` protocol), draining on shutdown."""
-    return DrainingServer(_config(gateway, app, "websockets-sansio"), gateway)
+    (uvicorn's ``websockets-sansio`` protocol, completing the closing handshake of the
+    connections it fails: :mod:`agentcast.transports.uvicorn_ws`), draining on shutdown."""
+    ws = uvicorn_ws.protocol_class(gateway.settings.close_timeout)
+    return DrainingServer(_config(gateway, app, ws), gateway)

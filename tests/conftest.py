@@ -26,7 +26,7 @@ from agentcast.app import create_gateway
 from agentcast.brokers import Broker
 from agentcast.gateway import Gateway
 from agentcast.settings import Settings
-from agentcast.transports import uvicorn_ws
+from agentcast.transports import uvicorn_protocols
 from agentcast.transports.http import create_app
 from agentcast.transports.server import DrainingServer, build_server
 
@@ -79,7 +79,8 @@ async def start_server(
                 port=0,
                 lifespan="on",
                 log_level="warning",
-                ws=uvicorn_ws.protocol_class(gateway.settings.close_timeout),
+                http=uvicorn_protocols.http_protocol_class(gateway.settings.header_timeout),
+                ws=uvicorn_protocols.protocol_class(gateway.settings.close_timeout),
                 ws_max_size=gateway.settings.max_message_bytes,
             ),
             gateway,

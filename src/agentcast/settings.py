@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     max_connections_per_user: int = Field(
         100, ge=1, description="WebSocket connections at once per principal (HTTP 429 beyond)."
     )
+    header_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="A request's headers (a WebSocket handshake's too) must arrive within this "
+        "long from its first byte: HTTP 408 and closed after (slowloris; 0: no limit).",
+    )
     max_pending_handshakes: int = Field(
         256,
         ge=1,

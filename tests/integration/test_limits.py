@@ -318,6 +318,49 @@ async def test_slow_consumer_flooding_still_sees_4001() -> None:
         assert code == 4001
 
 
+# -- slow request headers (slowloris) ------------------------------------------------
+
+
+async def trickle_until_closed(port: int, first: bytes = b"") -> bytes:
+    """Send ``first`` (complete requests), then a request line and a header line every
+    0.05 s, never the end of the headers; what the server answered once it closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = b""
+    try:
+        writer.write(first + b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        async with asyncio.timeout(10 * UNIT):
+            while not reader.at_eof():
+                try:
+                    answer += await asyncio.wait_for(reader.read(65536), 0.05)
+                except TimeoutError:
+                    writer.write(b"X-Slow: 1\r\n")
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return answer
+
+
+@pytest.mark.parametrize("transport", ["native", "asgi"])
+async def test_slow_request_headers_get_408(transport: str) -> None:
+    """A connection that trickles its request headers is answered 408 and closed after
+    ``header_timeout`` (not reset by the bytes it sends), the first request of a connection
+    and a keep-alive connection's next one alike; established WebSockets are not affected."""
+    async with serve(transport, header_timeout=0.5) as running:  # noqa: SIM117 - the server, then clients
+        async with websockets.connect(running.ws_url) as legit, httpx.AsyncClient() as http:
+            await subscribe(legit, "legit")
+            started = time.monotonic()
+            answer = await trickle_until_closed(running.port)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert time.monotonic() - started >= 0.5
+            healthz = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            answer = await trickle_until_closed(running.port, first=healthz)
+            assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in answer, answer
+            # the WebSocket opened before outlived header_timeout: it still receives
+            await live_check(legit, running.gateway.publish, "legit")
+            assert (await http.get(f"{running.url}/healthz")).status_code == 200
+
+
 # -- HTTP body size ------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ class in its ``ws`` setting. :func:`protocol_class` builds one bound to a gatewa
   the transport: one ``write()`` per connection per loop iteration, no task and no ASGI
   scope per connection.
 * Any other path is handed, unchanged, to uvicorn's own ``WebSocketsSansIOProtocol``
-  (:mod:`agentcast.transports.uvicorn_ws`: with the closing handshake completed when it
+  (:mod:`agentcast.transports.uvicorn_protocols`: with the closing handshake completed when it
   fails a connection), which runs the ASGI app (FastAPI/Starlette WebSocket routes keep working).
 
 The transport's write buffer limits drive slow-consumer detection: above the high-water
@@ -274,7 +274,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
     def _delegate(self, data: bytes) -> None:
         """Hand a non-native path to uvicorn's own sans-I/O WebSocket protocol (ASGI app)."""
-        from agentcast.transports.uvicorn_ws import protocol_class as sansio_class
+        from agentcast.transports.uvicorn_protocols import protocol_class as sansio_class
 
         delegate = sansio_class(self.gateway.settings.close_timeout)(
             config=self.config, server_state=self.server_state, app_state=self.app_state

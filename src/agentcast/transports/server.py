@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from agentcast.gateway import Gateway
-from agentcast.transports import asgi, uvicorn_ws
+from agentcast.transports import asgi, uvicorn_protocols
 from agentcast.transports.http import create_app
 from agentcast.transports.native import protocol_class
 
@@ -40,6 +40,7 @@ def _config(gateway: Gateway, app: FastAPI | None, ws: Any) -> uvicorn.Config:
         app if app is not None else create_app(gateway),
         host=s.host,
         port=s.port,
+        http=uvicorn_protocols.http_protocol_class(s.header_timeout),  # slowloris deadline
         ws=ws,
         ws_max_size=s.max_message_bytes,
         ws_ping_interval=s.ping_interval,
@@ -83,6 +84,6 @@ class DrainingServer(uvicorn.Server):
 def build_asgi_server(gateway: Gateway, app: FastAPI | None = None) -> DrainingServer:
     """A uvicorn server for ``gateway`` whose WebSockets go through the ASGI adapter
     (uvicorn's ``websockets-sansio`` protocol, completing the closing handshake of the
-    connections it fails: :mod:`agentcast.transports.uvicorn_ws`), draining on shutdown."""
-    ws = uvicorn_ws.protocol_class(gateway.settings.close_timeout)
+    connections it fails: :mod:`agentcast.transports.uvicorn_protocols`), draining on shutdown."""
+    ws = uvicorn_protocols.protocol_class(gateway.settings.close_timeout)
     return DrainingServer(_config(gateway, app, ws), gateway)

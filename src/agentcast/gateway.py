@@ -1339,7 +1339,7 @@ class Gateway:
         if self._trimming is None:
             self._trimming = self._spawn(self._trim_history(time.time()))
         limiter = self.rate_limiter
-        if limiter.users and len(limiter.users) > len(self.user_connections):
+        if limiter.tracked > len(self.user_connections):
             limiter.forget_idle(now, self.user_connections.keys())
 
     def activity(self, session: Session) -> None:

@@ -21,6 +21,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agentcast.policy import AuthenticationError, ConnectionRequest, Principal
+from agentcast.security import mint_token
+from agentcast.settings import Settings
 from tests.conftest import UNIT, RunningServer, eventually, start_server, stop_server
 from tests.integration.wsutil import RawClient, recv, recv_until, send, subscribe
 
@@ -101,6 +103,25 @@ async def test_too_many_connections_for_one_user(transport: str) -> None:
         async with websockets.connect(url) as again:
             await send(again, "ping")
             assert (await recv(again))["type"] == "pong"
+
+
+@pytest.mark.parametrize("transport", ["native", "asgi"])
+async def test_first_auth_message_over_the_user_limit_closes_with_4529(transport: str) -> None:
+    """A connection opened without credentials that authenticates (first ``auth``
+    message) as a user already at ``max_connections_per_user`` is closed with 4529
+    (terminal); the user's connection keeps working and the count is right afterwards."""
+    secret = "limits-secret-" + "l" * 32
+    async with serve(transport, jwt_secret=secret, max_connections_per_user=1) as running:
+        token = mint_token(Settings(jwt_secret=secret), "alice", 60, topics=["*"])
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(running.ws_url, additional_headers=bearer) as a1:
+            await subscribe(a1, "alice-topic")
+            async with websockets.connect(running.ws_url) as late:
+                await send(late, {"type": "auth", "token": token, "id": 1})
+                assert await closed_code(late) == 4529
+            assert running.gateway.user_connections.get("alice") == 1
+            await live_check(a1, running.gateway.publish, "alice-topic")
+        await eventually(lambda: not running.gateway.user_connections)
 
 
 @pytest.mark.parametrize("transport", ["native", "asgi"])

@@ -49,6 +49,9 @@ class Principal:
     ``admin`` implies every scope); ``topics`` are topic patterns (``fnmatch`` style,
     ``workflow:team-42:*``) it may subscribe to beyond its own; ``expires_at`` is the
     wall-clock time (``time.time()``) at which its credentials end, None for never.
+    ``claims``: the token's claims the application asked to keep (``jwt_claims``), empty
+    otherwise. Principals are immutable and shared: every connection opened with one
+    token holds the same object.
     """
 
     subject: str

@@ -1,4 +1,5 @@
-"""A hypothesis fuzz of 10,000 random frames over one real connection (issue 11).
+"""A hypothesis fuzz of 10,000 random frames over one real connection (issue 11), on each
+transport (native; ASGI adapter on uvicorn's protocol).
 
 Random bytes (as text and binary frames, and unframed), random JSON and random commands
 of every type this server knows go to a live server over a raw socket; when the server
@@ -173,7 +174,7 @@ class Fuzzer:
 class ServerThread:
     """A server, and a legitimate client subscribed to ``legit``, in a thread's loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: str = "native") -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -181,7 +182,7 @@ class ServerThread:
         self.task: asyncio.Task[None]
         self.running, self.task = self.call(
             start_server(
-                "native",
+                transport,
                 rate_limit_commands_per_minute=0,  # the parser, not the bucket, is fuzzed
                 offline_tokens_per_second=0,
                 close_timeout=0.5,
@@ -198,9 +199,15 @@ class ServerThread:
         self.loop.close()
 
 
-@pytest.fixture(scope="module")
-def fuzzed() -> Iterator[tuple[ServerThread, Fuzzer, Any]]:
-    server = ServerThread()
+sent = {"frames": 0}
+
+
+@pytest.fixture(scope="module", params=["native", "asgi"])
+def fuzzed(request: pytest.FixtureRequest) -> Iterator[tuple[ServerThread, Fuzzer, Any]]:
+    """A server on each transport (the ASGI one: uvicorn's protocol parses the frames),
+    fuzzed by one :class:`Fuzzer`, with a legitimate client subscribed."""
+    server = ServerThread(request.param)
+    sent["frames"] = 0
 
     async def connect() -> Any:
         return await websockets.connect(server.running.ws_url)
@@ -214,9 +221,6 @@ def fuzzed() -> Iterator[tuple[ServerThread, Fuzzer, Any]]:
         fuzzer.close()
         server.call(legit.close())
         server.stop()
-
-
-sent = {"frames": 0}
 
 
 @settings(

@@ -68,15 +68,18 @@ def select_subprotocol(offered: Sequence[str]) -> str | None:
 _SECRET_PARAMS = re.compile(r"(?i)\b(token|ticket|access_token)=[^&\s\"']+")
 _SECRET_PROTOCOLS = re.compile(r"bearer\.[A-Za-z0-9_\-.~+/=]+")
 _SECRET_HEADERS = re.compile(r"(?i)\b(bearer) +[A-Za-z0-9_\-.~+/=]{8,}")
+_SECRET_FIELDS = re.compile(r'(?i)("(?:token|ticket|access_token)"\s*:\s*")[^"]*')
 
 
 def redact_text(text: str) -> str:
-    """``text`` with ``token=…``/``ticket=…`` query values, ``bearer.…`` subprotocols and
-    ``Bearer …`` header values replaced by ``[redacted]``."""
-    if "=" not in text and "earer" not in text:
+    """``text`` with ``token=…``/``ticket=…`` query values, ``bearer.…`` subprotocols,
+    ``Bearer …`` header values and ``"token": "…"`` JSON fields (an ``auth`` message in
+    the WebSocket protocol's debug log, even cut short) replaced by ``[redacted]``."""
+    if "=" not in text and "earer" not in text and '"' not in text:
         return text
     text = _SECRET_PARAMS.sub(r"\1=[redacted]", text)
     text = _SECRET_PROTOCOLS.sub("bearer.[redacted]", text)
+    text = _SECRET_FIELDS.sub(r"\1[redacted]", text)
     return _SECRET_HEADERS.sub(r"\1 [redacted]", text)
 
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 from collections.abc import Iterator
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
@@ -53,6 +55,9 @@ _BROKER_DOCS = {
     "errors": "Broker requests that failed (a lost connection, a timeout, an error reply).",
     "reconnects": "Times the broker connected to its server again after losing it.",
 }
+
+
+_writer = attrgetter("writer")
 
 
 def node_id() -> str:
@@ -100,11 +105,12 @@ class GatewayCollector(Collector):
 
         # -- connections ---------------------------------------------------------------
         by_transport: dict[str, int] = {"native": 0, "asgi": 0}
-        subscriptions = 0
-        for session in gw.sessions.values():
-            kind = getattr(type(session.writer), "transport_kind", "other")
-            by_transport[kind] = by_transport.get(kind, 0) + 1
-            subscriptions += len(session.topics)
+        writers = Counter(map(type, map(_writer, gw.sessions.values())))  # one C-level pass
+        for cls, n in writers.items():
+            kind = getattr(cls, "transport_kind", "other")
+            by_transport[kind] = by_transport.get(kind, 0) + n
+        # per topic, not per connection: the hub's subscriber sets
+        subscriptions = sum(map(len, hub.topics.values()))
         # sockets counted per user that are not sessions: seed 003's chat endpoint
         by_transport["seed003"] = max(0, sum(gw.user_connections.values()) - len(gw.sessions))
         connections = GaugeMetricFamily(

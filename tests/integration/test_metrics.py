@@ -18,7 +18,9 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from agentcast.chat.service import Chat
 from tests.conftest import UNIT, RunningServer, eventually, start_server, stop_server
+from tests.integration.chat.support import GatedAgent, chat_send, read_answer
 from tests.integration.wsutil import RawClient, recv, send
 
 SECRET = "metrics-secret-" + "x" * 40
@@ -246,3 +248,32 @@ async def test_open_dev_mode_serves_metrics_to_anyone(native_server: RunningServ
     samples = await scrape(native_server)
     assert ("agentcast_events_published_total", ()) in samples
     assert any(name.startswith("process_") for name, _ in samples)
+
+
+async def test_llm_queue_depth_generations_tokens_and_time_to_first_token() -> None:
+    async with serve() as running:
+        agent = GatedAgent(before=2, after=1, concurrency=1)  # one generation at a time
+        running.gateway.feature(Chat).register_agent("gated", agent)
+        upstream = agent.queue_key
+        async with websockets.connect(running.ws_url) as ws:
+            await chat_send(ws, "first", agent="gated")
+            await agent.wait_calls(1)
+            await chat_send(ws, "second", agent="gated")  # another conversation: it queues
+            chat = running.gateway.feature(Chat)
+            await eventually(lambda: chat.queues[upstream].waiting == 1)
+            during = await scrape(running)
+            assert value(during, "agentcast_llm_queue_waiting", upstream=upstream) == 1
+            assert value(during, "agentcast_llm_queue_active", upstream=upstream) == 1
+            agent.gate.set()
+            answers = 0
+            while answers < 2:
+                frames = await read_answer(ws)
+                assert frames[-1]["data"]["status"] == "complete"
+                answers += 1
+        after = await scrape(running)
+        labels = {"upstream": upstream, "model": "gated"}
+        assert value(after, "agentcast_llm_generations_total", **labels, status="complete") == 2
+        assert value(after, "agentcast_llm_generations_total", **labels, status="error") == 0
+        assert value(after, "agentcast_llm_tokens_total", **labels) == 6  # 3 chunks each
+        assert value(after, "agentcast_llm_time_to_first_token_seconds_count", **labels) == 2
+        assert value(after, "agentcast_llm_queue_waiting", upstream=upstream) == 0

@@ -811,6 +811,7 @@ class Gateway:
                     "topic %s: numbering restarted (epoch %s): its subscribers resync",
                     pub.topic,
                     pub.epoch,
+                    extra={"topic": pub.topic},
                 )
             else:
                 logger.warning(
@@ -818,6 +819,7 @@ class Gateway:
                     pub.topic,
                     gap,
                     pub.seq,
+                    extra={"topic": pub.topic},
                 )
         self._after_dispatch()
 
@@ -833,7 +835,12 @@ class Gateway:
             try:
                 page = await self.broker.history(topic, since)
             except BrokerError as exc:
-                logger.warning("topic %s: history unavailable to fill a gap: %s", topic, exc)
+                logger.warning(
+                    "topic %s: history unavailable to fill a gap: %s",
+                    topic,
+                    exc,
+                    extra={"topic": topic},
+                )
                 page = None
             more = hub.fill(topic, page)
             self._after_dispatch()

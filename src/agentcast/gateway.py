@@ -921,7 +921,11 @@ class Gateway:
                 try:
                     session.writer.write_frames(frames)
                 except Exception:
-                    logger.exception("writing to %s failed", session)
+                    logger.exception(
+                        "writing to %s failed",
+                        session,
+                        extra={"connection": session.id, "user": session.principal.subject},
+                    )
                     self.close(session, CloseCode.INTERNAL_ERROR)
 
     # -- connections ---------------------------------------------------------------
@@ -1153,7 +1157,11 @@ class Gateway:
         except ProtocolError as exc:
             self.send(session, error_frame(exc, self.now_iso(), id=cid))
         except Exception:
-            logger.exception("command %s failed", name)
+            logger.exception(
+                "command %s failed",
+                name,
+                extra={"connection": session.id, "user": session.principal.subject},
+            )
             internal = ProtocolError(ErrorCode.INTERNAL, "internal error")
             self.send(session, error_frame(internal, self.now_iso(), id=cid))
 

@@ -8,6 +8,8 @@ import asyncio
 import json
 import logging
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -17,7 +19,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from agentcast.logs import JsonFormatter
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import UNIT, ServerProcess, free_port
 from tests.integration.wsutil import recv, send
 
 SECRET = "json-logs-secret-" + "x" * 40
@@ -127,3 +129,14 @@ def test_the_formatter_redacts_messages_extras_and_tracebacks() -> None:
     assert entry["topic"] == "t?ticket=[redacted]"
     assert "abc.def.ghi-secret" not in entry["exc_info"]
     assert entry["level"] == "warning"
+
+
+def test_an_unknown_log_format_stops_the_server_with_the_setting_named() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agentcast.cli", "serve", "--log-format", "xml", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+    )
+    assert result.returncode == 2
+    assert "log_format" in result.stderr

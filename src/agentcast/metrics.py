@@ -145,7 +145,7 @@ class GatewayCollector(Collector):
             labels=["code", "name"],
         )
         for code, n in sorted(stats.closes.items()):
-            name = CloseCode(code).name.lower() if code in CloseCode._value2member_map_ else ""
+            name = code.name.lower() if isinstance(code, CloseCode) else ""
             closes.add_metric([str(int(code)), name], n)
         yield closes
         yield CounterMetricFamily(

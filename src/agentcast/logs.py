@@ -71,7 +71,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc_info"] = redact_text(record.exc_text)
         if record.stack_info:
             entry["stack_info"] = record.stack_info
-        return orjson.dumps(entry, default=str).decode()
+        return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _iso(created: float) -> str:

@@ -277,3 +277,10 @@ async def test_llm_queue_depth_generations_tokens_and_time_to_first_token() -> N
         assert value(after, "agentcast_llm_tokens_total", **labels) == 6  # 3 chunks each
         assert value(after, "agentcast_llm_time_to_first_token_seconds_count", **labels) == 2
         assert value(after, "agentcast_llm_queue_waiting", upstream=upstream) == 0
+        # seed 003's chat endpoint is a socket of its own kind
+        seed003 = f"ws://127.0.0.1:{running.port}/api/v1/ws/gated"
+        async with websockets.connect(seed003):
+            await eventually(lambda: sum(running.gateway.user_connections.values()) == 1)
+            samples = await scrape(running)
+            assert value(samples, "agentcast_connections", transport="seed003") == 1
+            assert value(samples, "agentcast_connections", transport="native") == 0

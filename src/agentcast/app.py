@@ -16,6 +16,7 @@ from typing import Any
 
 from agentcast.chat.service import Chat
 from agentcast.gateway import Gateway
+from agentcast.metrics import Metrics
 from agentcast.monitoring import Monitoring
 from agentcast.plugin import Feature
 from agentcast.runs.registry import Runs
@@ -30,11 +31,13 @@ __all__ = ["create_gateway", "default_features"]
 
 def default_features(settings: Settings) -> list[Feature]:
     """Storage (unless ``store_url`` is empty), runs, replay, monitoring and chat, sharing
-    one store; security (JWT authentication when the ``jwt_*`` settings configure it)."""
+    one store; security (JWT authentication when the ``jwt_*`` settings configure it);
+    ``/metrics``."""
     store = create_store(settings.store_url)
     features: list[Feature] = [Storage(store)] if store is not None else []
     features += [Runs(store), Replays(), Monitoring(), Chat(store)]
     features.append(Security.from_settings(settings))
+    features.append(Metrics())
     return features
 
 

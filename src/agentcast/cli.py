@@ -96,6 +96,18 @@ def serve(
             help="critical, error, warning, info, debug or trace.  [default: info]",
         ),
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            metavar="FORMAT",
+            help="text, or json: one JSON object per line.  [default: text]",
+        ),
+    ] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option("--access-log", help="Log every HTTP request (on at debug level)."),
+    ] = None,
     bench_endpoint: Annotated[
         bool | None, typer.Option("--bench-endpoint", hidden=True, help="Serve /_bench/publish.")
     ] = None,
@@ -152,6 +164,7 @@ def serve(
     value.
     """
     from agentcast.app import create_gateway
+    from agentcast.logs import configure_logging
     from agentcast.security.secrets import redact_url
     from agentcast.security.tls import check_tls
     from agentcast.settings import load_settings
@@ -164,6 +177,8 @@ def serve(
             port=port,
             insecure=insecure,
             log_level=log_level,
+            log_format=log_format,
+            access_log=access_log,
             bench_endpoint=bench_endpoint,
             agent=agent,
             llm_url=llm_url,
@@ -188,38 +203,45 @@ def serve(
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper() if settings.log_level != "trace" else 5,
-        format="%(levelname)s:     %(name)s %(message)s",
-    )
-    if settings.log_level not in ("debug", "trace"):
-        logging.getLogger("agentcast.transport.ws").setLevel(logging.WARNING)
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per LLM request
+    configure_logging(settings)
+    json_logs = settings.log_format == "json"
+    cli_logger = logging.getLogger("agentcast.cli")
+
+    def say(markup: str, plain: str, level: int = logging.INFO) -> None:
+        """A start-up line: rich markup on a terminal, a log record with JSON logs."""
+        if json_logs:
+            cli_logger.log(level, plain)
+        else:
+            err.print(markup, highlight=False)
+
     if gateway.open_mode:
-        err.print(
-            "[yellow]agentcast runs in OPEN DEV MODE: no authentication, every client may "
-            "subscribe and publish to every topic.[/yellow]"
+        text = (
+            "agentcast runs in OPEN DEV MODE: no authentication, every client may "
+            "subscribe and publish to every topic."
         )
+        say(f"[yellow]{text}[/yellow]", text, logging.WARNING)
     if not settings.loopback and not tls:
-        err.print(
-            f"[yellow]warning: serving {settings.host} without TLS: tokens and events cross "
-            "the network in clear text (--tls-cert/--tls-key, or a TLS proxy in front)[/yellow]"
+        text = (
+            f"warning: serving {settings.host} without TLS: tokens and events cross "
+            "the network in clear text (--tls-cert/--tls-key, or a TLS proxy in front)"
         )
+        say(f"[yellow]{escape(text)}[/yellow]", text, logging.WARNING)
     http, ws = ("https", "wss") if tls else ("http", "ws")
-    err.print(
+    text = (
         f"agentcast {__version__} on {http}://{settings.host}:{settings.port} "
         f"(WebSocket {ws}://{settings.host}:{settings.port}/ws, "
-        f"broker {redact_url(settings.broker_url)})",
-        highlight=False,
+        f"broker {redact_url(settings.broker_url)})"
     )
+    say(escape(text), text)
     if demo:
         from agentcast.demo import run_demo, run_execution_demo
 
         gateway.add_background(lambda: run_demo(gateway))
         gateway.add_background(lambda: run_execution_demo(gateway))
-        err.print(
+        say(
             "demo runs publish on [cyan]workflow:demo[/cyan] and [cyan]execution:demo[/cyan]: "
-            "`agentcast tail workflow:demo`"
+            "`agentcast tail workflow:demo`",
+            "demo runs publish on workflow:demo and execution:demo: `agentcast tail workflow:demo`",
         )
     build_server(gateway).run()  # uvicorn picks the loop (uvloop when installed)
 

@@ -36,6 +36,7 @@ from agentcast.core.frames import (
     SubscribeCommand,
     UnsubscribeCommand,
 )
+from agentcast.core.histogram import LATENCY_BUCKETS, Histogram
 from agentcast.core.history import HistoryLimits, HistoryPage
 from agentcast.core.hub import RESET, Hub
 from agentcast.core.outbox import Outbox
@@ -51,6 +52,7 @@ from agentcast.errors import (
 from agentcast.plugin import Feature, SocketEndpoint
 from agentcast.policy import (
     UNAUTHENTICATED,
+    AuthenticationError,
     Authenticator,
     Authorizer,
     ConnectionRequest,
@@ -108,16 +110,47 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
 
 
 class Stats:
-    """Counters exposed by ``/healthz`` and the metrics endpoint."""
+    """Cumulative counters of one gateway, read by ``/healthz`` and ``/metrics`` (the
+    metrics feature reads them at scrape time: plain ints, no metric object per
+    connection or per event).
 
-    __slots__ = ("commands", "connections_total", "flushes", "frames_written", "slow_consumers")
+    ``closes`` counts the closes the server initiated, by close code; ``auth_refusals``
+    the refused authentications by reason (``unauthorized``, ``forbidden``, ``origin``,
+    ``auth_timeout``, ``expired``); ``rate_limited`` the refusals of a rate or connection
+    limit by kind (``commands``, ``publish``, ``chat``, … ``in_flight``,
+    ``connections``, ``connections_per_user``, ``handshakes``); ``latency`` the
+    publish-to-write time of each flushed batch (see :meth:`Gateway._observe_latency`)."""
+
+    __slots__ = (
+        "auth_refusals",
+        "bytes_written",
+        "closes",
+        "commands",
+        "connections_total",
+        "flushes",
+        "frames_written",
+        "latency",
+        "published",
+        "rate_limited",
+        "slow_consumers",
+    )
 
     def __init__(self) -> None:
         self.connections_total = 0
         self.commands = 0
         self.flushes = 0
         self.frames_written = 0
+        self.bytes_written = 0
+        self.published = 0
         self.slow_consumers = 0
+        self.closes: dict[int, int] = {}
+        self.auth_refusals: dict[str, int] = {}
+        self.rate_limited: dict[str, int] = {}
+        self.latency = Histogram(LATENCY_BUCKETS)
+
+    def count(self, table: dict[Any, int], key: Any) -> None:
+        """One more ``key`` in ``table`` (``closes``, ``auth_refusals``, ``rate_limited``)."""
+        table[key] = table.get(key, 0) + 1
 
 
 class Gateway:
@@ -125,6 +158,8 @@ class Gateway:
 
     _write_now_left: int = _WRITE_BUDGET
     """Outboxes this loop iteration may still write early (see ``_WRITE_BUDGET``)."""
+    _oldest_at: float = 0.0
+    """Publish time of the oldest publication waiting for the next flush (0: none)."""
 
     def __init__(
         self,
@@ -199,6 +234,10 @@ class Gateway:
         self.socket_endpoints: list[SocketEndpoint] = []
         """WebSocket paths besides ``/ws`` served with this gateway's protocol."""
         self.features: dict[str, Feature] = {}
+        self.readiness_checks: dict[str, Callable[[], Awaitable[None]]] = {
+            "broker": self.broker.ping
+        }
+        """What ``/readyz`` asks, by name (see :meth:`add_readiness_check`)."""
         self._listening: dict[str, asyncio.Future[None]] = {}
         """Topics whose ``broker.listen`` is under way (see :meth:`subscribe`)."""
         self._ids = itertools.count(1)
@@ -273,6 +312,8 @@ class Gateway:
         wait = bucket.wait(self.loop.time())
         if not wait:
             bucket.tokens -= 1.0
+        else:
+            self.stats.count(self.stats.rate_limited, kind)
         return wait
 
     def connection_refusal(self, principal: Principal) -> tuple[int, str] | None:
@@ -281,15 +322,33 @@ class Gateway:
         holds ``max_connections``), or None. Transports ask right before accepting."""
         s = self.settings
         if len(self.sessions) >= s.max_connections:
+            self.stats.count(self.stats.rate_limited, "connections")
             return 503, f"server full: {s.max_connections} connections"
         if self.user_connections.get(principal.subject, 0) >= s.max_connections_per_user:
+            self.stats.count(self.stats.rate_limited, "connections_per_user")
             return 429, f"too many connections: at most {s.max_connections_per_user} per user"
         return None
+
+    def server_full(self) -> bool:
+        """True when the server holds ``max_connections`` (a handshake is refused with 503
+        before any work; counted as a ``connections`` limit hit)."""
+        if len(self.sessions) >= self.settings.max_connections:
+            self.stats.count(self.stats.rate_limited, "connections")
+            return True
+        return False
+
+    def auth_refused(self, exc: AuthenticationError) -> None:
+        """Count one refused authentication (a handshake, an HTTP request, an ``auth``
+        message) by reason: ``origin`` (the Origin check), else ``unauthorized`` (401) or
+        ``forbidden`` (403). Every place that answers an ``AuthenticationError`` calls it."""
+        reason = exc.reason or ("unauthorized" if exc.status == 401 else "forbidden")
+        self.stats.count(self.stats.auth_refusals, reason)
 
     def begin_handshake(self) -> bool:
         """Count one handshake whose authentication is under way; False (refuse it with
         503) when ``max_pending_handshakes`` are already. Pair with :meth:`end_handshake`."""
         if self.handshakes_pending >= self.settings.max_pending_handshakes:
+            self.stats.count(self.stats.rate_limited, "handshakes")
             return False
         self.handshakes_pending += 1
         return True
@@ -333,6 +392,46 @@ class Gateway:
         (see :meth:`history`)."""
         for prefix in prefixes:
             self.history_sources[prefix] = source
+
+    def add_readiness_check(self, name: str, check: Callable[[], Awaitable[None]]) -> None:
+        """``/readyz`` awaits ``check()`` (the storage feature: a trivial query); raising or
+        taking longer than ``readyz_timeout`` makes the server not ready, named ``name``.
+        The gateway registers ``broker`` (:meth:`Broker.ping
+        <agentcast.brokers.base.Broker.ping>`)."""
+        self.readiness_checks[name] = check
+
+    @property
+    def draining(self) -> bool:
+        """True from the moment :meth:`drain` began (shutdown) until the next start."""
+        return self._stopping is not None
+
+    async def readiness(self) -> dict[str, str]:
+        """Whether this node should get traffic: ``{"gateway": …, name: …}`` for every
+        readiness check, each ``"ok"`` when ready. The gateway is ``starting`` before
+        :meth:`start` finished and ``draining`` from :meth:`drain` on; a check that raised
+        is ``"error: <exception type>"`` (its message goes to the log only: it may name
+        hosts), one still running after ``readyz_timeout`` is ``"timeout"``. The checks run
+        concurrently."""
+        state = "draining" if self.draining else "ok" if self.started else "starting"
+        result = {"gateway": state}
+        if state != "ok":
+            return result
+        timeout = self.settings.readyz_timeout
+
+        async def run(name: str, check: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await asyncio.wait_for(check(), timeout)
+            except TimeoutError:
+                result[name] = "timeout"
+                logger.warning("readiness: %s did not answer within %ss", name, timeout)
+            except Exception as exc:
+                result[name] = f"error: {type(exc).__name__}"
+                logger.warning("readiness: %s failed: %s", name, exc)
+            else:
+                result[name] = "ok"
+
+        await asyncio.gather(*(run(n, c) for n, c in self.readiness_checks.items()))
+        return result
 
     def add_router(self, router: Any) -> None:
         """An HTTP router (FastAPI ``APIRouter``) for ``create_app`` to include."""
@@ -567,6 +666,7 @@ class Gateway:
         if publish_now is None:
             return await self._enqueue(topic, type, payload)
         pub = publish_now(topic, type, payload, time.time())
+        self.stats.published += 1
         self._events_since_yield += 1
         pushes = self.hub.pushes
         if (
@@ -605,6 +705,8 @@ class Gateway:
             future.set_result(publish_now(topic, type, payload, time.time()))
         except BrokerError as exc:
             future.set_exception(exc)
+        else:
+            self.stats.published += 1
         return future
 
     def _enqueue(self, topic: str, type: str, payload: bytes) -> asyncio.Future[Publication]:
@@ -654,6 +756,7 @@ class Gateway:
                         if not future.done():
                             future.set_exception(error)
                     continue
+                self.stats.published += len(pubs)
                 for (_, future), pub in zip(batch, pubs, strict=True):
                     if not future.done():
                         future.set_result(pub)
@@ -677,7 +780,9 @@ class Gateway:
         publish_now = self._publish_now
         if publish_now is None:
             raise BrokerError("this broker publishes asynchronously: use publish_nowait()")
-        return publish_now(topic, type, self.check_event(topic, type, data), time.time())
+        pub = publish_now(topic, type, self.check_event(topic, type, data), time.time())
+        self.stats.published += 1
+        return pub
 
     def publish_threadsafe(
         self, topic: str, type: str, data: Mapping[str, Any] | bytes
@@ -696,13 +801,17 @@ class Gateway:
                 observe(pub)
             except Exception:  # pragma: no cover - an observer must not stop delivery
                 logger.exception("observer failed on %r", pub)
-        gap = self.hub.dispatch(pub)
+        hub = self.hub
+        gap = hub.dispatch(pub)
+        if not self._oldest_at and hub.dirty:  # the latency of the next flush's batch
+            self._oldest_at = pub.at
         if gap:
             if gap == RESET:
                 logger.warning(
                     "topic %s: numbering restarted (epoch %s): its subscribers resync",
                     pub.topic,
                     pub.epoch,
+                    extra={"topic": pub.topic},
                 )
             else:
                 logger.warning(
@@ -710,6 +819,7 @@ class Gateway:
                     pub.topic,
                     gap,
                     pub.seq,
+                    extra={"topic": pub.topic},
                 )
         self._after_dispatch()
 
@@ -725,7 +835,12 @@ class Gateway:
             try:
                 page = await self.broker.history(topic, since)
             except BrokerError as exc:
-                logger.warning("topic %s: history unavailable to fill a gap: %s", topic, exc)
+                logger.warning(
+                    "topic %s: history unavailable to fill a gap: %s",
+                    topic,
+                    exc,
+                    extra={"topic": topic},
+                )
                 page = None
             more = hub.fill(topic, page)
             self._after_dispatch()
@@ -734,7 +849,8 @@ class Gateway:
 
     def _resync(self, session: Session, topic: str) -> None:
         """Hub callback: ``session`` can no longer be given ``topic`` in order."""
-        logger.info("closing %s to resync %s", session, topic)
+        extra = {"connection": session.id, "user": session.principal.subject, "topic": topic}
+        logger.info("closing %s to resync %s", session, topic, extra=extra)
         self.close(session, CloseCode.RESYNC)
 
     async def _trim_history(self, now: float) -> None:
@@ -750,7 +866,11 @@ class Gateway:
         if hub.overflowed:
             for session in hub.take_overflowed():
                 self.stats.slow_consumers += 1
-                logger.info("closing slow consumer %s", session)
+                logger.info(
+                    "closing slow consumer %s",
+                    session,
+                    extra={"connection": session.id, "user": session.principal.subject},
+                )
                 self.close(session, CloseCode.SLOW_CONSUMER)
         dirty = hub.dirty
         if dirty:
@@ -758,6 +878,8 @@ class Gateway:
             if _WRITE_GROUP <= len(dirty) <= left:  # a group, early in the iteration
                 self._write_now_left = left - len(dirty)
                 self._write(hub.take_dirty())
+                if self._oldest_at:
+                    self._observe_latency()
             if self._flush_handle is None:  # the rest, and the budget's reset
                 self._flush_handle = self.loop.call_soon(self._flush)
 
@@ -767,11 +889,21 @@ class Gateway:
         self._write_now_left = _WRITE_BUDGET
         self.stats.flushes += 1
         self._write(self.hub.take_dirty())
+        if self._oldest_at:
+            self._observe_latency()
         if self._writable:  # bulk producers waiting for room (wait_writable)
             for waiter in self._writable.values():
                 if not waiter.done():
                     waiter.set_result(None)
             self._writable.clear()
+
+    def _observe_latency(self) -> None:
+        """One observation per flushed batch: from the publish time (``Publication.at``,
+        the publishing node's clock) of the oldest publication dispatched since the
+        previous flush to now, when its frames were handed to the sockets. So the
+        histogram counts batches, not events, and each batch at its worst event."""
+        self.stats.latency.observe(time.time() - self._oldest_at)
+        self._oldest_at = 0.0
 
     def _write(self, sessions: list[Session]) -> None:
         """Drain each outbox into its writer. A writer that raises is closed; the others
@@ -780,13 +912,20 @@ class Gateway:
         for session in sessions:
             if session.paused or session.closed:
                 continue
-            frames = session.outbox.drain()
+            outbox = session.outbox
+            nbytes = outbox.nbytes
+            frames = outbox.drain()
             if frames:
                 stats.frames_written += len(frames)
+                stats.bytes_written += nbytes
                 try:
                     session.writer.write_frames(frames)
                 except Exception:
-                    logger.exception("writing to %s failed", session)
+                    logger.exception(
+                        "writing to %s failed",
+                        session,
+                        extra={"connection": session.id, "user": session.principal.subject},
+                    )
                     self.close(session, CloseCode.INTERNAL_ERROR)
 
     # -- connections ---------------------------------------------------------------
@@ -811,6 +950,9 @@ class Gateway:
         if principal is UNAUTHENTICATED:  # it authenticates with its first `auth` message
             session.auth_deadline = session.last_seen + s.auth_timeout
             self.loop.call_later(s.auth_timeout, self._auth_deadline, session)
+        if logger.isEnabledFor(logging.DEBUG):
+            extra = {"connection": session.id, "user": subject}
+            logger.debug("connection %d opened", session.id, extra=extra)
         return session
 
     def user_connected(self, principal: Principal) -> None:
@@ -855,6 +997,9 @@ class Gateway:
         session.closed = True
         if self.sessions.pop(session.id, None) is None:
             return
+        if logger.isEnabledFor(logging.DEBUG):
+            extra = {"connection": session.id, "user": session.principal.subject}
+            logger.debug("connection %d ended", session.id, extra=extra)
         self.user_disconnected(session.principal)
         self._wake_writable(session)
         for topic in self.hub.remove_all(session):
@@ -869,6 +1014,14 @@ class Gateway:
         if session.closed:
             return
         session.closed = True
+        if logger.isEnabledFor(logging.DEBUG):
+            extra = {"connection": session.id, "user": session.principal.subject}
+            logger.debug("closing connection %d with %d", session.id, code, extra=extra)
+        stats = self.stats
+        stats.closes[code] = stats.closes.get(code, 0) + 1
+        if code is CloseCode.AUTH_TIMEOUT or code is CloseCode.TOKEN_EXPIRED:
+            reason_key = "auth_timeout" if code is CloseCode.AUTH_TIMEOUT else "expired"
+            stats.count(stats.auth_refusals, reason_key)
         for topic in self.hub.remove_all(session):
             self._spawn(self._unlisten(topic))
         frames = session.outbox.drain()
@@ -939,6 +1092,7 @@ class Gateway:
                 return
         admission = session.admit(command, _MAX_PENDING_COMMANDS)
         if admission is Admission.REFUSED:
+            self.stats.count(self.stats.rate_limited, "in_flight")
             limited = CommandError(ErrorCode.RATE_LIMITED, "too many commands in flight")
             cid = command.id if isinstance(command, ClientCommand) else None
             self.send(session, error_frame(limited, self.now_iso(), id=cid))
@@ -949,9 +1103,15 @@ class Gateway:
     def _rate_limited(self, session: Session, kind: str, wait: float, cid: Any, now: float) -> None:
         """Refuse one command over a rate limit; close the connection with 4530 when it
         keeps sending over it (``rate_limit_close_after`` refusals in the window)."""
+        self.stats.count(self.stats.rate_limited, kind)
         limits = session.limits
         if limits is not None and limits.refused(now):
-            logger.info("closing %s: sustained rate-limit abuse (%s)", session, kind)
+            logger.info(
+                "closing %s: sustained rate-limit abuse (%s)",
+                session,
+                kind,
+                extra={"connection": session.id, "user": session.principal.subject},
+            )
             self.close(session, CloseCode.RATE_LIMITED)
             return
         exc = RateLimitedError(f"rate limit of {kind} exceeded; retry later", wait)
@@ -997,7 +1157,11 @@ class Gateway:
         except ProtocolError as exc:
             self.send(session, error_frame(exc, self.now_iso(), id=cid))
         except Exception:
-            logger.exception("command %s failed", name)
+            logger.exception(
+                "command %s failed",
+                name,
+                extra={"connection": session.id, "user": session.principal.subject},
+            )
             internal = ProtocolError(ErrorCode.INTERNAL, "internal error")
             self.send(session, error_frame(internal, self.now_iso(), id=cid))
 

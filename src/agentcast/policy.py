@@ -112,11 +112,18 @@ class AuthenticationError(AgentcastError):
     otherwise, 403 for a refused Origin) and the message."""
 
     status: int = 401
+    reason: str = ""
+    """Why, for ``/metrics`` (``origin``); empty: by ``status`` (``unauthorized``,
+    ``forbidden``)."""
 
-    def __init__(self, message: str = "unauthorized", *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str = "unauthorized", *, status: int | None = None, reason: str = ""
+    ) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
+        if reason:
+            self.reason = reason
 
 
 class Authenticator(Protocol):

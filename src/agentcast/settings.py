@@ -96,6 +96,24 @@ class Settings(BaseSettings):
         60.0, gt=0, le=600, description="Lifetime of a single-use WebSocket ticket."
     )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug|trace)$")
+    log_format: str = Field(
+        "text",
+        pattern="^(text|json)$",
+        description="Log lines as text, or as one JSON object per line (time, level, logger, "
+        "message, connection/user/topic where known; tokens redacted).",
+    )
+    access_log: bool = Field(
+        False, description="Log every HTTP request (uvicorn's access log; on at debug level)."
+    )
+    # -- observability (docs/observability.md) --
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics without credentials even with authentication on (a "
+        "scrape network); otherwise it needs the admin scope once authentication is on.",
+    )
+    readyz_timeout: float = Field(
+        2.0, gt=0, le=60, description="/readyz: how long the broker and store may take to answer."
+    )
     # -- origins, TLS, secrets and seed 002's names (docs/security.md) -----------------
     origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

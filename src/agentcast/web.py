@@ -35,8 +35,10 @@ def request_of(conn: HTTPConnection) -> ConnectionRequest:
     )
 
 
-async def principal_of(gateway: Gateway, request: Request) -> Principal:
-    """Who sent ``request``; raises HTTP 401 when the authenticator refuses it."""
+async def principal_of(gateway: Gateway, request: Request, *, count: bool = True) -> Principal:
+    """Who sent ``request``; raises HTTP 401 when the authenticator refuses it (counted
+    as an authentication refusal for ``/metrics`` unless ``count`` is False: a question
+    such as ``/healthz``'s "is it an admin?" refuses nothing)."""
     try:
         result = gateway.authenticate(request_of(request))
         principal = await result if inspect.isawaitable(result) else result
@@ -44,6 +46,8 @@ async def principal_of(gateway: Gateway, request: Request) -> Principal:
             raise AuthenticationError("no credentials")
         return principal
     except AuthenticationError as exc:
+        if count:
+            gateway.auth_refused(exc)
         code = ErrorCode.UNAUTHORIZED if exc.status == 401 else ErrorCode.FORBIDDEN
         raise http_error(exc.status, code, str(exc) or "unauthorized") from exc
 

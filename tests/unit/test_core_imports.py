@@ -26,6 +26,7 @@ FORBIDDEN = {
     "httpx",
     "redis",
     "sqlalchemy",
+    "prometheus_client",
     "agentcast.gateway",
     "agentcast.transports",
     "agentcast.brokers",
@@ -73,6 +74,7 @@ FEATURES = (
     "agentcast.runs",
     "agentcast.chat",
     "agentcast.monitoring",
+    "agentcast.metrics",
     "agentcast.storage",
     "agentcast.security.feature",
 )
@@ -107,7 +109,7 @@ def test_gateway_imports_no_feature() -> None:
 
 
 def test_features_import_no_transport() -> None:
-    paths = [PACKAGE / "monitoring.py"]
+    paths = [PACKAGE / "monitoring.py", PACKAGE / "metrics.py"]
     for package in ("runs", "chat", "storage", "security"):
         paths += sorted((PACKAGE / package).rglob("*.py"))
     assert len(paths) > 10
@@ -120,3 +122,15 @@ def test_transports_import_no_feature() -> None:
     for path in sorted((PACKAGE / "transports").glob("*.py")):
         bad = [name for name in _imports(path) if _under(name, FEATURES)]
         assert bad == [], (path.name, bad)
+
+
+def test_only_the_metrics_feature_imports_prometheus() -> None:
+    """The hot path pays nothing for /metrics: the gateway, the core, the brokers and the
+    transports keep plain counters; only ``agentcast/metrics.py`` knows prometheus-client
+    (it reads those counters at scrape time)."""
+    importers = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if any(_under(name, ("prometheus_client",)) for name in _imports(path))
+    ]
+    assert importers == ["metrics.py"]

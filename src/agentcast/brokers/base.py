@@ -183,6 +183,18 @@ class Broker(ABC):
         here. Raises :class:`~agentcast.errors.BrokerError` when the server is unreachable.
         """
 
+    async def ping(self) -> None:
+        """Return when the broker answers, raise :class:`~agentcast.errors.BrokerError`
+        when it does not (``/readyz``; the caller bounds the wait). The default reads an
+        empty page of history (one cheap request on any broker); a broker with a cheaper
+        round trip overrides it."""
+        await self.history("agentcast:ping", 1 << 62, limit=0)
+
+    def metrics(self) -> dict[str, int]:
+        """Cumulative counters this broker keeps for /metrics: `round_trips`, `errors`,
+        `reconnects` (absent keys mean not applicable)."""
+        return {}
+
     def history_usage(self) -> dict[str, int] | None:
         """The in-process history held for every topic together and its budget
         (``bytes``, ``budget``, ``topics``, ``evicted_topics``), for ``/healthz``; None

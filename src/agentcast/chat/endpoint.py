@@ -76,6 +76,7 @@ def seed003_endpoint(gateway: Gateway, chat: Chat) -> Callable[[WebSocket], Awai
             if principal is UNAUTHENTICATED:  # no first-message authentication here
                 raise AuthenticationError("no credentials")
         except AuthenticationError as exc:
+            gateway.auth_refused(exc)
             if "websocket.http.response" in websocket.scope.get("extensions", {}):
                 word = "unauthorized" if exc.status == 401 else "forbidden"
                 await websocket.send_denial_response(

@@ -532,7 +532,7 @@ class Chat(GatewayFeature):
                 return None
             messages = await self.store.messages(cid, None, limit + 1)
         except StoreError as exc:
-            logger.warning("no snapshot of %s: %s", topic, exc)
+            logger.warning("no snapshot of %s: %s", topic, exc, extra={"topic": topic})
             return None
         if streaming is not None and any(
             m.role == "assistant" and m.reply_to == streaming["reply_to"] for m in messages
@@ -639,7 +639,9 @@ class Chat(GatewayFeature):
             try:
                 publish_delta(chunk(delta))
             except (BrokerError, ProtocolError) as exc:
-                logger.error("chat:streaming on %s not published: %s", topic, exc)
+                logger.error(
+                    "chat:streaming on %s not published: %s", topic, exc, extra={"topic": topic}
+                )
 
         try:
             async with self._queue(gen.agent).slot(gen.user, on_position):
@@ -735,7 +737,7 @@ class Chat(GatewayFeature):
         try:
             pub = await self.gateway.publish(topic, kind, data)
         except (BrokerError, ProtocolError) as exc:
-            logger.error("%s on %s not published: %s", kind, topic, exc)
+            logger.error("%s on %s not published: %s", kind, topic, exc, extra={"topic": topic})
             return
         if self.recorder is not None:
             self.recorder.record(pub)

@@ -1,7 +1,9 @@
 """Per-agent generation figures: time to first token, tokens/s, cancel and error rates.
 
 Kept in memory per ``(queue_key, model)``; the most recent 1,000 samples feed the
-percentiles. Served by ``GET /api/llm/stats`` and printed by ``agentcast llm bench``.
+percentiles. Served by ``GET /api/llm/stats`` and printed by ``agentcast llm bench``; the
+counters and the cumulative time-to-first-token histogram (every generation since the
+start) are exported by ``/metrics``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from agentcast.core.histogram import TTFT_BUCKETS, Histogram
 
 __all__ = ["AgentStats", "percentile"]
 
@@ -39,6 +43,8 @@ class AgentStats:
     ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     tokens_per_s: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     queue_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
+    ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
+    """Every generation's time to first token, in seconds (cumulative, for /metrics)."""
 
     def record(
         self,
@@ -58,6 +64,7 @@ class AgentStats:
             self.errors += 1
         if ttft_ms is not None:
             self.ttft_ms.append(ttft_ms)
+            self.ttft.observe(ttft_ms / 1000)
             if tokens > 1 and stream_s > 0:
                 self.tokens_per_s.append(tokens / stream_s)
         self.queue_ms.append(queue_ms)

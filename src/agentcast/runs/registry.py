@@ -310,7 +310,12 @@ class Runs:
             try:
                 summary = await self.store.get_run(topic)
             except StoreError as exc:
-                logger.warning("owner of %s unknown, run store unavailable: %s", topic, exc)
+                logger.warning(
+                    "owner of %s unknown, run store unavailable: %s",
+                    topic,
+                    exc,
+                    extra={"topic": topic},
+                )
                 return Owner(None)
             if summary is not None:
                 if topic not in self.owners:

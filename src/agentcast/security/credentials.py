@@ -25,6 +25,7 @@ __all__ = [
     "SUBPROTOCOL_TOKEN_PREFIX",
     "RedactingFilter",
     "install_redaction",
+    "redact_text",
     "select_subprotocol",
     "token_of",
 ]
@@ -66,20 +67,36 @@ def select_subprotocol(offered: Sequence[str]) -> str | None:
 
 _SECRET_PARAMS = re.compile(r"(?i)\b(token|ticket|access_token)=[^&\s\"']+")
 _SECRET_PROTOCOLS = re.compile(r"bearer\.[A-Za-z0-9_\-.~+/=]+")
+_SECRET_HEADERS = re.compile(r"(?i)\b(bearer) +[A-Za-z0-9_\-.~+/=]{8,}")
+_SECRET_FIELDS = re.compile(r'(?i)("(?:token|ticket|access_token)"\s*:\s*")[^"]*')
+
+
+def redact_text(text: str) -> str:
+    """``text`` with ``token=…``/``ticket=…`` query values, ``bearer.…`` subprotocols,
+    ``Bearer …`` header values and ``"token": "…"`` JSON fields (an ``auth`` message in
+    the WebSocket protocol's debug log, even cut short) replaced by ``[redacted]``."""
+    if "=" not in text and "earer" not in text and '"' not in text:
+        return text
+    text = _SECRET_PARAMS.sub(r"\1=[redacted]", text)
+    text = _SECRET_PROTOCOLS.sub("bearer.[redacted]", text)
+    text = _SECRET_FIELDS.sub(r"\1[redacted]", text)
+    return _SECRET_HEADERS.sub(r"\1 [redacted]", text)
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces ``token=…``, ``ticket=…`` query values and ``bearer.…`` subprotocols in a
-    log record's message by ``[redacted]`` (uvicorn's access log prints request paths with
-    their query)."""
+    """Redacts (:func:`redact_text`) a log record's arguments, and its message when the
+    secret is in the message itself (uvicorn's access log prints request paths with
+    their query). Arguments stay arguments, so a structured formatter still sees them
+    (the JSON formatter's ``method``, ``path``, ``status``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(redact_text(a) if isinstance(a, str) else a for a in args)
         message = record.getMessage()
-        if "=" in message or "bearer." in message:
-            redacted = _SECRET_PARAMS.sub(r"\1=[redacted]", message)
-            redacted = _SECRET_PROTOCOLS.sub("bearer.[redacted]", redacted)
-            if redacted != message:
-                record.msg, record.args = redacted, None
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
         return True
 
 

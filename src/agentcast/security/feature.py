@@ -96,6 +96,7 @@ class Security(GatewayFeature):
             if principal is UNAUTHENTICATED:  # pragma: no cover - a token was given
                 raise AuthenticationError("no credentials")
         except AuthenticationError as exc:
+            gateway.auth_refused(exc)
             if first:
                 code = CloseCode.FORBIDDEN if exc.status == 403 else CloseCode.UNAUTHORIZED
                 reason = str(exc).encode()[:_MAX_REASON_BYTES].decode(errors="ignore")

@@ -121,7 +121,7 @@ class OriginPolicy:
         """The gateway's handshake check: raise 403 when :meth:`allows` says no."""
         origin = request.headers.get("origin")
         if origin is not None and not self.allows(origin, request.headers.get("host")):
-            raise AuthenticationError(_refusal(origin), status=403)
+            raise AuthenticationError(_refusal(origin), status=403, reason="origin")
 
 
 def _refusal(origin: str) -> str:

@@ -80,6 +80,11 @@ class RunStore(ABC):
     @abstractmethod
     async def stop(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Return when the store answers a trivial query; raise when it does not
+        (``/readyz``). The default reads a run that does not exist."""
+        await self.get_run("agentcast:ping")
+
     @abstractmethod
     async def append(self, events: list[Publication]) -> None:
         """Store events (idempotent on ``(topic, seq)``), in one transaction."""

@@ -28,6 +28,7 @@ class Storage:
 
     def install(self, gateway: Gateway) -> None:
         gateway.add_startup(self._start)
+        gateway.add_readiness_check("store", self.store.ping)
         gateway.add_shutdown(self.store.stop)
 
     async def _start(self) -> None:

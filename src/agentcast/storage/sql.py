@@ -15,7 +15,18 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, bindparam, delete, event, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -140,6 +151,11 @@ class SqlRunStore(RunStore):
         if self.engine is not None:
             await self.engine.dispose()
             self.engine = None
+
+    async def ping(self) -> None:
+        """``SELECT 1`` on a pooled connection (PostgreSQL's pool checks it first)."""
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def append(self, events: list[Publication]) -> None:
         if not events:

@@ -29,6 +29,7 @@ import inspect
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -55,6 +56,9 @@ class AsgiWriter:
     While more than ``high_water`` bytes wait to be sent the session counts as paused,
     so its outbox grows and, past its bound, the gateway closes it as a slow consumer.
     """
+
+    transport_kind: ClassVar[str] = "asgi"
+    """The ``transport`` label of ``agentcast_connections`` (``/metrics``)."""
 
     def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
         self.websocket = websocket
@@ -130,7 +134,7 @@ def websocket_route(
             if not socket_endpoint.accepts(value):
                 await _deny(websocket, 404, "no such endpoint")
                 return
-        if len(gateway.sessions) >= gateway.settings.max_connections:
+        if gateway.server_full():
             await _deny(websocket, 503, "server full")
             return
         try:
@@ -148,6 +152,7 @@ def websocket_route(
             else:
                 principal = result
         except AuthenticationError as exc:
+            gateway.auth_refused(exc)
             # HTTP 401 (403) on the handshake, as on the native path, where the server
             # supports the ASGI denial-response extension; a 403 close otherwise
             word = "unauthorized" if exc.status == 401 else "forbidden"

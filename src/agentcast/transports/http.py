@@ -116,6 +116,28 @@ def http_router(gateway: Gateway) -> APIRouter:
             history=gateway.broker.history_usage(),
         )
 
+    @router.get(
+        "/readyz",
+        tags=["ops"],
+        responses={
+            200: {"description": "Ready: every check answered `ok`."},
+            503: {"description": "Not ready: the checks that are not `ok` say why."},
+        },
+    )
+    async def readyz() -> JSONResponse:
+        """Readiness (for a load balancer or Kubernetes): 200 when the gateway runs and the
+        broker and the store answer within ``readyz_timeout``; 503 while starting, while
+        draining (shutdown) and when a check fails, with ``not_ready`` naming them.
+
+        Needs no credentials and tells no detail (an exception's type at most; its message
+        goes to the log)."""
+        checks = await gateway.readiness()
+        not_ready = sorted(name for name, state in checks.items() if state != "ok")
+        body: dict[str, Any] = {"status": "not ready" if not_ready else "ready", "checks": checks}
+        if not_ready:
+            body["not_ready"] = not_ready
+        return JSONResponse(body, status_code=503 if not_ready else 200)
+
     @router.post(
         "/api/topics/{topic:path}/events",
         response_model=PublishResult,
@@ -253,7 +275,7 @@ async def _is_admin(gateway: Gateway, request: Request) -> bool:
     """Whether ``request`` comes from an ``admin``; False for a request without valid
     credentials (never an error: /healthz answers everybody)."""
     try:
-        principal = await principal_of(gateway, request)
+        principal = await principal_of(gateway, request, count=False)
     except HTTPException:
         return False
     return principal.admin

@@ -65,6 +65,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
     gateway: ClassVar[Gateway]
     paths: ClassVar[Collection[str]] = ("/ws",)
+    transport_kind: ClassVar[str] = "native"
+    """The ``transport`` label of ``agentcast_connections`` (``/metrics``)."""
 
     __slots__ = (
         "app_state",
@@ -305,12 +307,13 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             client=transport.get_extra_info("peername"),
         )
         gateway = self.gateway
-        if len(gateway.sessions) >= gateway.settings.max_connections:  # before any work
+        if gateway.server_full():  # before any work
             self._reject(_limit_response(conn, 503, "server full"))
             return
         try:
             result = gateway.authenticate(creq)
         except AuthenticationError as exc:
+            gateway.auth_refused(exc)
             self._reject(conn.reject(exc.status, f"{_refusal(exc)}: {exc}\n"))
             return
         if inspect.isawaitable(result):
@@ -333,6 +336,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         try:
             principal = await pending
         except AuthenticationError as exc:
+            self.gateway.auth_refused(exc)
             self._reject(conn.reject(exc.status, f"{_refusal(exc)}: {exc}\n"))
             return
         except Exception:

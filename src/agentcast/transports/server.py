@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from agentcast.gateway import Gateway
+from agentcast.logs import uvicorn_log_config
 from agentcast.transports import asgi, uvicorn_protocols
 from agentcast.transports.http import create_app
 from agentcast.transports.native import protocol_class
@@ -36,6 +37,8 @@ def _config(gateway: Gateway, app: FastAPI | None, ws: Any) -> uvicorn.Config:
     """uvicorn's configuration from the gateway's settings; ``ws`` is its WebSocket
     protocol (agentcast's native class, or uvicorn's sans-I/O one for the ASGI adapter)."""
     s = gateway.settings
+    log_config = uvicorn_log_config(s)  # None: uvicorn's own text format
+    logging_options: dict[str, Any] = {"log_config": log_config} if log_config else {}
     return uvicorn.Config(
         app if app is not None else create_app(gateway),
         host=s.host,
@@ -50,9 +53,10 @@ def _config(gateway: Gateway, app: FastAPI | None, ws: Any) -> uvicorn.Config:
         log_level=s.log_level,
         timeout_graceful_shutdown=max(1, round(s.shutdown_timeout)),
         backlog=4096,
-        access_log=s.log_level in ("debug", "trace"),
+        access_log=s.access_log or s.log_level in ("debug", "trace"),
         ssl_certfile=s.tls_certfile or None,  # https and wss (agentcast.security.tls)
         ssl_keyfile=s.tls_keyfile or None,
+        **logging_options,
     )
 
 

@@ -1,8 +1,9 @@
 """Brokers: how publications reach every process, with sequence numbers and history.
 
 ``base.py`` states the contract; ``memory.py`` is the embedded default. A broker is
-chosen by URL scheme with :func:`create_broker` (``memory://``; ``redis://`` comes with
-the ``[redis]`` extra).
+chosen by URL scheme with :func:`create_broker`: ``memory://`` (the default, one
+process) or ``redis://host:port/db?prefix=agentcast`` (``redis.py``, several processes
+and hosts; needs the ``[redis]`` extra).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from agentcast.brokers.base import Broker, Listener
 from agentcast.brokers.memory import MemoryBroker
 from agentcast.core.history import HistoryLimits
 from agentcast.errors import ConfigError
+from agentcast.security.secrets import redact_url
 
 __all__ = ["Broker", "Listener", "MemoryBroker", "create_broker"]
 
@@ -20,4 +22,15 @@ def create_broker(url: str, limits: HistoryLimits) -> Broker:
     scheme = url.split("://", 1)[0] if "://" in url else url
     if scheme == "memory":
         return MemoryBroker(limits)
-    raise ConfigError(f"unknown broker URL scheme {scheme!r} in {url!r} (known: memory://)")
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from agentcast.brokers.redis import RedisBroker
+        except ImportError as exc:  # pragma: no cover - the [redis] extra is not installed
+            raise ConfigError(
+                f"the Redis broker needs redis-py: pip install 'agentcast[redis]' ({exc})"
+            ) from None
+        return RedisBroker(url, limits)
+    raise ConfigError(
+        f"unknown broker URL scheme {scheme!r} in {redact_url(url)!r} "
+        "(known: memory://, redis://, rediss://)"
+    )

@@ -183,6 +183,11 @@ class Broker(ABC):
         here. Raises :class:`~agentcast.errors.BrokerError` when the server is unreachable.
         """
 
+    def metrics(self) -> dict[str, int]:
+        """Cumulative counters this broker keeps for ``/metrics``: ``round_trips``,
+        ``errors``, ``reconnects`` (absent keys mean not applicable)."""
+        return {}
+
     def history_usage(self) -> dict[str, int] | None:
         """The in-process history held for every topic together and its budget
         (``bytes``, ``budget``, ``topics``, ``evicted_topics``), for ``/healthz``; None

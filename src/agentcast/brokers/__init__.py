@@ -14,7 +14,7 @@ from agentcast.core.history import HistoryLimits
 from agentcast.errors import ConfigError
 from agentcast.security.secrets import redact_url
 
-__all__ = ["Broker", "Listener", "MemoryBroker", "create_broker"]
+__all__ = ["Broker", "Listener", "MemoryBroker", "check_broker", "create_broker"]
 
 
 def create_broker(url: str, limits: HistoryLimits) -> Broker:
@@ -34,3 +34,12 @@ def create_broker(url: str, limits: HistoryLimits) -> Broker:
         f"unknown broker URL scheme {scheme!r} in {redact_url(url)!r} "
         "(known: memory://, redis://, rediss://)"
     )
+
+
+async def check_broker(url: str, limits: HistoryLimits) -> None:
+    """Connect to the broker at ``url`` and disconnect: raises
+    :class:`~agentcast.errors.BrokerError` (URL redacted) when it is unreachable, so that
+    ``agentcast serve`` can say so in one line before it starts."""
+    broker = create_broker(url, limits)
+    await broker.start(lambda pub: None)
+    await broker.stop()

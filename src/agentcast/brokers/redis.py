@@ -58,7 +58,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
+import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -296,7 +298,7 @@ class RedisBroker(Broker):
     ``url``: ``redis://[:password@]host:port/db`` (``rediss://`` for TLS) with redis-py's
     query parameters (``socket_timeout``, ``socket_connect_timeout``, …) and agentcast's
     ``prefix`` (the key namespace). ``name``: the client name its connections carry
-    (``CLIENT LIST``), by default ``agentcast``.
+    (``CLIENT LIST``), by default ``PREFIX@HOST:PID`` (which node holds which connection).
     """
 
     def __init__(
@@ -304,14 +306,14 @@ class RedisBroker(Broker):
         url: str,
         limits: HistoryLimits | None = None,
         *,
-        name: str = "agentcast",
+        name: str | None = None,
         health_interval: float = 5.0,
         trim_batch: int = 1000,
     ) -> None:
         self.url = url
         self.redis_url, self.prefix = parse_redis_url(url)
         self.limits = limits or HistoryLimits()
-        self.name = name
+        self.name = name or f"{self.prefix}@{socket.gethostname()}:{os.getpid()}"
         self._health = health_interval
         self._trim_batch = trim_batch
         p = self.prefix

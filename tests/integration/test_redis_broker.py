@@ -75,6 +75,9 @@ class Proxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.swallow = False
+        self.blackhole = False
+        """Drop what the server sends, silently (notifications lost on the way)."""
+        self._writers: list[asyncio.StreamWriter] = []
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,6 +88,7 @@ class Proxy:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.append(writer)
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, down: bool) -> None:
             try:
@@ -93,6 +97,8 @@ class Proxy:
                         writer.close()  # the answer is lost, the connection with it
                         up_writer.close()
                         return
+                    if down and self.blackhole:
+                        continue
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -106,6 +112,12 @@ class Proxy:
         ]
         self._tasks.update(tasks)
         await asyncio.gather(*tasks)
+
+    def cut(self) -> None:
+        """Close every client connection (as a network failure would)."""
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -216,6 +228,38 @@ async def test_killed_pubsub_connection_resumes_and_redelivers_the_latest(space:
     # live again: the next ones arrive as they are published
     await pub.publish("k", "e", b"{}", 1.0)
     await rec.wait_for(lambda: rec.got[-1].seq == 7)
+
+
+async def test_after_a_reconnect_the_latest_publication_is_delivered_again(
+    space: Space,
+) -> None:
+    """Notifications 4 and 5 and 6 are lost on the way (the connection still looks fine),
+    then the connection drops: once reconnected the broker delivers 6 again, the latest,
+    so that a hub notices the gap (4, 5) and reads it from history."""
+    port = int(space.url.rsplit(":", 1)[1].split("/")[0])
+    proxy = Proxy(port)
+    await proxy.start()
+    try:
+        pub = space.broker("pub")
+        sub = space.broker("sub", url=f"redis://127.0.0.1:{proxy.port}/0")
+        rec = Recorder()
+        await pub.start(Recorder())
+        await sub.start(rec)
+        await sub.listen("r")
+        await sub.listen("quiet")  # listened, never published: nothing to re-deliver
+        for _ in range(3):
+            await pub.publish("r", "e", b"{}", 1.0)
+        await rec.wait_for(lambda: len(rec.got) == 3)
+        proxy.blackhole = True
+        for _ in range(3):
+            await pub.publish("r", "e", b"{}", 1.0)
+        proxy.cut()
+        proxy.blackhole = False
+        await rec.wait_for(lambda: sub.metrics()["reconnects"] == 1 and rec.got[-1].seq == 6)
+        assert [p.seq for p in rec.got] == [1, 2, 3, 6]
+        assert {p.epoch for p in rec.got} == {(await pub.history("r", 0)).epoch}
+    finally:
+        await proxy.close()
 
 
 async def test_subscriber_on_a_node_whose_redis_connections_die_loses_nothing(

@@ -182,6 +182,20 @@ return 1
 """A listened topic exists (its epoch is stable). KEYS: meta, durable set, empty, index.
 ARGV: name, epoch candidate, now."""
 
+_LATEST = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local m = redis.call('HMGET', KEYS[i], 'seq', 'epoch')
+  if m[1] and tonumber(m[1]) > 0 then
+    out[#out + 1] = {m[2], redis.call('XRANGE', KEYS[i + 1], m[1] .. '-0', m[1] .. '-0')}
+  else
+    out[#out + 1] = false
+  end
+end
+return out
+"""
+"""KEYS: (meta, stream) per topic. Returns per topic nil or (epoch, [its latest entry])."""
+
 _CONTINUE = """
 for i = 1, #ARGV, 2 do
   local meta, stream, seq = KEYS[i], KEYS[i + 1], tonumber(ARGV[i + 1])
@@ -339,7 +353,7 @@ class RedisBroker(Broker):
         self._pinger: asyncio.Task[None] | None = None
         self._sub: AbstractConnection | None = None
         """The pub/sub connection while it is up (subscribed to what is listened)."""
-        self._up = asyncio.Event()
+        self._up: asyncio.Event | None = None
         self._connects = 0
         self._counters = {"round_trips": 0, "errors": 0, "reconnects": 0}
         self._scripts = {
@@ -348,6 +362,7 @@ class RedisBroker(Broker):
                 ("publish", _PUBLISH),
                 ("history", _HISTORY),
                 ("ensure", _ENSURE),
+                ("latest", _LATEST),
                 ("continue", _CONTINUE),
                 ("trim", _TRIM),
             )
@@ -432,13 +447,13 @@ class RedisBroker(Broker):
             raise BrokerError(
                 f"cannot connect to Redis at {redact_url(self.redis_url)}: {exc}"
             ) from None
-        self._up.clear()
+        self._up = up = asyncio.Event()
         self._reader = asyncio.get_running_loop().create_task(
             self._read_forever(), name="agentcast-redis-pubsub"
         )
         try:
             async with asyncio.timeout(self._connect_timeout()):
-                await self._up.wait()
+                await up.wait()
         except TimeoutError:
             await self._close()
             raise BrokerError(
@@ -743,7 +758,8 @@ class RedisBroker(Broker):
                     waiting.discard(channel)
                     if not waiting and not redelivered:
                         redelivered = True
-                        self._up.set()
+                        if self._up is not None:
+                            self._up.set()
                         if reconnected:
                             await self._redeliver()
         except BaseException:
@@ -764,17 +780,22 @@ class RedisBroker(Broker):
 
     async def _redeliver(self) -> None:
         """After a reconnect: the latest publication of every listened topic, once more
-        (the hub notices what it missed and reads it from history)."""
-        topics = set(self._listened) | {t for t in self._delivered if self.listens(t)}
-        for topic in sorted(topics):
+        (the hub notices what it missed and reads it from history); one request per 500
+        topics."""
+        topics = sorted(set(self._listened) | {t for t in self._delivered if self.listens(t)})
+        for start in range(0, len(topics), 500):
+            chunk = topics[start : start + 500]
+            keys = [key for t in chunk for key in (self._meta + t, self._stream + t)]
             try:
-                page = await self.history(topic, -1, limit=0)
-                if page.last_seq:
-                    latest = await self.history(topic, page.last_seq - 1)
-                    for pub in latest.publications:
-                        self._deliver(pub)
+                latest = await self._read("latest", keys, [])
             except BrokerError as exc:
-                logger.warning("topic %s: latest publication not re-read: %s", topic, exc)
+                logger.warning("latest publications not re-read after a reconnect: %s", exc)
+                return
+            for topic, item in zip(chunk, latest, strict=True):
+                if item:
+                    epoch, entries = item
+                    for entry in entries:
+                        self._deliver(self._entry(topic, entry, _decode(epoch)))
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         topic = channel.decode()[len(self._chan) :]
@@ -831,8 +852,9 @@ class RedisBroker(Broker):
                 self._index,
             ],
         )
-        for topic in [t for t in self._delivered if t not in self._listened]:
-            del self._delivered[topic]  # bounded by the listened topics
+        for seen in (self._delivered, self._known):  # bounded by the listened topics
+            for topic in [t for t in seen if t not in self._listened]:
+                del seen[topic]
 
     async def declare_durable(self, prefixes: Iterable[str]) -> None:
         prefixes = list(prefixes)

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 import redis.asyncio
 import websockets
@@ -83,7 +84,8 @@ class Proxy:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        """Listen (again on the same port after :meth:`close`)."""
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -120,8 +122,10 @@ class Proxy:
         self._writers.clear()
 
     async def close(self) -> None:
+        """Stop listening and cut every connection: Redis is gone, for this side."""
         if self._server is not None:
             self._server.close()
+        self.cut()
         for task in self._tasks:
             task.cancel()
 
@@ -299,3 +303,58 @@ async def test_subscriber_on_a_node_whose_redis_connections_die_loses_nothing(
         with contextlib.suppress(Exception):
             await stop_server(a, a_task)
         await stop_server(b, b_task)
+
+
+async def test_redis_gone_and_back_under_a_node(space: Space) -> None:
+    """Node B loses Redis (its proxy goes away) while a WebSocket client follows a topic
+    that node A keeps publishing: B's publishers get HTTP 503, never a silent drop; when
+    Redis is back, B reconnects by itself and its client gets every seq once, in order
+    (those published meanwhile read from history)."""
+    port = int(space.url.rsplit(":", 1)[1].split("/")[0])
+    proxy = Proxy(port)
+    await proxy.start()
+    a_broker = space.broker("node-a")
+    b_broker = space.broker("node-b", url=f"redis://127.0.0.1:{proxy.port}/0")
+    a, a_task = await start_server(broker=a_broker)
+    b, b_task = await start_server(broker=b_broker)
+    try:
+        async with websockets.connect(b.ws_url) as ws, httpx.AsyncClient() as http:
+            await ws.send(json.dumps({"type": "subscribe", "topic": "o", "since": 0}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), UNIT))["type"] == "subscribed"
+            got: list[int] = []
+
+            async def read_until(seq: int) -> None:
+                async with asyncio.timeout(10 * UNIT):
+                    while not got or got[-1] < seq:
+                        frame = json.loads(await ws.recv())
+                        if frame["type"] == "o-event":
+                            got.append(frame["seq"])
+
+            for n in range(10):
+                await a.gateway.publish("o", "o-event", {"n": n})
+            await read_until(10)
+
+            await proxy.close()  # Redis unreachable from node B
+            r = await http.post(
+                f"{b.url}/api/topics/o/events", json={"type": "o-event", "data": {}}
+            )
+            assert r.status_code == 503, r.text
+            assert r.json()["detail"]["code"] in ("unavailable", "outcome_unknown")
+            for n in range(10, 20):
+                await a.gateway.publish("o", "o-event", {"n": n})
+
+            await proxy.start()  # back
+            await read_until(20)
+            r = await http.post(
+                f"{b.url}/api/topics/o/events", json={"type": "o-event", "data": {}}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["seqs"] == [21]
+            await read_until(21)
+            assert got == list(range(1, 22))
+            assert b_broker.metrics()["reconnects"] >= 1
+            assert b_broker.metrics()["errors"] >= 1
+    finally:
+        await stop_server(a, a_task)
+        await stop_server(b, b_task)
+        await proxy.close()

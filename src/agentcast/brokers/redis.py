@@ -279,6 +279,31 @@ class _Script:
         self.sha = hashlib.sha1(body.encode()).hexdigest()
 
 
+_READS = frozenset({"history", "latest"})
+
+
+def _scripts(major: int) -> dict[str, _Script]:
+    """The scripts for a server of version ``major``. From Redis 7 on they carry a
+    shebang: a writing script is then refused *before it runs* when Redis is out of memory
+    (``deny-oom``), instead of failing at its first write after earlier ones took effect
+    (a batch half applied); reading ones are ``no-writes`` (allowed then, and on replicas).
+    """
+    bodies = {
+        "publish": _PUBLISH,
+        "history": _HISTORY,
+        "ensure": _ENSURE,
+        "latest": _LATEST,
+        "continue": _CONTINUE,
+        "trim": _TRIM,
+    }
+    if major < 7:
+        return {name: _Script(body) for name, body in bodies.items()}
+    return {
+        name: _Script(("#!lua flags=no-writes" if name in _READS else "#!lua") + body)
+        for name, body in bodies.items()
+    }
+
+
 def parse_redis_url(url: str) -> tuple[str, str]:
     """``(redis_url, prefix)``: the URL without agentcast's ``prefix`` query parameter
     (which redis-py would not accept) and the key prefix (default ``agentcast``)."""
@@ -356,17 +381,9 @@ class RedisBroker(Broker):
         self._up: asyncio.Event | None = None
         self._connects = 0
         self._counters = {"round_trips": 0, "errors": 0, "reconnects": 0}
-        self._scripts = {
-            name: _Script(body)
-            for name, body in (
-                ("publish", _PUBLISH),
-                ("history", _HISTORY),
-                ("ensure", _ENSURE),
-                ("latest", _LATEST),
-                ("continue", _CONTINUE),
-                ("trim", _TRIM),
-            )
-        }
+        self._scripts = _scripts(7)
+        self.server_version: tuple[int, ...] = ()
+        """The Redis server's version (known once started)."""
 
     def __repr__(self) -> str:
         return f"RedisBroker({redact_url(self.url)!r})"
@@ -440,13 +457,18 @@ class RedisBroker(Broker):
         self._pool = self._new_pool()
         self._listener = listener
         try:
-            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-            await self._pool.release(conn)
-        except (*_LOST, RedisError) as exc:
+            info = await self._call_plain("INFO", "server")
+        except BrokerError as exc:
             await self._close()
             raise BrokerError(
-                f"cannot connect to Redis at {redact_url(self.redis_url)}: {exc}"
+                f"cannot connect to Redis at {redact_url(self.redis_url)}: {exc.__cause__ or exc}"
             ) from None
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        for line in text.splitlines():
+            if line.startswith("redis_version:"):
+                version = line.split(":", 1)[1].strip()
+                self.server_version = tuple(int(x) for x in version.split(".") if x.isdigit())
+        self._scripts = _scripts(self.server_version[0] if self.server_version else 0)
         self._up = up = asyncio.Event()
         self._reader = asyncio.get_running_loop().create_task(
             self._read_forever(), name="agentcast-redis-pubsub"

@@ -212,6 +212,28 @@ async def test_a_batch_is_one_round_trip(space: Space) -> None:
     assert set(b.metrics()) == {"round_trips", "errors", "reconnects"}
 
 
+async def test_a_loop_iterations_publishes_through_a_gateway_are_one_round_trip(
+    space: Space,
+) -> None:
+    """200 token-like publishes on 20 topics from one loop iteration (``publish_nowait``):
+    the gateway sends them as one batch, Redis sees one request."""
+    from agentcast.gateway import Gateway
+    from agentcast.settings import Settings
+
+    broker = space.broker("gw")
+    gateway = Gateway(Settings(), broker=broker)
+    await gateway.start()
+    try:
+        assert not gateway.publishes_now  # no synchronous capability on Redis
+        before = broker.metrics()["round_trips"]
+        futures = [gateway.publish_nowait(f"chat:{i % 20}", "tok", {"i": i}) for i in range(200)]
+        pubs = await asyncio.gather(*futures)
+        assert broker.metrics()["round_trips"] - before == 1
+        assert [p.seq for p in pubs if p.topic == "chat:3"] == list(range(1, 11))
+    finally:
+        await gateway.stop()
+
+
 async def test_killed_pubsub_connection_resumes_and_redelivers_the_latest(space: Space) -> None:
     pub, sub = space.broker("pub"), space.broker("sub")
     rec = Recorder()

@@ -708,7 +708,8 @@ class RedisBroker(Broker):
     async def _read_forever(self) -> None:
         retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            retry=retry_if_exception_type((*_LOST, RedisError)),
+            # anything but a cancellation: a reader that stopped would deliver nothing again
+            retry=retry_if_exception_type(Exception),
             before_sleep=self._before_sleep,
             reraise=True,
         )
@@ -719,6 +720,8 @@ class RedisBroker(Broker):
     def _before_sleep(self, state: Any) -> None:
         self._counters["errors"] += 1
         exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is not None and not isinstance(exc, (*_LOST, RedisError)):
+            logger.error("Redis pub/sub reader failed", exc_info=exc)
         logger.warning(
             "Redis pub/sub at %s lost (%s): reconnecting (attempt %d)",
             redact_url(self.redis_url),

@@ -11,8 +11,9 @@ The supervisor refuses the in-memory broker (each worker would have its own numb
 and history: a client reconnecting to another worker would resume in another world), runs
 the store's migrations once before the workers start (two processes migrating one fresh
 SQLite or PostgreSQL database at once would collide), forwards SIGTERM and SIGINT to
-every worker and waits for their graceful shutdown, and restarts a worker that dies —
-unless it died during its first seconds (a configuration or broker problem that a
+every worker (as one SIGTERM: the workers run in sessions of their own, so a terminal's
+Ctrl-C does not reach them twice) and waits for their graceful shutdown, and restarts a
+worker that dies — unless it died during its first seconds (a configuration or broker problem that a
 restart would repeat): then it stops the others and exits with status 1.
 """
 
@@ -65,6 +66,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _detach() -> None:  # pragma: no cover - runs in the child before exec
+    os.setsid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def inherited_socket() -> socket.socket | None:
     """In a worker: the supervisor's listening socket; else None."""
     fd = os.environ.get(LISTEN_FD)
@@ -87,7 +99,11 @@ def supervise(
 
     def spawn(index: int) -> None:
         env = {**os.environ, LISTEN_FD: str(sock.fileno()), WORKER: str(index)}
-        proc = subprocess.Popen(list(argv), env=env, pass_fds=(sock.fileno(),))
+        # a session of its own: a terminal's Ctrl-C reaches the supervisor only, which
+        # forwards one SIGTERM (a worker given SIGINT and SIGTERM would stop at once,
+        # without its graceful drain); and the worker is told SIGTERM if the supervisor
+        # dies without stopping it (Linux)
+        proc = subprocess.Popen(list(argv), env=env, pass_fds=(sock.fileno(),), preexec_fn=_detach)
         procs[index] = (proc, time.monotonic())
 
     def stop(signum: int, _frame: object) -> None:

@@ -364,6 +364,7 @@ class RedisBroker(Broker):
         (a connection subscribed to nothing would leave the subscribed state)."""
         self._pool: ConnectionPool | None = None
         self._sync: Any = None
+        self._topics_cache: tuple[float, dict[str, int]] | None = None
         """The synchronous client of :meth:`topics` (made on first use)."""
         self._listener: Listener | None = None
         self._listened: set[str] = set()
@@ -593,11 +594,21 @@ class RedisBroker(Broker):
 
     def topics(self) -> dict[str, int]:
         """Every topic of the deployment with its last seq (the ``P:index`` hash), read
-        synchronously: one blocking round trip (bounded by ``socket_timeout``, at most 1 s).
-        For ``/healthz`` and ``/api/topics``, never on a hot path. When Redis does not
-        answer, what this process saw (its publishes, notifications, history reads)."""
+        synchronously: one blocking round trip (bounded by ``socket_timeout``, at most 1 s),
+        at most once a second (``/healthz`` probes do not read the whole index each time),
+        merged with what this process saw since (its publishes, notifications, history
+        reads). For ``/healthz`` and ``/api/topics``, never on a hot path. When Redis does
+        not answer, what this process saw."""
         if self._pool is None:
             return dict(self._known)
+        now = time.monotonic()
+        cached = self._topics_cache
+        if cached is not None and now - cached[0] < 1.0:
+            merged = dict(cached[1])
+            for topic, seq in self._known.items():
+                if seq > merged.get(topic, -1):
+                    merged[topic] = seq
+            return merged
         client = self._sync
         if client is None:
             kwargs = self._pool.connection_kwargs
@@ -616,7 +627,9 @@ class RedisBroker(Broker):
             self._counters["errors"] += 1
             logger.warning("topics of %s unreadable: %s", redact_url(self.redis_url), exc)
             return dict(self._known)
-        return {_decode(k): int(v) for k, v in raw.items()}
+        topics = {_decode(k): int(v) for k, v in raw.items()}
+        self._topics_cache = (now, topics)
+        return dict(topics)
 
     def listens(self, topic: str) -> bool:
         """Whether this instance gets notifications of ``topic``."""

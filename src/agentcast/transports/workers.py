@@ -91,9 +91,11 @@ def supervise(
     argv: Sequence[str],
     log: Callable[[str], None],
     shutdown_timeout: float,
+    startup_grace: float = STARTUP_GRACE,
 ) -> int:
     """Run ``workers`` copies of ``argv`` (an ``agentcast serve`` command line) on
-    ``sock`` until SIGTERM/SIGINT; returns the exit status for the supervisor."""
+    ``sock`` until SIGTERM/SIGINT; returns the exit status for the supervisor. A worker
+    that exits later than ``startup_grace`` seconds after it started is restarted."""
     stopping = threading.Event()
     procs: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
 
@@ -122,7 +124,7 @@ def supervise(
                 code = proc.poll()
                 if code is None or stopping.is_set():
                     continue
-                if time.monotonic() - started < STARTUP_GRACE:
+                if time.monotonic() - started < startup_grace:
                     log(f"worker {index} exited with status {code} while starting: stopping")
                     status = 1
                     stop(signal.SIGTERM, None)

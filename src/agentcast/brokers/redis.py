@@ -799,6 +799,11 @@ class RedisBroker(Broker):
                         if self._up is not None:
                             self._up.set()
                         if reconnected:
+                            if self._prefixes:  # lost if the server lost its data
+                                with contextlib.suppress(BrokerError):
+                                    await self._call_plain(
+                                        "SADD", self._prefix_set, *self._prefixes
+                                    )
                             await self._redeliver()
         except BaseException:
             self._sub = None

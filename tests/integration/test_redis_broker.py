@@ -230,6 +230,16 @@ async def test_a_loop_iterations_publishes_through_a_gateway_are_one_round_trip(
         pubs = await asyncio.gather(*futures)
         assert broker.metrics()["round_trips"] - before == 1
         assert [p.seq for p in pubs if p.topic == "chat:3"] == list(range(1, 11))
+
+        # 100 producers awaiting each of their 10 publishes: the batches carry one event
+        # of each producer, so ~10 round trips for 1,000 events, not 1,000
+        async def producer(k: int) -> list[int]:
+            return [(await gateway.publish(f"run:{k}", "e", {"i": i})).seq for i in range(10)]
+
+        before = broker.metrics()["round_trips"]
+        seqs = await asyncio.gather(*(producer(k) for k in range(100)))
+        assert all(s == list(range(1, 11)) for s in seqs)
+        assert broker.metrics()["round_trips"] - before <= 20
     finally:
         await gateway.stop()
 

@@ -71,8 +71,8 @@ import redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import BusyLoadingError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
@@ -364,8 +364,8 @@ class RedisBroker(Broker):
         (a connection subscribed to nothing would leave the subscribed state)."""
         self._pool: ConnectionPool | None = None
         self._sync: Any = None
-        self._topics_cache: tuple[float, dict[str, int]] | None = None
         """The synchronous client of :meth:`topics` (made on first use)."""
+        self._topics_cache: tuple[float, dict[str, int]] | None = None
         self._listener: Listener | None = None
         self._listened: set[str] = set()
         self._prefixes: tuple[str, ...] = ()
@@ -427,7 +427,9 @@ class RedisBroker(Broker):
                 counters["round_trips"] += 1
                 await conn.send_command("EVAL", s.body, len(keys), *keys, *args)
                 return await conn.read_response()
-        except ResponseError as exc:  # the server answered: the script failed, nothing applied
+        except (ResponseError, BusyLoadingError) as exc:
+            # the server answered with an error before running it (BUSY, READONLY, OOM on
+            # Redis 7, LOADING): nothing was applied
             counters["errors"] += 1
             raise BrokerError(f"Redis refused {script}: {exc}") from exc
         except (*_LOST, asyncio.CancelledError) as exc:

@@ -1,5 +1,7 @@
 """The Redis broker (``redis://host:port/db?prefix=agentcast``): several processes, one numbering.
 
+Needs Redis 6.2 or later (``XTRIM MINID``); 7 or later is best (see :func:`_scripts`).
+
 Every process of a deployment connects to the same Redis server; the broker contract
 (:mod:`agentcast.brokers.base`) holds across all of them. What lives in Redis, under the
 key prefix ``P`` (the URL's ``prefix`` query parameter, default ``agentcast``):
@@ -471,6 +473,12 @@ class RedisBroker(Broker):
             if line.startswith("redis_version:"):
                 version = line.split(":", 1)[1].strip()
                 self.server_version = tuple(int(x) for x in version.split(".") if x.isdigit())
+        if self.server_version and self.server_version < (6, 2):
+            await self._close()
+            found = ".".join(map(str, self.server_version))
+            raise BrokerError(
+                f"Redis {found} at {redact_url(self.redis_url)}: agentcast needs 6.2 or later"
+            )
         self._scripts = _scripts(self.server_version[0] if self.server_version else 0)
         self._up = up = asyncio.Event()
         self._reader = asyncio.get_running_loop().create_task(

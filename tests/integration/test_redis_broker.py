@@ -20,7 +20,7 @@ from agentcast.brokers.base import Draft
 from agentcast.brokers.redis import RedisBroker, parse_redis_url
 from agentcast.core.envelope import Publication
 from agentcast.errors import BrokerError, ConfigError, PublishOutcomeUnknownError
-from tests.conftest import UNIT, free_port, start_server, stop_server
+from tests.conftest import UNIT, eventually, free_port, start_server, stop_server
 from tests.services import delete_prefix, redis_prefix, require_redis
 
 
@@ -319,7 +319,9 @@ async def test_subscriber_on_a_node_whose_redis_connections_die_loses_nothing(
                 for n in range(total):
                     await a.gateway.publish("steady", "tick", {"n": n})
                     if n in (100, 200):
-                        await kill_connections(space.url, b_broker.name)
+                        # the second kill once the first reconnect happened
+                        await eventually(lambda: b_broker.metrics()["reconnects"] == n // 100 - 1)
+                        assert await kill_connections(space.url, b_broker.name) >= 1
                     await asyncio.sleep(0.001)
 
             producer = asyncio.create_task(produce())

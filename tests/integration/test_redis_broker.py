@@ -320,7 +320,8 @@ async def test_subscriber_on_a_node_whose_redis_connections_die_loses_nothing(
                     await a.gateway.publish("steady", "tick", {"n": n})
                     if n in (100, 200):
                         # the second kill once the first reconnect happened
-                        await eventually(lambda: b_broker.metrics()["reconnects"] == n // 100 - 1)
+                        done = n // 100 - 1
+                        await eventually(lambda done=done: b_broker.metrics()["reconnects"] == done)
                         assert await kill_connections(space.url, b_broker.name) >= 1
                     await asyncio.sleep(0.001)
 

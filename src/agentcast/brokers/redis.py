@@ -657,11 +657,15 @@ class RedisBroker(Broker):
             except BaseException:
                 self._listened.discard(topic)
                 raise
-        await self._call(
-            "ensure",
-            [self._meta + topic, self._durable, self._empty, self._index],
-            [topic, secrets.token_hex(4), repr(time.time())],
-        )
+        try:
+            await self._read(  # creating the topic twice is harmless: never "unknown"
+                "ensure",
+                [self._meta + topic, self._durable, self._empty, self._index],
+                [topic, secrets.token_hex(4), repr(time.time())],
+            )
+        except BaseException:
+            await self.unlisten(topic)
+            raise
 
     async def unlisten(self, topic: str) -> None:
         if topic not in self._listened:

@@ -650,7 +650,8 @@ class RedisBroker(Broker):
     async def listen(self, topic: str) -> None:
         if self._listener is None:
             raise BrokerError("broker not started")
-        if topic not in self._listened:
+        new = topic not in self._listened
+        if new:
             self._listened.add(topic)
             try:
                 await self._subscribe(b"SUBSCRIBE", (self._chan + topic).encode())
@@ -664,7 +665,8 @@ class RedisBroker(Broker):
                 [topic, secrets.token_hex(4), repr(time.time())],
             )
         except BaseException:
-            await self.unlisten(topic)
+            if new:
+                await self.unlisten(topic)
             raise
 
     async def unlisten(self, topic: str) -> None:

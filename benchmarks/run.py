@@ -132,6 +132,7 @@ class Peer:
     extra: str = ""  # more wsload flags
     scratch_cwd: bool = False  # agentcast: its default run store file goes to results/
     pythonpath: str = ""  # prepended to the server's PYTHONPATH (--compare)
+    redis_prefix: str = ""  # keys the server leaves in Redis, deleted after each run
 
 
 _JWT_SECRET = "bench-jwt-secret-" + "j" * 40
@@ -146,6 +147,9 @@ def _jwt(**claims: Any) -> str:
     payload = {"sub": "bench", "iat": now, "exp": now + 86_400, **claims}
     return jwt.encode(payload, _JWT_SECRET, algorithm="HS256")
 
+
+_REDIS_PREFIX = "agentcast-bench"
+"""The ``agentcast-redis`` peer's key prefix (its keys are deleted after each run)."""
 
 UVICORN = (
     "{py} -m uvicorn --host 127.0.0.1 --port {port} --loop uvloop --http httptools "
@@ -178,6 +182,18 @@ PEERS = {
             trigger="GET http://127.0.0.1:{port}/_bench/publish?topics={T}&count={K}&rate={R}"
             f"&token={_jwt(scope='admin')}",
             scratch_cwd=True,
+        ),
+        Peer(
+            "agentcast-redis",
+            "agentcast serve on the Redis broker (redis://127.0.0.1:6379/0, Redis 7 on "
+            "loopback, on the client's core): seqs, history and fan-out through Redis",
+            f"env AGENTCAST_BROKER_URL=redis://127.0.0.1:6379/0?prefix={_REDIS_PREFIX} "
+            "{agentcast} serve --host 127.0.0.1 --port {port} --bench-endpoint --log-level warning",
+            "agentcast uvloop httptools redis",
+            sub='{"type":"subscribe","topic":"{topic}"}',
+            trigger="GET http://127.0.0.1:{port}/_bench/publish?topics={T}&count={K}&rate={R}",
+            scratch_cwd=True,
+            redis_prefix=_REDIS_PREFIX,
         ),
         Peer(
             "seed000-fastapi",
@@ -516,6 +532,21 @@ def run_one(
             return {**base, **result}
         finally:
             stop_group(server)
+            if peer.redis_prefix:
+                delete_redis_keys(peer.redis_prefix)
+
+
+def delete_redis_keys(prefix: str) -> None:
+    """Delete what a run left in the local Redis under ``prefix`` (never the whole DB)."""
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+    finally:
+        client.close()
 
 
 # -- report -------------------------------------------------------------------------

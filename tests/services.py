@@ -5,12 +5,16 @@ is unreachable: it is skipped with the reason on a developer's machine, and fail
 when ``AGENTCAST_REQUIRE_SERVICES=1``, which ``.ci/run`` sets after starting the services,
 so CI cannot go green without running them.
 
-PostgreSQL is ``AGENTCAST_TEST_POSTGRES`` (default: the local ``test`` database).
+PostgreSQL is ``AGENTCAST_TEST_POSTGRES`` (default: the local ``test`` database); Redis
+is ``AGENTCAST_TEST_REDIS`` (default: database 0 of the local server), shared with other
+test runs: a test uses a key prefix of its own (:func:`redis_prefix`) and deletes it
+(:func:`delete_prefix`), never the whole database.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from typing import NoReturn
 
 import pytest
@@ -18,6 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentcast.storage.sql import async_url
+
+REDIS = os.environ.get("AGENTCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 POSTGRES = os.environ.get("AGENTCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -57,3 +63,35 @@ async def require_postgres(url: str = POSTGRES) -> str:
     if why is not None:
         require_service(f"PostgreSQL not reachable at {url} ({why})")
     return url
+
+
+def require_redis(url: str = REDIS) -> str:
+    """``url`` when a Redis server answers there, else :func:`require_service`."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        require_service(f"Redis not reachable at {url} ({exc})")
+    finally:
+        client.close()
+    return url
+
+
+def redis_prefix() -> str:
+    """A key prefix no other test (or test run) uses."""
+    return f"agentcast-test-{secrets.token_hex(6)}"
+
+
+async def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (what a test created), as a flushed server."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        for start in range(0, len(keys), 500):
+            await client.delete(*keys[start : start + 500])
+    finally:
+        await client.aclose()

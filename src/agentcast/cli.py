@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -156,6 +157,23 @@ def serve(
             "(called with the settings).",
         ),
     ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            metavar="URL",
+            help="memory:// (one process) or redis://host:6379/0?prefix=agentcast (several "
+            "processes and hosts).  [default: memory://]",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="Server processes on this port (N > 1 needs --broker redis://…).  [default: 1]",
+        ),
+    ] = None,
 ) -> None:
     """Serve the WebSocket endpoint /ws, the HTTP API and /healthz on one port.
 
@@ -164,10 +182,14 @@ def serve(
     value.
     """
     from agentcast.app import create_gateway
+    from agentcast.brokers import check_broker
+    from agentcast.errors import BrokerError
     from agentcast.logs import configure_logging
     from agentcast.security.secrets import redact_url
     from agentcast.security.tls import check_tls
     from agentcast.settings import load_settings
+    from agentcast.storage.base import StoreError
+    from agentcast.transports import workers as multi
     from agentcast.transports.server import build_server
 
     try:
@@ -187,7 +209,11 @@ def serve(
             tls_certfile=str(tls_cert) if tls_cert is not None else None,
             tls_keyfile=str(tls_key) if tls_key is not None else None,
             auth=auth,
+            broker_url=broker,
+            workers=workers,
         )
+        worker_socket = multi.inherited_socket()
+        multi.check_workers(settings)
         tls = check_tls(settings)
         gateway = create_gateway(settings)
         if gateway.open_mode and settings.auth_required:
@@ -203,6 +229,13 @@ def serve(
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
+    try:
+        asyncio.run(check_broker(settings.broker_url, gateway.history_limits))
+        if settings.workers > 1 and worker_socket is None and settings.store_url:
+            asyncio.run(_migrate(settings.store_url))  # once, before the workers start
+    except (BrokerError, StoreError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
     configure_logging(settings)
     json_logs = settings.log_format == "json"
     cli_logger = logging.getLogger("agentcast.cli")
@@ -227,11 +260,32 @@ def serve(
         )
         say(f"[yellow]{escape(text)}[/yellow]", text, logging.WARNING)
     http, ws = ("https", "wss") if tls else ("http", "ws")
-    text = (
-        f"agentcast {__version__} on {http}://{settings.host}:{settings.port} "
+    where = (
+        f"{http}://{settings.host}:{settings.port} "
         f"(WebSocket {ws}://{settings.host}:{settings.port}/ws, "
         f"broker {redact_url(settings.broker_url)})"
     )
+    if settings.workers > 1 and worker_socket is None:
+        try:
+            sock = multi.bind_socket(settings.host, settings.port)
+        except ConfigError as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
+        text = f"agentcast {__version__}: {settings.workers} workers on {where}"
+        say(escape(text), text)
+        argv = [sys.executable, "-m", "agentcast.cli", *sys.argv[1:]]
+        status = multi.supervise(
+            settings.workers,
+            sock,
+            argv,
+            lambda line: say(f"[yellow]{escape(line)}[/yellow]", line, logging.WARNING),
+            settings.shutdown_timeout,
+        )
+        raise typer.Exit(status)
+    if worker_socket is not None:
+        text = f"agentcast worker {os.environ.get(multi.WORKER, '?')} on {where}"
+    else:
+        text = f"agentcast {__version__} on {where}"
     say(escape(text), text)
     if demo:
         from agentcast.demo import run_demo, run_execution_demo
@@ -243,7 +297,21 @@ def serve(
             "`agentcast tail workflow:demo`",
             "demo runs publish on workflow:demo and execution:demo: `agentcast tail workflow:demo`",
         )
-    build_server(gateway).run()  # uvicorn picks the loop (uvloop when installed)
+    server = build_server(gateway)
+    if worker_socket is not None:  # uvicorn picks the loop (uvloop when installed)
+        server.run(sockets=[worker_socket])
+    else:
+        server.run()
+
+
+async def _migrate(store_url: str) -> None:
+    """Open the store once (its migrations run) and close it."""
+    from agentcast.storage import create_store
+
+    store = create_store(store_url)
+    if store is not None:
+        await store.start()
+        await store.stop()
 
 
 @app.command()

@@ -134,7 +134,18 @@ class Settings(BaseSettings):
         description="Lifetime of tokens `agentcast token` mints without --ttl "
         "(seed 002's token_expiry).",
     )
-    broker_url: str = Field("memory://", description="Broker URL: memory:// (redis:// later).")
+    broker_url: str = Field(
+        "memory://",
+        description="Broker URL: memory:// (one process) or redis://host:6379/0?prefix=agentcast "
+        "(several processes and hosts; docs/scaling.md).",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Server processes on one port (`serve --workers`); more than one needs "
+        "a shared broker (redis://).",
+    )
     store_url: str = Field(
         "sqlite:///agentcast.db",
         description="Run store: sqlite:///path.db or postgresql://user@host/db; empty: none.",

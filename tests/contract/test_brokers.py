@@ -23,6 +23,7 @@ from agentcast.core.history import HistoryLimits
 from agentcast.errors import BrokerError, PublishOutcomeUnknownError
 from tests.broker_support import RemoteLikeBroker
 from tests.conftest import UNIT
+from tests.services import delete_prefix, redis_prefix, require_redis
 
 LIMITS = HistoryLimits(max_events=5, max_bytes=1 << 20, max_age=60)
 
@@ -62,9 +63,27 @@ def remote_like_backend(limits: HistoryLimits) -> Backend:
     return memory_backend(limits, remote_like=True)
 
 
+def redis_backend(limits: HistoryLimits) -> Backend:
+    """A real Redis server (``tests.services.REDIS``), under a key prefix of its own: its
+    data is lost by deleting every key of that prefix, as a flushed server would be."""
+    from agentcast.brokers.redis import RedisBroker
+
+    url = require_redis()
+    prefix = redis_prefix()
+
+    def open() -> Broker:
+        return RedisBroker(f"{url}?prefix={prefix}", limits, name=prefix)
+
+    async def lose_data() -> None:
+        await delete_prefix(url, prefix)
+
+    return Backend(open, lose_data, lambda: delete_prefix(url, prefix))
+
+
 BACKENDS: dict[str, Callable[[HistoryLimits], Backend]] = {
     "memory": memory_backend,
     "memory, remote-like": remote_like_backend,
+    "redis": redis_backend,
 }
 
 

@@ -191,8 +191,8 @@ class Broker(ABC):
         await self.history("agentcast:ping", 1 << 62, limit=0)
 
     def metrics(self) -> dict[str, int]:
-        """Cumulative counters this broker keeps for /metrics: `round_trips`, `errors`,
-        `reconnects` (absent keys mean not applicable)."""
+        """Cumulative counters this broker keeps for ``/metrics``: ``round_trips``,
+        ``errors``, ``reconnects`` (absent keys mean not applicable)."""
         return {}
 
     def history_usage(self) -> dict[str, int] | None:

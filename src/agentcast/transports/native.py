@@ -72,6 +72,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "config",
         "conn",
         "delegate",
+        "discarding",
         "endpoint",
         "fragments",
         "server_state",
@@ -96,6 +97,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.fragments: list[bytes] | None = None
         self.close_handle: asyncio.TimerHandle | None = None
         self.endpoint: tuple[SocketEndpoint, str] | None = None
+        self.discarding = False
+        """After a close the server initiated, half-closed: input is dropped unparsed."""
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -108,6 +111,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.delegate is not None:
             self.delegate.data_received(data)
+            return
+        if self.discarding:  # closing: dropped, not parsed (a flood costs a read, no more)
             return
         conn = self.conn
         if conn is None:
@@ -228,6 +233,16 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         except InvalidState:
             return
         self._write_pending()
+        if not transport.is_closing() and transport.can_write_eof():
+            # Half-close after the close frame: the client reads it, then EOF, and closes
+            # (clients close on the server's EOF); meanwhile what it sends is dropped
+            # without parsing. Parsing a flooding client's frames for close_timeout cost
+            # the event loop seconds per connection (benchmarks/attack.py, rate-limits).
+            # Over TLS (no half-close) the client's close frame is waited for, parsed.
+            if self.session is not None:
+                self.gateway.close_session(self.session)
+            transport.write_eof()
+            self.discarding = True
         self._close_later()
 
     # -- internals -----------------------------------------------------------------

@@ -250,10 +250,11 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     def _write_pending(self) -> None:
         """Write what the protocol has to send, and carry out its end of the connection.
 
-        A close the server initiates completes its closing handshake: after the close
-        frame the connection keeps reading (websockets discards what follows) until the
-        client's close frame, then half-closes (``write_eof``: the client reads our close
-        frame and EOF) and waits for the client's EOF, at most ``close_timeout`` in all.
+        A close the server initiates completes its closing handshake: :meth:`close`
+        half-closes right after the close frame and drops the client's input unparsed
+        until its EOF (over TLS: reads on until the client's close frame, then
+        half-closes here); a connection websockets fails (1009, 1002) is half-closed here
+        and its input discarded by websockets; at most ``close_timeout`` in all.
         Closing the socket at once with unread input would make the kernel reset the
         connection and lose the close frame (a client flooding after an oversized frame
         never saw its 1009).

@@ -351,11 +351,14 @@ async def attack(kind: str, port: int) -> None:
     await asyncio.sleep(3.0)  # in full swing
     print(json.dumps({"ready": True, "held": held[0]}), flush=True)
     await stop.wait()
+    held_at_end = held[0]
     for t in tasks:
         t.cancel()
     await asyncio.wait(tasks, timeout=5)  # a worker stuck in a handshake is left behind
     print(
-        json.dumps({"attempts": tally.attempts, "answers": dict(tally.counts), "held": held[0]}),
+        json.dumps(
+            {"attempts": tally.attempts, "answers": dict(tally.counts), "held": held_at_end}
+        ),
         flush=True,
     )
 
@@ -518,7 +521,9 @@ def report(rows: list[dict[str, Any]], attacks: list[str], args: argparse.Namesp
         rs = [
             float(r[key]) / float(base_by_rep[r["rep"]][key])
             for r in by[kind]
-            if r["rep"] in base_by_rep and float(base_by_rep[r["rep"]][key]) > 0
+            if r["rep"] in base_by_rep
+            and float(base_by_rep[r["rep"]][key]) > 0
+            and float(r[key]) >= 0  # -1: no delivery at all
         ]
         return f"{statistics.median(rs):.2f}×" if rs else "–"
 

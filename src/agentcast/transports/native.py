@@ -74,6 +74,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "config",
         "conn",
         "delegate",
+        "discarding",
         "endpoint",
         "fragments",
         "server_state",
@@ -98,6 +99,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.fragments: list[bytes] | None = None
         self.close_handle: asyncio.TimerHandle | None = None
         self.endpoint: tuple[SocketEndpoint, str] | None = None
+        self.discarding = False
+        """After a close the server initiated, half-closed: input is dropped unparsed."""
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -110,6 +113,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.delegate is not None:
             self.delegate.data_received(data)
+            return
+        if self.discarding:  # closing: dropped, not parsed (a flood costs a read, no more)
             return
         conn = self.conn
         if conn is None:
@@ -230,6 +235,16 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         except InvalidState:
             return
         self._write_pending()
+        if not transport.is_closing() and transport.can_write_eof():
+            # Half-close after the close frame: the client reads it, then EOF, and closes
+            # (clients close on the server's EOF); meanwhile what it sends is dropped
+            # without parsing. Parsing a flooding client's frames for close_timeout cost
+            # the event loop seconds per connection (benchmarks/attack.py, rate-limits).
+            # Over TLS (no half-close) the client's close frame is waited for, parsed.
+            if self.session is not None:
+                self.gateway.close_session(self.session)
+            transport.write_eof()
+            self.discarding = True
         self._close_later()
 
     # -- internals -----------------------------------------------------------------
@@ -237,10 +252,11 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     def _write_pending(self) -> None:
         """Write what the protocol has to send, and carry out its end of the connection.
 
-        A close the server initiates completes its closing handshake: after the close
-        frame the connection keeps reading (websockets discards what follows) until the
-        client's close frame, then half-closes (``write_eof``: the client reads our close
-        frame and EOF) and waits for the client's EOF, at most ``close_timeout`` in all.
+        A close the server initiates completes its closing handshake: :meth:`close`
+        half-closes right after the close frame and drops the client's input unparsed
+        until its EOF (over TLS: reads on until the client's close frame, then
+        half-closes here); a connection websockets fails (1009, 1002) is half-closed here
+        and its input discarded by websockets; at most ``close_timeout`` in all.
         Closing the socket at once with unread input would make the kernel reset the
         connection and lose the close frame (a client flooding after an oversized frame
         never saw its 1009).

@@ -82,7 +82,12 @@ class RunStore(ABC):
 
     @abstractmethod
     async def append(self, events: list[Publication]) -> None:
-        """Store events (idempotent on ``(topic, seq)``), in one transaction."""
+        """Store events (idempotent on ``(topic, seq)``), in one transaction. A store may
+        keep a run of consecutive events of one topic as one record (the SQL store does):
+        :meth:`events` gives them back one by one, exactly as appended. A seq stored
+        already keeps its stored copy, except where the SQL store replaces a record by a
+        longer one starting at the same seq (a batch re-sent with more events behind it,
+        whose copies are the same)."""
 
     @abstractmethod
     async def upsert_runs(self, runs: list[RunSummary]) -> None:
@@ -117,7 +122,10 @@ class RunStore(ABC):
     async def prune(self, prefix: str, before: float) -> int:
         """Delete the events of topics starting with ``prefix`` published before
         ``before`` (seconds since the epoch), except each topic's last event (which keeps
-        its numbering across restarts); returns how many were deleted."""
+        its numbering across restarts); returns how many were deleted. Events appended
+        together as one record go together, when the newest of them is older than
+        ``before`` and it is not the topic's last record (so a few events older than
+        ``before`` may stay: at most one recorder batch per topic, ~0.2 s)."""
 
     @abstractmethod
     async def delete_events(self, topic: str) -> None:

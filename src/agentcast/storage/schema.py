@@ -45,6 +45,8 @@ run_events = Table(
     Column("timestamp", String(40), nullable=False),
     Column("at", Float, nullable=False),
     Column("data", Text, nullable=False),
+    # NULL: the row is one event; else it holds seq … last_seq (0004, see storage/sql.py)
+    Column("last_seq", BigInteger),
 )
 
 conversations = Table(

@@ -270,17 +270,24 @@ async def test_a_batch_resent_with_more_events_is_stored_once_and_whole(store: R
         )
 
 
-async def test_prune_removes_a_batchs_run_when_its_newest_event_is_old(store: RunStore) -> None:
+async def test_prune_cuts_runs_of_events_stored_as_one_record(store: RunStore) -> None:
+    """Retention is per event, also inside a run appended in one batch (one record in the
+    SQL store): the old part goes, the rest reads back unchanged."""
     await store.append([pub("chat:p", n) for n in range(1, 5)])  # at 1001..1004, one run
-    await store.append([pub("chat:p", n) for n in range(5, 7)])  # 1005..1006
-    assert await store.prune("chat:", before=1003.5) == 0  # 1..4's newest is 1004
-    assert [e.seq for e in await store.events("chat:p", 0)] == list(range(1, 7))
-    assert await store.prune("chat:", before=1004.5) == 4
-    assert [e.seq for e in await store.events("chat:p", 0)] == [5, 6]
-    assert await store.prune("chat:", before=1e9) == 0  # the last run keeps the numbering
-    assert await store.last_seqs("chat:") == {"chat:p": 6}
-    await store.append([pub("chat:p", 7)])
-    assert [e.seq for e in await store.events("chat:p", 4)] == [5, 6, 7]
+    await store.append([pub("chat:p", n) for n in range(5, 8)] + [pub("chat:q", 1)])
+    await store.append([pub("chat:q", n) for n in range(2, 5)])
+    assert await store.prune("chat:", before=1002.5) == 4  # chat:p 1, 2; chat:q 1, 2
+    assert [e.seq for e in await store.events("chat:p", 0)] == list(range(3, 8))
+    assert [e.seq for e in await store.events("chat:p", 3, limit=2)] == [4, 5]
+    assert await store.prune("chat:", before=1005.5) == 4  # chat:p 3..5; chat:q 3
+    assert [(e.seq, e.at) for e in await store.events("chat:p", 0)] == [(6, 1006.0), (7, 1007.0)]
+    assert await store.prune("chat:", before=1e9) == 1  # chat:p 6: each topic keeps its last
+    assert [e.seq for e in await store.events("chat:p", 0)] == [7]
+    assert [e.seq for e in await store.events("chat:q", 0)] == [4]
+    assert await store.prune("chat:", before=1e9) == 0
+    assert await store.last_seqs("chat:") == {"chat:p": 7, "chat:q": 4}
+    await store.append([pub("chat:p", 8)])
+    assert [e.seq for e in await store.events("chat:p", 6)] == [7, 8]
 
 
 async def test_migration_0004_keeps_single_event_rows_readable(store: RunStore) -> None:

@@ -122,10 +122,7 @@ class RunStore(ABC):
     async def prune(self, prefix: str, before: float) -> int:
         """Delete the events of topics starting with ``prefix`` published before
         ``before`` (seconds since the epoch), except each topic's last event (which keeps
-        its numbering across restarts); returns how many were deleted. Events appended
-        together as one record go together, when the newest of them is older than
-        ``before`` and it is not the topic's last record (so a few events older than
-        ``before`` may stay: at most one recorder batch per topic, ~0.2 s)."""
+        its numbering across restarts); returns how many were deleted."""
 
     @abstractmethod
     async def delete_events(self, topic: str) -> None:

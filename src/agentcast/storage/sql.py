@@ -19,7 +19,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, bindparam, delete, event, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from agentcast.core.envelope import Publication
@@ -82,20 +82,21 @@ def _summary(row: Any) -> RunSummary:
 
 # A row holds one event (``last_seq`` NULL, ``data`` the event's data) or a run of
 # consecutive events of one topic: ``seq`` … ``last_seq``, ``data`` the JSON array of
-# their ``[type, timestamp, at, data]``, ``type`` and ``timestamp`` the first's, ``at`` the
-# newest's (retention). ``append`` writes one row per topic per batch where it can: a chat
-# stream's deltas of one recorder batch (~10 at 50 tokens/s) cost one row, not ten.
+# their ``[type, timestamp, at, data]``; ``type``, ``timestamp`` and ``at`` are the
+# first's, ``last_at`` the newest's (retention). ``append`` writes one row per topic per
+# batch where it can: a chat stream's deltas of one recorder batch (~10 at 50 tokens/s)
+# cost one row, not ten.
 # A row whose first seq is stored already replaces the stored one only when it reaches
 # further (a batch re-sent with more events behind it); readers skip seqs they have.
 _SQLITE_APPEND = (
-    "INSERT INTO agentcast_run_events (topic, seq, type, timestamp, at, data, last_seq) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, seq) DO UPDATE SET "
-    "last_seq = excluded.last_seq, data = excluded.data, at = excluded.at "
+    "INSERT INTO agentcast_run_events (topic, seq, type, timestamp, at, data, last_seq, last_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, seq) DO UPDATE SET "
+    "last_seq = excluded.last_seq, last_at = excluded.last_at, data = excluded.data "
     "WHERE excluded.last_seq > coalesce(agentcast_run_events.last_seq, agentcast_run_events.seq)"
 )
 
-_Row = tuple[str, int, str, str, float, str, int | None]
-_COLUMNS = ("topic", "seq", "type", "timestamp", "at", "data", "last_seq")
+_Row = tuple[str, int, str, str, float, str, int | None, float | None]
+_COLUMNS = ("topic", "seq", "type", "timestamp", "at", "data", "last_seq", "last_at")
 
 
 def event_rows(events: list[Publication]) -> list[_Row]:
@@ -114,7 +115,7 @@ def event_rows(events: list[Publication]) -> list[_Row]:
     for topic, pubs in by_topic.items():
         if len(pubs) == 1:
             p = pubs[0]
-            rows.append((topic, p.seq, p.type, p.timestamp, p.at, p.data.decode(), None))
+            rows.append((topic, p.seq, p.type, p.timestamp, p.at, p.data.decode(), None, None))
             continue
         if any(a.seq >= b.seq for a, b in itertools.pairwise(pubs)):
             pubs.sort(key=_seq)  # stable: the first copy of a seq stays first
@@ -134,6 +135,7 @@ def event_rows(events: list[Publication]) -> list[_Row]:
                         first.at,
                         first.data.decode(),
                         None,
+                        None,
                     )
                 )
             else:
@@ -146,9 +148,10 @@ def event_rows(events: list[Publication]) -> list[_Row]:
                         first.seq,
                         first.type,
                         first.timestamp,
-                        last.at,
+                        first.at,
                         data.decode(),
                         last.seq,
+                        last.at,
                     )
                 )
             start = end
@@ -157,6 +160,10 @@ def event_rows(events: list[Publication]) -> list[_Row]:
 
 def _seq(p: Publication) -> int:
     return p.seq
+
+
+def _publication(e: StoredEvent) -> Publication:
+    return Publication(e.topic, e.seq, e.type, orjson.dumps(e.data), e.timestamp, e.at)
 
 
 def expand_rows(rows: Any, since: int) -> list[StoredEvent]:
@@ -238,29 +245,31 @@ class SqlRunStore(RunStore):
     async def append(self, events: list[Publication]) -> None:
         if not events:
             return
-        rows = event_rows(events)
         try:
-            if self._engine.dialect.name == "sqlite":
-                # the driver's executemany with tuples: a third of the CPU per row of the
-                # Core statement with one dict per row
-                async with self._engine.begin() as conn:
-                    await conn.exec_driver_sql(_SQLITE_APPEND, rows)
-                return
-            stmt = self._insert(run_events)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["topic", "seq"],
-                set_={
-                    "last_seq": stmt.excluded.last_seq,
-                    "data": stmt.excluded.data,
-                    "at": stmt.excluded.at,
-                },
-                where=stmt.excluded.last_seq
-                > func.coalesce(run_events.c.last_seq, run_events.c.seq),
-            )
             async with self._engine.begin() as conn:
-                await conn.execute(stmt, [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
+                await self._write_rows(conn, event_rows(events))
         except SQLAlchemyError as exc:
             raise StoreError(f"storing {len(events)} events failed: {exc}") from exc
+
+    async def _write_rows(self, conn: AsyncConnection, rows: list[_Row]) -> None:
+        if not rows:
+            return
+        if self._engine.dialect.name == "sqlite":
+            # the driver's executemany with tuples: a third of the CPU per row of the Core
+            # statement with one dict per row
+            await conn.exec_driver_sql(_SQLITE_APPEND, rows)
+            return
+        stmt = self._insert(run_events)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["topic", "seq"],
+            set_={
+                "last_seq": stmt.excluded.last_seq,
+                "last_at": stmt.excluded.last_at,
+                "data": stmt.excluded.data,
+            },
+            where=stmt.excluded.last_seq > func.coalesce(run_events.c.last_seq, run_events.c.seq),
+        )
+        await conn.execute(stmt, [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
 
     async def upsert_runs(self, summaries: list[RunSummary]) -> None:
         if not summaries:
@@ -387,18 +396,39 @@ class SqlRunStore(RunStore):
             .where(later.c.topic == run_events.c.topic, later.c.seq > run_events.c.seq)
             .exists()
         )
-        # a row goes as a whole, when its newest event is older than before
-        stmt = (
+        # rows whose newest event is old go whole (one statement); a run some of whose
+        # events are old, or the topic's last row, is rewritten without them (few rows:
+        # those crossing ``before``, and the last row of topics idle since)
+        newest = func.coalesce(run_events.c.last_at, run_events.c.at)
+        whole = (
             delete(run_events)
-            .where(*_under(prefix), run_events.c.at < before, has_later)
+            .where(*_under(prefix), newest < before, has_later)
             .returning(run_events.c.seq, run_events.c.last_seq)
+        )
+        crossing = select(run_events, has_later.label("has_later")).where(
+            *_under(prefix),
+            run_events.c.last_seq.is_not(None),
+            run_events.c.at < before,
         )
         try:
             async with self._engine.begin() as conn:
-                gone = (await conn.execute(stmt)).all()
+                gone = (await conn.execute(whole)).all()
+                count = sum(1 if last is None else last - seq + 1 for seq, last in gone)
+                for row in (await conn.execute(crossing)).all():
+                    events = expand_rows([row], row.seq - 1)
+                    kept = [e for e in events if e.at >= before]
+                    if not kept and not row.has_later:
+                        kept = events[-1:]  # the numbering
+                    count += len(events) - len(kept)
+                    await conn.execute(
+                        delete(run_events).where(
+                            run_events.c.topic == row.topic, run_events.c.seq == row.seq
+                        )
+                    )
+                    await self._write_rows(conn, event_rows([_publication(e) for e in kept]))
         except SQLAlchemyError as exc:
             raise StoreError(f"pruning {prefix!r} events failed: {exc}") from exc
-        return sum(1 if last is None else last - seq + 1 for seq, last in gone)
+        return count
 
     async def delete_events(self, topic: str) -> None:
         try:

@@ -1,8 +1,9 @@
 """Event ranges: one row may hold a run of consecutive events of one topic.
 
-``last_seq`` is NULL for a row holding one event (every row stored before, and single
-events since); otherwise the row holds the events ``seq`` … ``last_seq`` and its ``data``
-is a JSON array of ``[type, timestamp, at, data]`` (see ``storage/sql.py``). A chat
+``last_seq`` and ``last_at`` are NULL for a row holding one event (every row stored
+before, and single events since); otherwise the row holds the events ``seq`` …
+``last_seq``, the newest published at ``last_at``, and its ``data`` is a JSON array of
+``[type, timestamp, at, data]`` (see ``storage/sql.py``). A chat
 stream's batch of token deltas is then one row instead of one per token.
 
 Revision ID: 0004
@@ -23,6 +24,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("agentcast_run_events", sa.Column("last_seq", sa.BigInteger, nullable=True))
+    op.add_column("agentcast_run_events", sa.Column("last_at", sa.Float, nullable=True))
 
 
 def downgrade() -> None:
@@ -56,4 +58,5 @@ def downgrade() -> None:
             rows,
         )
     with op.batch_alter_table("agentcast_run_events") as batch:
+        batch.drop_column("last_at")
         batch.drop_column("last_seq")

@@ -8,7 +8,6 @@ asyncpg); explicit ``+driver`` URLs are kept. Migrations (Alembic, shipped in
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -110,52 +109,57 @@ def event_rows(events: list[Publication]) -> list[_Row]:
         else:
             pubs.append(p)
     rows: list[_Row] = []
-    dumps = orjson.dumps
-    fragment = orjson.Fragment
     for topic, pubs in by_topic.items():
-        if len(pubs) == 1:
-            p = pubs[0]
-            rows.append((topic, p.seq, p.type, p.timestamp, p.at, p.data.decode(), None, None))
+        first = pubs[0].seq
+        if [p.seq for p in pubs] == list(range(first, first + len(pubs))):
+            rows.append(_row(topic, pubs))  # the usual case: one run, in order
             continue
-        if any(a.seq >= b.seq for a, b in itertools.pairwise(pubs)):
-            pubs.sort(key=_seq)  # stable: the first copy of a seq stays first
-            pubs = [p for i, p in enumerate(pubs) if i == 0 or pubs[i - 1].seq != p.seq]
+        pubs.sort(key=_seq)  # stable: the first copy of a seq stays first
         start = 0
         for end in range(1, len(pubs) + 1):
-            if end < len(pubs) and pubs[end].seq == pubs[end - 1].seq + 1:
-                continue
-            first = pubs[start]
-            if end - start == 1:
-                rows.append(
-                    (
-                        topic,
-                        first.seq,
-                        first.type,
-                        first.timestamp,
-                        first.at,
-                        first.data.decode(),
-                        None,
-                        None,
-                    )
-                )
-            else:
-                run = pubs[start:end]
-                data = dumps([(p.type, p.timestamp, p.at, fragment(p.data)) for p in run])
-                last = run[-1]
-                rows.append(
-                    (
-                        topic,
-                        first.seq,
-                        first.type,
-                        first.timestamp,
-                        first.at,
-                        data.decode(),
-                        last.seq,
-                        last.at,
-                    )
-                )
+            if end < len(pubs):
+                gap = pubs[end].seq - pubs[end - 1].seq
+                if gap == 1:
+                    continue
+                if gap == 0:  # a duplicate: dropped below
+                    continue
+            run = [
+                p
+                for i, p in enumerate(pubs[start:end], start)
+                if i == start or pubs[i - 1].seq != p.seq
+            ]
+            rows.append(_row(topic, run))
             start = end
     return rows
+
+
+def _row(topic: str, run: list[Publication]) -> _Row:
+    """The row of ``run`` (consecutive seqs of ``topic``)."""
+    first = run[0]
+    if len(run) == 1:
+        return (
+            topic,
+            first.seq,
+            first.type,
+            first.timestamp,
+            first.at,
+            first.data.decode(),
+            None,
+            None,
+        )
+    fragment = orjson.Fragment
+    data = orjson.dumps([(p.type, p.timestamp, p.at, fragment(p.data)) for p in run])
+    last = run[-1]
+    return (
+        topic,
+        first.seq,
+        first.type,
+        first.timestamp,
+        first.at,
+        data.decode(),
+        last.seq,
+        last.at,
+    )
 
 
 def _seq(p: Publication) -> int:

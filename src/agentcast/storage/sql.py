@@ -98,39 +98,50 @@ _Row = tuple[str, int, str, str, float, str, int | None, float | None]
 _COLUMNS = ("topic", "seq", "type", "timestamp", "at", "data", "last_seq", "last_at")
 
 
+_YIELD_EVERY_EVENTS = 512
+"""``append`` lets the event loop run after encoding this many events' rows (~0.4 ms): a
+batch of 10,000 chat tokens is not one 8 ms stall of every connection."""
+
+
+def by_topic(events: list[Publication]) -> dict[str, list[Publication]]:
+    """``events`` split by topic, each topic's in the order given."""
+    topics: dict[str, list[Publication]] = {}
+    for p in events:
+        pubs = topics.get(p.topic)
+        if pubs is None:
+            topics[p.topic] = [p]
+        else:
+            pubs.append(p)
+    return topics
+
+
 def event_rows(events: list[Publication]) -> list[_Row]:
     """The rows storing ``events``: one per run of consecutive seqs of one topic (a
     duplicate seq within ``events`` keeps its first copy)."""
-    by_topic: dict[str, list[Publication]] = {}
-    for p in events:
-        pubs = by_topic.get(p.topic)
-        if pubs is None:
-            by_topic[p.topic] = [p]
-        else:
-            pubs.append(p)
     rows: list[_Row] = []
-    for topic, pubs in by_topic.items():
-        first = pubs[0].seq
-        if [p.seq for p in pubs] == list(range(first, first + len(pubs))):
-            rows.append(_row(topic, pubs))  # the usual case: one run, in order
-            continue
-        pubs.sort(key=_seq)  # stable: the first copy of a seq stays first
-        start = 0
-        for end in range(1, len(pubs) + 1):
-            if end < len(pubs):
-                gap = pubs[end].seq - pubs[end - 1].seq
-                if gap == 1:
-                    continue
-                if gap == 0:  # a duplicate: dropped below
-                    continue
-            run = [
-                p
-                for i, p in enumerate(pubs[start:end], start)
-                if i == start or pubs[i - 1].seq != p.seq
-            ]
-            rows.append(_row(topic, run))
-            start = end
+    for topic, pubs in by_topic(events).items():
+        topic_rows(topic, pubs, rows)
     return rows
+
+
+def topic_rows(topic: str, pubs: list[Publication], rows: list[_Row]) -> None:
+    """Append to ``rows`` the rows storing ``pubs``, events of ``topic``."""
+    first = pubs[0].seq
+    if [p.seq for p in pubs] == list(range(first, first + len(pubs))):
+        rows.append(_row(topic, pubs))  # the usual case: one run, in order
+        return
+    pubs.sort(key=_seq)  # stable: the first copy of a seq stays first
+    start = 0
+    for end in range(1, len(pubs) + 1):
+        if end < len(pubs) and pubs[end].seq - pubs[end - 1].seq in (0, 1):
+            continue  # the run goes on (a duplicate is dropped below)
+        run = [
+            p
+            for i, p in enumerate(pubs[start:end], start)
+            if i == start or pubs[i - 1].seq != p.seq
+        ]
+        rows.append(_row(topic, run))
+        start = end
 
 
 def _row(topic: str, run: list[Publication]) -> _Row:
@@ -249,9 +260,17 @@ class SqlRunStore(RunStore):
     async def append(self, events: list[Publication]) -> None:
         if not events:
             return
+        rows: list[_Row] = []
+        encoded = 0
+        for topic, pubs in by_topic(events).items():
+            topic_rows(topic, pubs, rows)
+            encoded += len(pubs)
+            if encoded >= _YIELD_EVERY_EVENTS:
+                encoded = 0
+                await asyncio.sleep(0)
         try:
             async with self._engine.begin() as conn:
-                await self._write_rows(conn, event_rows(events))
+                await self._write_rows(conn, rows)
         except SQLAlchemyError as exc:
             raise StoreError(f"storing {len(events)} events failed: {exc}") from exc
 

@@ -104,10 +104,6 @@ size is ``_WRITE_GROUP`` (8) while the process is busy, 1 (each event written as
 published) while it has CPU to spare: :class:`~agentcast.core.writes.WriteGrouping`."""
 
 
-_cpu_time = time.process_time
-"""The process's CPU time (every thread), for :class:`WriteGrouping`."""
-
-
 def _log_failure(task: asyncio.Task[Any]) -> None:
     """A background task that died of an exception says so in the log (once)."""
     if not task.cancelled() and (exc := task.exception()) is not None:
@@ -779,7 +775,7 @@ class Gateway:
         grouping = self._grouping
         now = self.loop.time()
         if now >= grouping.next_at:  # ~every 0.1 s: how busy the process was since
-            self._write_group = grouping.observe(now, _cpu_time())
+            self._write_group = grouping.observe(now, time.process_time())
         self._write(self.hub.take_dirty())
         if self._writable:  # bulk producers waiting for room (wait_writable)
             for waiter in self._writable.values():

@@ -192,9 +192,6 @@ if not hasattr(g, "_WRITE_GROUP"):
     raise SystemExit("write-group/write-now: this checkout has no group writes")
 g._WRITE_GROUP = int(os.environ.get("WRITE_GROUP", "16"))
 g._WRITE_BUDGET = g.Gateway._write_now_left = int(os.environ.get("WRITE_BUDGET", "64"))
-if hasattr(g, "WriteGrouping"):  # a fixed group: no load-based choice
-    g.Gateway._write_group = g._WRITE_GROUP
-    g.WriteGrouping.observe = lambda self, now, cpu: g._WRITE_GROUP
 """,
     "budget-128": "os.environ['WRITE_BUDGET'] = '128'",
     "group-8": "os.environ['WRITE_GROUP'] = '8'",

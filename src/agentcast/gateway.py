@@ -41,7 +41,6 @@ from agentcast.core.hub import RESET, Hub
 from agentcast.core.outbox import Outbox
 from agentcast.core.ratelimit import Rate, RateLimiter
 from agentcast.core.session import Admission, Credentials, Keepalive, Session, Writer
-from agentcast.core.writes import GROUPED, WriteGrouping
 from agentcast.errors import (
     BrokerError,
     CommandError,
@@ -91,17 +90,15 @@ return the data to publish instead (defaults filled in, a new dict), or None to 
 
 _MAX_PENDING_COMMANDS = 256
 _YIELD_EVERY_PUSHES = 16384
-_WRITE_GROUP = GROUPED
+_WRITE_GROUP = 8
 _WRITE_BUDGET = 128
-"""Within one event-loop iteration, as soon as the group size's outboxes are dirty they are
+"""Within one event-loop iteration, as soon as ``_WRITE_GROUP`` outboxes are dirty they are
 written at once (a group of writes back to back), until ``_WRITE_BUDGET`` outboxes were
 written so; the rest coalesce into one write per connection at the iteration's end. A
 producer publishing a run of events to many connections (a paced producer catching up
 with its schedule) no longer holds every frame of the run until it yields, and a burst
 (many events, or one event to many subscribers) still coalesces: W5 at 30,000 events/s
-p99 0.85 -> 0.32 ms; W3 pays at most 128 single-frame writes per iteration. The group
-size is ``_WRITE_GROUP`` (8) while the process is busy, 1 (each event written as it is
-published) while it has CPU to spare: :class:`~agentcast.core.writes.WriteGrouping`."""
+p99 0.85 -> 0.32 ms; W3 pays at most 128 single-frame writes per iteration."""
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
@@ -128,8 +125,6 @@ class Gateway:
 
     _write_now_left: int = _WRITE_BUDGET
     """Outboxes this loop iteration may still write early (see ``_WRITE_BUDGET``)."""
-    _write_group: int = _WRITE_GROUP
-    """Dirty outboxes that make an early write (``_grouping``'s current choice)."""
 
     def __init__(
         self,
@@ -209,7 +204,6 @@ class Gateway:
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_handle: asyncio.Handle | None = None
-        self._grouping = WriteGrouping()
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pushes_at_yield = 0
@@ -761,7 +755,7 @@ class Gateway:
         dirty = hub.dirty
         if dirty:
             left = self._write_now_left
-            if self._write_group <= len(dirty) <= left:  # a group, early in the iteration
+            if _WRITE_GROUP <= len(dirty) <= left:  # a group, early in the iteration
                 self._write_now_left = left - len(dirty)
                 self._write(hub.take_dirty())
             if self._flush_handle is None:  # the rest, and the budget's reset
@@ -772,10 +766,6 @@ class Gateway:
         self._flush_handle = None
         self._write_now_left = _WRITE_BUDGET
         self.stats.flushes += 1
-        grouping = self._grouping
-        now = self.loop.time()
-        if now >= grouping.next_at:  # ~every 0.1 s: how busy the process was since
-            self._write_group = grouping.observe(now, time.process_time())
         self._write(self.hub.take_dirty())
         if self._writable:  # bulk producers waiting for room (wait_writable)
             for waiter in self._writable.values():

@@ -8,8 +8,6 @@ The real gateway, hub and in-memory broker, without sockets: writers record thei
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -17,7 +15,6 @@ import pytest
 
 from agentcast.codes import CloseCode
 from agentcast.core.envelope import payload_of_frame
-from agentcast.core.writes import AT_ONCE, WriteGrouping
 from agentcast.gateway import _WRITE_BUDGET, _WRITE_GROUP, Gateway
 from agentcast.policy import Principal
 from agentcast.settings import Settings
@@ -50,9 +47,7 @@ class Recorder:
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
-    """A gateway writing in groups (its load-based choice pinned: see the last tests)."""
     gw = Gateway(Settings(store_url=""))
-    gw._grouping.next_at = math.inf
     await gw.start()
     try:
         yield gw
@@ -141,56 +136,3 @@ async def test_a_failing_writer_is_closed_and_harms_no_one_else(gateway: Gateway
     gateway.publish_now("u0", "e", {"i": 0})  # the closed one is no longer written to
     await asyncio.wait_for(_iteration(gateway), UNIT)
     assert not bad.writes
-
-
-async def test_an_idle_gateway_writes_each_event_as_it_is_published() -> None:
-    """The load-based choice, on the real clock: after an idle window the group size is 1,
-    so a lone event leaves inside ``publish`` (no wait for the iteration's end); a fan-out
-    past the budget still coalesces."""
-    gw = Gateway(Settings(store_url=""))
-    gw._grouping = WriteGrouping(window=0.01)
-    await gw.start()
-    try:
-        writers = await subscribed(gw, ["t", "u"])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + UNIT
-        while gw._write_group != AT_ONCE:  # flushes decide, once a window has passed
-            assert loop.time() < deadline, "an idle gateway kept writing in groups"
-            await asyncio.sleep(0.02)  # idle time for the next window to measure
-            gw.publish_now("u", "tick", {})
-            await asyncio.wait_for(_iteration(gw), UNIT)
-        await gw.publish("t", "e", {"n": 1})
-        assert writers[0].types() == ["e"]  # written inside publish
-        fans = await subscribed(gw, ["fan"] * (_WRITE_BUDGET + 1))
-        gw.publish_now("fan", "e", {})
-        assert all(not w.writes for w in fans)
-        await asyncio.wait_for(_iteration(gw), UNIT)
-        assert all(len(w.writes) == 1 for w in fans)
-    finally:
-        await gw.stop()
-
-
-async def test_a_busy_gateway_goes_back_to_groups() -> None:
-    gw = Gateway(Settings(store_url=""))
-    gw._grouping = WriteGrouping(window=0.01)
-    await gw.start()
-    try:
-        writers = await subscribed(gw, [f"u{i}" for i in range(_WRITE_GROUP)])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + UNIT
-        gw._write_group = AT_ONCE
-        gw._grouping.group = AT_ONCE
-        while gw._write_group != _WRITE_GROUP:
-            assert loop.time() < deadline, "a busy gateway kept writing at once"
-            spin = time.process_time() + 0.02
-            while time.process_time() < spin:  # a full core's worth of work
-                pass
-            gw.publish_now("u0", "tick", {})
-            await asyncio.wait_for(_iteration(gw), UNIT)
-        for w in writers:
-            w.writes.clear()
-        for i in range(_WRITE_GROUP - 1):
-            gw.publish_now(f"u{i}", "e", {"i": i})
-        assert all(not w.writes for w in writers)
-    finally:
-        await gw.stop()

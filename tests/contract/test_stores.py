@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from alembic import command
 from alembic.config import Config
@@ -190,8 +191,9 @@ async def test_missing_service_skips_unless_required(monkeypatch: pytest.MonkeyP
 
 
 async def test_prune_keeps_each_topics_last_event_and_other_prefixes(store: RunStore) -> None:
-    # pub() publishes seq n at 1000 + n
-    await store.append([pub("chat:a", n) for n in range(1, 6)] + [pub("chat:b", 1)])
+    # pub() publishes seq n at 1000 + n; one append per event (batches: see below)
+    for n in range(1, 6):
+        await store.append([pub("chat:a", n)] + ([pub("chat:b", 1)] if n == 1 else []))
     await store.append([pub("workflow:w", n) for n in range(1, 4)] + [pub("chat;x", 1)])
     assert await store.last_seqs("chat:") == {"chat:a": 5, "chat:b": 1}
     assert await store.prune("chat:", before=1003.5) == 3  # chat:a 1..3; chat:b 1 is its last
@@ -204,3 +206,133 @@ async def test_prune_keeps_each_topics_last_event_and_other_prefixes(store: RunS
     assert (await store.last_seqs())["workflow:w"] == 3
     await store.delete_events("chat:a")
     assert await store.last_seqs("chat:") == {"chat:b": 1}
+
+
+def timed(topic: str, seq: int, at: float, type: str = "chat:streaming") -> Publication:
+    data = b'{"index":%d,"chunk":"t\\u00e9 %d","at":%r}' % (seq, seq, at)
+    return Publication(topic, seq, type, data, format_timestamp(at), at)
+
+
+async def test_a_batchs_runs_of_events_come_back_one_by_one_exactly(store: RunStore) -> None:
+    """A batch holding runs of consecutive events (a chat stream's deltas, stored as one
+    record per run by the SQL store) reads back event by event: seq, type, timestamp,
+    ``at`` and data as appended, from any ``since``, with any ``limit``."""
+    ats = [1_700_000_000.123456 + n / 7 for n in range(13)]
+    batch = [
+        timed("chat:r", n, ats[n], "chat:message" if n == 6 else "chat:streaming")
+        for n in range(1, 11)
+    ]
+    batch.insert(3, timed("chat:other", 1, ats[0]))  # interleaved topics
+    await store.append(batch)
+    await store.append([timed("chat:r", 11, ats[11]), timed("chat:r", 12, ats[12])])
+    events = await store.events("chat:r", 0)
+    assert [e.seq for e in events] == list(range(1, 13))
+    for e in events:
+        assert (e.type, e.at, e.timestamp) == (
+            "chat:message" if e.seq == 6 else "chat:streaming",
+            ats[e.seq],
+            format_timestamp(ats[e.seq]),
+        )
+        assert e.data == {"index": e.seq, "chunk": f"t\u00e9 {e.seq}", "at": ats[e.seq]}
+    for since in range(13):
+        assert [e.seq for e in await store.events("chat:r", since)] == list(range(since + 1, 13))
+        for limit in (1, 2, 5, 20):
+            got = [e.seq for e in await store.events("chat:r", since, limit)]
+            assert got == list(range(since + 1, min(12, since + limit) + 1))
+    assert [e.seq for e in await store.events("chat:other", 0)] == [1]
+    assert await store.last_seqs("chat:") == {"chat:r": 12, "chat:other": 1}
+
+
+async def test_runs_with_gaps_unsorted_and_duplicates_keep_each_seq_once(store: RunStore) -> None:
+    await store.append([pub("chat:g", n) for n in (5, 1, 2, 7, 3, 2, 8)])
+    events = await store.events("chat:g", 0)
+    assert [e.seq for e in events] == [1, 2, 3, 5, 7, 8]
+    assert await store.last_seqs("chat:") == {"chat:g": 8}
+    assert [e.seq for e in await store.events("chat:g", 3)] == [5, 7, 8]
+    assert [e.seq for e in await store.events("chat:g", 5, limit=1)] == [7]
+
+
+async def test_a_batch_resent_with_more_events_is_stored_once_and_whole(store: RunStore) -> None:
+    """What the recorder does after a write whose outcome it did not learn (the gateway
+    stopping mid-commit): the same events again, with newer ones behind them, some
+    overlapping a stored run from inside it."""
+    await store.append([pub("chat:s", n) for n in range(1, 4)])
+    await store.append([pub("chat:s", n) for n in range(1, 7)])  # same start, longer
+    await store.append([pub("chat:s", n) for n in range(5, 10)])  # starts inside 1..6
+    await store.append([pub("chat:s", n) for n in range(1, 3)])  # shorter: kept as is
+    events = await store.events("chat:s", 0)
+    assert [e.seq for e in events] == list(range(1, 10))
+    assert all(e.data == {"m": 1} for e in events)
+    assert await store.last_seqs("chat:") == {"chat:s": 9}
+    for since in range(10):
+        assert [e.seq for e in await store.events("chat:s", since, limit=3)] == list(
+            range(since + 1, min(9, since + 3) + 1)
+        )
+
+
+async def test_prune_cuts_runs_of_events_stored_as_one_record(store: RunStore) -> None:
+    """Retention is per event, also inside a run appended in one batch (one record in the
+    SQL store): the old part goes, the rest reads back unchanged."""
+    await store.append([pub("chat:p", n) for n in range(1, 5)])  # at 1001..1004, one run
+    await store.append([pub("chat:p", n) for n in range(5, 8)] + [pub("chat:q", 1)])
+    await store.append([pub("chat:q", n) for n in range(2, 5)])
+    assert await store.prune("chat:", before=1002.5) == 4  # chat:p 1, 2; chat:q 1, 2
+    assert [e.seq for e in await store.events("chat:p", 0)] == list(range(3, 8))
+    assert [e.seq for e in await store.events("chat:p", 3, limit=2)] == [4, 5]
+    assert await store.prune("chat:", before=1005.5) == 4  # chat:p 3..5; chat:q 3
+    assert [(e.seq, e.at) for e in await store.events("chat:p", 0)] == [(6, 1006.0), (7, 1007.0)]
+    assert await store.prune("chat:", before=1e9) == 1  # chat:p 6: each topic keeps its last
+    assert [e.seq for e in await store.events("chat:p", 0)] == [7]
+    assert [e.seq for e in await store.events("chat:q", 0)] == [4]
+    assert await store.prune("chat:", before=1e9) == 0
+    assert await store.last_seqs("chat:") == {"chat:p": 7, "chat:q": 4}
+    await store.append([pub("chat:p", 8)])
+    assert [e.seq for e in await store.events("chat:p", 6)] == [7, 8]
+
+
+async def test_migration_0004_keeps_single_event_rows_readable(store: RunStore) -> None:
+    """Rows stored before 0004 (one per event) read as before, next to runs stored after,
+    and a downgrade to 0003 expands the runs into one row per event."""
+    await store.stop()
+    url: str = store.url  # type: ignore[attr-defined]
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: _downgrade_to(c, "0003"))
+            await conn.run_sync(
+                lambda c: c.exec_driver_sql(
+                    "INSERT INTO agentcast_run_events (topic, seq, type, timestamp, at, data)"
+                    " VALUES ('chat:old', 1, 'log', 't1', 1.5, '{\"m\": 1}'),"
+                    " ('chat:old', 2, 'log', 't2', 2.5, '{\"m\": 2}')"
+                )
+            )
+    finally:
+        await engine.dispose()
+    await store.start()  # upgrades to head
+    await store.append([pub("chat:old", n, data=b'{"m":%d}' % n) for n in range(3, 6)])
+    events = await store.events("chat:old", 0)
+    assert [(e.seq, e.data) for e in events] == [(n, {"m": n}) for n in range(1, 6)]
+    assert events[0].timestamp == "t1" and events[0].at == 1.5
+    assert await store.last_seqs("chat:") == {"chat:old": 5}
+    await store.stop()
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: _downgrade_to(c, "0003"))
+            rows = await conn.run_sync(
+                lambda c: c.exec_driver_sql(
+                    "SELECT seq, data FROM agentcast_run_events WHERE topic = 'chat:old'"
+                    " ORDER BY seq"
+                ).all()
+            )
+    finally:
+        await engine.dispose()
+    assert [(seq, orjson.loads(data)) for seq, data in rows] == [(n, {"m": n}) for n in range(1, 6)]
+    await store.start()
+
+
+def _downgrade_to(connection: Any, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)

@@ -87,7 +87,12 @@ class RunStore(ABC):
 
     @abstractmethod
     async def append(self, events: list[Publication]) -> None:
-        """Store events (idempotent on ``(topic, seq)``), in one transaction."""
+        """Store events (idempotent on ``(topic, seq)``), in one transaction. A store may
+        keep a run of consecutive events of one topic as one record (the SQL store does):
+        :meth:`events` gives them back one by one, exactly as appended. A seq stored
+        already keeps its stored copy, except where the SQL store replaces a record by a
+        longer one starting at the same seq (a batch re-sent with more events behind it,
+        whose copies are the same)."""
 
     @abstractmethod
     async def upsert_runs(self, runs: list[RunSummary]) -> None:

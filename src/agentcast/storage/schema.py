@@ -45,6 +45,10 @@ run_events = Table(
     Column("timestamp", String(40), nullable=False),
     Column("at", Float, nullable=False),
     Column("data", Text, nullable=False),
+    # NULL: the row is one event; else it holds seq … last_seq, the newest published at
+    # last_at (0004, see storage/sql.py)
+    Column("last_seq", BigInteger),
+    Column("last_at", Float),
 )
 
 conversations = Table(

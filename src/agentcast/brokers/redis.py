@@ -70,7 +70,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, NoScriptError, RedisError, ResponseError
@@ -403,8 +403,13 @@ class RedisBroker(Broker):
             options["socket_timeout"] = 5.0
         if "socket_connect_timeout" not in query:
             options["socket_connect_timeout"] = 5.0
+        # bounded (default 32, the URL's max_connections): 1,000 subscribes at once must
+        # queue for a connection, not open 1,000 sockets (and run out of descriptors);
+        # waiting longer than the connect timeout is a BrokerError (nothing was sent)
+        options.setdefault("max_connections", 32)
+        options["timeout"] = float(query.get("socket_connect_timeout", 5.0))
         try:
-            return ConnectionPool.from_url(self.redis_url, **options)
+            return BlockingConnectionPool.from_url(self.redis_url, **options)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid Redis URL {redact_url(self.url)!r}: {exc}") from None
 

@@ -21,6 +21,7 @@ __all__ = [
     "EventFrame",
     "PingCommand",
     "PongFrame",
+    "PresenceCommand",
     "PublishCommand",
     "ServerFrame",
     "SubscribeCommand",
@@ -96,6 +97,13 @@ class PingCommand(ClientCommand):
     """Application-level ping, answered by ``pong`` (the bare text ``ping`` works too)."""
 
     type: Literal["ping"] = "ping"
+
+
+class PresenceCommand(_TopicCommand):
+    """Who is subscribed to a topic on every node (answered by ``presence``); refused
+    like ``subscribe`` where the client may not subscribe."""
+
+    type: Literal["presence"] = "presence"
 
 
 class PublishCommand(_TopicCommand):

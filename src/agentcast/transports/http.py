@@ -27,7 +27,7 @@ from agentcast.__about__ import __version__
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
 from agentcast.errors import BrokerError, ProtocolError, PublishOutcomeUnknownError
-from agentcast.gateway import Gateway
+from agentcast.gateway import Gateway, presence_data
 from agentcast.security.origin import OriginMiddleware, OriginPolicy
 from agentcast.transports.asgi import websocket_not_found, websocket_route
 from agentcast.transports.bodylimit import BodyLimit
@@ -75,6 +75,19 @@ class TopicOut(BaseModel):
     subscribers: int
 
 
+class PresenceUser(BaseModel):
+    user: str
+    connections: int
+
+
+class PresenceOut(BaseModel):
+    topic: str
+    users: list[PresenceUser] = Field(description="Users subscribed, by name, on every node.")
+    anonymous: int = Field(description="Anonymous connections subscribed (open dev mode).")
+    connections: int = Field(description="Connections subscribed in all.")
+    nodes: int = Field(description="Nodes with at least one subscriber.")
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -86,6 +99,12 @@ class Health(BaseModel):
         description="Topics the broker knows; with authentication on, shown to admin only."
     )
     uptime_s: float
+    node: str = Field(description="This process's id in the cluster (hostname:pid:random).")
+    nodes: int | None = Field(
+        None,
+        description="Live nodes in the cluster state at its last heartbeat (1 in-process); "
+        "with authentication on, shown to admin only.",
+    )
     history: dict[str, int] | None = Field(
         None,
         description="The in-process history and its budget (memory broker): bytes, "
@@ -113,6 +132,8 @@ def http_router(gateway: Gateway) -> APIRouter:
             connections=len(gateway.sessions) if counters else None,
             topics=len(gateway.broker.topics()) if counters else None,
             uptime_s=round(time.monotonic() - started, 3),
+            node=gateway.cluster.node,
+            nodes=gateway.cluster.nodes() if counters else None,
             history=gateway.broker.history_usage(),
         )
 
@@ -215,6 +236,29 @@ def http_router(gateway: Gateway) -> APIRouter:
             complete=page.complete,
             events=[pub.to_dict() for pub in page.publications],
         )
+
+    @router.get(
+        "/api/topics/{topic:path}/presence",
+        response_model=PresenceOut,
+        tags=["events"],
+        responses={403: {"description": "Forbidden"}, 503: {"description": "Unavailable"}},
+    )
+    async def presence(
+        request: Request, topic: Annotated[str, Path(description="Topic name.")]
+    ) -> PresenceOut:
+        """Who is subscribed to ``topic`` on every live node (users and their connections,
+        anonymous connections); 403, as for reading it, where the caller may not
+        subscribe (whether or not anyone is there)."""
+        if not valid_topic(topic):
+            raise http_error(400, ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", "topic")
+        principal = await principal_of(gateway, request)
+        if not await gateway.may_subscribe(principal, topic):
+            raise http_error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")
+        try:
+            found = await gateway.presence(topic)
+        except BrokerError as exc:
+            raise http_error(503, ErrorCode.UNAVAILABLE, f"presence unavailable: {exc}") from exc
+        return PresenceOut(topic=topic, **presence_data(found))
 
     @router.get("/api/topics", response_model=list[TopicOut], tags=["events"])
     async def topics(request: Request) -> list[TopicOut]:

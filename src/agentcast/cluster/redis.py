@@ -1,0 +1,447 @@
+"""Cluster state on Redis (redis-py asyncio): counts, rate consumption and presence
+shared by every node on one Redis (``redis://host:port/db?prefix=name``).
+
+Keys (all under the hash tag ``{prefix}``, so that a Redis Cluster keeps them on one
+slot and the scripts may touch them together):
+
+* ``{p}:nodes``: sorted set, node id → its last heartbeat (Redis's clock, ms). A node is
+  live while its heartbeat is younger than ``ttl``.
+* ``{p}:conns:<node>``: hash, user → connections on that node; ``PEXPIRE ttl`` at every
+  heartbeat, so a dead node's counts vanish by themselves.
+* ``{p}:presence:<node>``: hash, topic → ``[{user: connections}, anonymous]`` (JSON) of
+  that node's subscribers; the same expiry.
+* channel ``{p}:rates``: each node publishes, every ``sync_interval``, the tokens its
+  users drew (``{"n": node, "d": {user: {kind: tokens}}}``); the others charge them.
+
+Ordering: every command goes through one connection (``single_connection_client``:
+redis-py serializes them with a FIFO lock), in the order the gateway made the calls, and
+this node's entries are written as absolute values it computes synchronously right before
+the call. So a heartbeat and a reservation can never undo each other, and a retried
+command (after a timeout) writes the same value again.
+
+**Reservations** (:meth:`RedisClusterState.reserve`) are one Lua script, atomic in Redis:
+sum the user's count on every other live node, add this node's own (the reservation
+included), and write this node's count only if the total stays within the limit. Two
+handshakes on two nodes at once are serialized by Redis: at most ``limit`` connections
+are ever granted while every node is live. One round trip per authenticated handshake.
+
+**Staleness.** A release (a connection closed) reaches Redis with the next sync, which is
+woken at once (a few ms later unless a sync is in flight): until then another node still
+counts it. A dead node's counts and presence vanish at most ``ttl`` after its last
+heartbeat (``heartbeat`` < ``ttl``). Rate consumption is exchanged every
+``sync_interval``; a lost message (pub/sub is at most once: a reconnecting subscriber)
+is never charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from agentcast.cluster.base import ClusterState, LocalView, TopicPresence
+from agentcast.errors import BrokerError
+
+__all__ = ["RedisClusterState"]
+
+logger = logging.getLogger("agentcast.cluster")
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+"""
+
+_RESERVE = (
+    _NOW
+    + """
+-- KEYS: nodes, own conns. ARGV: node, ttl_ms, base, subject, own count (with this one), limit
+local total = tonumber(ARGV[5])
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, '+inf')) do
+  if node ~= ARGV[1] then
+    local c = redis.call('HGET', ARGV[3] .. ':conns:' .. node, ARGV[4])
+    if c then total = total + tonumber(c) end
+  end
+end
+if total > tonumber(ARGV[6]) then return total - 1 end
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+return -1
+"""
+)
+
+_FLUSH = (
+    _NOW
+    + """
+-- KEYS: nodes, own conns, own presence. ARGV: node, ttl_ms, reset, n, n x (user, count),
+-- m, m x (topic, json): count '0' / json '' deletes
+if ARGV[3] == '1' then redis.call('DEL', KEYS[2], KEYS[3]) end
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  if ARGV[i + 1] == '0' then redis.call('HDEL', KEYS[2], ARGV[i])
+  else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  i = i + 2
+end
+local m = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, m do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[3], ARGV[i])
+  else redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+  i = i + 2
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {redis.call('HLEN', KEYS[2]), redis.call('HLEN', KEYS[3]), redis.call('ZCARD', KEYS[1])}
+"""
+)
+
+_PRESENCE = (
+    _NOW
+    + """
+-- KEYS: nodes. ARGV: node, ttl_ms, base, topic
+local out = {}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, '+inf')) do
+  if node ~= ARGV[1] then
+    local v = redis.call('HGET', ARGV[3] .. ':presence:' .. node, ARGV[4])
+    if v then
+      out[#out + 1] = node
+      out[#out + 1] = v
+    end
+  end
+end
+return out
+"""
+)
+
+_WITHDRAW = """
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """The URL without agentcast's own ``prefix`` parameter, and the prefix."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = "agentcast"
+    kept = []
+    for name, value in query:
+        if name == "prefix":
+            prefix = value or prefix
+        else:
+            kept.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(kept))), prefix
+
+
+class RedisClusterState(ClusterState):
+    """One node's share of the cluster state in Redis (see the module docstring)."""
+
+    distributed = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        heartbeat: float = 1.0,
+        ttl: float = 5.0,
+        sync_interval: float = 0.25,
+        node: str | None = None,
+        timeout: float = 1.0,
+    ) -> None:
+        super().__init__(node)
+        if not 0 < heartbeat < ttl:
+            raise ValueError(f"the heartbeat ({heartbeat} s) must be shorter than ttl ({ttl} s)")
+        self.url, self.prefix = _split_url(url)
+        self.heartbeat = heartbeat
+        self.ttl = ttl
+        self.sync_interval = min(sync_interval, heartbeat)
+        self.timeout = timeout
+        self.base = "{" + self.prefix + "}"
+        self.k_nodes = f"{self.base}:nodes"
+        self.k_conns = f"{self.base}:conns:{self.node}"
+        self.k_presence = f"{self.base}:presence:{self.node}"
+        self.channel = f"{self.base}:rates"
+        self.counts: dict[str, int] = {}
+        """This node's connections per user, reservations in flight included."""
+        self._dirty_users: set[str] = set()
+        self._dirty_topics: set[str] = set()
+        self._present: set[str] = set()
+        """Topics this node's presence hash holds (when in sync)."""
+        self._reset = True
+        """Rewrite this node's part in full at the next flush (start, after a failure)."""
+        self._view: LocalView | None = None
+        self._client: Redis | None = None
+        self._subscriber: Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake: asyncio.Event | None = None
+        self._live_nodes: int | None = None
+        self._failing = False
+        self.charged = 0.0
+        """Tokens charged here for what other nodes reported (counter)."""
+        self._ready: asyncio.Future[None] | None = None
+
+    def _redis(self, **kwargs: Any) -> Redis:
+        return Redis.from_url(
+            self.url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 1),
+            **kwargs,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self, view: LocalView) -> None:
+        self._view = view
+        self._client = client = self._redis(single_connection_client=True)
+        self._reserve = client.register_script(_RESERVE)
+        self._flush_script = client.register_script(_FLUSH)
+        self._presence_script = client.register_script(_PRESENCE)
+        self._withdraw = client.register_script(_WITHDRAW)
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            self._client = None
+            raise BrokerError(f"cluster state: Redis unreachable at {self.url}: {exc}") from exc
+        self._subscriber = self._redis()
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._ready = loop.create_future()
+        self._reset = True
+        await self._sync()  # this node is live before its first handshake
+        self._tasks = [
+            loop.create_task(self._listen(), name="agentcast-cluster-rates"),
+            loop.create_task(self._run(), name="agentcast-cluster-sync"),
+        ]
+        with contextlib.suppress(TimeoutError):  # the subscription, to share rates at once
+            await asyncio.wait_for(asyncio.shield(self._ready), self.timeout * 5)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._withdraw(keys=self._keys(), args=[self.node])
+            await client.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
+        self._client = self._subscriber = None
+
+    def _keys(self) -> list[str]:
+        return [self.k_nodes, self.k_conns, self.k_presence]
+
+    # -- connections -----------------------------------------------------------------
+
+    def reserve(self, subject: str, limit: int) -> Awaitable[int | None]:
+        count = self.counts.get(subject, 0) + 1
+        self.counts[subject] = count  # before the call: a flush built meanwhile includes it
+        args = [self.node, math.ceil(self.ttl * 1000), self.base, subject, count, limit]
+        return self._reserve_call(subject, args)
+
+    async def _reserve_call(self, subject: str, args: list[Any]) -> int | None:
+        try:
+            held = await self._reserve(keys=self._keys()[:2], args=args)
+        except (RedisError, OSError) as exc:
+            self._failed("reserve", exc)
+            return None  # fail open: the per-node limit still holds
+        self._recovered()
+        if int(held) < 0:
+            return None
+        self._drop(subject)
+        return int(held)
+
+    def release(self, subject: str) -> None:
+        if subject in self.counts:
+            self._drop(subject)
+
+    def _drop(self, subject: str) -> None:
+        left = self.counts.get(subject, 0) - 1
+        if left > 0:
+            self.counts[subject] = left
+        else:
+            self.counts.pop(subject, None)
+        self._dirty_users.add(subject)
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- presence --------------------------------------------------------------------
+
+    def topic_changed(self, topic: str) -> None:
+        self._dirty_topics.add(topic)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def presence(self, topic: str) -> TopicPresence:
+        found = TopicPresence()
+        if self._client is None:
+            return found
+        try:
+            flat = await self._presence_script(
+                keys=[self.k_nodes], args=[self.node, math.ceil(self.ttl * 1000), self.base, topic]
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("presence", exc)
+            raise BrokerError(f"presence unavailable: {exc}") from exc
+        for i in range(1, len(flat), 2):
+            try:
+                users, anonymous = orjson.loads(flat[i])
+                found.add(
+                    {str(u): int(c) for u, c in users.items()},
+                    int(anonymous),
+                )
+            except (ValueError, TypeError, AttributeError):
+                logger.warning("cluster state: bad presence entry of node %r", flat[i - 1])
+        return found
+
+    def nodes(self) -> int | None:
+        return self._live_nodes
+
+    # -- the sync loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        last_beat = loop.time()
+        backoff = self.sync_interval
+        while True:
+            self._wake.clear()
+            try:
+                await self._publish_rates()
+                if (
+                    self._dirty_users
+                    or self._dirty_topics
+                    or self._reset
+                    or loop.time() - last_beat >= self.heartbeat
+                ):
+                    await self._sync()
+                    last_beat = loop.time()
+                backoff = self.sync_interval
+            except (RedisError, OSError) as exc:
+                self._failed("sync", exc)
+                backoff = min(backoff * 2, self.heartbeat)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff)
+
+    async def _sync(self) -> None:
+        """One heartbeat: this node's changed counts and presence (everything after a
+        reset), its expiry refreshed. Built synchronously, right before the call."""
+        view = self._view
+        assert view is not None
+        reset = self._reset
+        counts = self.counts
+        users = list(counts) if reset else list(self._dirty_users)
+        topics = list(view.local_topics()) if reset else list(self._dirty_topics)
+        self._dirty_users = set()
+        self._dirty_topics = set()
+        self._reset = False
+        args: list[Any] = [self.node, math.ceil(self.ttl * 1000), "1" if reset else "0", len(users)]
+        for user in users:
+            args += (user, counts.get(user, 0))
+        args.append(len(topics))
+        present = self._present
+        if reset:
+            present.clear()
+        for topic in topics:
+            members, anonymous = view.local_presence(topic)
+            if members or anonymous:
+                args += (topic, orjson.dumps([members, anonymous]))
+                present.add(topic)
+            else:
+                args += (topic, "")
+                present.discard(topic)
+        try:
+            n_conns, n_presence, live = await self._flush_script(keys=self._keys(), args=args)
+        except BaseException:
+            self._reset = True  # what was taken is unknown: rewrite it all next time
+            raise
+        self._recovered()
+        self._live_nodes = int(live)
+        mismatch = int(n_conns) != len(self.counts) or int(n_presence) != len(self._present)
+        if mismatch and not (self._dirty_users or self._dirty_topics):  # not merely in flight
+            self._reset = True  # expired meanwhile (an outage) or a flushed Redis
+
+    async def _publish_rates(self) -> None:
+        view = self._view
+        assert view is not None
+        assert self._client is not None
+        drawn = view.take_drawn()
+        if drawn:
+            await self._client.publish(self.channel, orjson.dumps({"n": self.node, "d": drawn}))
+
+    async def _listen(self) -> None:
+        assert self._subscriber is not None
+        backoff = self.sync_interval
+        while True:
+            pubsub: PubSub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(None)
+                backoff = self.sync_interval
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None and message.get("type") == "message":
+                        self._apply(message["data"])
+            except (RedisError, OSError) as exc:
+                self._failed("rate subscription", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.heartbeat)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    def _apply(self, raw: bytes) -> None:
+        """Charge what another node reported; anything malformed is skipped."""
+        view = self._view
+        try:
+            message = orjson.loads(raw)
+            if message.get("n") == self.node or view is None:
+                return
+            for subject, kinds in message["d"].items():
+                for kind, tokens in kinds.items():
+                    amount = float(tokens)
+                    if isinstance(subject, str) and isinstance(kind, str) and amount > 0:
+                        view.charge(subject, kind, amount)
+                        self.charged += amount
+        except (ValueError, TypeError, AttributeError, KeyError):
+            logger.warning("cluster state: malformed rate message skipped")
+
+    # -- failures --------------------------------------------------------------------
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.errors += 1
+        self._reset = True
+        if not self._failing:
+            self._failing = True
+            logger.warning(
+                "cluster state: Redis %s failed (%s); limits hold per node until it is back",
+                what,
+                exc,
+            )
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            logger.warning("cluster state: Redis is back")

@@ -195,6 +195,7 @@ class RedisClusterState(ClusterState):
         self.charged = 0.0
         """Tokens charged here for what other nodes reported (counter)."""
         self._ready: asyncio.Future[None] | None = None
+        self._closed = False
 
     def _redis(self, **kwargs: Any) -> Redis:
         return Redis.from_url(
@@ -221,6 +222,7 @@ class RedisClusterState(ClusterState):
             self._client = None
             raise BrokerError(f"cluster state: Redis unreachable at {self.url}: {exc}") from exc
         self._subscriber = self._redis()
+        self._closed = False
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._ready = loop.create_future()
@@ -234,6 +236,7 @@ class RedisClusterState(ClusterState):
             await asyncio.wait_for(asyncio.shield(self._ready), self.timeout * 5)
 
     async def stop(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -325,7 +328,7 @@ class RedisClusterState(ClusterState):
         assert self._wake is not None
         last_beat = loop.time()
         backoff = self.sync_interval
-        while True:
+        while not self._closed:
             self._wake.clear()
             try:
                 await self._publish_rates()
@@ -341,8 +344,10 @@ class RedisClusterState(ClusterState):
             except (RedisError, OSError) as exc:
                 self._failed("sync", exc)
                 backoff = min(backoff * 2, self.heartbeat)
+            # not wait_for: on 3.11 it can swallow a cancellation that races the event
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
 
     async def _sync(self) -> None:
         """One heartbeat: this node's changed counts and presence (everything after a
@@ -393,7 +398,7 @@ class RedisClusterState(ClusterState):
     async def _listen(self) -> None:
         assert self._subscriber is not None
         backoff = self.sync_interval
-        while True:
+        while not self._closed:
             pubsub: PubSub = self._subscriber.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)

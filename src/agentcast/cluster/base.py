@@ -138,5 +138,12 @@ class ClusterState(ABC):
         return TopicPresence()
 
     def nodes(self) -> int | None:
-        """Live nodes seen at the last heartbeat (None: not known yet / in-process)."""
+        """Live nodes seen at the last heartbeat (None: not known yet)."""
         return None
+
+    def stats(self) -> dict[str, float]:
+        """Counters for ``/healthz``: ``nodes`` (live, at the last heartbeat), ``errors``
+        (backend failures), and for a distributed state ``users`` (users with connections
+        counted here) and ``tokens_charged`` (rate tokens other nodes reported)."""
+        nodes = self.nodes()
+        return {"nodes": -1 if nodes is None else nodes, "errors": self.errors}

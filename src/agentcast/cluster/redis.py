@@ -321,6 +321,12 @@ class RedisClusterState(ClusterState):
     def nodes(self) -> int | None:
         return self._live_nodes
 
+    def stats(self) -> dict[str, float]:
+        out = super().stats()
+        out["users"] = len(self.counts)
+        out["tokens_charged"] = self.charged
+        return out
+
     # -- the sync loop ---------------------------------------------------------------
 
     async def _run(self) -> None:

@@ -100,10 +100,11 @@ class Health(BaseModel):
     )
     uptime_s: float
     node: str = Field(description="This process's id in the cluster (hostname:pid:random).")
-    nodes: int | None = Field(
+    cluster: dict[str, float] | None = Field(
         None,
-        description="Live nodes in the cluster state at its last heartbeat (1 in-process); "
-        "with authentication on, shown to admin only.",
+        description="The cluster state: live nodes at the last heartbeat (1 in-process), "
+        "backend errors, users counted here, rate tokens charged from other nodes; with "
+        "authentication on, shown to admin only.",
     )
     history: dict[str, int] | None = Field(
         None,
@@ -133,7 +134,7 @@ def http_router(gateway: Gateway) -> APIRouter:
             topics=len(gateway.broker.topics()) if counters else None,
             uptime_s=round(time.monotonic() - started, 3),
             node=gateway.cluster.node,
-            nodes=gateway.cluster.nodes() if counters else None,
+            cluster=gateway.cluster.stats() if counters else None,
             history=gateway.broker.history_usage(),
         )
 

@@ -1,0 +1,257 @@
+"""Limits and presence across nodes: two real ``agentcast serve`` processes sharing one
+real Redis (127.0.0.1:6379) as their cluster state (``AGENTCAST_CLUSTER_URL``, a fresh
+key prefix per test, its keys deleted afterwards), JWT authentication on.
+
+* ``max_connections_per_user=2``: one connection on each node, a third on either is
+  refused with HTTP 429; after a node is SIGKILLed, its count vanishes within the TTL and
+  the user connects again.
+* Rate limits are the user's across nodes: what a user sent on one node is charged on the
+  other.
+* Presence shows a subscriber of the other node, and drops it when that node dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
+
+from tests.conftest import UNIT, ServerProcess, free_port
+from tests.contract.test_cluster_state import REDIS, delete_prefix, redis_reachable
+from tests.integration.wsutil import recv_until, send, subscribe
+from tests.services import require_service
+
+SECRET = "cluster-" + "k" * 40
+TTL = 1.5
+
+
+def token(sub: str, **extra: Any) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "iat": now, "exp": now + 3600, **extra}, SECRET, "HS256")
+
+
+ALICE = token("alice", topics=["room:*"])
+BOB = token("bob")
+ADMIN = token("ops", scope="admin")
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    why = await redis_reachable()
+    if why is not None:
+        require_service(f"Redis not reachable at {REDIS} ({why})")
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        await delete_prefix(name)
+
+
+@pytest.fixture
+def nodes(prefix: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two server processes on one Redis cluster state."""
+    started: list[ServerProcess] = []
+    try:
+        for name in ("a", "b"):
+            env = {
+                "AGENTCAST_JWT_SECRET": SECRET,
+                "AGENTCAST_CLUSTER_URL": f"{REDIS}?prefix={prefix}",
+                "AGENTCAST_MAX_CONNECTIONS_PER_USER": "2",
+                "AGENTCAST_NODE_HEARTBEAT": "0.2",
+                "AGENTCAST_NODE_TTL": str(TTL),
+                "AGENTCAST_CLUSTER_SYNC_INTERVAL": "0.05",
+                "AGENTCAST_RATE_LIMIT_COMMANDS_PER_MINUTE": "30",
+                "AGENTCAST_STORE_URL": f"sqlite:///{tmp_path / name}.db",
+            }
+            proc = ServerProcess(free_port(), env=env)
+            started.append(proc)
+            proc.start()
+        yield started[0], started[1]
+    finally:
+        for proc in started:
+            proc.stop(signal.SIGKILL)
+            proc.log.close()
+
+
+def ws_url(node: ServerProcess) -> str:
+    return f"ws://127.0.0.1:{node.port}/ws"
+
+
+async def connect(node: ServerProcess, credential: str = ALICE) -> ClientConnection:
+    return await websockets.connect(
+        ws_url(node), additional_headers={"Authorization": f"Bearer {credential}"}
+    )
+
+
+async def refused_status(node: ServerProcess, credential: str = ALICE) -> int | None:
+    """The HTTP status of a refused handshake, or None (and the connection closed) when
+    it was accepted."""
+    try:
+        ws = await connect(node, credential)
+    except InvalidStatus as exc:
+        return exc.response.status_code
+    await ws.close()
+    return None
+
+
+async def presence(ws: ClientConnection, topic: str) -> dict[str, Any]:
+    await send(ws, {"type": "presence", "topic": topic, "id": "p"})
+    reply = await recv_until(ws, "presence")
+    assert reply["topic"] == topic and reply["id"] == "p"
+    data: dict[str, Any] = reply["data"]
+    return data
+
+
+async def http_presence(node: ServerProcess, topic: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}) as http:
+        got = await http.get(f"http://127.0.0.1:{node.port}/api/topics/{topic}/presence")
+    assert got.status_code == 200, got.text
+    data: dict[str, Any] = got.json()
+    return data
+
+
+async def until(check: Any, timeout: float = 10 * UNIT) -> Any:
+    """Poll the coroutine function ``check`` until it returns something truthy."""
+    async with asyncio.timeout(timeout):
+        while not (result := await check()):  # noqa: ASYNC110 - polling another process, bounded
+            await asyncio.sleep(0.02)
+        return result
+
+
+async def test_connections_per_user_hold_across_nodes_and_expire_with_a_dead_node(
+    nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = nodes
+    on_a = await connect(a)
+    on_b = await connect(b)
+    try:
+        assert await refused_status(a) == 429
+        assert await refused_status(b) == 429
+        assert await refused_status(a, BOB) is None  # per user
+        b.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        assert await refused_status(a) == 429  # b's count holds until its TTL
+        assert await until(lambda: _accepted(a), 10 * UNIT + TTL)
+        assert time.monotonic() - killed >= TTL * 0.5
+        # and the limit holds again: alice now holds 2 on a
+        assert await refused_status(a) is None  # the probe above closed its connection
+        extra = await connect(a)
+        try:
+            assert await refused_status(a) == 429
+        finally:
+            await extra.close()
+    finally:
+        await on_a.close()
+        with contextlib.suppress(Exception):
+            await on_b.close()
+
+
+async def _accepted(node: ServerProcess) -> bool:
+    return await refused_status(node) is None
+
+
+async def test_closing_a_connection_frees_its_slot_on_the_other_node(
+    nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = nodes
+    first = await connect(a)
+    second = await connect(a)
+    assert await refused_status(b) == 429
+    await first.close()
+    assert await until(lambda: _accepted(b))
+    await second.close()
+
+
+async def test_rate_limit_is_the_users_across_nodes(
+    nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = nodes
+    on_a = await connect(a)
+    on_b = await connect(b)
+    try:
+        for i in range(30):  # the whole burst (30 a minute, a minute's worth) on node a
+            await send(on_a, {"type": "ping", "id": i})
+            await recv_until(on_a, "pong")
+
+        async def charged() -> bool:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{b.port}", headers={"Authorization": f"Bearer {ADMIN}"}
+            ) as http:
+                health = (await http.get("/healthz")).json()
+            return bool(health["cluster"]["tokens_charged"] >= 30)
+
+        await until(charged)
+        # node b has seen none of alice's commands itself, yet her next one is refused
+        await send(on_b, {"type": "ping", "id": "b"})
+        reply = await recv_until(on_b, "error")
+        assert reply["data"]["code"] == "rate_limited" and reply["id"] == "b"
+        assert reply["data"]["retry_after"] > 0
+    finally:
+        await on_a.close()
+        await on_b.close()
+
+
+async def test_presence_across_nodes(nodes: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = nodes
+    watcher = await connect(a)
+    subscriber = await connect(b)
+    outsider = await connect(a, BOB)
+    try:
+        await subscribe(subscriber, "room:1")
+
+        # polled over HTTP (not rate limited; these commands would be: 30 a minute)
+        async def seen() -> dict[str, Any] | None:
+            data = await http_presence(a, "room:1")
+            return data if data["users"] else None
+
+        await until(seen)
+        data = await presence(watcher, "room:1")
+        assert data == {
+            "users": [{"user": "alice", "connections": 1}],
+            "anonymous": 0,
+            "connections": 1,
+            "nodes": 1,
+        }
+        # the same over HTTP, from either node
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}) as http:
+            for node in (a, b):
+                got = await http.get(f"http://127.0.0.1:{node.port}/api/topics/room:1/presence")
+                assert got.status_code == 200
+                assert got.json() == {"topic": "room:1", **data}
+            # a user who may not subscribe learns nothing, whether or not anyone is there
+            for topic in ("room:1", "room:nobody"):
+                denied = await http.get(
+                    f"http://127.0.0.1:{a.port}/api/topics/{topic}/presence",
+                    headers={"Authorization": f"Bearer {BOB}"},
+                )
+                assert denied.status_code == 403
+        for topic in ("room:1", "room:nobody"):
+            await send(outsider, {"type": "presence", "topic": topic, "id": "x"})
+            refused = await recv_until(outsider, "error")
+            assert refused["data"]["code"] == "forbidden"
+            assert refused["data"]["message"] == f"may not subscribe to {topic!r}"
+        # the subscriber's node dies: its presence goes with its heartbeat
+        b.stop(signal.SIGKILL)
+
+        async def gone() -> bool:
+            return (await http_presence(a, "room:1"))["connections"] == 0
+
+        await until(gone, 10 * UNIT + TTL)
+        assert (await presence(watcher, "room:1"))["users"] == []
+    finally:
+        await watcher.close()
+        await outsider.close()
+        with contextlib.suppress(Exception):
+            await subscriber.close()

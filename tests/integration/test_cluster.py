@@ -26,9 +26,10 @@ import jwt
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import UNIT, ServerProcess, free_port
+from agentcast.codes import CloseCode
+from tests.conftest import UNIT, RunningServer, ServerProcess, free_port, start_server, stop_server
 from tests.contract.test_cluster_state import REDIS, delete_prefix, redis_reachable
 from tests.integration.wsutil import recv_until, send, subscribe
 from tests.services import require_service
@@ -255,3 +256,104 @@ async def test_presence_across_nodes(nodes: tuple[ServerProcess, ServerProcess])
         await outsider.close()
         with contextlib.suppress(Exception):
             await subscriber.close()
+
+
+# -- two gateways in this process (both transports; first-message authentication) ---------
+
+
+@contextlib.asynccontextmanager
+async def in_process_nodes(
+    transport: str, prefix: str
+) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    settings: dict[str, Any] = {
+        "jwt_secret": SECRET,
+        "cluster_url": f"{REDIS}?prefix={prefix}",
+        "max_connections_per_user": 2,
+        "node_heartbeat": 0.2,
+        "node_ttl": TTL,
+        "cluster_sync_interval": 0.05,
+        "store_url": "",
+        "auth_timeout": 5 * UNIT,
+    }
+    first, first_task = await start_server(transport, **settings)
+    try:
+        second, second_task = await start_server(transport, **settings)
+        try:
+            yield first, second
+        finally:
+            await stop_server(second, second_task)
+    finally:
+        await stop_server(first, first_task)
+
+
+async def close_code(ws: ClientConnection) -> int | None:
+    with contextlib.suppress(ConnectionClosed):
+        async with asyncio.timeout(5 * UNIT):
+            while True:
+                await ws.recv()
+    return ws.close_code
+
+
+@pytest.mark.parametrize("transport", ["native", "asgi"])
+async def test_in_process_nodes_share_the_limit(transport: str, prefix: str) -> None:
+    async with in_process_nodes(transport, prefix) as (one, two):
+        assert one.gateway.cluster.node != two.gateway.cluster.node
+        headers = {"Authorization": f"Bearer {ALICE}"}
+        on_one = await websockets.connect(one.ws_url, additional_headers=headers)
+        on_two = await websockets.connect(two.ws_url, additional_headers=headers)
+        for node in (one, two):
+            with pytest.raises(InvalidStatus) as refused:
+                await websockets.connect(node.ws_url, additional_headers=headers)
+            assert refused.value.response.status_code == 429
+            assert b"across the cluster" in refused.value.response.body
+        # the first-message `auth` counts too: alice's third connection is closed with 4529
+        async with websockets.connect(two.ws_url) as late:
+            await send(late, {"type": "auth", "token": ALICE, "id": "a"})
+            assert await close_code(late) == CloseCode.TOO_MANY_CONNECTIONS
+        async with websockets.connect(two.ws_url) as bob:
+            await send(bob, {"type": "auth", "token": BOB, "id": "b"})
+            assert (await recv_until(bob, "authenticated"))["id"] == "b"
+        # a closed connection frees its slot on the other node (within a sync)
+        await on_one.close()
+
+        async def in_again() -> bool:
+            try:
+                ws = await websockets.connect(two.ws_url, additional_headers=headers)
+            except InvalidStatus:
+                return False
+            await ws.close()
+            return True
+
+        assert await until(in_again)
+        await on_two.close()
+        # /healthz shows each node's id (and, to admin, the cluster's counters)
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+            health = (await http.get(f"{one.url}/healthz")).json()
+        assert health["node"] == one.gateway.cluster.node
+        assert health["cluster"]["nodes"] == 2 and health["cluster"]["errors"] == 0
+
+
+async def test_presence_on_one_process(server: RunningServer) -> None:
+    """The in-process cluster state (the default): presence is this node's hub."""
+    async with (
+        websockets.connect(server.ws_url) as first,
+        websockets.connect(server.ws_url) as second,
+    ):
+        await subscribe(first, "room:9")
+        await subscribe(second, "room:9")
+        data = await presence(first, "room:9")
+        assert data == {"users": [], "anonymous": 2, "connections": 2, "nodes": 1}
+        await send(second, {"type": "unsubscribe", "topic": "room:9"})
+        await recv_until(second, "unsubscribed")
+        assert (await presence(first, "room:9"))["connections"] == 1
+        assert (await presence(first, "room:none"))["nodes"] == 0
+        await send(first, {"type": "presence", "id": "bad"})  # no topic: an error frame
+        reply = await recv_until(first, "error")
+        assert reply["id"] == "bad" and reply["data"]["code"] == "invalid_field"
+        async with httpx.AsyncClient() as http:
+            got = await http.get(f"{server.url}/api/topics/room:9/presence")
+            assert got.json()["connections"] == 1
+            assert (await http.get(f"{server.url}/healthz")).json()["cluster"] == {
+                "nodes": 1,
+                "errors": 0,
+            }

@@ -247,7 +247,7 @@ async def test_presence_across_nodes(nodes: tuple[ServerProcess, ServerProcess])
         b.stop(signal.SIGKILL)
 
         async def gone() -> bool:
-            return (await http_presence(a, "room:1"))["connections"] == 0
+            return bool((await http_presence(a, "room:1"))["connections"] == 0)
 
         await until(gone, 10 * UNIT + TTL)
         assert (await presence(watcher, "room:1"))["users"] == []

@@ -25,7 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from agentcast.__about__ import __version__
 from agentcast.codes import ErrorCode
-from agentcast.core.frames import valid_topic
+from agentcast.core.frames import PresenceData, valid_topic
 from agentcast.errors import BrokerError, ProtocolError, PublishOutcomeUnknownError
 from agentcast.gateway import Gateway, presence_data
 from agentcast.security.origin import OriginMiddleware, OriginPolicy
@@ -75,17 +75,11 @@ class TopicOut(BaseModel):
     subscribers: int
 
 
-class PresenceUser(BaseModel):
-    user: str
-    connections: int
+class PresenceOut(PresenceData):
+    """Body of ``GET /api/topics/{topic}/presence``: the ``presence`` reply's ``data``
+    and the topic."""
 
-
-class PresenceOut(BaseModel):
     topic: str
-    users: list[PresenceUser] = Field(description="Users subscribed, by name, on every node.")
-    anonymous: int = Field(description="Anonymous connections subscribed (open dev mode).")
-    connections: int = Field(description="Connections subscribed in all.")
-    nodes: int = Field(description="Nodes with at least one subscriber.")
 
 
 class Health(BaseModel):

@@ -313,7 +313,11 @@ class Gateway:
         return self._cluster_refusal(pending)
 
     async def _cluster_refusal(self, pending: Awaitable[int | None]) -> tuple[int, str] | None:
-        held = await pending
+        try:
+            held = await pending
+        except Exception:  # the cluster state's contract says it does not raise: fail open
+            logger.exception("cluster state reservation failed")
+            return None
         if held is None:
             return None
         limit = self.settings.max_connections_per_user

@@ -10,6 +10,7 @@ table as its :class:`~agentcast.cluster.base.LocalView`. Waits are bounded polls
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -347,3 +348,92 @@ async def test_unreachable_redis_is_a_clear_error() -> None:
     with pytest.raises(BrokerError, match="Redis unreachable"):
         await state.start(View())
     await state.stop()
+
+
+# -- Redis lost and back -------------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy to Redis that the test can cut and restore (the shared Redis itself is
+    never stopped)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(
+            self._pipe, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        self.writers |= {writer, up_writer}
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()
+        await self.server.wait_closed()
+
+
+async def test_redis_lost_fails_open_and_the_node_rewrites_its_part_when_back() -> None:
+    why = await redis_reachable()
+    if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
+        require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    proxy = Proxy()
+    await proxy.start()
+    url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
+    a = Node(create_cluster_state(url, heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC))
+    b = Node(
+        create_cluster_state(
+            f"{REDIS}?prefix={prefix}", heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC
+        )
+    )
+    await a.state.start(a.view)
+    await b.state.start(b.view)
+    try:
+        assert await reserve(a, "alice", 2) is None
+        await proxy.cut()
+        # Redis unreachable from a: its handshakes are admitted on its own count (fail open)
+        assert await reserve(a, "alice", 2) is None
+        assert a.state.errors > 0
+        # b still admits alice: Redis holds 1 of a's (the fail-open one was never written)
+
+        async def b_admits() -> bool:
+            return await reserve(b, "alice", 2) is None
+
+        await eventually(b_admits, TTL + 4 * UNIT)
+        await proxy.start()  # back, on the same port
+
+        async def a_counted_again() -> bool:
+            held = await reserve(b, "alice", 2)
+            if held is None:
+                b.state.release("alice")
+                return False
+            return held == 3  # a's 2 (rewritten in full) and b's 1
+
+        await eventually(a_counted_again, TTL + 8 * UNIT)
+    finally:
+        await a.state.stop()
+        await b.state.stop()
+        with contextlib.suppress(Exception):
+            await proxy.cut()
+        await delete_prefix(prefix)

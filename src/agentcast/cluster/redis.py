@@ -266,7 +266,7 @@ class RedisClusterState(ClusterState):
     async def _reserve_call(self, subject: str, args: list[Any]) -> int | None:
         try:
             held = await self._reserve(keys=self._keys()[:2], args=args)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # Redis down, a timeout, anything: never into the handshake
             self._failed("reserve", exc)
             return None  # fail open: the per-node limit still holds
         self._recovered()
@@ -304,7 +304,7 @@ class RedisClusterState(ClusterState):
             flat = await self._presence_script(
                 keys=[self.k_nodes], args=[self.node, math.ceil(self.ttl * 1000), self.base, topic]
             )
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
             self._failed("presence", exc)
             raise BrokerError(f"presence unavailable: {exc}") from exc
         for i in range(1, len(flat), 2):
@@ -347,7 +347,7 @@ class RedisClusterState(ClusterState):
                     await self._sync()
                     last_beat = loop.time()
                 backoff = self.sync_interval
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # the loop must outlive any failure
                 self._failed("sync", exc)
                 backoff = min(backoff * 2, self.heartbeat)
             # not wait_for: on 3.11 it can swallow a cancellation that races the event
@@ -415,7 +415,7 @@ class RedisClusterState(ClusterState):
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message.get("type") == "message":
                         self._apply(message["data"])
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # the loop must outlive any failure
                 self._failed("rate subscription", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.heartbeat)
@@ -444,7 +444,9 @@ class RedisClusterState(ClusterState):
     def _failed(self, what: str, exc: BaseException) -> None:
         self.errors += 1
         self._reset = True
-        if not self._failing:
+        if not isinstance(exc, RedisError | OSError):
+            logger.error("cluster state: %s failed", what, exc_info=exc)
+        elif not self._failing:
             self._failing = True
             logger.warning(
                 "cluster state: Redis %s failed (%s); limits hold per node until it is back",

@@ -209,7 +209,13 @@ def serve(
     err.print(
         f"agentcast {__version__} on {http}://{settings.host}:{settings.port} "
         f"(WebSocket {ws}://{settings.host}:{settings.port}/ws, "
-        f"broker {redact_url(settings.broker_url)})",
+        f"broker {redact_url(settings.broker_url)}"
+        + (
+            f", cluster state {redact_url(settings.cluster_url)}"
+            if settings.cluster_url and settings.cluster_url != settings.broker_url
+            else ""
+        )
+        + ")",
         highlight=False,
     )
     if demo:

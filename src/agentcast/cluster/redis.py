@@ -52,6 +52,7 @@ from redis.exceptions import RedisError
 
 from agentcast.cluster.base import ClusterState, LocalView, TopicPresence
 from agentcast.errors import BrokerError
+from agentcast.security.secrets import redact_url
 
 __all__ = ["RedisClusterState"]
 
@@ -220,7 +221,8 @@ class RedisClusterState(ClusterState):
         except (RedisError, OSError) as exc:
             await client.aclose()
             self._client = None
-            raise BrokerError(f"cluster state: Redis unreachable at {self.url}: {exc}") from exc
+            where = redact_url(self.url)  # never the password
+            raise BrokerError(f"cluster state: Redis unreachable at {where}: {exc}") from exc
         self._subscriber = self._redis()
         self._closed = False
         loop = asyncio.get_running_loop()

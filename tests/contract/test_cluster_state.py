@@ -437,3 +437,11 @@ async def test_redis_lost_fails_open_and_the_node_rewrites_its_part_when_back() 
         with contextlib.suppress(Exception):
             await proxy.cut()
         await delete_prefix(prefix)
+
+
+def test_a_shared_broker_urls_own_parameters_are_not_given_to_redis_py() -> None:
+    from agentcast.cluster.redis import RedisClusterState
+
+    state = RedisClusterState("redis://h:6379/2?prefix=prod&stream_maxlen=1000&socket_timeout=2")
+    assert state.prefix == "prod" and state.url == "redis://h:6379/2?socket_timeout=2"
+    assert state.k_conns == "{prod}:conns:" + state.node

@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio import connection as redis_connection
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -136,8 +137,23 @@ return 1
 """
 
 
+_REDIS_PARAMS = frozenset(
+    {
+        *getattr(redis_connection, "URL_QUERY_ARGUMENT_PARSERS", {}),
+        "client_name",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+    }
+)
+"""Query parameters redis-py's ``from_url`` understands; the others of a shared broker URL
+(the broker's own options) are not passed to it."""
+
+
 def _split_url(url: str) -> tuple[str, str]:
-    """The URL without agentcast's own ``prefix`` parameter, and the prefix."""
+    """The URL with only redis-py's query parameters, and the ``prefix`` parameter (the
+    deployment's name, default ``agentcast``)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     prefix = "agentcast"
@@ -145,7 +161,7 @@ def _split_url(url: str) -> tuple[str, str]:
     for name, value in query:
         if name == "prefix":
             prefix = value or prefix
-        else:
+        elif name in _REDIS_PARAMS:
             kept.append((name, value))
     return urlunsplit(parts._replace(query=urlencode(kept))), prefix
 

@@ -198,6 +198,22 @@ async def test_reserve_counts_up_to_the_limit(cluster: Cluster) -> None:
     assert await reserve(node, "alice", 2) is None
 
 
+async def test_a_storm_of_reservations_is_granted_in_order_up_to_the_limit(
+    cluster: Cluster,
+) -> None:
+    node = cluster.nodes[0]
+    if not node.state.distributed:
+        return  # nothing to reserve in one process (see above)
+    asked = [("alice" if i % 3 else "bob", i) for i in range(60)]  # 40 alice, 20 bob
+    results = await asyncio.gather(*(reserve(node, user, 10) for user, _ in asked))
+    for user in ("alice", "bob"):
+        mine = [r for (u, _), r in zip(asked, results, strict=True) if u == user]
+        # the first 10 asked are granted, every later one refused with the count held
+        assert mine[:10] == [None] * 10 and mine[10:] == [10] * (len(mine) - 10), mine
+    state = node.state
+    assert state.counts == {"alice": 10, "bob": 10}  # type: ignore[attr-defined]
+
+
 async def test_presence_of_the_others(cluster: Cluster) -> None:
     first = cluster.nodes[0]
     first.view.subscribers["room:1"] = ({"alice": 2}, 1)

@@ -23,7 +23,9 @@ command (after a timeout) writes the same value again.
 sum the user's count on every other live node, add this node's own (the reservation
 included), and write this node's count only if the total stays within the limit. Two
 handshakes on two nodes at once are serialized by Redis: at most ``limit`` connections
-are ever granted while every node is live. One round trip per authenticated handshake.
+are ever granted while every node is live. One round trip per authenticated handshake;
+the reservations asked in one event-loop iteration (a reconnect storm) share one script
+call, checked in the order they were asked.
 
 **Staleness.** A release (a connection closed) reaches Redis with the next sync, which is
 woken at once (a few ms later unless a sync is in flight): until then another node still
@@ -68,19 +70,40 @@ local ttl = tonumber(ARGV[2])
 _RESERVE = (
     _NOW
     + """
--- KEYS: nodes, own conns. ARGV: node, ttl_ms, base, subject, own count (with this one), limit
-local total = tonumber(ARGV[5])
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, '+inf')) do
-  if node ~= ARGV[1] then
-    local c = redis.call('HGET', ARGV[3] .. ':conns:' .. node, ARGV[4])
-    if c then total = total + tonumber(c) end
+-- KEYS: nodes, own conns. ARGV: node, ttl_ms, base, n, then n x (subject, own count with
+-- this one, limit), in the order they were asked. Returns per reservation -1 (granted,
+-- recorded) or the connections the user holds elsewhere and here (refused).
+local others = {}
+local refused = {}  -- refusals so far per subject: later counts of the batch include them
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, '+inf')
+local out = {}
+local i = 5
+for k = 1, tonumber(ARGV[4]) do
+  local subject = ARGV[i]
+  local total = others[subject]
+  if total == nil then
+    total = 0
+    for _, node in ipairs(live) do
+      if node ~= ARGV[1] then
+        local c = redis.call('HGET', ARGV[3] .. ':conns:' .. node, subject)
+        if c then total = total + tonumber(c) end
+      end
+    end
+    others[subject] = total
   end
+  local own = tonumber(ARGV[i + 1]) - (refused[subject] or 0)
+  if total + own > tonumber(ARGV[i + 2]) then
+    refused[subject] = (refused[subject] or 0) + 1
+    out[k] = total + own - 1
+  else
+    redis.call('HSET', KEYS[2], subject, own)
+    out[k] = -1
+  end
+  i = i + 3
 end
-if total > tonumber(ARGV[6]) then return total - 1 end
-redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-return -1
+return out
 """
 )
 
@@ -213,6 +236,8 @@ class RedisClusterState(ClusterState):
         """Tokens charged here for what other nodes reported (counter)."""
         self._ready: asyncio.Future[None] | None = None
         self._closed = False
+        self._reservations: list[tuple[str, int, int, asyncio.Future[int | None]]] = []
+        self._reserving: asyncio.Task[None] | None = None
 
     def _redis(self, **kwargs: Any) -> Redis:
         return Redis.from_url(
@@ -255,6 +280,8 @@ class RedisClusterState(ClusterState):
 
     async def stop(self) -> None:
         self._closed = True
+        if self._reserving is not None:
+            self._tasks.append(self._reserving)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -276,22 +303,48 @@ class RedisClusterState(ClusterState):
     # -- connections -----------------------------------------------------------------
 
     def reserve(self, subject: str, limit: int) -> Awaitable[int | None]:
+        """Queue the reservation: every reservation asked in one event-loop iteration (a
+        reconnect storm) goes to Redis in one script call, checked in order."""
         count = self.counts.get(subject, 0) + 1
         self.counts[subject] = count  # before the call: a flush built meanwhile includes it
-        args = [self.node, math.ceil(self.ttl * 1000), self.base, subject, count, limit]
-        return self._reserve_call(subject, args)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int | None] = loop.create_future()
+        self._reservations.append((subject, count, limit, future))
+        if self._reserving is None:
+            self._reserving = loop.create_task(self._send_reservations())
+        return future
 
-    async def _reserve_call(self, subject: str, args: list[Any]) -> int | None:
+    async def _send_reservations(self) -> None:
+        """Send the queued reservations, one script call per batch, until none is left."""
         try:
-            held = await self._reserve(keys=self._keys()[:2], args=args)
-        except Exception as exc:  # Redis down, a timeout, anything: never into the handshake
-            self._failed("reserve", exc)
-            return None  # fail open: the per-node limit still holds
-        self._recovered()
-        if int(held) < 0:
-            return None
-        self._drop(subject)
-        return int(held)
+            while self._reservations:
+                batch, self._reservations = self._reservations, []
+                args: list[Any] = [self.node, math.ceil(self.ttl * 1000), self.base, len(batch)]
+                for subject, count, limit, _ in batch:
+                    args += (subject, count, limit)
+                try:
+                    answers = await self._reserve(keys=self._keys()[:2], args=args)
+                    if len(answers) != len(batch):
+                        raise ValueError(f"{len(answers)} answers for {len(batch)} reservations")
+                except Exception as exc:  # Redis down, a timeout: never into the handshake
+                    self._failed("reserve", exc)
+                    answers = [-1] * len(batch)  # fail open: the per-node limit still holds
+                except BaseException:  # cancelled (stopping): granted, as when failing open
+                    self._reservations = batch + self._reservations
+                    raise
+                else:
+                    self._recovered()
+                for (subject, _, _, future), held in zip(batch, answers, strict=True):
+                    if int(held) >= 0:
+                        self._drop(subject)
+                    if not future.done():
+                        future.set_result(None if int(held) < 0 else int(held))
+        finally:
+            self._reserving = None
+            for _, _, _, future in self._reservations:  # cancelled: fail open, counted
+                if not future.done():
+                    future.set_result(None)
+            self._reservations = []
 
     def release(self, subject: str) -> None:
         if subject in self.counts:

@@ -257,8 +257,10 @@ class RedisClusterState(ClusterState):
         self._flush_script = client.register_script(_FLUSH)
         self._presence_script = client.register_script(_PRESENCE)
         self._withdraw = client.register_script(_WITHDRAW)
+        self._reset = True
         try:
             await client.ping()
+            await self._sync()  # this node is live before its first handshake
         except (RedisError, OSError) as exc:
             await client.aclose()
             self._client = None
@@ -269,8 +271,6 @@ class RedisClusterState(ClusterState):
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._ready = loop.create_future()
-        self._reset = True
-        await self._sync()  # this node is live before its first handshake
         self._tasks = [
             loop.create_task(self._listen(), name="agentcast-cluster-rates"),
             loop.create_task(self._run(), name="agentcast-cluster-sync"),

@@ -59,7 +59,9 @@ def rsa_setup(tmp: Path) -> tuple[str, dict[str, str]]:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, key, algorithm="RS256")
+    token = jwt.encode(
+        {"sub": "bench", "exp": int(time.time()) + 3600, "topics": ["t"]}, key, algorithm="RS256"
+    )
     return token, {
         "AGENTCAST_JWT_PUBLIC_KEY_FILE": str(pem),
         "AGENTCAST_JWT_ALGORITHMS": '["RS256"]',
@@ -69,7 +71,9 @@ def rsa_setup(tmp: Path) -> tuple[str, dict[str, str]]:
 def hs_setup() -> tuple[str, dict[str, str]]:
     import jwt
 
-    token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+    token = jwt.encode(
+        {"sub": "bench", "exp": int(time.time()) + 3600, "topics": ["t"]}, SECRET, algorithm="HS256"
+    )
     return token, {"AGENTCAST_JWT_SECRET": SECRET}
 
 

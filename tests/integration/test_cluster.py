@@ -357,3 +357,14 @@ async def test_presence_on_one_process(server: RunningServer) -> None:
                 "nodes": 1,
                 "errors": 0,
             }
+
+
+async def test_the_python_client_asks_presence(native_server: RunningServer) -> None:
+    from agentcast.client import connect as client_connect
+
+    async with client_connect(native_server.url) as client:
+        sub = client.subscribe("room:c")
+        await client.ping()  # the subscribe was answered before the pong
+        assert sub.live
+        found = await client.presence("room:c")
+        assert found.connections == 1 and found.anonymous == 1 and found.users == []

@@ -313,6 +313,12 @@ async def test_in_process_nodes_share_the_limit(transport: str, prefix: str) -> 
         async with websockets.connect(two.ws_url) as bob:
             await send(bob, {"type": "auth", "token": BOB, "id": "b"})
             assert (await recv_until(bob, "authenticated"))["id"] == "b"
+        # seed 003's endpoint counts too, across the cluster
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(
+                f"ws://127.0.0.1:{two.port}/api/v1/ws/helper", additional_headers=headers
+            )
+        assert refused.value.response.status_code == 429
         # a closed connection frees its slot on the other node (within a sync)
         await on_one.close()
 

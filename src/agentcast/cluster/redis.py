@@ -29,10 +29,10 @@ call, checked in the order they were asked.
 
 **Staleness.** A release (a connection closed) reaches Redis with the next sync, which is
 woken at once (a few ms later unless a sync is in flight): until then another node still
-counts it. A dead node's counts and presence vanish at most ``ttl`` after its last
-heartbeat (``heartbeat`` < ``ttl``). Rate consumption is exchanged every
-``sync_interval``; a lost message (pub/sub is at most once: a reconnecting subscriber)
-is never charged.
+counts it. Presence changes wait for the next periodic sync (``sync_interval``). A dead
+node's counts and presence vanish at most ``ttl`` after its last heartbeat
+(``heartbeat`` < ``ttl``). Rate consumption is exchanged every ``sync_interval``; a lost
+message (pub/sub is at most once: a reconnecting subscriber) is never charged.
 """
 
 from __future__ import annotations
@@ -363,9 +363,9 @@ class RedisClusterState(ClusterState):
     # -- presence --------------------------------------------------------------------
 
     def topic_changed(self, topic: str) -> None:
+        # not woken at once (unlike a release): a storm of subscriptions to one big topic
+        # re-encodes its presence at most once per sync interval, not once per round trip
         self._dirty_topics.add(topic)
-        if self._wake is not None:
-            self._wake.set()
 
     async def presence(self, topic: str) -> TopicPresence:
         found = TopicPresence()

@@ -94,6 +94,7 @@ class ConnectionLimits:
         if own is user:  # an anonymous connection is its own user
             if not wait:
                 own.tokens -= 1.0
+                own.drawn += 1.0  # collected only where the bucket is a user's
             return wait
         user_wait = user.wait(now)
         if wait or user_wait:
@@ -160,7 +161,9 @@ class RateLimiter:
 
     def take_drawn(self) -> dict[str, dict[str, float]]:
         """The tokens drawn from each user bucket since the last call, per subject and
-        kind (only those that drew); resets the counts."""
+        kind (only those that drew); resets the counts. Every bucket that stands for a
+        user's must be collected here (a design where a lone connection's buckets stand
+        for its user's must collect those too)."""
         out: dict[str, dict[str, float]] = {}
         for subject, buckets in self.users.items():
             for kind, bucket in buckets.items():

@@ -2,7 +2,11 @@
 and the server's CPU time for them, with authentication off (open dev mode) and with an
 HS256 or RS256 token in the ``Authorization`` header (every handshake verifies it).
 
-    .venv/bin/python benchmarks/auth.py --conns 2000 --reps 3
+    .venv/bin/python benchmarks/auth.py --conns 2000 --reps 3 [--redis redis://127.0.0.1:6379/0]
+
+With ``--redis``, a fourth mode: HS256 with the cluster state on Redis
+(``AGENTCAST_CLUSTER_URL``, a fresh key prefix, deleted afterwards): every handshake also
+reserves its slot with one Lua script on Redis (connections per user across nodes).
 
 A fresh ``agentcast serve`` per run, pinned to one core, ``wsload`` (built from
 ``wsload.c``) pinned to the other; modes interleaved across reps; medians printed.
@@ -55,7 +59,9 @@ def rsa_setup(tmp: Path) -> tuple[str, dict[str, str]]:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, key, algorithm="RS256")
+    token = jwt.encode(
+        {"sub": "bench", "exp": int(time.time()) + 3600, "topics": ["t"]}, key, algorithm="RS256"
+    )
     return token, {
         "AGENTCAST_JWT_PUBLIC_KEY_FILE": str(pem),
         "AGENTCAST_JWT_ALGORITHMS": '["RS256"]',
@@ -65,7 +71,9 @@ def rsa_setup(tmp: Path) -> tuple[str, dict[str, str]]:
 def hs_setup() -> tuple[str, dict[str, str]]:
     import jwt
 
-    token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+    token = jwt.encode(
+        {"sub": "bench", "exp": int(time.time()) + 3600, "topics": ["t"]}, SECRET, algorithm="HS256"
+    )
     return token, {"AGENTCAST_JWT_SECRET": SECRET}
 
 
@@ -73,7 +81,13 @@ def run_one(
     wsload: Path, conns: int, env: dict[str, str], token: str | None, cores: list[int]
 ) -> dict[str, float]:
     port = free_port()
-    server_env = {**os.environ, "AGENTCAST_STORE_URL": "", "AGENTCAST_LOG_LEVEL": "warning", **env}
+    server_env = {
+        **os.environ,
+        "AGENTCAST_STORE_URL": "",
+        "AGENTCAST_LOG_LEVEL": "warning",
+        "AGENTCAST_MAX_CONNECTIONS_PER_USER": str(conns + 1),  # one user: "bench"
+        **env,
+    }
     server = subprocess.Popen(
         [
             "taskset",
@@ -134,7 +148,9 @@ def main() -> None:
     )
     ap.add_argument("--conns", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--redis", default="", help="also measure HS256 with a Redis cluster state")
     args = ap.parse_args()
+    prefix = f"bench-auth-{os.getpid()}"
     raise_fd_limit(args.conns + 100)
     wsload = build_wsload()
     cores = sorted(os.sched_getaffinity(0))[:2]
@@ -148,11 +164,21 @@ def main() -> None:
             "jwt-hs256": (hs_env, hs_token),
             "jwt-rs256": (rs_env, rs_token),
         }
+        if args.redis:
+            cluster = {**hs_env, "AGENTCAST_CLUSTER_URL": f"{args.redis}?prefix={prefix}"}
+            modes["jwt-hs256-redis"] = (cluster, hs_token)
         results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for rep in range(args.reps):
             for mode, (env, token) in modes.items():
                 results[mode].append(run_one(wsload, args.conns, env, token, cores))
                 print(f"rep {rep + 1} {mode}: {results[mode][-1]}", file=sys.stderr)
+    if args.redis:
+        import redis
+
+        client = redis.Redis.from_url(args.redis)
+        keys = list(client.scan_iter(match="{" + prefix + "}*"))
+        if keys:
+            client.delete(*keys)
     base = statistics.median(r["server_cpu_s"] for r in results["off"])
     print(f"\n{args.conns} connections opened and subscribed, median of {args.reps}:\n")
     print("| mode | time to open | server CPU | server CPU per handshake | vs off |")

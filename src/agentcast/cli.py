@@ -263,7 +263,13 @@ def serve(
     where = (
         f"{http}://{settings.host}:{settings.port} "
         f"(WebSocket {ws}://{settings.host}:{settings.port}/ws, "
-        f"broker {redact_url(settings.broker_url)})"
+        f"broker {redact_url(settings.broker_url)}"
+        + (
+            f", cluster state {redact_url(settings.cluster_url)}"
+            if settings.cluster_url and settings.cluster_url != settings.broker_url
+            else ""
+        )
+        + ")"
     )
     if settings.workers > 1 and worker_socket is None:
         try:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from agentcast.brokers import Broker, create_broker
 from agentcast.brokers.base import Draft
+from agentcast.cluster import ClusterState, TopicPresence, create_cluster_state
 from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode
 from agentcast.core.checks import Validator as CoreValidator
 from agentcast.core.checks import check_event
@@ -32,6 +33,7 @@ from agentcast.core.envelope import Publication, format_timestamp
 from agentcast.core.frames import (
     ClientCommand,
     PingCommand,
+    PresenceCommand,
     PublishCommand,
     SubscribeCommand,
     UnsubscribeCommand,
@@ -166,6 +168,7 @@ class Gateway:
         settings: Settings | None = None,
         *,
         broker: Broker | None = None,
+        cluster: ClusterState | None = None,
         authenticator: Authenticator | None = None,
         authorizer: Authorizer | None = None,
         features: Iterable[Feature] = (),
@@ -179,6 +182,15 @@ class Gateway:
             max_total_bytes=s.history_max_total_bytes,
         )
         self.broker = broker or create_broker(s.broker_url, self.history_limits)
+        self.cluster = cluster or create_cluster_state(
+            s.cluster_state_url,
+            heartbeat=s.node_heartbeat,
+            ttl=s.node_ttl,
+            sync_interval=s.cluster_sync_interval,
+        )
+        """Connection counts per user, rate consumption and presence shared with the
+        other nodes (``cluster_url``; in-process by default: see :mod:`agentcast.cluster`)."""
+        self._distributed = self.cluster.distributed
         self._open_policy = open_policy = OpenPolicy()
         self.authenticator: Authenticator = authenticator or open_policy
         self._authorizer: Authorizer | None = authorizer
@@ -226,6 +238,7 @@ class Gateway:
             "unsubscribe": self._cmd_unsubscribe,
             "ping": self._cmd_ping,
             "publish": self._cmd_publish,
+            "presence": self._cmd_presence,
         }
         self.snapshot_providers: dict[str, SnapshotProvider] = {}
         self.history_sources: dict[str, HistorySource] = {}
@@ -306,13 +319,8 @@ class Gateway:
         """Draw one ``kind`` token from ``principal``'s user bucket only (an HTTP request,
         a message on seed 003's endpoint): 0.0 when admitted, else the seconds to wait
         (HTTP: answer 429 with ``Retry-After``)."""
-        bucket = self.rate_limiter.user_bucket(principal.subject, kind, self.loop.time())
-        if bucket is None:
-            return 0.0
-        wait = bucket.wait(self.loop.time())
-        if not wait:
-            bucket.tokens -= 1.0
-        else:
+        wait = self.rate_limiter.take(principal.subject, kind, self.loop.time())
+        if wait:
             self.stats.count(self.stats.rate_limited, kind)
         return wait
 
@@ -343,6 +351,41 @@ class Gateway:
         ``forbidden`` (403). Every place that answers an ``AuthenticationError`` calls it."""
         reason = exc.reason or ("unauthorized" if exc.status == 401 else "forbidden")
         self.stats.count(self.stats.auth_refusals, reason)
+
+    def admit(
+        self, principal: Principal
+    ) -> tuple[int, str] | Awaitable[tuple[int, str] | None] | None:
+        """:meth:`connection_refusal`, then the user's connections on every node of the
+        cluster (:attr:`cluster`): the refusal (HTTP status and message) or None. The
+        answer is awaitable when the cluster state must be asked (one round trip, for an
+        authenticated principal on a distributed cluster state); otherwise it is plain.
+
+        A None (admitted) reserves a slot in the cluster: the transport then opens the
+        session (:meth:`open_session`, or :meth:`user_connected` for other sockets),
+        whose end gives it back, or calls :meth:`release_admission` if it cannot."""
+        refusal = self.connection_refusal(principal)
+        if refusal is not None or principal.anonymous:
+            return refusal
+        pending = self.cluster.reserve(principal.subject, self.settings.max_connections_per_user)
+        if pending is None:
+            return None
+        return self._cluster_refusal(pending)
+
+    async def _cluster_refusal(self, pending: Awaitable[int | None]) -> tuple[int, str] | None:
+        try:
+            held = await pending
+        except Exception:  # the cluster state's contract says it does not raise: fail open
+            logger.exception("cluster state reservation failed")
+            return None
+        if held is None:
+            return None
+        limit = self.settings.max_connections_per_user
+        return 429, f"too many connections: at most {limit} per user (across the cluster)"
+
+    def release_admission(self, principal: Principal) -> None:
+        """Give back the slot of an admitted connection that was never opened."""
+        if not principal.anonymous:
+            self.cluster.release(principal.subject)
 
     def begin_handshake(self) -> bool:
         """Count one handshake whose authentication is under way; False (refuse it with
@@ -507,6 +550,11 @@ class Gateway:
         self._stopping = None
         self._closing = None
         await self.broker.start(self._on_publication)
+        try:
+            await self.cluster.start(_ClusterView(self))
+        except BaseException:
+            await self.broker.stop()
+            raise
         for hook in self._startup:
             await hook()
         if self.settings.gc_freeze:
@@ -586,6 +634,10 @@ class Gateway:
                 await hook()
             except Exception:
                 logger.exception("shutdown hook failed")
+        try:
+            await self.cluster.stop()
+        except Exception:
+            logger.exception("cluster state stop failed")
         await self.broker.stop()
 
     async def drain(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
@@ -964,26 +1016,50 @@ class Gateway:
         self.user_connections[subject] = self.user_connections.get(subject, 0) + 1
 
     def user_disconnected(self, principal: Principal) -> None:
+        """One connection of ``principal``'s user ended (here and, for an admitted one,
+        in the cluster)."""
         subject = principal.subject
         left = self.user_connections.get(subject, 1) - 1
         if left > 0:
             self.user_connections[subject] = left
         else:
             self.user_connections.pop(subject, None)
+        if not principal.anonymous:
+            self.cluster.release(subject)
 
-    def set_principal(self, session: Session, principal: Principal) -> bool:
+    def set_principal(self, session: Session, principal: Principal) -> bool | Awaitable[bool]:
         """Make ``principal`` the connection's (its first ``auth`` message, or a refresh),
         moving it to its user's connection count. False, and the connection closed with
-        4529, when that user already holds ``max_connections_per_user`` (a connection that
-        authenticated at the handshake was refused with HTTP 429 instead)."""
+        4529, when that user already holds ``max_connections_per_user`` here or across
+        the cluster (a connection that authenticated at the handshake was refused with
+        HTTP 429 instead). Awaitable when the cluster state must be asked."""
         old = session.principal.subject
         new = principal.subject
         if new != old:
             if self.user_connections.get(new, 0) >= self.settings.max_connections_per_user:
                 self.close(session, CloseCode.TOO_MANY_CONNECTIONS)
                 return False
+            if not principal.anonymous:
+                pending = self.cluster.reserve(new, self.settings.max_connections_per_user)
+                if pending is not None:
+                    return self._set_principal_reserved(session, principal, pending)
             self.user_disconnected(session.principal)
             self.user_connected(principal)
+        session.authenticated(principal)
+        return True
+
+    async def _set_principal_reserved(
+        self, session: Session, principal: Principal, pending: Awaitable[int | None]
+    ) -> bool:
+        held = await pending
+        if held is not None or session.closed or session.principal.subject == principal.subject:
+            if held is None:  # granted, but the connection is gone (or moved) meanwhile
+                self.cluster.release(principal.subject)
+            else:
+                self.close(session, CloseCode.TOO_MANY_CONNECTIONS)
+            return False
+        self.user_disconnected(session.principal)
+        self.user_connected(principal)
         session.authenticated(principal)
         return True
 
@@ -1002,6 +1078,9 @@ class Gateway:
             logger.debug("connection %d ended", session.id, extra=extra)
         self.user_disconnected(session.principal)
         self._wake_writable(session)
+        if self._distributed:
+            for topic in session.topics:
+                self.cluster.topic_changed(topic)
         for topic in self.hub.remove_all(session):
             self._spawn(self._unlisten(topic))
         session.outbox.drain()
@@ -1022,6 +1101,9 @@ class Gateway:
         if code is CloseCode.AUTH_TIMEOUT or code is CloseCode.TOKEN_EXPIRED:
             reason_key = "auth_timeout" if code is CloseCode.AUTH_TIMEOUT else "expired"
             stats.count(stats.auth_refusals, reason_key)
+        if self._distributed:
+            for topic in session.topics:
+                self.cluster.topic_changed(topic)
         for topic in self.hub.remove_all(session):
             self._spawn(self._unlisten(topic))
         frames = session.outbox.drain()
@@ -1283,8 +1365,30 @@ class Gateway:
         if topic not in session.topics:
             raise CommandError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {topic!r}")
         self.hub.remove(session, topic)
+        if self._distributed:
+            self.cluster.topic_changed(topic)
         if not self.hub.presence(topic):
             self._spawn(self._unlisten(topic))
+
+    async def presence(self, topic: str) -> TopicPresence:
+        """Who is subscribed to ``topic`` on every live node: this node's hub plus the
+        cluster state's other nodes (not authorized here: see the ``presence`` command).
+        Raises :class:`BrokerError` when the cluster state cannot be read."""
+        found = await self.cluster.presence(topic)
+        users, anonymous = _local_presence(self.hub, topic)
+        found.add(users, anonymous)
+        return found
+
+    async def _cmd_presence(self, session: Session, command: PresenceCommand) -> None:
+        topic = command.topic
+        if not await self.may_subscribe(session.principal, topic):
+            # the answer of a denied subscribe: nothing about the topic or its subscribers
+            raise CommandError(ErrorCode.FORBIDDEN, f"may not subscribe to {topic!r}")
+        try:
+            found = await self.presence(topic)
+        except BrokerError as exc:
+            raise CommandError(ErrorCode.UNAVAILABLE, f"presence unavailable: {exc}") from exc
+        self.reply(session, "presence", presence_data(found), id=command.id, topic=topic)
 
     async def _cmd_subscribe(self, session: Session, command: SubscribeCommand) -> None:
         if command.replay is not None:  # protocol v1: the same as a `replay` command
@@ -1364,6 +1468,8 @@ class Gateway:
             return
         first_here = not self.hub.presence(topic)
         self.hub.begin(session, topic)
+        if self._distributed:
+            self.cluster.topic_changed(topic)
         snapshot: tuple[int, dict[str, Any]] | None = None
         try:
             if first_here:
@@ -1394,6 +1500,8 @@ class Gateway:
                         page = await self.history(topic, snapshot[0])
         except BrokerError as exc:
             self.hub.remove(session, topic)
+            if self._distributed:
+                self.cluster.topic_changed(topic)
             raise CommandError(ErrorCode.UNAVAILABLE, f"history unavailable: {exc}") from exc
         if session.closed or topic not in session.topics:
             return
@@ -1510,3 +1618,49 @@ class Gateway:
         """Bytes from the client (pongs included) prove the connection is alive."""
         session.last_seen = self.loop.time()
         session.ping_sent = 0.0
+
+
+def _local_presence(hub: Hub, topic: str) -> tuple[dict[str, int], int]:
+    """The subscribers of ``topic`` on this node: connections per user, anonymous ones."""
+    users: dict[str, int] = {}
+    anonymous = 0
+    for session in hub.subscribers(topic):
+        principal = session.principal
+        if principal.anonymous:
+            anonymous += 1
+        else:
+            users[principal.subject] = users.get(principal.subject, 0) + 1
+    return users, anonymous
+
+
+def presence_data(found: TopicPresence) -> dict[str, Any]:
+    """The ``data`` of a ``presence`` reply (and of ``GET /api/topics/{topic}/presence``):
+    users sorted by name with their connections, anonymous connections, totals."""
+    return {
+        "users": [{"user": u, "connections": n} for u, n in sorted(found.users.items())],
+        "anonymous": found.anonymous,
+        "connections": found.connections,
+        "nodes": found.nodes,
+    }
+
+
+class _ClusterView:
+    """The gateway as the cluster state sees it (:class:`agentcast.cluster.LocalView`)."""
+
+    __slots__ = ("gateway",)
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def local_presence(self, topic: str) -> tuple[dict[str, int], int]:
+        return _local_presence(self.gateway.hub, topic)
+
+    def local_topics(self) -> list[str]:
+        return [name for name, state in self.gateway.hub.topics.items() if len(state)]
+
+    def take_drawn(self) -> dict[str, dict[str, float]]:
+        return self.gateway.rate_limiter.take_drawn()
+
+    def charge(self, subject: str, kind: str, tokens: float) -> None:
+        gateway = self.gateway
+        gateway.rate_limiter.charge(subject, kind, tokens, gateway.loop.time())

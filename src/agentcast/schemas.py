@@ -48,6 +48,8 @@ from agentcast.core.frames import (
     EventFrame,
     PingCommand,
     PongFrame,
+    PresenceCommand,
+    PresenceFrame,
     PublishCommand,
     SubscribeCommand,
     SubscribedFrame,
@@ -56,7 +58,7 @@ from agentcast.core.frames import (
 )
 from agentcast.runs.vocabulary import EXECUTION_EVENTS, WORKFLOW_EVENTS
 from agentcast.security.protocol import AuthenticatedFrame, TicketOut
-from agentcast.transports.http import EventIn, HistoryOut, PublishResult
+from agentcast.transports.http import EventIn, HistoryOut, PresenceOut, PublishResult
 
 __all__ = [
     "DIALECT",
@@ -315,11 +317,13 @@ register("client.subscribe", SubscribeCommand, "client")
 register("client.unsubscribe", UnsubscribeCommand, "client")
 register("client.ping", PingCommand, "client")
 register("client.publish", PublishCommand, "client")
+register("client.presence", PresenceCommand, "client")
 
 register("server.event", EventFrame, "server")
 register("server.subscribed", SubscribedFrame, "server")
 register("server.unsubscribed", UnsubscribedFrame, "server")
 register("server.pong", PongFrame, "server")
+register("server.presence", PresenceFrame, "server")
 register("server.ack", AckFrame, "server")
 register("server.error", ErrorFrame, "server")
 
@@ -333,6 +337,7 @@ register(
 )
 register("http.publish-result", PublishResult, "http", mode="serialization")
 register("http.history", HistoryOut, "http", mode="serialization")
+register("http.presence", PresenceOut, "http", mode="serialization")
 register("http.error", HttpError, "http", mode="serialization")
 for _kind, _model in EXECUTION_EVENTS.items():
     register(

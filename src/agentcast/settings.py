@@ -146,6 +146,32 @@ class Settings(BaseSettings):
         description="Server processes on one port (`serve --workers`); more than one needs "
         "a shared broker (redis://).",
     )
+    cluster_url: str = Field(
+        "",
+        description="Where the nodes share connection counts per user, rate-limit "
+        "consumption and presence: memory:// (this process only) or "
+        "redis://host:port/db?prefix=name; empty: broker_url.",
+    )
+    node_heartbeat: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Seconds between a node's heartbeats in the cluster state.",
+    )
+    node_ttl: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="A node whose heartbeat is older than this is dead: its connections "
+        "and presence no longer count (more than node_heartbeat).",
+    )
+    cluster_sync_interval: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="Seconds between exchanges of rate-limit consumption between nodes "
+        "(the cross-node overshoot is bounded by nodes × rate × this).",
+    )
     store_url: str = Field(
         "sqlite:///agentcast.db",
         description="Run store: sqlite:///path.db or postgresql://user@host/db; empty: none.",
@@ -387,7 +413,14 @@ class Settings(BaseSettings):
             raise ValueError("ping_timeout must be at most 10 × ping_interval")
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise ValueError("tls_certfile and tls_keyfile go together: give both or neither")
+        if self.node_ttl <= self.node_heartbeat:
+            raise ValueError("node_ttl must be longer than node_heartbeat")
         return self
+
+    @property
+    def cluster_state_url(self) -> str:
+        """``cluster_url``, or ``broker_url`` when it is empty."""
+        return self.cluster_url or self.broker_url
 
     @property
     def loopback(self) -> bool:

@@ -30,6 +30,7 @@ FORBIDDEN = {
     "agentcast.gateway",
     "agentcast.transports",
     "agentcast.brokers",
+    "agentcast.cluster",
     "agentcast.client",
     "agentcast.cli",
 }

@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from agentcast.codes import CloseCode
 from agentcast.errors import ProtocolError
-from agentcast.policy import UNAUTHENTICATED, AuthenticationError, Principal
+from agentcast.policy import UNAUTHENTICATED, AuthenticationError, Principal, resolve
 from agentcast.security.credentials import select_subprotocol
 from agentcast.web import request_of
 
@@ -85,7 +85,7 @@ def seed003_endpoint(gateway: Gateway, chat: Chat) -> Callable[[WebSocket], Awai
             else:  # pragma: no cover - depends on the ASGI server
                 await websocket.close()  # before accepting: HTTP 403
             return
-        refusal = gateway.connection_refusal(principal)
+        refusal = await resolve(gateway.admit(principal))
         if refusal is not None:  # HTTP 429: the user holds max_connections_per_user
             status, text = refusal
             if "websocket.http.response" in websocket.scope.get("extensions", {}):

@@ -31,7 +31,7 @@ from agentcast.client.retry import (
 )
 from agentcast.client.subscription import OnHistoryLost, Subscription
 from agentcast.codes import ErrorCode
-from agentcast.core.frames import AckFrame, ErrorFrame
+from agentcast.core.frames import AckFrame, ErrorFrame, PresenceData, PresenceFrame
 from agentcast.errors import ClientError, ConnectionClosedError
 
 __all__ = ["MAX_IN_FLIGHT", "Client", "connect", "ws_url_of"]
@@ -427,6 +427,13 @@ class Client:
         started = loop.time()
         await self.request({"type": "ping"})
         return loop.time() - started
+
+    async def presence(self, topic: str) -> PresenceData:
+        """Who is subscribed to ``topic`` on every node (``presence``): users with their
+        connection counts, anonymous connections, totals. Raises
+        :class:`CommandFailedError` (``forbidden``) where this client may not subscribe."""
+        reply = await self.request({"type": "presence", "topic": topic})
+        return PresenceFrame.model_validate(reply).data
 
     async def refresh_token(self, token: str) -> Reply:
         """Present a fresh ``token`` (same subject) with ``auth:refresh`` before the current

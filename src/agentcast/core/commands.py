@@ -19,6 +19,7 @@ from agentcast.core.envelope import frame_text
 from agentcast.core.frames import (
     ClientCommand,
     PingCommand,
+    PresenceCommand,
     PublishCommand,
     SubscribeCommand,
     UnsubscribeCommand,
@@ -32,6 +33,7 @@ CORE_COMMANDS: dict[str, type[ClientCommand]] = {
     "unsubscribe": UnsubscribeCommand,
     "ping": PingCommand,
     "publish": PublishCommand,
+    "presence": PresenceCommand,
 }
 """The commands every gateway understands, whatever its features."""
 _BARE_PING = PingCommand()

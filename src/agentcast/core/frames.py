@@ -21,6 +21,8 @@ __all__ = [
     "EventFrame",
     "PingCommand",
     "PongFrame",
+    "PresenceCommand",
+    "PresenceFrame",
     "PublishCommand",
     "ServerFrame",
     "SubscribeCommand",
@@ -98,6 +100,13 @@ class PingCommand(ClientCommand):
     type: Literal["ping"] = "ping"
 
 
+class PresenceCommand(_TopicCommand):
+    """Who is subscribed to a topic on every node (answered by ``presence``); refused
+    like ``subscribe`` where the client may not subscribe."""
+
+    type: Literal["presence"] = "presence"
+
+
 class PublishCommand(_TopicCommand):
     """Publish an event to a topic (where the authorizer allows it)."""
 
@@ -157,6 +166,28 @@ class UnsubscribedFrame(_Reply):
 
     type: Literal["unsubscribed"] = "unsubscribed"
     topic: str
+
+
+class PresenceUser(BaseModel):
+    user: str = Field(description="The principal's subject.")
+    connections: int = Field(ge=1, description="Its connections subscribed to the topic.")
+
+
+class PresenceData(BaseModel):
+    users: list[PresenceUser] = Field(
+        description="Users subscribed to the topic on every live node, sorted by name."
+    )
+    anonymous: int = Field(ge=0, description="Anonymous connections subscribed (open mode).")
+    connections: int = Field(ge=0, description="Connections subscribed in all.")
+    nodes: int = Field(ge=0, description="Nodes with at least one subscriber.")
+
+
+class PresenceFrame(_Reply):
+    """Reply to ``presence``: who is subscribed to the topic across the cluster."""
+
+    type: Literal["presence"] = "presence"
+    topic: str
+    data: PresenceData  # type: ignore[assignment]
 
 
 class PongFrame(_Reply):

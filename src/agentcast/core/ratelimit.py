@@ -18,6 +18,11 @@ shared from then on (:meth:`RateLimiter.connection`): the same limits, without ~
 of user buckets per connection when every connection is its own user.
 
 Cost: one dict lookup and a few float operations per command and kind; nothing per event.
+
+Across nodes (a cluster state: ``agentcast.cluster``) the user buckets stay local and
+synchronous; each bucket counts what it gave out (``drawn``), :meth:`RateLimiter.take_drawn`
+collects it for the other nodes, and :meth:`RateLimiter.charge` takes what they report
+from the bucket here (which may go below zero: the user then waits until it refills).
 """
 
 from __future__ import annotations
@@ -44,13 +49,16 @@ class Rate:
 class TokenBucket:
     """A token bucket, full at creation time ``now``."""
 
-    __slots__ = ("burst", "per_second", "stamp", "tokens")
+    __slots__ = ("burst", "drawn", "per_second", "stamp", "tokens")
 
     def __init__(self, rate: Rate, now: float) -> None:
         self.per_second = rate.per_second
         self.burst = rate.burst
         self.tokens = rate.burst
         self.stamp = now
+        self.drawn = 0.0
+        """Tokens given out since :meth:`RateLimiter.take_drawn` last collected them (user
+        buckets only)."""
 
     def wait(self, now: float) -> float:
         """Refill up to ``now``; 0.0 when a token is there, else the seconds until one is."""
@@ -94,12 +102,14 @@ class ConnectionLimits:
         if own is user:  # an anonymous connection is its own user
             if not wait:
                 own.tokens -= 1.0
+                own.drawn += 1.0  # collected only where the bucket is a user's
             return wait
         user_wait = user.wait(now)
         if wait or user_wait:
             return wait if wait > user_wait else user_wait
         own.tokens -= 1.0
         user.tokens -= 1.0
+        user.drawn += 1.0
         return 0.0
 
     def refused(self, now: float) -> bool:
@@ -150,6 +160,47 @@ class RateLimiter:
             bucket = buckets[kind] = TokenBucket(rate, now)
         return bucket
 
+    def take(self, subject: str, kind: str, now: float) -> float:
+        """Draw one ``kind`` token from the user bucket of ``subject`` only (an HTTP
+        request): 0.0 when admitted (or ``kind`` has no rate), else the seconds to wait."""
+        bucket = self.user_bucket(subject, kind, now)
+        if bucket is None:
+            return 0.0
+        wait = bucket.wait(now)
+        if not wait:
+            bucket.tokens -= 1.0
+            bucket.drawn += 1.0
+        return wait
+
+    def take_drawn(self) -> dict[str, dict[str, float]]:
+        """The tokens drawn from each user bucket since the last call, per subject and
+        kind (only those that drew); resets the counts. Every bucket that stands for a
+        user's must be collected here (a design where a lone connection's buckets stand
+        for its user's must collect those too)."""
+        out: dict[str, dict[str, float]] = {}
+        for subject, buckets in self.users.items():
+            for kind, bucket in buckets.items():
+                if bucket.drawn:
+                    out.setdefault(subject, {})[kind] = bucket.drawn
+                    bucket.drawn = 0.0
+        for subject, limits in self.solo.items():  # a lone connection's buckets are its user's
+            for kind, (own, _) in limits.pairs.items():
+                if own.drawn:
+                    out.setdefault(subject, {})[kind] = own.drawn
+                    own.drawn = 0.0
+        return out
+
+    def charge(self, subject: str, kind: str, tokens: float, now: float) -> None:
+        """Take ``tokens`` of ``kind`` from ``subject``'s bucket (drawn on another node),
+        creating the bucket if needed, down to at most one burst below empty (a debt is
+        repaid at the rate; a larger one would lock the user out for longer than any
+        single node could). Unknown kinds are ignored."""
+        bucket = self.user_bucket(subject, kind, now)
+        if bucket is None or tokens <= 0:
+            return
+        bucket.wait(now)  # refill up to now first
+        bucket.tokens = max(bucket.tokens - tokens, -bucket.burst)
+
     def connection(
         self, subject: str, now: float, *, anonymous: bool = False
     ) -> ConnectionLimits | None:
@@ -178,6 +229,7 @@ class RateLimiter:
         for kind, (own, _) in first.pairs.items():
             user = TokenBucket(Rate(own.per_second, own.burst), own.stamp)
             user.tokens = own.tokens
+            user.drawn, own.drawn = own.drawn, 0.0  # not yet collected: the user's now
             buckets[kind] = user
             first.pairs[kind] = (own, user)
 

@@ -110,7 +110,7 @@ class Security(GatewayFeature):
                 ErrorCode.FORBIDDEN,
                 f"{command.type}: the token is for another subject than this connection's",
             )
-        if not gateway.set_principal(session, principal):
+        if not await resolve(gateway.set_principal(session, principal)):
             return
         if not first:  # a refreshed token may grant less: drop what it no longer allows
             await gateway.recheck_subscriptions(session)

@@ -40,7 +40,7 @@ from agentcast.core.envelope import payload_of_frame
 from agentcast.core.session import Session
 from agentcast.gateway import Gateway
 from agentcast.plugin import SocketEndpoint
-from agentcast.policy import AuthenticationError, Principal
+from agentcast.policy import AuthenticationError, Principal, resolve
 from agentcast.security.credentials import select_subprotocol
 from agentcast.web import request_of
 
@@ -158,11 +158,15 @@ def websocket_route(
             word = "unauthorized" if exc.status == 401 else "forbidden"
             await _deny(websocket, exc.status, f"{word}: {exc}")
             return
-        refusal = gateway.connection_refusal(principal)
-        if refusal is not None:  # HTTP 429 (per user) or 503 (server full)
+        refusal = await resolve(gateway.admit(principal))
+        if refusal is not None:  # HTTP 429 (per user, across the cluster) or 503 (full)
             await _deny(websocket, *refusal)
             return
-        await websocket.accept(select_subprotocol(websocket.scope.get("subprotocols", [])))
+        try:
+            await websocket.accept(select_subprotocol(websocket.scope.get("subprotocols", [])))
+        except BaseException:
+            gateway.release_admission(principal)
+            raise
         writer = AsgiWriter(websocket, gateway)
         session = writer.session = gateway.open_session(principal, writer)
         if socket_endpoint is not None and value is not None:

@@ -25,9 +25,9 @@ from starlette.middleware.cors import CORSMiddleware
 
 from agentcast.__about__ import __version__
 from agentcast.codes import ErrorCode
-from agentcast.core.frames import valid_topic
+from agentcast.core.frames import PresenceData, valid_topic
 from agentcast.errors import BrokerError, ProtocolError, PublishOutcomeUnknownError
-from agentcast.gateway import Gateway
+from agentcast.gateway import Gateway, presence_data
 from agentcast.security.origin import OriginMiddleware, OriginPolicy
 from agentcast.transports.asgi import websocket_not_found, websocket_route
 from agentcast.transports.bodylimit import BodyLimit
@@ -75,6 +75,13 @@ class TopicOut(BaseModel):
     subscribers: int
 
 
+class PresenceOut(PresenceData):
+    """Body of ``GET /api/topics/{topic}/presence``: the ``presence`` reply's ``data``
+    and the topic."""
+
+    topic: str
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -86,6 +93,13 @@ class Health(BaseModel):
         description="Topics the broker knows; with authentication on, shown to admin only."
     )
     uptime_s: float
+    node: str = Field(description="This process's id in the cluster (hostname:pid:random).")
+    cluster: dict[str, float] | None = Field(
+        None,
+        description="The cluster state: live nodes at the last heartbeat (1 in-process), "
+        "backend errors, users counted here, rate tokens charged from other nodes; with "
+        "authentication on, shown to admin only.",
+    )
     history: dict[str, int] | None = Field(
         None,
         description="The in-process history and its budget (memory broker): bytes, "
@@ -113,6 +127,8 @@ def http_router(gateway: Gateway) -> APIRouter:
             connections=len(gateway.sessions) if counters else None,
             topics=len(gateway.broker.topics()) if counters else None,
             uptime_s=round(time.monotonic() - started, 3),
+            node=gateway.cluster.node,
+            cluster=gateway.cluster.stats() if counters else None,
             history=gateway.broker.history_usage(),
         )
 
@@ -237,6 +253,29 @@ def http_router(gateway: Gateway) -> APIRouter:
             complete=page.complete,
             events=[pub.to_dict() for pub in page.publications],
         )
+
+    @router.get(
+        "/api/topics/{topic:path}/presence",
+        response_model=PresenceOut,
+        tags=["events"],
+        responses={403: {"description": "Forbidden"}, 503: {"description": "Unavailable"}},
+    )
+    async def presence(
+        request: Request, topic: Annotated[str, Path(description="Topic name.")]
+    ) -> PresenceOut:
+        """Who is subscribed to ``topic`` on every live node (users and their connections,
+        anonymous connections); 403, as for reading it, where the caller may not
+        subscribe (whether or not anyone is there)."""
+        if not valid_topic(topic):
+            raise http_error(400, ErrorCode.INVALID_TOPIC, f"invalid topic {topic!r}", "topic")
+        principal = await principal_of(gateway, request)
+        if not await gateway.may_subscribe(principal, topic):
+            raise http_error(403, ErrorCode.FORBIDDEN, f"may not read {topic!r}")
+        try:
+            found = await gateway.presence(topic)
+        except BrokerError as exc:
+            raise http_error(503, ErrorCode.UNAVAILABLE, f"presence unavailable: {exc}") from exc
+        return PresenceOut(topic=topic, **presence_data(found))
 
     @router.get("/api/topics", response_model=list[TopicOut], tags=["events"])
     async def topics(request: Request) -> list[TopicOut]:

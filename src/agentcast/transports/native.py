@@ -363,13 +363,47 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             self.gateway.end_handshake()
         if self.transport.is_closing():
             return
-        self._accept(response, principal, creq)
+        if self._accept(response, principal, creq):
+            self.transport.resume_reading()
+
+    def _accept(self, response: Response, principal: Principal, creq: ConnectionRequest) -> bool:
+        """Admit (:meth:`Gateway.admit`) and open the connection, or refuse it. False when
+        the admission is asked of the cluster state: reading is paused until it answers."""
+        admitted = self.gateway.admit(principal)
+        if inspect.isawaitable(admitted):
+            assert self.transport is not None
+            self.transport.pause_reading()
+            finish = self._finish_admission(response, principal, creq, admitted)
+            self.gateway.loop.create_task(finish)
+            return False
+        self._open(response, principal, creq, admitted)
+        return True
+
+    async def _finish_admission(
+        self,
+        response: Response,
+        principal: Principal,
+        creq: ConnectionRequest,
+        pending: Awaitable[tuple[int, str] | None],
+    ) -> None:
+        assert self.transport is not None
+        refusal = await pending
+        if self.transport.is_closing():
+            if refusal is None:
+                self.gateway.release_admission(principal)
+            return
+        self._open(response, principal, creq, refusal)
         self.transport.resume_reading()
 
-    def _accept(self, response: Response, principal: Principal, creq: ConnectionRequest) -> None:
+    def _open(
+        self,
+        response: Response,
+        principal: Principal,
+        creq: ConnectionRequest,
+        refusal: tuple[int, str] | None,
+    ) -> None:
         conn = self.conn
         assert isinstance(conn, ServerProtocol)
-        refusal = self.gateway.connection_refusal(principal)
         if refusal is not None:
             self._reject(_limit_response(conn, *refusal))
             return

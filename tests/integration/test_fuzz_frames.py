@@ -223,6 +223,7 @@ def fuzzed(request: pytest.FixtureRequest) -> Iterator[tuple[ServerThread, Fuzze
         server.stop()
 
 
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the 70 kB example
 @settings(
     max_examples=BATCHES,
     deadline=None,

@@ -224,6 +224,9 @@ def fuzzed(request: pytest.FixtureRequest) -> Iterator[tuple[ServerThread, Fuzze
 
 
 @pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the 70 kB example
+# the server under test runs in a thread of this process: its own use of `random` (retry
+# jitter, node ids) while hypothesis draws a batch is not randomness inside the strategy
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @settings(
     max_examples=BATCHES,
     deadline=None,

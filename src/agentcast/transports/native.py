@@ -235,7 +235,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         elif self.unread:
             data, self.unread = self.unread, b""
             self._consume(data)
-        if self.resume_handle is None and not transport.is_closing():
+        # before the session (an authenticator or the cluster state still deciding) the
+        # handshake's own pause stands: it resumes reading when it is done
+        if self.resume_handle is None and self.session is not None and not transport.is_closing():
             transport.resume_reading()
 
     def hold_reading(self, seconds: float) -> None:
@@ -366,6 +368,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                     self.gateway.close_session(self.session)
                     if not transport.is_closing() and transport.can_write_eof():
                         transport.write_eof()
+                    # websockets discards all input after failing: drop it unparsed
+                    self.discarding = True
+                    self.unread = b""
                     self._close_later()
                 return
         if conn.close_expected():

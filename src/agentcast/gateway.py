@@ -1184,7 +1184,9 @@ class Gateway:
 
     def _rate_limited(self, session: Session, kind: str, wait: float, cid: Any, now: float) -> None:
         """Refuse one command over a rate limit; close the connection with 4530 when it
-        keeps sending over it (``rate_limit_close_after`` refusals in the window)."""
+        keeps sending over it (``rate_limit_close_after`` refusals in the window). After
+        a few refusals (:meth:`ConnectionLimits.hold`) the connection's reading is also
+        held for the ``retry_after``: what it sent meanwhile waits unparsed."""
         self.stats.count(self.stats.rate_limited, kind)
         limits = session.limits
         if limits is not None and limits.refused(now):
@@ -1198,6 +1200,8 @@ class Gateway:
             return
         exc = RateLimitedError(f"rate limit of {kind} exceeded; retry later", wait)
         self.send(session, error_frame(exc, self.now_iso(), id=cid))
+        if limits is not None and (hold := limits.hold(wait)):
+            session.writer.hold_reading(hold)  # TCP back-pressure, not a parse per frame
 
     def receive_binary(self, session: Session) -> None:
         """Binary frames are not part of protocol v1: answer with an error frame."""

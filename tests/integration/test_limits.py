@@ -214,6 +214,77 @@ async def test_flood_of_commands(transport: str) -> None:
         await live_check(legit, running.gateway.publish, "legit")
 
 
+@pytest.mark.parametrize("transport", ["native", "asgi"])
+async def test_flooding_over_the_rate_limit_is_held_and_others_get_their_stream(
+    transport: str,
+) -> None:
+    """A client writing commands as fast as it can, over its rate limit: after a few
+    refusals its reading is held for the ``retry_after`` (TCP back-pressure), so the
+    server handles about its rate, not its flood; a subscriber meanwhile receives a
+    paced stream completely and in order; the flooder still gets ``rate_limited`` error
+    frames with ``retry_after``, then close 4530."""
+    async with (
+        serve(
+            transport,
+            rate_limit_commands_per_minute=1200,  # 20/s: retry_after 50 ms
+            rate_limit_burst=0.05,  # a 60-command burst
+            rate_limit_close_after=40,
+        ) as running,
+        websockets.connect(running.ws_url) as legit,
+        websockets.connect(running.ws_url, max_queue=None) as flood,
+    ):
+        await subscribe(legit, "legit")
+        gateway = running.gateway
+        errors: list[dict[str, Any]] = []
+        sent = 0
+
+        async def reader() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in flood:
+                    msg = json.loads(raw)
+                    if msg["type"] == "error":
+                        errors.append(msg)
+
+        async def flooder() -> None:
+            nonlocal sent
+            frame = json.dumps({"type": "ping", "id": 0})
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await flood.send(frame)  # waits when the server stops reading
+                    sent += 1
+                    if sent % 50 == 0:
+                        await asyncio.sleep(0)
+
+        start = time.monotonic()
+        reading = asyncio.create_task(reader())
+        flooding = asyncio.create_task(flooder())
+        try:
+            await eventually(lambda: gateway.stats.rate_limited.get("commands", 0) >= 3)
+            handled_before = gateway.stats.commands
+            n = 100
+            for i in range(n):  # a paced stream, 2 ms apart, while the flood runs
+                await gateway.publish("legit", "tick", {"i": i})
+                await asyncio.sleep(0.002)
+            got = [await recv_until(legit, "tick", 5 * UNIT) for _ in range(n)]
+            assert [m["data"]["i"] for m in got] == list(range(n))
+            assert not flooding.done()  # the stream ran during the flood
+            await asyncio.wait_for(asyncio.gather(flooding, reading), 20 * UNIT)
+        finally:
+            flooding.cancel()
+            reading.cancel()
+        elapsed = time.monotonic() - start
+        assert flood.close_code == 4530
+        assert 3 <= len(errors) < 40
+        assert all(e["data"]["code"] == "rate_limited" for e in errors)
+        assert all(0 < e["data"]["retry_after"] <= 1.0 for e in errors)
+        # what the server handled of the flood: its burst, its rate, its refusals (each
+        # refusal after the third holds reading for the retry_after), not what it was sent
+        handled = gateway.stats.commands - handled_before
+        assert handled <= 60 + 40 * elapsed + 40 + 256, (handled, elapsed)
+        assert sent >= 10 * handled, (sent, handled)
+        await live_check(legit, gateway.publish, "legit")
+
+
 async def test_flood_of_publishes_per_connection_and_per_user() -> None:
     async with serve(rate_limit_publish_per_minute=10, rate_limit_close_after=3) as running:
         running.gateway.authenticator = QueryUser()

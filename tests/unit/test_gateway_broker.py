@@ -45,6 +45,8 @@ class Conn:
 
     def send_ping(self) -> None: ...
 
+    def hold_reading(self, seconds: float) -> None: ...
+
     def close(self, code: CloseCode, reason: str) -> None:
         self.close_code = code
         self.changed.set()

@@ -38,6 +38,8 @@ class Recorder:
 
     def send_ping(self) -> None: ...
 
+    def hold_reading(self, seconds: float) -> None: ...
+
     def close(self, code: CloseCode, reason: str) -> None:
         self.closed = code
 

@@ -87,6 +87,8 @@ class Client:
 
     def send_ping(self) -> None: ...
 
+    def hold_reading(self, seconds: float) -> None: ...
+
     def close(self, code: CloseCode, reason: str) -> None:
         if code == CloseCode.RESYNC:
             self.resyncs += 1

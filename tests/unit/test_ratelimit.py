@@ -68,3 +68,27 @@ def test_anonymous_connections_are_never_shared_and_gone_users_are_forgotten() -
     assert rl.tracked == 1
     assert rl.forget_idle(100.0, active=set()) == 1  # bob's buckets are full again
     assert rl.tracked == 0
+
+
+def test_hold_after_a_few_refusals_for_the_retry_after_at_most_hold_max() -> None:
+    """A connection that keeps sending over its limit is held (its reading paused) for the
+    ``retry_after``, capped, from its ``HOLD_AFTER``-th refusal in the window; the first
+    refusals are answered at once (no hold), and a new window starts over."""
+    from agentcast.core.ratelimit import HOLD_AFTER, HOLD_MAX
+
+    limits = ConnectionLimits({}, close_after=50, close_window=10.0)
+    holds = []
+    for _ in range(HOLD_AFTER + 2):
+        assert not limits.refused(1.0)
+        holds.append(limits.hold(0.25))
+    assert holds == [0.0] * (HOLD_AFTER - 1) + [0.25] * 3
+    assert limits.hold(30.0) == HOLD_MAX  # chat's 20 s retry_after: held 1 s at a time
+    limits.refused(20.0)  # a new window: answered at once again
+    assert limits.hold(0.25) == 0.0
+
+
+def test_hold_never_later_than_the_close() -> None:
+    """With ``close_after`` below ``HOLD_AFTER`` the close comes first: no hold before."""
+    limits = ConnectionLimits({}, close_after=2, close_window=10.0)
+    assert not limits.refused(0.0) and limits.hold(0.5) == 0.0
+    assert limits.refused(0.0)

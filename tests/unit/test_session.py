@@ -15,6 +15,8 @@ class NullWriter:
     def send_ping(self) -> None:
         raise AssertionError("the session never pings by itself")
 
+    def hold_reading(self, seconds: float) -> None: ...
+
     def close(self, code: object, reason: str) -> None:
         raise AssertionError("the session never closes by itself")
 

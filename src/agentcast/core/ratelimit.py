@@ -74,10 +74,17 @@ class TokenBucket:
         return self.tokens + (now - self.stamp) * self.per_second >= self.burst
 
 
+HOLD_AFTER = 3
+"""Refusals in a window answered at once before the connection's reading is held."""
+HOLD_MAX = 1.0
+"""The longest one hold (seconds): well under any ping timeout, so a held connection's
+pongs are read in time."""
+
+
 class ConnectionLimits:
     """The buckets one connection draws from (its own and its user's), and its refusals."""
 
-    __slots__ = ("close_after", "close_window", "pairs", "strikes", "window_start")
+    __slots__ = ("close_after", "close_window", "hold_after", "pairs", "strikes", "window_start")
 
     def __init__(
         self,
@@ -90,6 +97,7 @@ class ConnectionLimits:
         self.close_window = close_window
         self.strikes = 0
         self.window_start = 0.0
+        self.hold_after = min(HOLD_AFTER, close_after)
 
     def take(self, kind: str, now: float) -> float:
         """Draw one token of ``kind`` from both buckets: 0.0 when admitted, else the
@@ -120,6 +128,16 @@ class ConnectionLimits:
             self.strikes = 0
         self.strikes += 1
         return self.strikes >= self.close_after
+
+    def hold(self, wait: float) -> float:
+        """Seconds to stop reading the connection after a refusal that must wait ``wait``
+        (after :meth:`refused`): 0.0 for its first ``HOLD_AFTER`` refusals in the window
+        (each answered at once with an error frame), then ``wait``, at most ``HOLD_MAX``.
+        A client that keeps sending over its limit is read no faster than its bucket
+        refills (TCP back-pressure) instead of having every refused frame parsed."""
+        if self.strikes < self.hold_after:
+            return 0.0
+        return wait if wait < HOLD_MAX else HOLD_MAX
 
 
 class RateLimiter:

@@ -76,6 +76,11 @@ class Writer(Protocol):
     def close(self, code: CloseCode, reason: str) -> None:
         """Start the closing handshake with ``code`` and ``reason``; idempotent."""
 
+    def hold_reading(self, seconds: float) -> None:
+        """Read nothing more from the client for ``seconds`` (a rate limit refuses it):
+        frames already received wait, in order, and the client's kernel stops it when
+        its socket buffers fill (TCP back-pressure)."""
+
 
 class Session:
     """One client connection, as the hub and the gateway see it."""

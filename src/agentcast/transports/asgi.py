@@ -69,6 +69,8 @@ class AsgiWriter:
         self.high_water = gateway.settings.write_high_water
         self.wakeup = asyncio.Event()
         self.closing: tuple[int, str] | None = None
+        self.hold = 0.0
+        """Seconds the receive loop waits before its next frame (:meth:`hold_reading`)."""
 
     def write_frames(self, frames: list[bytes]) -> None:
         self.queue.extend(frames)
@@ -81,6 +83,12 @@ class AsgiWriter:
         """The ASGI server pings (uvicorn's ``ws_ping_interval``); nothing to do here."""
         if self.session is not None:
             self.session.ping_sent = 0.0
+
+    def hold_reading(self, seconds: float) -> None:
+        """The receive loop waits ``seconds`` before it asks for the next frame: uvicorn
+        keeps a connection's reading paused while a received message waits for the app,
+        so the client meets TCP back-pressure."""
+        self.hold = seconds
 
     def close(self, code: CloseCode, reason: str) -> None:
         if self.closing is None:
@@ -186,6 +194,9 @@ def websocket_route(
                     gateway.receive_text(session, text)
                 else:
                     gateway.receive_binary(session)
+                if writer.hold:  # over a rate limit: read nothing more for a while
+                    hold, writer.hold = writer.hold, 0.0
+                    await asyncio.sleep(hold)
         finally:
             gateway.close_session(session)
             if not sender.done():

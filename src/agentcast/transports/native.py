@@ -49,6 +49,10 @@ protocol_logger = logging.getLogger("agentcast.transport.ws")
 
 _PING_FRAME = bytes((0x89, 0))
 _MAX_HANDSHAKE_BYTES = 16 * 1024
+_READ_CHUNK = 16 * 1024
+"""Bytes parsed per loop iteration and connection (asyncio reads up to 256 KiB)."""
+_FRAME_BUDGET = 256
+"""Frames handled per loop iteration and connection; the rest wait for the next one."""
 
 
 def _request_path(data: bytes) -> str | None:
@@ -76,10 +80,13 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "delegate",
         "discarding",
         "endpoint",
+        "events",
         "fragments",
+        "resume_handle",
         "server_state",
         "session",
         "transport",
+        "unread",
     )
 
     def __init__(
@@ -101,6 +108,12 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.endpoint: tuple[SocketEndpoint, str] | None = None
         self.discarding = False
         """After a close the server initiated, half-closed: input is dropped unparsed."""
+        self.resume_handle: asyncio.Handle | None = None
+        """Set while reading is paused by a hold or a full per-read budget."""
+        self.events: list[Request | Response | Frame] | None = None
+        """Frames parsed but not handled yet (a hold, or past the budget)."""
+        self.unread = b""
+        """Bytes read but not parsed yet (past ``_READ_CHUNK``, or read while paused)."""
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -129,14 +142,41 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                 logger=protocol_logger,
                 select_subprotocol=_subprotocol,
             )
-        conn.receive_data(data)
         session = self.session
         if session is not None:
             session.last_seen = self.gateway.loop.time()
             session.ping_sent = 0.0
-        for event in conn.events_received():
+        if self.resume_handle is not None:  # held or over budget: read, queued behind
+            self.unread += data
+            return
+        self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        """Parse at most ``_READ_CHUNK`` bytes of ``data`` now (the rest waits in
+        ``unread``) and handle the frames (:meth:`_handle`)."""
+        conn = self.conn
+        assert conn is not None
+        if len(data) > _READ_CHUNK:
+            self.unread = data[_READ_CHUNK:]
+            data = data[:_READ_CHUNK]
+        conn.receive_data(data)
+        self._handle(conn.events_received())
+
+    def _handle(self, events: list[Request | Response | Frame]) -> None:
+        """Handle at most ``_FRAME_BUDGET`` of ``events``, in order; stop early when the
+        connection closes or its reading is held (:meth:`hold_reading`). What is left
+        (frames, unparsed bytes) waits with reading paused: for the hold, or for the next
+        loop iteration, so that one connection's read never holds the loop for long."""
+        session = self.session
+        count = len(events)
+        end = count if count <= _FRAME_BUDGET else _FRAME_BUDGET
+        i = 0
+        while i < end:
+            event = events[i]
+            i += 1
             if isinstance(event, Request):
                 self._handshake(event)
+                session = self.session
                 continue
             if not isinstance(event, Frame):  # pragma: no cover - servers receive no Response
                 continue
@@ -161,14 +201,54 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                     continue
                 if binary:
                     self.gateway.receive_binary(session)
-                    continue
-                try:
-                    text = payload.decode()
-                except UnicodeDecodeError:
-                    self.close(CloseCode.INVALID_DATA, "invalid utf-8")
-                    return
-                self.gateway.receive_text(session, text)
+                else:
+                    try:
+                        text = payload.decode()
+                    except UnicodeDecodeError:
+                        self.close(CloseCode.INVALID_DATA, "invalid utf-8")
+                        return
+                    self.gateway.receive_text(session, text)
+                if self.resume_handle is not None or self.discarding:
+                    break
         self._write_pending()
+        transport = self.transport
+        if self.discarding or transport is None or transport.is_closing():
+            self.unread = b""
+            return
+        rest = events[i:] if i < count else None
+        if self.resume_handle is not None:  # held: the rest waits for the hold's end
+            self.events = rest
+        elif rest is not None or self.unread:
+            self.events = rest
+            transport.pause_reading()
+            self.resume_handle = self.gateway.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        """After a hold or a full budget: handle what waits, then read again."""
+        self.resume_handle = None
+        transport = self.transport
+        if self.discarding or transport is None or transport.is_closing():
+            return
+        events, self.events = self.events, None
+        if events is not None:
+            self._handle(events)
+        elif self.unread:
+            data, self.unread = self.unread, b""
+            self._consume(data)
+        # before the session (an authenticator or the cluster state still deciding) the
+        # handshake's own pause stands: it resumes reading when it is done
+        if self.resume_handle is None and self.session is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def hold_reading(self, seconds: float) -> None:
+        """See :meth:`agentcast.core.session.Writer.hold_reading`."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.discarding:
+            return
+        if self.resume_handle is not None:
+            self.resume_handle.cancel()
+        transport.pause_reading()
+        self.resume_handle = self.gateway.loop.call_later(seconds, self._resume)
 
     def eof_received(self) -> bool | None:
         # the client closed its side: after our close frame (the closing handshake is
@@ -183,6 +263,11 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         if self.close_handle is not None:
             self.close_handle.cancel()
             self.close_handle = None
+        if self.resume_handle is not None:
+            self.resume_handle.cancel()
+            self.resume_handle = None
+        self.events = None
+        self.unread = b""
         if self.session is not None:
             self.gateway.close_session(self.session)
 
@@ -245,6 +330,11 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                 self.gateway.close_session(self.session)
             transport.write_eof()
             self.discarding = True
+        if self.resume_handle is not None:  # held: read on (to discard, or the close frame)
+            self.resume_handle.cancel()
+            self.resume_handle = None
+            self.events = None
+            transport.resume_reading()
         self._close_later()
 
     # -- internals -----------------------------------------------------------------
@@ -278,6 +368,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                     self.gateway.close_session(self.session)
                     if not transport.is_closing() and transport.can_write_eof():
                         transport.write_eof()
+                    # websockets discards all input after failing: drop it unparsed
+                    self.discarding = True
+                    self.unread = b""
                     self._close_later()
                 return
         if conn.close_expected():

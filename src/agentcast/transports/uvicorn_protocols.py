@@ -55,6 +55,10 @@ _REQUEST_TIMEOUT = (
 )
 
 
+READ_CHUNK = 16 * 1024
+"""Bytes parsed per loop iteration and connection (``ClosingSansIOProtocol.data_received``)."""
+
+
 class ClosingSansIOProtocol(WebSocketsSansIOProtocol):
     """See the module docstring. ``close_timeout`` (class attribute): the longest a failed
     connection is read and discarded before the socket is closed."""
@@ -64,6 +68,33 @@ class ClosingSansIOProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.close_timeout = self.close_timeout_setting
+        self.unread = b""
+        self.feeding: asyncio.Handle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        """Parse at most ``READ_CHUNK`` bytes per loop iteration: the rest of a large
+        read (asyncio reads up to 256 KiB: thousands of small frames) waits, in order,
+        for the next iteration, so one connection's read never holds the loop for long."""
+        if self.feeding is not None:
+            self.unread += data
+            return
+        if len(data) > READ_CHUNK:
+            self.unread = data[READ_CHUNK:]
+            data = data[:READ_CHUNK]
+            self.feeding = self.loop.call_soon(self._feed_unread)
+        super().data_received(data)
+
+    def _feed_unread(self) -> None:
+        self.feeding = None
+        data, self.unread = self.unread, b""
+        if data and not self.transport.is_closing():
+            self.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.feeding is not None:
+            self.feeding.cancel()
+            self.feeding = None
+        super().connection_lost(exc)
 
     def handle_parser_exception(self) -> None:
         if self.close_sent:  # failed already: what follows is read and discarded

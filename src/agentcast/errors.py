@@ -42,6 +42,7 @@ Library errors are translated at the boundary and chained with ``from``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from agentcast.codes import ErrorCode
@@ -86,7 +87,9 @@ class RateLimitedError(CommandError):
 
     def to_data(self) -> dict[str, Any]:
         data = super().to_data()
-        data["retry_after"] = round(self.retry_after, 3)
+        # rounded up to the millisecond: never below the real wait, never 0 (a client told
+        # 0 would retry at once and be refused again)
+        data["retry_after"] = max(0.001, math.ceil(self.retry_after * 1000) / 1000)
         return data
 
 

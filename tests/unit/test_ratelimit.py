@@ -92,3 +92,12 @@ def test_hold_never_later_than_the_close() -> None:
     limits = ConnectionLimits({}, close_after=2, close_window=10.0)
     assert not limits.refused(0.0) and limits.hold(0.5) == 0.0
     assert limits.refused(0.0)
+
+
+def test_retry_after_is_rounded_up_never_to_zero() -> None:
+    """A client told ``retry_after`` 0 would retry at once: the frame rounds up to ms."""
+    from agentcast.errors import RateLimitedError
+
+    assert RateLimitedError("x", 0.0002).to_data()["retry_after"] == 0.001
+    assert RateLimitedError("x", 0.0101).to_data()["retry_after"] == 0.011
+    assert RateLimitedError("x", 2.0).to_data()["retry_after"] == 2.0

@@ -588,3 +588,66 @@ def test_every_contract_method_is_abstract_or_defined_on_the_base() -> None:
     ):
         assert name in Broker.__abstractmethods__, name
     assert Broker.publish_sync is None
+
+
+# -- 9. idempotent producers ------------------------------------------------------------------
+
+
+def _p(topic: str, pseq: int, producer: str = "prod-1", k: int = 0) -> Draft:
+    return Draft(topic, "e", b'{"k":%d}' % k, 1.0, producer, pseq)
+
+
+async def test_a_producers_retry_through_any_node_is_answered_with_the_original_seq(
+    nodes: Nodes,
+) -> None:
+    await nodes.sub.listen("ip")
+    first = (await nodes.pub.publish_many([_p("ip", 1)]))[0]
+    assert not isinstance(first, contract.Duplicate) and first.seq == 1
+    await nodes.rec.wait_for(lambda: nodes.rec.seqs("ip") == [1])
+    # the answer was lost; the producer retries through the other node
+    retry = (await nodes.sub.publish_many([_p("ip", 1)]))[0]
+    assert isinstance(retry, contract.Duplicate)
+    assert (retry.topic, retry.seq, retry.epoch) == ("ip", 1, first.epoch)
+    second = (await nodes.sub.publish_many([_p("ip", 2)]))[0]
+    assert not isinstance(second, contract.Duplicate) and second.seq == 2
+    older = (await nodes.pub.publish_many([_p("ip", 1)]))[0]  # not the latest: still known
+    assert isinstance(older, contract.Duplicate) and older.seq == 1
+    # another producer, and drafts without one, are independent
+    other = await nodes.pub.publish_many([_p("ip", 1, "prod-2"), Draft("ip", "e", b"{}", 1.0)])
+    assert [type(p) for p in other] == [Publication, Publication]
+    assert [p.seq for p in other] == [3, 4]
+    await nodes.rec.wait_for(lambda: len(nodes.rec.seqs("ip")) >= 4)
+    page = await nodes.sub.history("ip", 0)
+    assert [p.seq for p in page.publications] == [1, 2, 3, 4]  # nothing published twice
+    assert nodes.rec.seqs("ip") == [1, 2, 3, 4]  # and nobody notified of a retry
+    final = (await nodes.pub.publish_many([Draft("ip", "e", b"{}", 1.0)]))[0]
+    await nodes.rec.wait_for(lambda: final.seq in nodes.rec.seqs("ip"))
+    assert nodes.rec.seqs("ip") == [1, 2, 3, 4, 5]
+
+
+async def test_a_retried_batch_publishes_only_what_is_new(nodes: Nodes) -> None:
+    pubs = await nodes.pub.publish_many([_p("ib", 1, k=1), _p("ib", 2, k=2), _p("jb", 3, k=3)])
+    assert [(p.topic, p.seq) for p in pubs] == [("ib", 1), ("ib", 2), ("jb", 1)]
+    again = await nodes.sub.publish_many(
+        [_p("ib", 1, k=1), _p("ib", 2, k=2), _p("jb", 3, k=3), _p("ib", 4, k=4), _p("ib", 4)]
+    )
+    assert [isinstance(p, contract.Duplicate) for p in again] == [True, True, True, False, True]
+    assert [(p.topic, p.seq) for p in again] == [("ib", 1), ("ib", 2), ("jb", 1), ("ib", 3)] + [
+        ("ib", 3)
+    ]
+    page = await nodes.pub.history("ib", 0)
+    assert [(p.seq, p.data) for p in page.publications] == [
+        (1, b'{"k":1}'),
+        (2, b'{"k":2}'),
+        (3, b'{"k":4}'),
+    ]
+    assert [p.seq for p in (await nodes.pub.history("jb", 0)).publications] == [1]
+
+
+async def test_a_retry_older_than_the_window_is_a_duplicate_without_seq(nodes: Nodes) -> None:
+    await nodes.pub.publish_many([_p("iw", 1)])
+    far = 2 + contract.PRODUCER_WINDOW
+    assert (await nodes.pub.publish_many([_p("iw", far)]))[0].seq == 2  # numbers may skip
+    old = (await nodes.sub.publish_many([_p("iw", 1)]))[0]
+    assert isinstance(old, contract.Duplicate) and old.seq == 0
+    assert [p.seq for p in (await nodes.sub.history("iw", 0)).publications] == [1, 2]

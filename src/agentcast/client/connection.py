@@ -164,6 +164,11 @@ class Client:
         self.producer_seq = 0
         """The producer seq of the latest :meth:`publish` (the next one takes one more)."""
         self.publish_attempts = publish_attempts
+        self.publish_retries = 0
+        """Idempotent publishes sent again (after an unknown outcome or ``unavailable``)."""
+        self.publish_duplicates = 0
+        """Publishes the server answered as retries of events it had already published
+        (their first attempt was published, only its ack was lost)."""
         self._publishing = asyncio.Lock()
         try:
             parse_uri(self.url)  # a bad URL fails here rather than in the background
@@ -463,8 +468,10 @@ class Client:
             attempt = 1
             while True:
                 try:
-                    reply = await self.request(frame)
-                    return AckFrame.model_validate(reply).data.seq
+                    ack = AckFrame.model_validate(await self.request(frame)).data
+                    if ack.duplicate:
+                        self.publish_duplicates += 1
+                    return ack.seq
                 except (ConnectionLostError, TimeoutError, CommandFailedError) as exc:
                     retriable = not isinstance(exc, CommandFailedError) or exc.code in (
                         ErrorCode.OUTCOME_UNKNOWN,
@@ -481,6 +488,7 @@ class Client:
                         delay,
                     )
                     attempt += 1
+                    self.publish_retries += 1
                     await asyncio.sleep(delay)
 
     async def ping(self) -> float:

@@ -181,7 +181,9 @@ class Gateway:
             max_age=s.history_max_age,
             max_total_bytes=s.history_max_total_bytes,
         )
-        self.broker = broker or create_broker(s.broker_url, self.history_limits)
+        self.broker = broker or create_broker(
+            s.broker_url, self.history_limits, producer_ttl=s.producer_ttl
+        )
         self._open_policy = open_policy = OpenPolicy()
         self.authenticator: Authenticator = authenticator or open_policy
         self._authorizer: Authorizer | None = authorizer

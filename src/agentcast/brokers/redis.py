@@ -108,7 +108,7 @@ _PUBLISH = """
 local maxev, maxb = tonumber(ARGV[1]), tonumber(ARGV[2])
 local chan, nt = ARGV[3], tonumber(ARGV[5])
 local prefixes = nil
-local seq, epoch, nbytes, len, names = {}, {}, {}, {}, {}
+local seq, epoch, nbytes, len, names, fresh = {}, {}, {}, {}, {}, {}
 for i = 1, nt do
   local name, meta = ARGV[4 + 2 * i], KEYS[2 + 2 * i]
   names[i] = name
@@ -119,7 +119,7 @@ for i = 1, nt do
     for _, p in ipairs(prefixes) do
       if string.sub(name, 1, #p) == p then e = 'durable' break end
     end
-    seq[i], epoch[i], nbytes[i] = 0, e, 0
+    seq[i], epoch[i], nbytes[i], fresh[i] = 0, e, 0, true
   else
     seq[i], epoch[i], nbytes[i] = tonumber(m[1]), m[2], tonumber(m[3] or '0')
   end
@@ -171,8 +171,10 @@ for j = base + 5, #ARGV, stride do
 end
 local epochs = {}
 for i = 1, nt do
-  redis.call('HSET', KEYS[2 + 2 * i], 'seq', seq[i], 'epoch', epoch[i], 'bytes', nbytes[i])
-  redis.call('HSET', ARGV[4], names[i], seq[i])
+  if not (fresh[i] and seq[i] == 0) then  -- a new topic only retries were for stays unmade
+    redis.call('HSET', KEYS[2 + 2 * i], 'seq', seq[i], 'epoch', epoch[i], 'bytes', nbytes[i])
+    redis.call('HSET', ARGV[4], names[i], seq[i])
+  end
   epochs[i] = epoch[i]
 end
 return {out, epochs}

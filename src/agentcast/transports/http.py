@@ -185,6 +185,17 @@ def http_router(gateway: Gateway) -> APIRouter:
         503 ``outcome_unknown``, through any node) publishes nothing twice and answers the
         original seqs, with ``duplicates`` counting the events already published.
         """
+        principal = await principal_of(gateway, request)
+        if not await gateway.may_publish(principal, topic):
+            raise http_error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
+        if wait := gateway.rate_limit_user(principal, "publish"):
+            detail = {
+                "code": ErrorCode.RATE_LIMITED.value,
+                "message": "rate limit of publish exceeded; retry later",
+                "retry_after": round(wait, 3),
+            }
+            headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+            raise HTTPException(status_code=429, detail=detail, headers=headers)
         pseq: int | None = None
         if producer_seq is not None:
             try:
@@ -203,17 +214,6 @@ def http_router(gateway: Gateway) -> APIRouter:
                 "producer_seq", "Producer-Seq"
             )
             raise http_error(400, exc.code, message, field) from exc
-        principal = await principal_of(gateway, request)
-        if not await gateway.may_publish(principal, topic):
-            raise http_error(403, ErrorCode.FORBIDDEN, f"may not publish to {topic!r}")
-        if wait := gateway.rate_limit_user(principal, "publish"):
-            detail = {
-                "code": ErrorCode.RATE_LIMITED.value,
-                "message": "rate limit of publish exceeded; retry later",
-                "retry_after": round(wait, 3),
-            }
-            headers = {"Retry-After": str(max(1, math.ceil(wait)))}
-            raise HTTPException(status_code=429, detail=detail, headers=headers)
         try:
             events = (
                 _EVENTS.validate_python(body)

@@ -653,7 +653,7 @@ async def test_a_retry_older_than_the_window_is_a_duplicate_without_seq(nodes: N
 
 
 async def test_an_idle_producer_is_forgotten_after_producer_ttl_memory() -> None:
-    backend = MemoryBackend(LIMITS, producer_ttl=60.0)
+    backend = MemoryBackend(HistoryLimits(max_events=5, max_age=3600), producer_ttl=60.0)
     broker = MemoryBroker(backend=backend)
     await broker.start(Recorder())
     try:

@@ -98,9 +98,9 @@ class MemoryBackend:
         state.touched = d.at
         window = state.window
         window[pseq] = pub
-        if len(window) > PRODUCER_WINDOW:
-            for old in [k for k in window if k <= pseq - PRODUCER_WINDOW]:
-                del window[old]
+        horizon = pseq - PRODUCER_WINDOW  # seqs increase: the oldest come first
+        while (oldest := next(iter(window))) <= horizon:
+            del window[oldest]
         return pub
 
     def new_history(self, topic: str) -> History:

@@ -128,14 +128,16 @@ end
 local base = 5 + 2 * nt
 local stride, pp = tonumber(ARGV[base + 1]), ARGV[base + 2]
 local pttl, window = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-local out = {}
+local out, plast = {}, {}
 for j = base + 5, #ARGV, stride do
   local ti, typ, data, at = tonumber(ARGV[j]), ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
   local stream, name = KEYS[3 + 2 * ti], names[ti]
   local pk, ps, dup = nil, 0, false
   if stride == 6 and ARGV[j + 4] ~= '' then
     pk, ps = pp .. ARGV[j + 4], tonumber(ARGV[j + 5])
-    local last = tonumber(redis.call('HGET', pk, 'n') or '0')
+    local last = plast[pk]
+    if last == nil then last = tonumber(redis.call('HGET', pk, 'n') or '0') end
+    plast[pk] = last
     if ps <= last then
       dup = true
       local orig = false
@@ -163,11 +165,15 @@ for j = base + 5, #ARGV, stride do
   redis.call('PUBLISH', chan .. name, head .. typ .. data)
   out[#out + 1] = s
   if pk then
-    redis.call('HSET', pk, 'n', ps, tostring(ps), s .. ' ' .. epoch[ti] .. ' ' .. name)
+    redis.call('HSET', pk, tostring(ps), s .. ' ' .. epoch[ti] .. ' ' .. name)
     redis.call('HDEL', pk, tostring(ps - window))
-    redis.call('PEXPIRE', pk, pttl)
+    plast[pk] = ps
   end
   end
+end
+for pk, last in pairs(plast) do
+  redis.call('HSET', pk, 'n', last)
+  redis.call('PEXPIRE', pk, pttl)
 end
 local epochs = {}
 for i = 1, nt do

@@ -2,7 +2,7 @@
 without a producer vs the same batch with one (each draft its own producer seq), on the
 memory broker and on Redis (``--redis URL``), in alternating rounds of one process.
 
-    python benchmarks/idempotent.py [--redis redis://127.0.0.1:6379/0] [--rounds 400]
+    python benchmarks/idempotent.py [--redis redis://127.0.0.1:6379/0] [--rounds 400] [--plain]
 
 Prints per batch p50, p99 and max (µs) of each mode and the ratio of their p50s. Run
 with ``PYTHONPATH`` at another checkout to time its ``plain`` mode (the producer mode
@@ -58,8 +58,9 @@ def main() -> None:
     parser.add_argument("--redis", help="also on this Redis (a key prefix of its own)")
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--plain", action="store_true", help="only the plain mode")
     args = parser.parse_args()
-    producers = "producer" in Draft._fields
+    producers = "producer" in Draft._fields and not args.plain
     limits = HistoryLimits(max_events=1000)
     brokers: list[tuple[str, Broker]] = [("memory", MemoryBroker(limits))]
     if args.redis:

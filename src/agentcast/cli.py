@@ -375,18 +375,40 @@ def publish(
     data: Annotated[str, typer.Argument(metavar="DATA", help="Event data: a JSON object.")] = "{}",
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
+    producer_id: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID",
+            help="Publish idempotently as this producer (with --producer-seq).",
+        ),
+    ] = None,
+    producer_seq: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=1,
+            help="This producer's number for the event: running the command again with "
+            "the same number publishes nothing twice and prints the original seq.",
+        ),
+    ] = None,
 ) -> None:
     """Publish one event over HTTP and print its assigned seq."""
+    if (producer_id is None) != (producer_seq is None):
+        err.print("[red]error:[/red] --producer-id and --producer-seq go together")
+        raise typer.Exit(2)
     try:
         payload = json.loads(data)
     except json.JSONDecodeError as exc:
         err.print(f"[red]error:[/red] DATA is not valid JSON: {exc}")
         raise typer.Exit(2) from None
+    headers = _auth_headers(token)
+    if producer_id is not None:
+        headers = {**headers, "Producer-Id": producer_id, "Producer-Seq": str(producer_seq)}
     try:
         response = httpx.post(
             f"{url.rstrip('/')}/api/topics/{topic}/events",
             json={"type": type, "data": payload},
-            headers=_auth_headers(token),
+            headers=headers,
             timeout=10.0,
         )
     except httpx.HTTPError as exc:
@@ -395,7 +417,10 @@ def publish(
     if response.status_code != 200:
         err.print(f"[red]error {response.status_code}:[/red] {_detail(response)}")
         raise typer.Exit(1)
-    print(response.json()["seqs"][0])
+    result = response.json()
+    if result.get("duplicates"):
+        err.print(f"already published (producer {producer_id} #{producer_seq}): not again")
+    print(result["seqs"][0])
 
 
 def _detail(response: httpx.Response) -> str:

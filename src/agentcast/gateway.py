@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from agentcast.brokers import Broker, create_broker
-from agentcast.brokers.base import Draft
+from agentcast.brokers.base import Draft, Duplicate
 from agentcast.cluster import ClusterState, TopicPresence, create_cluster_state
 from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode
 from agentcast.core.checks import Validator as CoreValidator
@@ -93,6 +93,9 @@ Validator = CoreValidator
 return the data to publish instead (defaults filled in, a new dict), or None to keep it."""
 
 _MAX_PENDING_COMMANDS = 256
+_MAX_PRODUCER_SEQ = 1 << 53
+"""The largest producer seq (exact in a double: Redis Lua numbers, JavaScript)."""
+
 _YIELD_EVERY_PUSHES = 16384
 _WRITE_GROUP = 8
 _WRITE_BUDGET = 128
@@ -181,7 +184,9 @@ class Gateway:
             max_age=s.history_max_age,
             max_total_bytes=s.history_max_total_bytes,
         )
-        self.broker = broker or create_broker(s.broker_url, self.history_limits)
+        self.broker = broker or create_broker(
+            s.broker_url, self.history_limits, producer_ttl=s.producer_ttl
+        )
         self.cluster = cluster or create_cluster_state(
             s.cluster_state_url,
             heartbeat=s.node_heartbeat,
@@ -699,8 +704,45 @@ class Gateway:
         (:func:`agentcast.core.checks.check_event` with this gateway's validators)."""
         return check_event(topic, type, data, self.validators, self.settings.max_event_bytes)
 
-    async def publish(self, topic: str, type: str, data: Mapping[str, Any] | bytes) -> Publication:
+    def check_producer(self, producer: str | None, producer_seq: int | None) -> None:
+        """Validate an idempotent producer's id and seq (both or neither; the id 1 to 128
+        printable characters, the seq 1 to 2**53); raises :class:`ProtocolError`."""
+        if producer is None and producer_seq is None:
+            return
+        if producer is None or producer_seq is None:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                "producer_id and producer_seq go together",
+                field="producer_id" if producer is None else "producer_seq",
+            )
+        if not 1 <= len(producer) <= 128 or not producer.isprintable():
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                "producer_id: 1 to 128 printable characters",
+                field="producer_id",
+            )
+        if not 1 <= producer_seq <= _MAX_PRODUCER_SEQ:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                f"producer_seq: an integer from 1 to {_MAX_PRODUCER_SEQ}",
+                field="producer_seq",
+            )
+
+    async def publish(
+        self,
+        topic: str,
+        type: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        producer: str | None = None,
+        producer_seq: int | None = None,
+    ) -> Publication:
         """Publish one event; returns it with its assigned ``seq``.
+
+        With ``producer`` and ``producer_seq`` (an idempotent producer, broker contract
+        item 9) a retry of an event already published (by this process or another) is
+        not published again: it returns a :class:`~agentcast.brokers.base.Duplicate`
+        with the original seq (0 when older than the broker's window).
 
         ``data`` is a JSON object (or its JSON encoding). Raises :class:`ProtocolError`
         for invalid input, :class:`BrokerError` when the broker failed and nothing was
@@ -715,6 +757,9 @@ class Gateway:
         """
         payload = self.check_event(topic, type, data)
         publish_now = self._publish_now
+        if producer is not None or producer_seq is not None:
+            self.check_producer(producer, producer_seq)
+            return await self._enqueue(topic, type, payload, producer, producer_seq)
         if publish_now is None:
             return await self._enqueue(topic, type, payload)
         pub = publish_now(topic, type, payload, time.time())
@@ -731,7 +776,13 @@ class Gateway:
         return pub
 
     def publish_nowait(
-        self, topic: str, type: str, data: Mapping[str, Any] | bytes
+        self,
+        topic: str,
+        type: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        producer: str | None = None,
+        producer_seq: int | None = None,
     ) -> asyncio.Future[Publication]:
         """:meth:`publish` from code that cannot await (a protocol's callback, a token
         stream): returns a future of the publication, on every broker.
@@ -746,10 +797,14 @@ class Gateway:
         round trip per batch, not per token. A future that is cancelled before its batch
         is sent is not published. Call it from the event loop's thread, once the gateway
         started (before, it raises :class:`BrokerError`); a future whose failure nobody
-        retrieves is reported by asyncio when it is garbage-collected.
+        retrieves is reported by asyncio when it is garbage-collected. ``producer`` and
+        ``producer_seq`` as in :meth:`publish` (such an event always joins a batch).
         """
         payload = self.check_event(topic, type, data)
         publish_now = self._publish_now
+        if producer is not None or producer_seq is not None:
+            self.check_producer(producer, producer_seq)
+            return self._enqueue(topic, type, payload, producer, producer_seq)
         if publish_now is None or self._loop is None:
             return self._enqueue(topic, type, payload)
         future: asyncio.Future[Publication] = self._loop.create_future()
@@ -761,12 +816,20 @@ class Gateway:
             self.stats.published += 1
         return future
 
-    def _enqueue(self, topic: str, type: str, payload: bytes) -> asyncio.Future[Publication]:
+    def _enqueue(
+        self,
+        topic: str,
+        type: str,
+        payload: bytes,
+        producer: str | None = None,
+        producer_seq: int | None = None,
+    ) -> asyncio.Future[Publication]:
         """Queue one checked event for the next batch; start the batch sender if idle."""
         if self._loop is None:
             raise BrokerError("gateway not started")
         future: asyncio.Future[Publication] = self._loop.create_future()
-        self._batch.append((Draft(topic, type, payload, time.time()), future))
+        draft = Draft(topic, type, payload, time.time(), producer, producer_seq)
+        self._batch.append((draft, future))
         if self._batching is None:
             # its first step runs after the current callbacks: it takes this iteration's
             # publishes as one batch
@@ -808,7 +871,7 @@ class Gateway:
                         if not future.done():
                             future.set_exception(error)
                     continue
-                self.stats.published += len(pubs)
+                self.stats.published += len(pubs) - sum(type(p) is Duplicate for p in pubs)
                 for (_, future), pub in zip(batch, pubs, strict=True):
                     if not future.done():
                         future.set_result(pub)
@@ -1337,7 +1400,13 @@ class Gateway:
         if not await self.may_publish(session.principal, command.topic):
             raise CommandError(ErrorCode.FORBIDDEN, f"may not publish to {command.topic!r}")
         try:
-            pub = await self.publish(command.topic, command.event, command.data)
+            pub = await self.publish(
+                command.topic,
+                command.event,
+                command.data,
+                producer=command.producer_id,
+                producer_seq=command.producer_seq,
+            )
         except PublishOutcomeUnknownError as exc:
             raise CommandError(
                 ErrorCode.OUTCOME_UNKNOWN,
@@ -1346,7 +1415,10 @@ class Gateway:
             ) from exc
         except BrokerError as exc:
             raise CommandError(ErrorCode.UNAVAILABLE, f"publish failed: {exc}") from exc
-        self.reply(session, "ack", {"topic": pub.topic, "seq": pub.seq}, id=command.id)
+        ack: dict[str, Any] = {"topic": pub.topic, "seq": pub.seq}
+        if type(pub) is Duplicate:
+            ack["duplicate"] = True
+        self.reply(session, "ack", ack, id=command.id)
 
     def _cmd_unsubscribe(self, session: Session, command: UnsubscribeCommand) -> None:
         self.unsubscribe(session, command.topic)

@@ -139,6 +139,12 @@ class Settings(BaseSettings):
         description="Broker URL: memory:// (one process) or redis://host:6379/0?prefix=agentcast "
         "(several processes and hosts; docs/scaling.md).",
     )
+    producer_ttl: float = Field(
+        3600.0,
+        gt=0,
+        description="How long the broker remembers an idempotent producer after its last "
+        "publish (a retry later than that is published again; docs/scaling.md).",
+    )
     workers: int = Field(
         1,
         ge=1,

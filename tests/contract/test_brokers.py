@@ -509,7 +509,7 @@ async def test_batch_publish_is_ordered_and_atomic(nodes: Nodes) -> None:
     await nodes.sub.listen("q")
     drafts = [Draft("p" if i % 3 else "q", f"e{i}", b'{"i":%d}' % i, 1.0 + i) for i in range(9)]
     pubs = await nodes.pub.publish_many(drafts)
-    assert [(p.topic, p.type, p.data, p.at) for p in pubs] == [tuple(d) for d in drafts]
+    assert [(p.topic, p.type, p.data, p.at) for p in pubs] == [tuple(d)[:4] for d in drafts]
     assert [p.seq for p in pubs if p.topic == "p"] == [1, 2, 3, 4, 5, 6]
     assert [p.seq for p in pubs if p.topic == "q"] == [1, 2, 3]
     rec = nodes.rec
@@ -588,3 +588,109 @@ def test_every_contract_method_is_abstract_or_defined_on_the_base() -> None:
     ):
         assert name in Broker.__abstractmethods__, name
     assert Broker.publish_sync is None
+
+
+# -- 9. idempotent producers ------------------------------------------------------------------
+
+
+def _p(topic: str, pseq: int, producer: str = "prod-1", k: int = 0) -> Draft:
+    return Draft(topic, "e", b'{"k":%d}' % k, 1.0, producer, pseq)
+
+
+async def test_a_producers_retry_through_any_node_is_answered_with_the_original_seq(
+    nodes: Nodes,
+) -> None:
+    await nodes.sub.listen("ip")
+    first = (await nodes.pub.publish_many([_p("ip", 1)]))[0]
+    assert not isinstance(first, contract.Duplicate) and first.seq == 1
+    await nodes.rec.wait_for(lambda: nodes.rec.seqs("ip") == [1])
+    # the answer was lost; the producer retries through the other node
+    retry = (await nodes.sub.publish_many([_p("ip", 1)]))[0]
+    assert isinstance(retry, contract.Duplicate)
+    assert (retry.topic, retry.seq, retry.epoch) == ("ip", 1, first.epoch)
+    second = (await nodes.sub.publish_many([_p("ip", 2)]))[0]
+    assert not isinstance(second, contract.Duplicate) and second.seq == 2
+    older = (await nodes.pub.publish_many([_p("ip", 1)]))[0]  # not the latest: still known
+    assert isinstance(older, contract.Duplicate) and older.seq == 1
+    # another producer, and drafts without one, are independent
+    other = await nodes.pub.publish_many([_p("ip", 1, "prod-2"), Draft("ip", "e", b"{}", 1.0)])
+    assert [type(p) for p in other] == [Publication, Publication]
+    assert [p.seq for p in other] == [3, 4]
+    await nodes.rec.wait_for(lambda: len(nodes.rec.seqs("ip")) >= 4)
+    page = await nodes.sub.history("ip", 0)
+    assert [p.seq for p in page.publications] == [1, 2, 3, 4]  # nothing published twice
+    assert nodes.rec.seqs("ip") == [1, 2, 3, 4]  # and nobody notified of a retry
+    final = (await nodes.pub.publish_many([Draft("ip", "e", b"{}", 1.0)]))[0]
+    await nodes.rec.wait_for(lambda: final.seq in nodes.rec.seqs("ip"))
+    assert nodes.rec.seqs("ip") == [1, 2, 3, 4, 5]
+
+
+async def test_a_retried_batch_publishes_only_what_is_new(nodes: Nodes) -> None:
+    pubs = await nodes.pub.publish_many([_p("ib", 1, k=1), _p("ib", 2, k=2), _p("jb", 3, k=3)])
+    assert [(p.topic, p.seq) for p in pubs] == [("ib", 1), ("ib", 2), ("jb", 1)]
+    again = await nodes.sub.publish_many(
+        [_p("ib", 1, k=1), _p("ib", 2, k=2), _p("jb", 3, k=3), _p("ib", 4, k=4), _p("ib", 4)]
+    )
+    assert [isinstance(p, contract.Duplicate) for p in again] == [True, True, True, False, True]
+    expected = [("ib", 1), ("ib", 2), ("jb", 1), ("ib", 3), ("ib", 3)]
+    assert [(p.topic, p.seq) for p in again] == expected
+    page = await nodes.pub.history("ib", 0)
+    assert [(p.seq, p.data) for p in page.publications] == [
+        (1, b'{"k":1}'),
+        (2, b'{"k":2}'),
+        (3, b'{"k":4}'),
+    ]
+    assert [p.seq for p in (await nodes.pub.history("jb", 0)).publications] == [1]
+
+
+async def test_a_retry_older_than_the_window_is_a_duplicate_without_seq(nodes: Nodes) -> None:
+    await nodes.pub.publish_many([_p("iw", 1)])
+    far = 2 + contract.PRODUCER_WINDOW
+    assert (await nodes.pub.publish_many([_p("iw", far)]))[0].seq == 2  # numbers may skip
+    old = (await nodes.sub.publish_many([_p("iw", 1)]))[0]
+    assert isinstance(old, contract.Duplicate) and old.seq == 0
+    assert [p.seq for p in (await nodes.sub.history("iw", 0)).publications] == [1, 2]
+
+
+async def test_an_idle_producer_is_forgotten_after_producer_ttl_memory() -> None:
+    backend = MemoryBackend(HistoryLimits(max_events=5, max_age=3600), producer_ttl=60.0)
+    broker = MemoryBroker(backend=backend)
+    await broker.start(Recorder())
+    try:
+        await broker.publish_many([Draft("it", "e", b"{}", 1000.0, "prod-1", 1)])
+        await broker.trim(1000.0 + 59.0)  # within the TTL: still a retry
+        assert isinstance((await broker.publish_many([_p("it", 1)]))[0], contract.Duplicate)
+        await broker.trim(1000.0 + 61.0)
+        assert backend.producers == {}
+        again = (await broker.publish_many([_p("it", 1)]))[0]  # forgotten: published again
+        assert not isinstance(again, contract.Duplicate) and again.seq == 2
+    finally:
+        await broker.stop()
+
+
+async def test_an_idle_producer_is_forgotten_after_producer_ttl_redis() -> None:
+    import redis.asyncio as aioredis
+
+    from agentcast.brokers.redis import RedisBroker
+
+    url = require_redis()
+    prefix = redis_prefix()
+    broker = RedisBroker(f"{url}?prefix={prefix}", LIMITS, producer_ttl=0.3)
+    await broker.start(Recorder())
+    r = aioredis.Redis.from_url(url)
+    try:
+        await broker.publish_many([_p("it", 1)])
+        key = f"{prefix}:p:prod-1"
+        assert 0 < await r.pttl(key) <= 300
+        async with asyncio.timeout(5 * UNIT):
+            while await r.exists(key):  # noqa: ASYNC110 - Redis expires it, bounded above
+                await asyncio.sleep(0.05)
+        again = (await broker.publish_many([_p("it", 1)]))[0]
+        assert not isinstance(again, contract.Duplicate) and again.seq == 2
+        # a batch of nothing but retries for a topic that does not exist creates nothing
+        assert isinstance((await broker.publish_many([_p("nt", 1)]))[0], contract.Duplicate)
+        assert not await r.exists(f"{prefix}:m:nt")
+    finally:
+        await broker.stop()
+        await r.aclose()
+        await delete_prefix(url, prefix)

@@ -367,9 +367,13 @@ async def test_event_types_may_look_like_replies(server: RunningServer) -> None:
         assert all(e.data == {"code": "not a reply"} for e in events)
 
 
-async def test_reply_lost_with_the_connection(native_server: RunningServer) -> None:
-    """A publish in flight when the connection drops raises ConnectionLostError; the
-    client reconnects and goes on."""
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_reply_lost_with_the_connection(
+    native_server: RunningServer, idempotent: bool
+) -> None:
+    """A publish in flight when the connection drops raises ConnectionLostError (with
+    ``idempotent=False``); the client reconnects and goes on. An idempotent publish (the
+    default) is sent again on the new connection: published once, its seq returned."""
     gw = native_server.gateway
     entered = asyncio.Event()
     release = asyncio.Event()
@@ -386,13 +390,18 @@ async def test_reply_lost_with_the_connection(native_server: RunningServer) -> N
     gw.authorizer = SlowToPublish()
     async with connect(native_server.url, initial_delay=0.05) as client:
         assert repr(client).endswith("subscriptions=0>")
-        publishing = asyncio.create_task(client.publish("p", "e", {}))
+        publishing = asyncio.create_task(client.publish("p", "e", {}, idempotent=idempotent))
         await asyncio.wait_for(entered.wait(), 5 * UNIT)
         assert client.connected
         drop_connections(gw)
         release.set()
-        with pytest.raises(ConnectionLostError):
-            await asyncio.wait_for(publishing, 5 * UNIT)
+        if idempotent:
+            assert await asyncio.wait_for(publishing, 5 * UNIT) == 1
+            assert client.publish_retries == 1
+            assert [p.seq for p in (await gw.history("p", 0)).publications] == [1]
+        else:
+            with pytest.raises(ConnectionLostError):
+                await asyncio.wait_for(publishing, 5 * UNIT)
         await client.ping()
         assert client.connections == 2
 

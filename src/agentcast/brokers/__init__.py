@@ -8,8 +8,8 @@ and hosts; needs the ``[redis]`` extra).
 
 from __future__ import annotations
 
-from agentcast.brokers.base import Broker, Listener
-from agentcast.brokers.memory import MemoryBroker
+from agentcast.brokers.base import PRODUCER_TTL, Broker, Listener
+from agentcast.brokers.memory import MemoryBackend, MemoryBroker
 from agentcast.core.history import HistoryLimits
 from agentcast.errors import ConfigError
 from agentcast.security.secrets import redact_url
@@ -17,11 +17,13 @@ from agentcast.security.secrets import redact_url
 __all__ = ["Broker", "Listener", "MemoryBroker", "check_broker", "create_broker"]
 
 
-def create_broker(url: str, limits: HistoryLimits) -> Broker:
-    """The broker for ``url``; raises :class:`ConfigError` for an unknown scheme."""
+def create_broker(url: str, limits: HistoryLimits, *, producer_ttl: float = PRODUCER_TTL) -> Broker:
+    """The broker for ``url``; raises :class:`ConfigError` for an unknown scheme.
+
+    ``producer_ttl``: how long idempotent producers are remembered (contract item 9)."""
     scheme = url.split("://", 1)[0] if "://" in url else url
     if scheme == "memory":
-        return MemoryBroker(limits)
+        return MemoryBroker(backend=MemoryBackend(limits, producer_ttl=producer_ttl))
     if scheme in ("redis", "rediss", "unix"):
         try:
             from agentcast.brokers.redis import RedisBroker
@@ -29,7 +31,7 @@ def create_broker(url: str, limits: HistoryLimits) -> Broker:
             raise ConfigError(
                 f"the Redis broker needs redis-py: pip install 'agentcast[redis]' ({exc})"
             ) from None
-        return RedisBroker(url, limits)
+        return RedisBroker(url, limits, producer_ttl=producer_ttl)
     raise ConfigError(
         f"unknown broker URL scheme {scheme!r} in {redact_url(url)!r} "
         "(known: memory://, redis://, rediss://)"

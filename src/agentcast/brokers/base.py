@@ -74,6 +74,25 @@ broker's type, no optional attribute looked up. A broker guarantees:
    it; the gateway's synchronous fast path (:meth:`Gateway.publish_now
    <agentcast.gateway.Gateway.publish_now>`) exists exactly when it is set.
 
+9. **Idempotent producers.** A draft may carry a ``producer`` (an id the producer chose,
+   unique among producers) and ``producer_seq`` (that producer's own numbering: 1, 2, 3,
+   … across every topic it publishes to, one number per draft, never reused). The broker
+   remembers per producer the highest ``producer_seq`` it published and, for the last
+   :data:`PRODUCER_WINDOW` of them, the publication each became, for ``producer_ttl``
+   seconds after the producer's last publish, across every process sharing the backend.
+   A draft whose ``producer_seq`` is at or below the remembered highest one is a retry
+   (of a publish whose outcome was unknown, possibly sent through another process): it
+   is not appended and nobody is notified; :meth:`Broker.publish_many` returns a
+   :class:`Duplicate` in its place, with the original publication's topic, seq and
+   epoch when it is within the window, and ``seq`` 0 when it is older (published once,
+   long ago; the seq is no longer known). A ``producer_seq`` above the highest one is
+   published (a producer may skip numbers, never go back): a producer must therefore
+   have one publish in flight at a time (or one batch), else a later number overtaking
+   an earlier one would make the earlier one a "duplicate" and lose it. Drafts without
+   a producer cost nothing and are never deduplicated. The producer state is as durable
+   as history: a broker server that lost its data lost it too (and the topics' epochs
+   changed).
+
 The listener is called from the event loop thread, never concurrently with itself; an
 in-process broker may call it from within ``publish``. It must not raise.
 """
@@ -87,7 +106,16 @@ from typing import NamedTuple
 from agentcast.core.envelope import Publication
 from agentcast.core.history import HistoryPage
 
-__all__ = ["DURABLE_EPOCH", "Broker", "Draft", "Listener", "SyncPublish"]
+__all__ = [
+    "DURABLE_EPOCH",
+    "PRODUCER_TTL",
+    "PRODUCER_WINDOW",
+    "Broker",
+    "Draft",
+    "Duplicate",
+    "Listener",
+    "SyncPublish",
+]
 
 Listener = Callable[[Publication], None]
 """Called with every publication of the listened topics (see the module docstring)."""
@@ -98,18 +126,37 @@ SyncPublish = Callable[[str, str, bytes, float], Publication]
 DURABLE_EPOCH = "durable"
 """The epoch of topics under durable prefixes whose numbering a store continues."""
 
+PRODUCER_WINDOW = 1024
+"""How many of a producer's latest ``producer_seq`` s a broker answers with their original
+seq (contract item 9); at least the largest batch one request may publish."""
+
+PRODUCER_TTL = 3600.0
+"""Seconds a broker remembers an idle producer by default (contract item 9)."""
+
 
 class Draft(NamedTuple):
     """One publication to be: what :meth:`Broker.publish_many` takes, in order.
 
     ``data`` is the JSON encoding of the event's data object; ``at`` the publish time
-    (seconds since the epoch).
+    (seconds since the epoch). ``producer`` and ``producer_seq`` (both or neither) make
+    the publish idempotent (contract item 9).
     """
 
     topic: str
     type: str
     data: bytes
     at: float
+    producer: str | None = None
+    producer_seq: int | None = None
+
+
+class Duplicate(Publication):
+    """What :meth:`Broker.publish_many` returns for a draft recognised as a producer's retry
+    (contract item 9): the original publication's ``topic``, ``seq`` and ``epoch`` (``seq``
+    0 when older than :data:`PRODUCER_WINDOW`), with the retry's ``type`` and ``data``.
+    Nothing was published for it."""
+
+    __slots__ = ()
 
 
 class Broker(ABC):

@@ -20,7 +20,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 
-from agentcast.brokers.base import DURABLE_EPOCH, Broker, Draft, Listener
+from agentcast.brokers.base import (
+    DURABLE_EPOCH,
+    PRODUCER_TTL,
+    PRODUCER_WINDOW,
+    Broker,
+    Draft,
+    Duplicate,
+    Listener,
+)
 from agentcast.core.envelope import Publication, format_timestamp
 from agentcast.core.history import History, HistoryLimits, HistoryPage
 from agentcast.errors import BrokerError
@@ -35,8 +43,14 @@ class MemoryBackend:
     Single-threaded: use it from one event loop.
     """
 
-    def __init__(self, limits: HistoryLimits | None = None) -> None:
+    def __init__(
+        self, limits: HistoryLimits | None = None, *, producer_ttl: float = PRODUCER_TTL
+    ) -> None:
         self.limits = limits or HistoryLimits()
+        self.producer_ttl = producer_ttl
+        self.producers: dict[str, _Producer] = {}
+        """Idempotent producers (contract item 9), forgotten by :meth:`trim` after
+        ``producer_ttl`` seconds without a publish."""
         self.histories: dict[str, History] = {}
         self.durable_prefixes: tuple[str, ...] = ()
         self.numbering: dict[str, int] = {}
@@ -60,7 +74,34 @@ class MemoryBackend:
         is continued again)."""
         self.histories.clear()
         self.numbering.clear()
+        self.producers.clear()
         self._lost = True
+
+    def publish_draft(self, d: Draft) -> Publication:
+        """:meth:`publish` of one draft, deduplicated by its producer (contract item 9)."""
+        producer = d.producer
+        if producer is None or d.producer_seq is None:
+            return self.publish(d.topic, d.type, d.data, d.at)
+        pseq = d.producer_seq
+        state = self.producers.get(producer)
+        if state is None:
+            state = self.producers[producer] = _Producer()
+        elif pseq <= state.last:
+            orig = state.window.get(pseq) if pseq > state.last - PRODUCER_WINDOW else None
+            if orig is None:
+                return Duplicate(d.topic, 0, d.type, d.data, format_timestamp(d.at), d.at)
+            return Duplicate(
+                orig.topic, orig.seq, d.type, d.data, format_timestamp(d.at), d.at, orig.epoch
+            )
+        pub = self.publish(d.topic, d.type, d.data, d.at)
+        state.last = pseq
+        state.touched = d.at
+        window = state.window
+        window[pseq] = pub
+        horizon = pseq - PRODUCER_WINDOW  # seqs increase: the oldest come first
+        while (oldest := next(iter(window))) <= horizon:
+            del window[oldest]
+        return pub
 
     def new_history(self, topic: str) -> History:
         last = self.numbering.pop(topic, None)
@@ -101,6 +142,9 @@ class MemoryBackend:
                 del self.histories[name]
                 if history.epoch == DURABLE_EPOCH and history.last_seq:
                     self.numbering[name] = history.last_seq  # a durable numbering is kept
+        horizon = now - self.producer_ttl
+        for producer in [p for p, st in self.producers.items() if st.touched < horizon]:
+            del self.producers[producer]
         self.enforce_budget()
 
     def history_bytes(self) -> int:
@@ -148,6 +192,18 @@ class MemoryBackend:
         elif history.last_seq < seq and not len(history):
             history.last_seq = seq
             history.epoch = DURABLE_EPOCH
+
+
+class _Producer:
+    """One idempotent producer: its highest ``producer_seq``, the publications of the
+    latest ones (at most :data:`PRODUCER_WINDOW`), when it last published."""
+
+    __slots__ = ("last", "touched", "window")
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.touched = 0.0
+        self.window: dict[int, Publication] = {}
 
 
 class MemoryBroker(Broker):
@@ -204,7 +260,11 @@ class MemoryBroker(Broker):
         if drafts and self._listener is None:
             raise BrokerError("broker not started")
         publish = self.backend.publish
-        return [publish(d.topic, d.type, d.data, d.at) for d in drafts]
+        draft = self.backend.publish_draft
+        return [
+            publish(d.topic, d.type, d.data, d.at) if d.producer is None else draft(d)
+            for d in drafts
+        ]
 
     def history_now(self, topic: str, since: int, limit: int | None = None) -> HistoryPage:
         """:meth:`history` without the coroutine."""

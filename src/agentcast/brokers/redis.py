@@ -18,6 +18,11 @@ key prefix ``P`` (the URL's ``prefix`` query parameter, default ``agentcast``):
     random epoch, never :data:`~agentcast.brokers.base.DURABLE_EPOCH` again, until a
     store continues their numbering (:meth:`RedisBroker.continue_numbering`) or a process
     starting later declares the prefixes again.
+``P:p:PRODUCER``
+    An idempotent producer (contract item 9): a hash of its highest producer seq ``n``
+    and, per producer seq of the latest :data:`~agentcast.brokers.base.PRODUCER_WINDOW`,
+    ``SEQ EPOCH TOPIC`` of its publication; written by the publish script, expiring
+    ``producer_ttl`` after the producer's last publish.
 ``P:ages``, ``P:empty``, ``P:prefixes``
     What :meth:`RedisBroker.trim` needs: topics by the age of their oldest retained
     publication, topics retaining none (candidates to forget), and the prefixes some
@@ -79,7 +84,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
-from agentcast.brokers.base import Broker, Draft, Listener
+from agentcast.brokers.base import (
+    PRODUCER_TTL,
+    PRODUCER_WINDOW,
+    Broker,
+    Draft,
+    Duplicate,
+    Listener,
+)
 from agentcast.core.envelope import Publication, format_timestamp
 from agentcast.core.history import HistoryLimits, HistoryPage
 from agentcast.errors import BrokerError, ConfigError, PublishOutcomeUnknownError
@@ -96,7 +108,7 @@ _PUBLISH = """
 local maxev, maxb = tonumber(ARGV[1]), tonumber(ARGV[2])
 local chan, nt = ARGV[3], tonumber(ARGV[5])
 local prefixes = nil
-local seq, epoch, nbytes, len, names = {}, {}, {}, {}, {}
+local seq, epoch, nbytes, len, names, fresh = {}, {}, {}, {}, {}, {}
 for i = 1, nt do
   local name, meta = ARGV[4 + 2 * i], KEYS[2 + 2 * i]
   names[i] = name
@@ -107,17 +119,33 @@ for i = 1, nt do
     for _, p in ipairs(prefixes) do
       if string.sub(name, 1, #p) == p then e = 'durable' break end
     end
-    seq[i], epoch[i], nbytes[i] = 0, e, 0
+    seq[i], epoch[i], nbytes[i], fresh[i] = 0, e, 0, true
   else
     seq[i], epoch[i], nbytes[i] = tonumber(m[1]), m[2], tonumber(m[3] or '0')
   end
   len[i] = redis.call('XLEN', KEYS[3 + 2 * i])
 end
 local base = 5 + 2 * nt
-local out = {}
-for j = base + 1, #ARGV, 4 do
+local stride, pp = tonumber(ARGV[base + 1]), ARGV[base + 2]
+local pttl, window = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+local out, plast = {}, {}
+for j = base + 5, #ARGV, stride do
   local ti, typ, data, at = tonumber(ARGV[j]), ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
   local stream, name = KEYS[3 + 2 * ti], names[ti]
+  local pk, ps, dup = nil, 0, false
+  if stride == 6 and ARGV[j + 4] ~= '' then
+    pk, ps = pp .. ARGV[j + 4], tonumber(ARGV[j + 5])
+    local last = plast[pk]
+    if last == nil then last = tonumber(redis.call('HGET', pk, 'n') or '0') end
+    plast[pk] = last
+    if ps <= last then
+      dup = true
+      local orig = false
+      if ps > last - window then orig = redis.call('HGET', pk, tostring(ps)) end
+      out[#out + 1] = orig or '0'
+    end
+  end
+  if not dup then
   local s = seq[ti] + 1
   seq[ti] = s
   if len[ti] == 0 then
@@ -136,18 +164,33 @@ for j = base + 1, #ARGV, 4 do
   local head = s .. ' ' .. at .. ' ' .. epoch[ti] .. ' ' .. #typ .. ' '
   redis.call('PUBLISH', chan .. name, head .. typ .. data)
   out[#out + 1] = s
+  if pk then
+    redis.call('HSET', pk, tostring(ps), s .. ' ' .. epoch[ti] .. ' ' .. name)
+    redis.call('HDEL', pk, tostring(ps - window))
+    plast[pk] = ps
+  end
+  end
+end
+for pk, last in pairs(plast) do
+  redis.call('HSET', pk, 'n', last)
+  redis.call('PEXPIRE', pk, pttl)
 end
 local epochs = {}
 for i = 1, nt do
-  redis.call('HSET', KEYS[2 + 2 * i], 'seq', seq[i], 'epoch', epoch[i], 'bytes', nbytes[i])
-  redis.call('HSET', ARGV[4], names[i], seq[i])
+  if not (fresh[i] and seq[i] == 0) then  -- a new topic only retries were for stays unmade
+    redis.call('HSET', KEYS[2 + 2 * i], 'seq', seq[i], 'epoch', epoch[i], 'bytes', nbytes[i])
+    redis.call('HSET', ARGV[4], names[i], seq[i])
+  end
   epochs[i] = epoch[i]
 end
 return {out, epochs}
 """
 """KEYS: durable set, ages, empty, then (meta, stream) per topic. ARGV: max_events,
 max_bytes, channel prefix, index hash, topic count, (name, epoch candidate) per topic,
-(topic index, type, data, at) per draft. Returns (seqs, epochs per topic)."""
+the stride (4, or 6 with producers), the producer key prefix, the producer TTL (ms), the
+window, then (topic index, type, data, at[, producer or '', producer seq]) per draft.
+Returns (per draft its seq, or for a producer's retry the string 'SEQ EPOCH TOPIC' of the
+original publication, '0' beyond the window; epochs per topic)."""
 
 _HISTORY = """
 local m = redis.call('HMGET', KEYS[1], 'seq', 'epoch')
@@ -350,6 +393,7 @@ class RedisBroker(Broker):
         name: str | None = None,
         health_interval: float = 5.0,
         trim_batch: int = 1000,
+        producer_ttl: float = PRODUCER_TTL,
     ) -> None:
         self.url = url
         self.redis_url, self.prefix = parse_redis_url(url)
@@ -357,7 +401,9 @@ class RedisBroker(Broker):
         self.name = name or f"{self.prefix}@{socket.gethostname()}:{os.getpid()}"
         self._health = health_interval
         self._trim_batch = trim_batch
+        self._producer_ttl_ms = max(1, round(producer_ttl * 1000))
         p = self.prefix
+        self._producer = f"{p}:p:"
         self._meta, self._stream, self._chan = f"{p}:m:", f"{p}:s:", f"{p}:c:"
         self._durable, self._ages, self._empty = f"{p}:durable", f"{p}:ages", f"{p}:empty"
         self._prefix_set, self._index = f"{p}:prefixes", f"{p}:index"
@@ -550,6 +596,7 @@ class RedisBroker(Broker):
         head: list[Any] = []
         tail: list[Any] = []
         ats: list[str] = []
+        producers = any(d.producer is not None for d in drafts)
         for d in drafts:
             index = topics.get(d.topic)
             if index is None:
@@ -558,24 +605,50 @@ class RedisBroker(Broker):
                 head += (d.topic, secrets.token_hex(4))
             at = repr(float(d.at))
             ats.append(at)
-            tail += (index, d.type, d.data, at)
+            if producers:
+                if d.producer is None or d.producer_seq is None:
+                    tail += (index, d.type, d.data, at, "", 0)
+                else:
+                    tail += (index, d.type, d.data, at, d.producer, d.producer_seq)
+            else:
+                tail += (index, d.type, d.data, at)
         limits = self.limits
         args = [limits.max_events, limits.max_bytes, self._chan, self._index, len(topics)]
-        seqs, epochs = await self._call("publish", keys, [*args, *head, *tail])
+        mid = [6 if producers else 4, self._producer, self._producer_ttl_ms, PRODUCER_WINDOW]
+        seqs, epochs = await self._call("publish", keys, [*args, *head, *mid, *tail])
         names = list(topics)
         epoch_of = {name: _decode(e) for name, e in zip(names, epochs, strict=True)}
-        pubs = [
-            Publication(
-                d.topic,
-                int(seq),
-                d.type,
-                d.data,
-                format_timestamp(float(at)),
-                float(at),
-                epoch_of[d.topic],
+        pubs: list[Publication] = []
+        for d, seq, at in zip(drafts, seqs, ats, strict=True):
+            when = float(at)
+            if isinstance(seq, bytes):  # a producer's retry: the original publication
+                parts = seq.decode().split(" ", 2)
+                if len(parts) == 3:
+                    pubs.append(
+                        Duplicate(
+                            parts[2],
+                            int(parts[0]),
+                            d.type,
+                            d.data,
+                            format_timestamp(when),
+                            when,
+                            parts[1],
+                        )
+                    )
+                else:
+                    pubs.append(Duplicate(d.topic, 0, d.type, d.data, format_timestamp(when), when))
+                continue
+            pubs.append(
+                Publication(
+                    d.topic,
+                    int(seq),
+                    d.type,
+                    d.data,
+                    format_timestamp(when),
+                    when,
+                    epoch_of[d.topic],
+                )
             )
-            for d, seq, at in zip(drafts, seqs, ats, strict=True)
-        ]
         known = self._known
         for pub in pubs:
             known[pub.topic] = max(known.get(pub.topic, 0), pub.seq)

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import secrets
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -150,8 +151,25 @@ class Client:
         close_timeout: float = 5.0,
         on_retry: Callable[[Retry], None] | None = None,
         on_connect: Callable[[], None] | None = None,
+        producer_id: str | None = None,
+        publish_attempts: int = 5,
     ) -> None:
         self.url = ws_url_of(url)
+        if publish_attempts < 1:
+            raise ValueError("publish_attempts must be at least 1")
+        if producer_id is not None and not 1 <= len(producer_id) <= 128:
+            raise ValueError("producer_id: 1 to 128 characters")
+        self.producer_id = producer_id or f"py-{secrets.token_hex(12)}"
+        """This client's idempotent producer id (see :meth:`publish`)."""
+        self.producer_seq = 0
+        """The producer seq of the latest :meth:`publish` (the next one takes one more)."""
+        self.publish_attempts = publish_attempts
+        self.publish_retries = 0
+        """Idempotent publishes sent again (after an unknown outcome or ``unavailable``)."""
+        self.publish_duplicates = 0
+        """Publishes the server answered as retries of events it had already published
+        (their first attempt was published, only its ack was lost)."""
+        self._publishing = asyncio.Lock()
         try:
             parse_uri(self.url)  # a bad URL fails here rather than in the background
         except InvalidURI as exc:
@@ -405,18 +423,73 @@ class Client:
 
     # -- commands --------------------------------------------------------------------
 
-    async def publish(self, topic: str, type: str, data: Mapping[str, Any] | None = None) -> int:
+    async def publish(
+        self,
+        topic: str,
+        type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        idempotent: bool = True,
+    ) -> int:
         """Publish an event on the WebSocket and return its seq (from the ``ack``).
 
+        Idempotent by default: each publish carries this client's :attr:`producer_id` and
+        the next :attr:`producer_seq`, and when its outcome is unknown (the connection
+        dropped before the ack, no ack within ``reply_timeout``, ``outcome_unknown``) or
+        nothing was published (``unavailable``) it is sent again with the same number,
+        after the client reconnected (to any node of the cluster), up to
+        ``publish_attempts`` times in all with jittered backoff. The server recognises a
+        retry of an event already published and answers its original seq (0 when the
+        broker no longer remembers it, see docs/protocol.md) instead of publishing it
+        twice. To keep that sound, idempotent publishes of one client are sent one at a
+        time, each after the previous one's ack, in call order; use the HTTP API to
+        publish in batches, or ``idempotent=False`` for the former behaviour (sent at
+        once, pipelined, never retried).
+
         Raises :class:`CommandFailedError` when the server refuses it (``forbidden``,
-        ``invalid_field``, ``payload_too_large``, …), :class:`ConnectionLostError` when the
-        connection dropped before the ack (it may have been published), ``TimeoutError``
-        after ``reply_timeout``. Use the HTTP API to publish in batches.
+        ``invalid_field``, ``payload_too_large``, …; after the last attempt also
+        ``outcome_unknown``, ``unavailable``), :class:`ConnectionLostError` when the
+        connection dropped before the (last) ack (it may have been published),
+        ``TimeoutError`` after ``reply_timeout`` (per attempt).
         """
-        reply = await self.request(
-            {"type": "publish", "topic": topic, "event": type, "data": dict(data or {})}
-        )
-        return AckFrame.model_validate(reply).data.seq
+        frame: dict[str, Any] = {
+            "type": "publish",
+            "topic": topic,
+            "event": type,
+            "data": dict(data or {}),
+        }
+        if not idempotent:
+            return AckFrame.model_validate(await self.request(frame)).data.seq
+        async with self._publishing:
+            self.producer_seq += 1
+            frame["producer_id"] = self.producer_id
+            frame["producer_seq"] = self.producer_seq
+            delays = jittered_backoff(self.initial_delay, self.max_delay)
+            attempt = 1
+            while True:
+                try:
+                    ack = AckFrame.model_validate(await self.request(frame)).data
+                    if ack.duplicate:
+                        self.publish_duplicates += 1
+                    return ack.seq
+                except (ConnectionLostError, TimeoutError, CommandFailedError) as exc:
+                    retriable = not isinstance(exc, CommandFailedError) or exc.code in (
+                        ErrorCode.OUTCOME_UNKNOWN,
+                        ErrorCode.UNAVAILABLE,
+                    )
+                    if not retriable or attempt >= self.publish_attempts:
+                        raise
+                    delay = next(delays)
+                    logger.info(
+                        "publish %s #%d: %s; retrying in %.2fs",
+                        topic,
+                        self.producer_seq,
+                        exc,
+                        delay,
+                    )
+                    attempt += 1
+                    self.publish_retries += 1
+                    await asyncio.sleep(delay)
 
     async def ping(self) -> float:
         """Round-trip an application ``ping``; returns the time to the ``pong`` in seconds.
@@ -694,6 +767,7 @@ def connect(
     :class:`Client`: ``headers``, ``queue_size`` (events buffered per subscription),
     ``reply_timeout``, ``initial_delay``/``max_delay`` (reconnection backoff),
     ``open_timeout``, ``ping_interval``, ``ping_timeout``, ``close_timeout``, ``on_retry``
-    and ``on_connect`` (callbacks: see :class:`Client`).
+    and ``on_connect`` (callbacks: see :class:`Client`), ``producer_id`` and
+    ``publish_attempts`` (idempotent publishing: see :meth:`Client.publish`).
     """
     return Client(url, token=token, **options)

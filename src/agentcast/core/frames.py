@@ -113,6 +113,19 @@ class PublishCommand(_TopicCommand):
     type: Literal["publish"] = "publish"
     event: str = Field(min_length=1, max_length=100, description="The event's `type`.")
     data: dict[str, Any] = Field(default_factory=dict, description="The event's `data` object.")
+    producer_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="An idempotent producer's id (with `producer_seq`): a retry of a publish "
+        "already made is acknowledged with its original `seq` and `duplicate: true`.",
+    )
+    producer_seq: int | None = Field(
+        None,
+        ge=1,
+        le=1 << 53,
+        description="The producer's own number for this event (1, 2, 3, …; never reused).",
+    )
 
     @field_validator("event")
     @classmethod
@@ -199,6 +212,12 @@ class PongFrame(_Reply):
 class AckData(BaseModel):
     topic: str
     seq: int
+    duplicate: bool = Field(
+        False,
+        description="Present (true) when the publish was an idempotent producer's retry "
+        "of an event already published: nothing was published, `seq` is the original one "
+        "(0 when older than the broker's window).",
+    )
 
 
 class AckFrame(_Reply):

@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 from starlette.middleware.cors import CORSMiddleware
 
 from agentcast.__about__ import __version__
+from agentcast.brokers.base import Duplicate
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import PresenceData, valid_topic
 from agentcast.errors import BrokerError, ProtocolError, PublishOutcomeUnknownError
@@ -59,6 +60,12 @@ class PublishResult(BaseModel):
     topic: str
     seqs: list[int] = Field(description="Assigned sequence numbers, in the order given.")
     timestamp: str
+    duplicates: int = Field(
+        0,
+        description="With `Producer-Id`/`Producer-Seq`: how many of the events were "
+        "retries of events already published (not published again; their `seqs` are the "
+        "original ones, 0 for a retry older than the broker's window).",
+    )
 
 
 class HistoryOut(BaseModel):
@@ -170,11 +177,29 @@ def http_router(gateway: Gateway) -> APIRouter:
                 examples=[{"type": "node_status", "data": {"node_id": "n1", "status": "running"}}],
             ),
         ],
+        producer_id: Annotated[
+            str | None,
+            Header(
+                alias="Producer-Id",
+                description="An idempotent producer's id (with `Producer-Seq`).",
+            ),
+        ] = None,
+        producer_seq: Annotated[
+            str | None,
+            Header(
+                alias="Producer-Seq",
+                description="The producer's number of the body's first event; the i-th "
+                "event of an array gets `Producer-Seq + i`.",
+            ),
+        ] = None,
     ) -> PublishResult:
         """Publish one event or a JSON array of events to ``topic``.
 
         All events are validated before any is published; the answer lists the assigned
-        sequence numbers in order.
+        sequence numbers in order. With the headers ``Producer-Id`` and ``Producer-Seq``
+        the publish is idempotent: sending the same request again (after a timeout or a
+        503 ``outcome_unknown``, through any node) publishes nothing twice and answers the
+        original seqs, with ``duplicates`` counting the events already published.
         """
         principal = await principal_of(gateway, request)
         if not await gateway.may_publish(principal, topic):
@@ -187,6 +212,24 @@ def http_router(gateway: Gateway) -> APIRouter:
             }
             headers = {"Retry-After": str(max(1, math.ceil(wait)))}
             raise HTTPException(status_code=429, detail=detail, headers=headers)
+        pseq: int | None = None
+        if producer_seq is not None:
+            try:
+                pseq = int(producer_seq)
+            except ValueError:
+                raise http_error(
+                    400, ErrorCode.INVALID_FIELD, "Producer-Seq: an integer", "Producer-Seq"
+                ) from None
+        try:
+            gateway.check_producer(producer_id, pseq)
+        except ProtocolError as exc:
+            field = {"producer_id": "Producer-Id", "producer_seq": "Producer-Seq"}.get(
+                exc.field or "", exc.field
+            )
+            message = exc.message.replace("producer_id", "Producer-Id").replace(
+                "producer_seq", "Producer-Seq"
+            )
+            raise http_error(400, exc.code, message, field) from exc
         try:
             events = (
                 _EVENTS.validate_python(body)
@@ -212,10 +255,26 @@ def http_router(gateway: Gateway) -> APIRouter:
                 raise http_error(400, exc.code, exc.message, where) from exc
         seqs = []
         # queued in one loop iteration: one broker batch (one round trip) for the body
-        futures = [gateway.publish_nowait(topic, kind, data) for kind, data in encoded]
+        if pseq is not None and pseq + len(encoded) - 1 > 1 << 53:
+            raise http_error(
+                400, ErrorCode.INVALID_FIELD, "Producer-Seq: too large", "Producer-Seq"
+            )
+        futures = [
+            gateway.publish_nowait(
+                topic,
+                kind,
+                data,
+                producer=producer_id,
+                producer_seq=None if pseq is None else pseq + i,
+            )
+            for i, (kind, data) in enumerate(encoded)
+        ]
+        duplicates = 0
         try:
             for future in futures:
-                seqs.append((await future).seq)
+                pub = await future
+                seqs.append(pub.seq)
+                duplicates += type(pub) is Duplicate
         except PublishOutcomeUnknownError as exc:
             raise http_error(
                 503,
@@ -230,7 +289,9 @@ def http_router(gateway: Gateway) -> APIRouter:
             for future in futures:  # a batch fails as a whole: its errors are reported
                 if future.done() and not future.cancelled():
                     future.exception()
-        return PublishResult(topic=topic, seqs=seqs, timestamp=gateway.now_iso())
+        return PublishResult(
+            topic=topic, seqs=seqs, timestamp=gateway.now_iso(), duplicates=duplicates
+        )
 
     @router.get("/api/topics/{topic:path}/events", response_model=HistoryOut, tags=["events"])
     async def history(

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +33,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import build_wsload, free_port, redis_server_pid, tree_cpu, wait_port  # noqa: E402
-from storm import machine_busy  # noqa: E402
+from storm import _exit_on_sigterm, machine_busy  # noqa: E402
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -128,6 +129,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--peers", default="redis-cross,redis-same,memory")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop the nodes on `timeout` too
     wsload = build_wsload()
     logs = HERE / "results" / "logs" / "crossnode"
     logs.mkdir(parents=True, exist_ok=True)

@@ -240,7 +240,11 @@ async def coordinate(args: argparse.Namespace, a: Node, b: Node) -> dict[str, An
         args.clients // args.procs + (i < args.clients % args.procs) for i in range(args.procs)
     ]
     workers = [
-        ctx.Process(target=storm_worker, args=(i, n, url_a, url_b, args.jitter, ready, out))
+        ctx.Process(
+            target=storm_worker,
+            args=(i, n, url_a, url_b, args.jitter, ready, out),
+            daemon=True,  # ended with this process, whatever happens
+        )
         for i, n in enumerate(share)
     ]
     t_connect = time.monotonic()
@@ -371,6 +375,10 @@ async def coordinate(args: argparse.Namespace, a: Node, b: Node) -> dict[str, An
     }
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(143)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--clients", type=int, default=5000, help="A's clients (default 5,000)")
@@ -389,6 +397,7 @@ def main() -> None:
         "refuses concurrent reads beyond it; '' to keep it)",
     )
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop the nodes on `timeout` too
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     prefix = f"agentcast-storm-{secrets.token_hex(4)}"

@@ -123,7 +123,7 @@ async def _storm_clients(
     all_subscribed = asyncio.Event()
 
     async def one(i: int) -> None:
-        url, since, lost_a = url_a, 0, False
+        url, since, lost_a, on_a = url_a, 0, False, False
         while True:
             try:
                 async with websockets.connect(url, max_queue=None, open_timeout=60) as ws:
@@ -137,7 +137,8 @@ async def _storm_clients(
                             if lost_a:
                                 if resumed[i] is None:
                                     resumed[i] = time.time()
-                            else:
+                            elif not on_a:
+                                on_a = True
                                 subscribed[0] += 1
                                 if subscribed[0] == count:
                                     all_subscribed.set()
@@ -153,7 +154,7 @@ async def _storm_clients(
                             return
             except (OSError, websockets.ConnectionClosed, websockets.InvalidStatus, TimeoutError):
                 pass
-            if not lost_a:
+            if not lost_a and on_a:  # A is gone: to B (a failure before that: A again)
                 lost_a, url = True, url_b
             await asyncio.sleep(random.uniform(0, jitter_ms) / 1000 if jitter_ms else 0.05)
 

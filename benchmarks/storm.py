@@ -118,6 +118,7 @@ async def _storm_clients(
     seqs: list[list[int]] = [[] for _ in range(count)]
     resumed: list[float | None] = [None] * count
     refused = [0]
+    failures = [0]
     end = [0]
     subscribed = [0]
     all_subscribed = asyncio.Event()
@@ -152,8 +153,8 @@ async def _storm_clients(
                             end[0] = frame["seq"]
                             seqs[i].append(frame["seq"])
                             return
-            except (OSError, websockets.ConnectionClosed, websockets.InvalidStatus, TimeoutError):
-                pass
+            except Exception:  # noqa: BLE001 - refused, reset, timed out, or websockets'
+                failures[0] += 1  # own assertion in a handshake whose connection died: retry
             if not lost_a and on_a:  # A is gone: to B (a failure before that: A again)
                 lost_a, url = True, url_b
             await asyncio.sleep(random.uniform(0, jitter_ms) / 1000 if jitter_ms else 0.05)
@@ -171,6 +172,7 @@ async def _storm_clients(
             "lost": lost,
             "duplicated": dup,
             "refused": refused[0],
+            "failures": failures[0],
             "last": last,
             "out_of_order": sum(1 for s in seqs if s != sorted(s)),
         }
@@ -364,6 +366,7 @@ async def coordinate(args: argparse.Namespace, a: Node, b: Node) -> dict[str, An
         "duplicated": sum(res["duplicated"] for res in results),
         "out_of_order": sum(res["out_of_order"] for res in results),
         "refused_subscribes": sum(res["refused"] for res in results),
+        "failed_connections": sum(res["failures"] for res in results),
         "last_seq": max(res["last"] for res in results),
         "own_before": lat(before),
         "own_during": lat(during),

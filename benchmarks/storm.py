@@ -153,7 +153,7 @@ async def _storm_clients(
                             end[0] = frame["seq"]
                             seqs[i].append(frame["seq"])
                             return
-            except Exception:  # noqa: BLE001 - refused, reset, timed out, or websockets'
+            except Exception:  # refused, reset, timed out, or websockets'
                 failures[0] += 1  # own assertion in a handshake whose connection died: retry
             if not lost_a and on_a:  # A is gone: to B (a failure before that: A again)
                 lost_a, url = True, url_b

@@ -107,7 +107,12 @@ def storm_worker(
     resume with ``since``; stop at the ``end`` event. Puts one result dict on ``out``."""
     import uvloop
 
-    uvloop.run(_storm_clients(index, count, url_a, url_b, jitter_ms, ready, out))
+    try:
+        uvloop.run(_storm_clients(index, count, url_a, url_b, jitter_ms, ready, out))
+    except BaseException as exc:  # the coordinator must not wait for a dead worker
+        ready.put(f"worker {index} failed: {exc!r}")
+        out.put({"error": repr(exc)})
+        raise
 
 
 async def _storm_clients(
@@ -254,7 +259,9 @@ async def coordinate(args: argparse.Namespace, a: Node, b: Node) -> dict[str, An
     for w in workers:
         w.start()
     for _ in workers:
-        await asyncio.to_thread(ready.get, True, 600)
+        got = await asyncio.to_thread(ready.get, True, 600)
+        if isinstance(got, str):
+            raise RuntimeError(got)
     connect_s = time.monotonic() - t_connect
 
     latencies: list[tuple[float, float]] = []  # (receive time, latency s)

@@ -283,6 +283,7 @@ async def coordinate(args: argparse.Namespace, a: Node, b: Node) -> dict[str, An
 
     stop = asyncio.Event()
     errors: list[str] = []
+    slow_topics = [0]
 
     async def pace(http: httpx.AsyncClient, topic: str, kind: str, rate: float) -> None:
         interval, nxt = 1.0 / rate, time.monotonic()
@@ -298,7 +299,9 @@ async def coordinate(args: argparse.Namespace, a: Node, b: Node) -> dict[str, An
             await asyncio.sleep(max(0.0, nxt - time.monotonic()))
 
     limits = httpx.Limits(max_connections=20)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{b.port}", limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{b.port}", limits=limits, timeout=60
+    ) as http:
         producers = [
             asyncio.create_task(pace(http, "paced", "p", args.rate)),
             asyncio.create_task(pace(http, "storm", "tick", args.storm_rate)),
@@ -316,7 +319,11 @@ async def coordinate(args: argparse.Namespace, a: Node, b: Node) -> dict[str, An
         # the workers report only at the end: wait for B to count every client resubscribed
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
-            r = await http.get("/api/topics")
+            try:  # B may take seconds to answer during the storm
+                r = await http.get("/api/topics", timeout=60)
+            except httpx.TimeoutException:
+                slow_topics[0] += 1
+                continue
             subs = {t["topic"]: t["subscribers"] for t in r.json()}
             if subs.get("storm", 0) >= args.clients:
                 break
@@ -383,6 +390,7 @@ async def coordinate(args: argparse.Namespace, a: Node, b: Node) -> dict[str, An
         "other_load": round(max(0.0, (busy1 - busy0) - srv - red) / wall, 2) if wall else 0,
         "publish_errors": errors[:5],
         "publish_error_count": len(errors),
+        "topics_timeouts": slow_topics[0],
     }
 
 

@@ -67,6 +67,9 @@ class Peer:
     token_frame: str = '"chunk":"ts='
 
 
+REDIS_PREFIX = "agentcast-bench-chat"
+"""The ``agentcast-redis`` peer's key prefix (its keys are deleted after the run)."""
+
 COMPARE: dict[str, str] = {}
 """--compare: peer name -> the ``src`` folder its agentcast is imported from."""
 
@@ -95,6 +98,18 @@ def peers(upstream: str, scratch: Path) -> dict[str, Peer]:
             "agentcast serve --llm-url (SQLite store: messages and answers persisted)",
             serve,
             {**common, "AGENTCAST_STORE_URL": f"sqlite:///{scratch / 'bench-chat.db'}"},
+        ),
+        "agentcast-redis": Peer(
+            "agentcast-redis",
+            "agentcast serve --llm-url on the Redis broker (local Redis 7; SQLite store as "
+            "`agentcast`): every token's seq, history and fan-out through Redis",
+            serve,
+            {
+                **common,
+                "AGENTCAST_STORE_URL": f"sqlite:///{scratch / 'bench-chat-redis.db'}",
+                "AGENTCAST_BROKER_URL": f"redis://127.0.0.1:6379/0?prefix={REDIS_PREFIX}"
+                "&max_connections=20000",
+            },
         ),
         "agentcast-nostore": Peer(
             "agentcast-nostore",
@@ -337,6 +352,10 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
                     proc.kill()
         if trace is not None and Path(f"{trace}.json").exists():
             result["trace"] = summary(Path(f"{trace}.lat"), Path(f"{trace}.json"))
+        if "AGENTCAST_BROKER_URL" in peer.env:
+            from run import delete_redis_keys
+
+            delete_redis_keys(REDIS_PREFIX)
 
 
 def med(rows: list[dict[str, Any]], key: str) -> tuple[float, float, float] | None:

@@ -133,6 +133,7 @@ class Peer:
     scratch_cwd: bool = False  # agentcast: its default run store file goes to results/
     pythonpath: str = ""  # prepended to the server's PYTHONPATH (--compare)
     redis_prefix: str = ""  # keys the server leaves in Redis, deleted after each run
+    all_cores: bool = False  # the server may use both cores (--workers 2), the client's too
 
 
 _JWT_SECRET = "bench-jwt-secret-" + "j" * 40
@@ -187,13 +188,27 @@ PEERS = {
             "agentcast-redis",
             "agentcast serve on the Redis broker (redis://127.0.0.1:6379/0, Redis 7 on "
             "loopback, on the client's core): seqs, history and fan-out through Redis",
-            f"env AGENTCAST_BROKER_URL=redis://127.0.0.1:6379/0?prefix={_REDIS_PREFIX} "
+            f"env AGENTCAST_BROKER_URL=redis://127.0.0.1:6379/0?prefix={_REDIS_PREFIX}&max_connections=20000 "
             "{agentcast} serve --host 127.0.0.1 --port {port} --bench-endpoint --log-level warning",
             "agentcast uvloop httptools redis",
             sub='{"type":"subscribe","topic":"{topic}"}',
             trigger="GET http://127.0.0.1:{port}/_bench/publish?topics={T}&count={K}&rate={R}",
             scratch_cwd=True,
             redis_prefix=_REDIS_PREFIX,
+        ),
+        Peer(
+            "agentcast-redis-w2",
+            "agentcast serve --workers 2 on the Redis broker: two worker processes on one port, "
+            "NOT pinned (they, wsload and redis-server share the machine's two cores)",
+            f"env AGENTCAST_BROKER_URL=redis://127.0.0.1:6379/0?prefix={_REDIS_PREFIX}&max_connections=20000 "
+            "{agentcast} serve --host 127.0.0.1 --port {port} --workers 2 --bench-endpoint "
+            "--log-level warning",
+            "agentcast uvloop httptools redis",
+            sub='{"type":"subscribe","topic":"{topic}"}',
+            trigger="GET http://127.0.0.1:{port}/_bench/publish?topics={T}&count={K}&rate={R}",
+            scratch_cwd=True,
+            redis_prefix=_REDIS_PREFIX,
+            all_cores=True,
         ),
         Peer(
             "seed000-fastapi",
@@ -458,7 +473,7 @@ def run_one(
                 filter(None, [peer.pythonpath, env.get("PYTHONPATH")])
             )
         server = subprocess.Popen(
-            ["taskset", "-c", cores[0], *cmd],
+            ["taskset", "-c", ",".join(cores) if peer.all_cores else cores[0], *cmd],
             cwd=cwd,
             env=env,
             stdout=log,
@@ -507,6 +522,8 @@ def run_one(
                 args += ["--expect", str(wl.expect), "--trigger", trigger]
             else:
                 args += ["--hold", "2"]
+            redis_pid = redis_server_pid() if peer.redis_prefix else None
+            red0 = tree_cpu(redis_pid) if redis_pid else 0.0
             stat0, srv0, t0 = cpu_times(cores), tree_cpu(server.pid), time.monotonic()
             out = subprocess.run(
                 ["taskset", "-c", cores[1], *args],
@@ -515,6 +532,7 @@ def run_one(
                 timeout=wl.timeout + 30,
             )
             wall, srv1, stat1 = time.monotonic() - t0, tree_cpu(server.pid), cpu_times(cores)
+            red1 = tree_cpu(redis_pid) if redis_pid else 0.0
             try:
                 result = json.loads(out.stdout.strip().splitlines()[-1])
             except (IndexError, json.JSONDecodeError):
@@ -527,13 +545,30 @@ def run_one(
             busy = sum(stat1[c][0] - stat0[c][0] for c in cores) / tick
             steal = sum(stat1[c][1] - stat0[c][1] for c in cores) / tick
             client = result.get("client_cpu_s", 0.0)
-            result["other_load"] = round(max(0.0, busy - (srv1 - srv0) - client) / wall, 3)
+            if redis_pid:  # redis-server's CPU during the run (it serves this server)
+                result["redis_cpu_s"] = round(red1 - red0, 3)
+            result["other_load"] = round(
+                max(0.0, busy - (srv1 - srv0) - (red1 - red0) - client) / wall, 3
+            )
             result["steal"] = round(steal / wall, 3)
             return {**base, **result}
         finally:
             stop_group(server)
             if peer.redis_prefix:
                 delete_redis_keys(peer.redis_prefix)
+
+
+def redis_server_pid() -> int | None:
+    """The local redis-server's pid (``INFO server``), None when it does not answer."""
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, KeyError, ValueError):
+        return None
+    finally:
+        client.close()
 
 
 def delete_redis_keys(prefix: str) -> None:
@@ -570,6 +605,8 @@ def derived(r: dict[str, Any]) -> dict[str, Any]:
         d["server_util"] = r.get("server_cpu_s", 0) / secs
         d["client_util"] = r.get("client_run_cpu_s", r.get("client_cpu_s", 0)) / secs
         d["server_us_per_delivery"] = 1e6 * r.get("server_cpu_s", 0) / r["deliveries"]
+        if "redis_cpu_s" in r:
+            d["redis_us_per_delivery"] = 1e6 * r["redis_cpu_s"] / r["deliveries"]
     if r.get("rate"):
         d["lateness_s"] = max(0.0, secs - r["count"] / r["rate"])  # early: on time
     return d

@@ -26,7 +26,7 @@ def blocks(lang: str) -> list[str]:
 
 
 def test_the_page_has_the_examples_this_test_runs() -> None:
-    assert [kind for kind, _ in BLOCKS] == ["sh", "yaml", "text", "sh", "text"]
+    assert [kind for kind, _ in BLOCKS] == ["sh", "yaml", "text", "sh", "text", "nginx"]
 
 
 def test_settings_example(tmp_path: Path) -> None:

@@ -35,7 +35,6 @@ import random
 import resource
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,30 +43,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS = "redis://127.0.0.1:6379/0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its descendants (0 when gone)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import free_port, redis_server_pid, tree_cpu  # noqa: E402  (the harness's own)
 
 
 def machine_busy() -> float:
@@ -76,18 +53,6 @@ def machine_busy() -> float:
         fields = f.readline().split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def redis_pid() -> int | None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS)
-    try:
-        return int(client.info("server")["process_id"])
-    except (redis.RedisError, KeyError, ValueError):
-        return None
-    finally:
-        client.close()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -307,7 +272,7 @@ async def coordinate(args: argparse.Namespace, a: Node, b: Node) -> dict[str, An
             asyncio.create_task(pace(http, "storm", "tick", args.storm_rate)),
         ]
         await asyncio.sleep(args.before)
-        rpid = redis_pid()
+        rpid = redis_server_pid()
         cpu_b0, cpu_r0, busy0 = (
             tree_cpu(b.proc.pid),
             tree_cpu(rpid) if rpid else 0.0,

@@ -18,14 +18,25 @@ import secrets
 from typing import NoReturn
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentcast.storage.sql import async_url
 
 REDIS = os.environ.get("AGENTCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-POSTGRES = os.environ.get("AGENTCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+_POSTGRES = os.environ.get("AGENTCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under pytest -n N
+
+POSTGRES = (
+    make_url(_POSTGRES)
+    .set(database=f"{make_url(_POSTGRES).database}_{_WORKER}")
+    .render_as_string(hide_password=False)
+    if _WORKER
+    else _POSTGRES
+)
+"""The test database: under pytest-xdist each worker has its own (``test_gw0``, ...), created
+on first use, because the store tests drop and create agentcast's tables."""
 
 _TABLES = (
     "agentcast_messages",
@@ -43,10 +54,27 @@ def require_service(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+async def _create_database(url: str) -> None:
+    """Create ``url``'s database when it does not exist (connecting to the base one)."""
+    name = make_url(url).database
+    engine = create_async_engine(async_url(_POSTGRES), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            found = await conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            )
+            if not found:
+                await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await engine.dispose()
+
+
 async def reset_postgres(url: str = POSTGRES) -> str | None:
     """Drop agentcast's tables at ``url``; None when done, else why it could not connect."""
     engine = create_async_engine(async_url(url))
     try:
+        if url != _POSTGRES:
+            await _create_database(url)
         async with engine.begin() as conn:
             for table in _TABLES:
                 await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))

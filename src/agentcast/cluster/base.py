@@ -40,6 +40,8 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agentcast.cluster.work import MemoryWork, OwnedWork
+
 __all__ = ["ClusterState", "LocalView", "TopicPresence", "new_node_id"]
 
 
@@ -106,6 +108,8 @@ class ClusterState(ABC):
         self.node = node or new_node_id()
         self.errors = 0
         """Backend failures so far (each one logged; the connection path failed open)."""
+        self.work: OwnedWork = MemoryWork(self.node)
+        """Work owned by one node (chat generations): :mod:`agentcast.cluster.work`."""
 
     async def start(self, view: LocalView) -> None:  # noqa: B027 - optional hook
         """Start heartbeats and syncing for the node ``view``; raises

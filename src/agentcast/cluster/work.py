@@ -120,6 +120,13 @@ class OwnedWork:
 
     async def release(self, kind: str, key: str) -> None:
         """The work ended here: remove this node's entry (never raises)."""
+        await self.finish(kind, key)
+
+    async def finish(self, kind: str, key: str) -> bool:
+        """:meth:`release`, telling whether this node still owned the work: False when
+        another node claimed or sealed it (this node was taken for dead: drop this end
+        without publishing), True otherwise (released; or never written, or the backend
+        unreachable: failing open). Never raises."""
         raise NotImplementedError
 
     async def owners(self, kind: str, keys: Iterable[str]) -> dict[str, str]:
@@ -169,8 +176,9 @@ class MemoryWork(OwnedWork):
     def adopt(self, kind: str, key: str, info: dict[str, Any]) -> None:
         self.entries.setdefault(_member(kind, key), info)
 
-    async def release(self, kind: str, key: str) -> None:
+    async def finish(self, kind: str, key: str) -> bool:
         self.entries.pop(_member(kind, key), None)
+        return True
 
     async def owners(self, kind: str, keys: Iterable[str]) -> dict[str, str]:
         return {k: self.node for k in keys if _member(kind, k) in self.entries}
@@ -204,9 +212,12 @@ return ''
 )
 
 _RELEASE = """
--- KEYS: beats, owners. ARGV: member, node. Deletes the entry if that node owns it.
+-- KEYS: beats, owners, claim. ARGV: member, node. Deletes the entry if that node owns it
+-- and no node claimed it: 1; 2: no entry; 0: another node owns or claimed it.
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local v = redis.call('HGET', KEYS[2], ARGV[1])
-if v and cjson.decode(v)['n'] == ARGV[2] then
+if not v then return 2 end
+if cjson.decode(v)['n'] == ARGV[2] then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 1
@@ -407,17 +418,23 @@ class RedisWork(OwnedWork):
     def adopt(self, kind: str, key: str, info: dict[str, Any]) -> None:
         self.own[_member(kind, key)] = self._entry(info)
 
-    async def release(self, kind: str, key: str) -> None:
-        """Release (failures are logged: the entry then orphans and is sealed, which
-        finds the work done)."""
+    async def finish(self, kind: str, key: str) -> bool:
+        """Failures are logged (True: failing open); the entry then orphans and its seal
+        finds the work done."""
         member = _member(kind, key)
-        self.own.pop(member, None)
+        held = self.own.pop(member, None)
         if self._client is None:
-            return
+            return True
         try:
-            await self._release(keys=self._keys(), args=[member, self.node])
+            keys = [*self._keys(), self.claim_prefix + member]
+            done = int(await self._release(keys=keys, args=[member, self.node]))
         except Exception as exc:
             self._failed("release", exc)
+            return True
+        self._recovered()
+        if done == 2:  # never written (adopted), or removed by its sealer
+            return held is None or held != b""
+        return done == 1
 
     async def owners(self, kind: str, keys: Iterable[str]) -> dict[str, str]:
         wanted = list(keys)

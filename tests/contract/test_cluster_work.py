@@ -126,8 +126,9 @@ async def test_one_owner_per_key(nodes: Nodes) -> None:
     assert await a.work.acquire("other", "c1", {}) is None  # per kind
     assert await a.work.owners("gen", ["c1", "c2"]) == {"c1": a.node}
     assert await a.work.owner("gen", "c2") is None
-    await a.work.release("gen", "c1")
+    assert await a.work.finish("gen", "c1") is True  # released: it was still its own
     assert await a.work.owner("gen", "c1") is None
+    await a.work.release("gen", "c1")  # twice: nothing
     assert await a.work.acquire("gen", "c1", {}) is None
     with pytest.raises(ValueError, match="without ':'"):
         await a.work.acquire("g:en", "c1", {})
@@ -226,9 +227,11 @@ async def test_a_node_taken_for_dead_drops_its_end(redis_nodes: Nodes) -> None:
     beat.cancel()  # a pause longer than the TTL (a stalled process, a partition)
     await asyncio.wait([beat], timeout=UNIT)
     await eventually(lambda: len(on_b.seals) == 2, timeout=TTL + 4 * UNIT)
-    await work.beat()  # it comes back
-    assert sorted(on_a.losses) == ["c1", "c2"] and work.lost == 2 and not work.own
+    assert await work.finish("gen", "c1") is False  # it comes back: ending c1, or
+    await work.beat()  # at its next heartbeat
+    assert on_a.losses == ["c2"] and work.lost == 1 and not work.own
     assert not on_a.seals
+    assert await b.work.acquire("gen", "c1", {}) is None
 
 
 async def test_a_refreshed_entry_is_never_claimed(redis_nodes: Nodes) -> None:

@@ -390,6 +390,7 @@ class RedisWork(OwnedWork):
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BrokerError("cluster work stopped"))
+                future.exception()  # retrieved here: its requester may be gone too
         self._pending.clear()
         self._tasks = []
         self._client = self._subscriber = None

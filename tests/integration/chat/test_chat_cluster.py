@@ -96,11 +96,11 @@ def ws_url(node: ServerProcess) -> str:
 
 
 def is_done(frame: dict[str, Any]) -> bool:
-    return frame["type"] == "chat:streaming" and frame["data"]["done"]
+    return frame["type"] == "chat:streaming" and frame["data"]["done"] is True
 
 
 def is_answer(frame: dict[str, Any]) -> bool:
-    return frame["type"] == "chat:message" and frame["data"]["role"] == "assistant"
+    return bool(frame["type"] == "chat:message" and frame["data"]["role"] == "assistant")
 
 
 def chunks(frames: list[dict[str, Any]]) -> list[str]:

@@ -196,7 +196,11 @@ async def test_a_dead_nodes_work_is_sealed_once(redis_nodes: Nodes) -> None:
     assert TTL * 0.8 <= sealed_after < TTL + 2 * UNIT
     await eventually(lambda: a.work.sealed + b.work.sealed == 3)
     await eventually(lambda: _none(b.work.owners("gen", ["c1", "c2", "c3"])))
-    assert await b.work.acquire("gen", "c1", {}) is None  # free again
+    assert await b.work.acquire("gen", "c1", {}) is None  # free again, and owned: the
+    assert isinstance(b.work, RedisWork)  # claim of the sealed entry is not this one's
+    await b.work.beat()
+    assert not on_b.losses and await b.work.owner("gen", "c1") == b.node
+    assert await b.work.finish("gen", "c1") is True
     for state in (a, b, a, b):  # later heartbeats seal nothing again
         assert isinstance(state.work, RedisWork)
         await state.work.beat()

@@ -212,17 +212,17 @@ return ''
 )
 
 _RELEASE = """
--- KEYS: beats, owners, claim. ARGV: member, node. Deletes the entry if that node owns it
--- and no node claimed it: 1; 2: no entry; 0: another node owns or claimed it.
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+-- KEYS: beats, owners. ARGV: member, node, claim prefix. Deletes the entry if that node
+-- owns it and no node claimed it: 1; 2: no entry; 0: another node owns or claimed it.
 local v = redis.call('HGET', KEYS[2], ARGV[1])
 if not v then return 2 end
-if cjson.decode(v)['n'] == ARGV[2] then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 1
+local d = cjson.decode(v)
+if d['n'] ~= ARGV[2] or redis.call('EXISTS', ARGV[3] .. ARGV[1] .. '@' .. d['t']) == 1 then
+  return 0
 end
-return 0
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
 """
 
 _BEAT = (
@@ -230,24 +230,30 @@ _BEAT = (
     + """
 -- KEYS: beats, owners. ARGV: node, ttl_ms, claim_ms, claim prefix, n, n x (member,
 -- value: '' registered, else the entry of an adopted one), m, m x kind (sealable), limit.
--- Returns {lost members, adopted members, claimed (member, value) pairs}.
+-- Returns {lost members, adopted members, claimed (member, value) pairs}. A claim is
+-- `<claim prefix><member>@<the entry's token>`: it concerns that entry only.
 local node, ttl, claim_ms, cp = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local lost, adopted, claimed = {}, {}, {}
 local i = 6
 for _ = 1, tonumber(ARGV[5]) do
   local member, value = ARGV[i], ARGV[i + 1]
   local v = redis.call('HGET', KEYS[2], member)
-  local mine = v and cjson.decode(v)['n'] == node
-  local taken = redis.call('EXISTS', cp .. member) == 1
-  if value ~= '' and not v and not taken then
-    redis.call('HSET', KEYS[2], member, value)
-    redis.call('ZADD', KEYS[1], now, member)
-    adopted[#adopted + 1] = member
-  elseif mine and not taken then
-    redis.call('ZADD', KEYS[1], now, member)
-    if value ~= '' then adopted[#adopted + 1] = member end
+  if not v then
+    if value ~= '' then
+      redis.call('HSET', KEYS[2], member, value)
+      redis.call('ZADD', KEYS[1], now, member)
+      adopted[#adopted + 1] = member
+    else
+      lost[#lost + 1] = member
+    end
   else
-    lost[#lost + 1] = member
+    local d = cjson.decode(v)
+    if d['n'] == node and redis.call('EXISTS', cp .. member .. '@' .. d['t']) == 0 then
+      redis.call('ZADD', KEYS[1], now, member)
+      if value ~= '' then adopted[#adopted + 1] = member end
+    else
+      lost[#lost + 1] = member
+    end
   end
   i = i + 2
 end
@@ -263,9 +269,12 @@ if m > 0 then
       local v = redis.call('HGET', KEYS[2], member)
       if not v then
         redis.call('ZREM', KEYS[1], member)
-      elseif redis.call('SET', cp .. member, node, 'NX', 'PX', claim_ms) then
-        claimed[#claimed + 1] = member
-        claimed[#claimed + 1] = v
+      else
+        local claim = cp .. member .. '@' .. cjson.decode(v)['t']
+        if redis.call('SET', claim, node, 'NX', 'PX', claim_ms) then
+          claimed[#claimed + 1] = member
+          claimed[#claimed + 1] = v
+        end
       end
     end
   end
@@ -275,10 +284,10 @@ return {lost, adopted, claimed}
 )
 
 _SEALED = """
--- KEYS: beats, owners, claim. ARGV: member, dead node, node. The entry goes if the dead
--- node still owns it; the claim stays until it expires (a late owner then finds it lost).
+-- KEYS: beats, owners. ARGV: member, token. The sealed entry goes (not a newer one); its
+-- claim stays until it expires (a late owner then finds it lost either way).
 local v = redis.call('HGET', KEYS[2], ARGV[1])
-if v and cjson.decode(v)['n'] == ARGV[2] then
+if v and cjson.decode(v)['t'] == ARGV[2] then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
@@ -297,10 +306,12 @@ class RedisWork(OwnedWork):
 
     Keys (under the cluster state's hash tag ``{p}``):
 
-    * ``{p}:work:owners``: hash, ``<kind>:<key>`` → ``{"n": node, "i": info}`` (JSON);
+    * ``{p}:work:owners``: hash, ``<kind>:<key>`` → ``{"n": node, "t": token, "i": info}``
+      (JSON; the token is new at every acquire);
     * ``{p}:work:beats``: sorted set, ``<kind>:<key>`` → the owner's last refresh (Redis's
       clock, ms), refreshed at every heartbeat; older than ``ttl``: orphaned;
-    * ``{p}:work:claim:<kind>:<key>``: the sealing node's id, ``SET NX PX claim_ttl``;
+    * ``{p}:work:claim:<kind>:<key>@<token>``: the sealing node's id, ``SET NX PX
+      claim_ttl`` (a claim of that entry only: a later acquire of the key is not claimed);
     * channel ``{p}:ctl:<node>``: that node's control messages (requests and replies).
 
     Its own two connections: one for commands (single, FIFO: a release is in Redis before
@@ -398,7 +409,7 @@ class RedisWork(OwnedWork):
     # -- entries ---------------------------------------------------------------------
 
     def _entry(self, info: dict[str, Any]) -> bytes:
-        return orjson.dumps({"n": self.node, "i": info})
+        return orjson.dumps({"n": self.node, "t": secrets.token_hex(6), "i": info})
 
     async def acquire(self, kind: str, key: str, info: dict[str, Any]) -> str | None:
         member = _member(kind, key)
@@ -427,8 +438,8 @@ class RedisWork(OwnedWork):
         if self._client is None:
             return True
         try:
-            keys = [*self._keys(), self.claim_prefix + member]
-            done = int(await self._release(keys=keys, args=[member, self.node]))
+            args = [member, self.node, self.claim_prefix]
+            done = int(await self._release(keys=self._keys(), args=args))
         except Exception as exc:
             self._failed("release", exc)
             return True
@@ -592,21 +603,23 @@ class RedisWork(OwnedWork):
 
     async def _seal(self, member: str, raw: bytes) -> None:
         kind, _, key = member.partition(":")
-        claim = self.claim_prefix + member
+        claim = ""
         try:
             entry = orjson.loads(raw)
-            dead, info = str(entry["n"]), dict(entry.get("i") or {})
+            dead, token, info = str(entry["n"]), str(entry["t"]), dict(entry.get("i") or {})
+            claim = f"{self.claim_prefix}{member}@{token}"
             handlers = self.handlers.get(kind)
             if handlers is None or handlers.seal is None:
                 raise BrokerError(f"no seal handler for {kind!r}")
             logger.warning("cluster work: sealing %s of lost node %s", member, dead)
             await handlers.seal(key, info, dead)
-            await self._sealed_script(keys=[*self._keys(), claim], args=[member, dead, self.node])
+            await self._sealed_script(keys=self._keys(), args=[member, token])
             self.sealed += 1
         except Exception:
             logger.exception("cluster work: sealing %s failed; will retry", member)
-            with contextlib.suppress(Exception):
-                await self._unclaim(keys=[claim], args=[self.node])
+            if claim:
+                with contextlib.suppress(Exception):
+                    await self._unclaim(keys=[claim], args=[self.node])
 
     # -- failures --------------------------------------------------------------------
 

@@ -260,6 +260,40 @@ async def test_a_killed_nodes_generation_is_sealed_once_by_b(pair: Pair) -> None
         assert accepted["data"]["conversation_id"] == cid
 
 
+async def test_a_node_taken_for_dead_drops_its_end(pair: Pair) -> None:
+    """A paused longer than node_ttl (SIGSTOP: a stalled process, a partition): B seals
+    its generation; A, back, drops its own end: one answer stored, one terminal pair."""
+    async with (
+        websockets.connect(ws_url(pair.a)) as ws_a,
+        websockets.connect(ws_url(pair.b)) as ws_b,
+        httpx.AsyncClient(timeout=10 * UNIT) as http,
+    ):
+        cid = await start_on_a(pair, ws_a, ws_b)
+        assert pair.a.proc is not None
+        pair.a.proc.send_signal(signal.SIGSTOP)
+        try:
+            rest = await read_until(ws_b, is_answer, timeout=TTL + 10 * UNIT)
+        finally:
+            pair.a.proc.send_signal(signal.SIGCONT)
+        assert rest[-1]["data"]["error"].startswith("node lost: ")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5 * UNIT
+        while True:  # A drops it at its next heartbeat (or ends it, publishing nothing)
+            await chat_send(ws_a, "still there?", conversation_id=cid, id="s2")
+            reply = await read_until(ws_a, lambda f: f["type"] in ("chat:accepted", "error"))
+            if reply[-1]["type"] == "chat:accepted":
+                break
+            assert reply[-1]["data"]["code"] == "conflict" and loop.time() < deadline
+        await send(ws_a, {"type": "chat:cancel", "id": "c3", "data": {"conversation_id": cid}})
+        await read_until(ws_a, lambda f: is_answer(f) and f["data"]["status"] == "cancelled")
+        messages = (await http.get(f"{pair.b.url}/api/conversations/{cid}/messages")).json()
+        statuses = [m["status"] for m in messages["messages"] if m["role"] == "assistant"]
+        assert statuses == ["error", "cancelled"], statuses
+        events = (await http.get(f"{pair.b.url}/api/topics/chat:{cid}/events?since=0")).json()
+        ends = [e["data"]["status"] for e in events["events"] if e["data"].get("done") is True]
+        assert ends == ["error", "cancelled"], ends
+
+
 async def test_stopping_a_node_is_fast(pair: Pair) -> None:
     async with (
         websockets.connect(ws_url(pair.a)) as ws_a,

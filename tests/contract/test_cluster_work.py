@@ -265,4 +265,7 @@ async def test_stop_is_fast_with_requests_in_flight(redis_nodes: Nodes) -> None:
     await a.stop()  # its handler is still hanging
     stopped_a = time.perf_counter() - t0
     redis_nodes.states.clear()
+    print(
+        f"\nstop: {stopped_b * 1000:.0f} ms (a request waiting), {stopped_a * 1000:.0f} ms (a handler hanging)"
+    )
     assert stopped_b < 0.5 * UNIT and stopped_a < 1.5 * UNIT, (stopped_b, stopped_a)

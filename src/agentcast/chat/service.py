@@ -26,6 +26,14 @@ queue without reaching the upstream. When the gateway drains (shutdown), every g
 is cancelled first: its last events are delivered before the connections close, and its
 partial answer is stored.
 
+Across nodes (a Redis cluster state), a generation is owned work in ``cluster.work``
+(:mod:`agentcast.cluster.work`, kind ``chat``, key the conversation id): ``conflict``
+holds across the nodes, ``chat:cancel`` and deletion reach the owning node, snapshots and
+``generating`` flags ask it, and a dead node's generation is sealed by one survivor
+(:meth:`Chat._seal_lost`: the partial answer from the topic's history, status ``error``,
+the terminal events), each step idempotent; a node whose generation was sealed elsewhere
+(taken for dead) drops it without publishing (:meth:`Chat._lost`).
+
 Resume across a restart (with a store): every event of a ``chat:`` topic (deltas too) is
 recorded in the store's event log in batches (:class:`~agentcast.storage.recorder.
 EventRecorder`, one write per batch, never one per token), chat topics are durable (their

@@ -18,6 +18,10 @@ pointed at one broker, not per process:
   this node's own part comes from its hub. A node publishes its part when subscriptions
   change (:meth:`ClusterState.topic_changed`), never per event.
 
+Besides, :attr:`ClusterState.work` is the registry of work owned by one node (chat
+generations): acquire, release, control requests to the owner, a dead node's work sealed
+by one survivor; its contract is :mod:`agentcast.cluster.work`.
+
 Anonymous principals (open dev mode: each connection its own user) are never counted
 across nodes: their subjects are per process.
 

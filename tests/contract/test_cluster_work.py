@@ -269,3 +269,40 @@ async def test_stop_is_fast_with_requests_in_flight(redis_nodes: Nodes) -> None:
         f"\nstop: {stopped_b * 1000:.0f} ms (a request waiting), {stopped_a * 1000:.0f} ms (a handler hanging)"
     )
     assert stopped_b < 0.5 * UNIT and stopped_a < 1.5 * UNIT, (stopped_b, stopped_a)
+
+
+async def test_an_unreachable_backend_is_an_error_and_adopted_work_waits() -> None:
+    """Redis gone (here: nothing listens on the port): acquire, owners and requests raise
+    BrokerError at once; an adopted entry stays this node's, ending it fails open."""
+    from redis.asyncio import Redis
+
+    from tests.conftest import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    work = RedisWork(
+        lambda **kw: Redis.from_url(url, socket_timeout=UNIT, socket_connect_timeout=UNIT, **kw),
+        "{test-down}",
+        "node-a:1:abcdef",
+        heartbeat=HEARTBEAT,
+        ttl=TTL,
+        timeout=UNIT,
+    )
+    await work.start()
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(BrokerError, match="unreachable"):
+            await work.acquire("gen", "c1", {})
+        with pytest.raises(BrokerError, match="unreachable"):
+            await work.owners("gen", ["c1"])
+        with pytest.raises(BrokerError, match="unreachable"):
+            await work.request("node-b:2:abcdef", "gen", "c1", {}, within=UNIT)
+        assert time.perf_counter() - t0 < 2 * UNIT
+        work.adopt("gen", "c1", {})
+        with pytest.raises(Exception):  # noqa: B017 - a heartbeat fails, and is retried
+            await work.beat()
+        assert "gen:c1" in work.own and work.errors >= 4
+        assert await work.finish("gen", "c1") is True and not work.own
+    finally:
+        t0 = time.perf_counter()
+        await work.stop()
+        assert time.perf_counter() - t0 < 1.5 * UNIT

@@ -402,6 +402,7 @@ class RedisClusterState(ClusterState):
         out = super().stats()
         out["users"] = len(self.counts)
         out["tokens_charged"] = self.charged
+        out.update(self.work.stats())
         return out
 
     # -- the sync loop ---------------------------------------------------------------

@@ -156,6 +156,9 @@ class OwnedWork:
             raise BrokerError(f"{type(exc).__name__}: {exc}") from exc
 
     def stats(self) -> dict[str, float]:
+        """Counters for ``/healthz`` (distributed states): ``work_sealed`` (dead nodes'
+        entries sealed here), ``work_lost`` (this node's entries sealed elsewhere), and
+        for Redis ``work_owned`` (entries held now) and ``work_errors``."""
         return {"work_sealed": self.sealed, "work_lost": self.lost}
 
 
@@ -510,6 +513,8 @@ class RedisWork(OwnedWork):
                     if message is not None and message.get("type") == "message":
                         self._on_message(message["data"])
             except Exception as exc:  # the loop must outlive any failure
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(None)  # start does not wait for an outage
                 if self._closed:
                     return
                 self._failed("control channel", exc)
@@ -637,4 +642,5 @@ class RedisWork(OwnedWork):
     def stats(self) -> dict[str, float]:
         out = super().stats()
         out["work_owned"] = len(self.own)
+        out["work_errors"] = self.errors
         return out

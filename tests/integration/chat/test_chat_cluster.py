@@ -254,6 +254,8 @@ async def test_a_killed_nodes_generation_is_sealed_once_by_b(pair: Pair) -> None
         ]
         assert kinds.count(("chat:streaming", True, None)) == 1
         assert kinds.count(("chat:message", None, "assistant")) == 1
+        health = (await http.get(f"{pair.b.url}/healthz")).json()["cluster"]
+        assert health["work_sealed"] == 1 and health["work_owned"] == 0, health
         # and the conversation answers again, on B
         await chat_send(ws_b, "are you there?", conversation_id=cid, id="s2")
         accepted = await recv_until(ws_b, "chat:accepted", timeout=5 * UNIT)

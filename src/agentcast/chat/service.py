@@ -368,8 +368,10 @@ class Chat(GatewayFeature):
             last: int | None = None
             if self.work.distributed:  # one generation per conversation across the nodes
                 last = (await self.gateway.broker.history(topic, 0, limit=0)).last_seq
-                info = {"since": last, "user": principal.subject, "agent": agent_id}
-                owned = await self._acquire(cid, info)
+                model = getattr(agent, "model", None) or getattr(agent, "name", "agent")
+                info = {"since": last, "user": principal.subject, "model": str(model)}
+                await self._acquire(cid, info)
+                owned = True  # registered, or adopted: given back if the send fails
             if session is not None and topic not in session.topics:
                 # from the topic's last seq: the events from now on, without the snapshot
                 # a subscription without `since` gets (this connection is sending)
@@ -417,10 +419,10 @@ class Chat(GatewayFeature):
         gen.task.add_done_callback(self._tasks.discard)
         return gen
 
-    async def _acquire(self, cid: str, info: dict[str, Any]) -> bool:
-        """Register this node's generation of ``cid`` in the cluster (True), or raise
+    async def _acquire(self, cid: str, info: dict[str, Any]) -> None:
+        """Register this node's generation of ``cid`` in the cluster, or raise
         ``conflict`` when a node runs one. The cluster state unreachable: the generation
-        runs anyway (False), registered by the next heartbeat that reaches it."""
+        runs anyway (adopted), registered by the next heartbeat that reaches it."""
         for _ in range(2):
             try:
                 owner = await self.work.acquire(_WORK, cid, info)
@@ -432,9 +434,9 @@ class Chat(GatewayFeature):
                     exc,
                 )
                 self.work.adopt(_WORK, cid, info)
-                return False
+                return
             if owner is None:
-                return True
+                return
             if owner != self.work.node:
                 raise _conflict(cid)
             await self.work.release(_WORK, cid)  # this node's own, not running: left over
@@ -533,14 +535,13 @@ class Chat(GatewayFeature):
                 break
             cursor = page.publications[-1].seq
         messages = await self.store.messages(cid, None, _CONTEXT_MESSAGES)
+        answers = {m.reply_to: m for m in messages if m.role == "assistant"}
         if reply_to is None:  # died before publishing the question: stored, unanswered?
             users = [m for m in messages if m.role == "user"]
-            if not users:
-                return
+            if not users or users[-1].id in answers:
+                return  # the question was never stored: nothing to seal
             reply_to = users[-1].id
-        answer = next(
-            (m for m in messages if m.role == "assistant" and m.reply_to == reply_to), None
-        )
+        answer = answers.get(reply_to)
         if answer is None:
             content = "".join(chunks[i] for i in sorted(chunks))
             now = time.time()
@@ -553,7 +554,7 @@ class Chat(GatewayFeature):
                     created_at=now,
                     completed_at=now,
                     reply_to=reply_to,
-                    model=str(info.get("agent") or "agent"),
+                    model=str(info.get("model") or "agent"),
                     completion_tokens=estimate_tokens(content),
                     error=f"node lost: {dead} stopped before the answer was complete",
                 )
@@ -716,8 +717,7 @@ class Chat(GatewayFeature):
             return None
         gen = self.generations.get(cid)
         streaming = gen.progress() if isinstance(gen, Generation) else None
-        unknown = False
-        """Running on another node that did not tell the answer so far."""
+        unknown = False  # running on another node that did not tell the answer so far
         if gen is None and self.work.distributed:
             try:
                 owner = await self.work.owner(_WORK, cid)

@@ -310,3 +310,70 @@ async def test_stopping_a_node_is_fast(pair: Pair) -> None:
             assert code in (0, -signal.SIGTERM), node.output()
     print(f"\nSIGTERM to exit: idle {timings[0]:.2f} s, generating {timings[1]:.2f} s")
     assert max(timings) < 3 * UNIT, timings
+
+
+# -- the seal, step by step, in one process ----------------------------------------------
+
+
+@pytest.fixture
+async def one_node(tmp_path: Path) -> AsyncIterator[Any]:
+    from tests.conftest import start_server, stop_server
+
+    running, task = await start_server(store_url=f"sqlite:///{tmp_path / 'seal.db'}")
+    try:
+        yield running
+    finally:
+        await stop_server(running, task)
+
+
+async def test_the_seal_is_idempotent_step_by_step(one_node: Any) -> None:
+    """What a survivor does for a dead node's generation, called twice (a second sealer
+    after the first died mid-way): stored once, the terminal events published once."""
+    from agentcast.chat.service import Chat
+    from agentcast.storage.chat import NewMessage
+
+    gateway = one_node.gateway
+    chat = gateway.feature(Chat)
+    async with httpx.AsyncClient(base_url=one_node.url) as http:
+        cids = [(await http.post("/api/conversations", json={})).json()["id"] for _ in range(3)]
+    now = time.time()
+
+    async def question(cid: str, text: str) -> int:
+        stored = await chat.store.add_message(
+            NewMessage(cid, "user", text, created_at=now, completed_at=now)
+        )
+        return stored.id
+
+    # 1: the dead node published the question and two deltas
+    q1 = await question(cids[0], "first")
+    topic = f"chat:{cids[0]}"
+    await gateway.publish(topic, "chat:message", {"id": q1, "role": "user", "content": "first"})
+    for index, chunk in enumerate(["Hel", "lo"]):
+        data = {"conversation_id": cids[0], "reply_to": q1, "index": index, "chunk": chunk}
+        await gateway.publish(topic, "chat:streaming", {**data, "done": False})
+    for _ in range(2):
+        await chat._seal_lost(cids[0], {"since": 0, "model": "m1"}, "dead:1:abcdef")
+    page = await gateway.history(topic, 0)
+    ends = [p for p in page.publications if p.type == "chat:streaming" and b'"done":true' in p.data]
+    answers = [p for p in page.publications if p.type == "chat:message" and b"assistant" in p.data]
+    assert len(ends) == 1 and b'"index":2' in ends[0].data and b'"status":"error"' in ends[0].data
+    assert len(answers) == 1
+    stored = [m for m in await chat.store.messages(cids[0], None, 10) if m.role == "assistant"]
+    assert [(m.content, m.status, m.reply_to, m.model) for m in stored] == [
+        ("Hello", "error", q1, "m1")
+    ]
+    assert stored[0].error == "node lost: dead:1:abcdef stopped before the answer was complete"
+    # 2: it died after storing the question, before publishing it: an empty error answer
+    q2 = await question(cids[1], "second")
+    await chat._seal_lost(cids[1], {"since": 0}, "dead:1:abcdef")
+    stored = [m for m in await chat.store.messages(cids[1], None, 10) if m.role == "assistant"]
+    assert [(m.content, m.status, m.reply_to) for m in stored] == [("", "error", q2)]
+    # 3: it died before storing the question: the last one is answered, nothing to seal
+    q3 = await question(cids[2], "third")
+    await chat.store.add_message(NewMessage(cids[2], "assistant", "done", reply_to=q3))
+    await chat._seal_lost(cids[2], {"since": 0}, "dead:1:abcdef")
+    assert len(await chat.store.messages(cids[2], None, 10)) == 2
+    assert not (await gateway.history(f"chat:{cids[2]}", 0)).publications
+    # a deleted conversation: nothing
+    await chat.store.delete_conversation(cids[1])
+    await chat._seal_lost(cids[1], {"since": 0}, "dead:1:abcdef")

@@ -3,15 +3,16 @@ agents, and the LLM upstreams (models, health, figures)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from agentcast.chat.service import Chat, Generation
+from agentcast.chat.service import Chat
 from agentcast.codes import ErrorCode
-from agentcast.errors import ProtocolError
+from agentcast.errors import BrokerError, ProtocolError
 from agentcast.gateway import Gateway
 from agentcast.policy import Principal
 from agentcast.storage.base import StoreError
@@ -19,6 +20,8 @@ from agentcast.storage.chat import Conversation
 from agentcast.web import admin_of, http_error, principal_of
 
 __all__ = ["chat_router"]
+
+logger = logging.getLogger("agentcast.chat")
 
 _CID = r"^[A-Za-z0-9_\-.@=+]{1,64}$"
 Cid = Annotated[str, Path(pattern=_CID, description="Conversation id.")]
@@ -71,10 +74,11 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
     """The chat HTTP API of ``chat`` on ``gateway``."""
     router = APIRouter(tags=["chat"])
 
-    def out(conv: Conversation) -> ConversationOut:
-        return ConversationOut(
-            **conv.to_wire(), generating=isinstance(chat.generations.get(conv.id), Generation)
-        )
+    def out(conv: Conversation, generating: set[str]) -> ConversationOut:
+        return ConversationOut(**conv.to_wire(), generating=conv.id in generating)
+
+    async def one(conv: Conversation) -> ConversationOut:
+        return out(conv, await chat.generating([conv.id]))
 
     async def owned(
         request: Request, cid: str, *, read: bool = False
@@ -104,8 +108,12 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
             found, total = await chat.store.list_conversations(user, limit, offset)
         except StoreError as exc:
             raise http_error(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        generating = await chat.generating([c.id for c in found])
         return ConversationPage(
-            total=total, limit=limit, offset=offset, conversations=[out(c) for c in found]
+            total=total,
+            limit=limit,
+            offset=offset,
+            conversations=[out(c, generating) for c in found],
         )
 
     @router.post("/api/conversations", response_model=ConversationOut, status_code=201)
@@ -117,13 +125,13 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
             conv = await chat.new_conversation(principal, body.agent_id, body.title)
         except ProtocolError as exc:
             raise http_error(503, exc.code, exc.message) from exc
-        return out(conv)
+        return await one(conv)
 
     @router.get("/api/conversations/{conversation_id}", response_model=ConversationOut)
     async def get_conversation(request: Request, conversation_id: Cid) -> ConversationOut:
         """One conversation."""
         _, conv = await owned(request, conversation_id, read=True)
-        return out(conv)
+        return await one(conv)
 
     @router.patch("/api/conversations/{conversation_id}", response_model=ConversationOut)
     async def rename_conversation(
@@ -137,16 +145,16 @@ def chat_router(gateway: Gateway, chat: Chat) -> APIRouter:
             raise http_error(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
         if renamed is None:  # pragma: no cover - deleted in between
             raise http_error(404, ErrorCode.NOT_FOUND, f"no conversation {conversation_id!r}")
-        return out(renamed)
+        return await one(renamed)
 
     @router.delete("/api/conversations/{conversation_id}", status_code=204)
     async def delete_conversation(request: Request, conversation_id: Cid) -> Response:
         """Delete a conversation and its messages (a running generation is cancelled)."""
         _, conv = await owned(request, conversation_id)
-        gen = chat.generations.get(conv.id)
-        if isinstance(gen, Generation):
-            chat.cancel(gen, "conversation deleted")
-            await gen.done
+        try:  # on whichever node runs it, and until it ended
+            await chat.cancel_anywhere(conv.id, "conversation deleted", wait=True)
+        except BrokerError as exc:  # that node is gone: its generation is sealed or not
+            logger.warning("deleting %s: its generation not cancelled: %s", conv.id, exc)
         try:
             await chat.store.delete_conversation(conv.id)
             await chat.forget_events(conv.id)

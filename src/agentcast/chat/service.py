@@ -26,6 +26,14 @@ queue without reaching the upstream. When the gateway drains (shutdown), every g
 is cancelled first: its last events are delivered before the connections close, and its
 partial answer is stored.
 
+Across nodes (a Redis cluster state), a generation is owned work in ``cluster.work``
+(:mod:`agentcast.cluster.work`, kind ``chat``, key the conversation id): ``conflict``
+holds across the nodes, ``chat:cancel`` and deletion reach the owning node, snapshots and
+``generating`` flags ask it, and a dead node's generation is sealed by one survivor
+(:meth:`Chat._seal_lost`: the partial answer from the topic's history, status ``error``,
+the terminal events), each step idempotent; a node whose generation was sealed elsewhere
+(taken for dead) drops it without publishing (:meth:`Chat._lost`).
+
 Resume across a restart (with a store): every event of a ``chat:`` topic (deltas too) is
 recorded in the store's event log in batches (:class:`~agentcast.storage.recorder.
 EventRecorder`, one write per batch, never one per token), chat topics are durable (their
@@ -39,6 +47,7 @@ lost get a snapshot (:meth:`Chat.snapshot`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -83,6 +92,12 @@ _CONTEXT_MESSAGES = 200
 """Most recent stored messages considered for the context window."""
 _ANSWER_RESERVE = 512
 """Tokens of a model's context kept free for the answer."""
+_WORK = "chat"
+"""The kind of a generation in the cluster's owned work (key: the conversation id)."""
+_REMOTE_TIMEOUT = 2.0
+"""Seconds a node waits for another's answer to a cancel or a progress request."""
+_REMOTE_END_TIMEOUT = 10.0
+"""Seconds a deletion waits for a generation on another node to end."""
 
 
 class _Reserved:
@@ -106,6 +121,10 @@ class Generation:
     """The answer's deltas published so far (chunk ``i`` is ``parts[i]``)."""
     position: int | None = None
     """The queue position last published (None: not waiting)."""
+    lost: bool = False
+    """Another node sealed it (this node was taken for dead): drop it, publish nothing."""
+    finishing: bool = False
+    """Streaming ended: the answer is being stored and published."""
     done: asyncio.Future[ChatMessage] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -172,6 +191,8 @@ class Chat(GatewayFeature):
             gateway.add_background(self._prune_events)
             gateway.add_shutdown(self.recorder.flush)  # after stop (hooks run in reverse)
         gateway.add_shutdown(self.stop)
+        self.work = gateway.cluster.work
+        self.work.handle(_WORK, control=self._control, seal=self._seal_lost, lost=self._lost)
         gateway.add_router(chat_router(gateway, self))
         gateway.add_router(seed003_router(gateway, self))
 
@@ -338,19 +359,24 @@ class Chat(GatewayFeature):
             )
         cid = conversation.id
         if cid in self.generations:
-            raise CommandError(
-                ErrorCode.CONFLICT,
-                f"conversation {cid!r} is answering a message: wait for it or chat:cancel",
-                field="data.conversation_id",
-            )
+            raise _conflict(cid)
         agent_id, agent = self.agent_for(conversation.agent_id)
         topic = CHAT_PREFIX + cid
         self.generations[cid] = placeholder = _Reserved()
+        owned = False
         try:
+            last: int | None = None
+            if self.work.distributed:  # one generation per conversation across the nodes
+                last = (await self.gateway.broker.history(topic, 0, limit=0)).last_seq
+                model = getattr(agent, "model", None) or getattr(agent, "name", "agent")
+                info = {"since": last, "user": principal.subject, "model": str(model)}
+                await self._acquire(cid, info)
+                owned = True  # registered, or adopted: given back if the send fails
             if session is not None and topic not in session.topics:
                 # from the topic's last seq: the events from now on, without the snapshot
                 # a subscription without `since` gets (this connection is sending)
-                last = (await self.gateway.broker.history(topic, 0, limit=0)).last_seq
+                if last is None:
+                    last = (await self.gateway.broker.history(topic, 0, limit=0)).last_seq
                 await self.gateway.subscribe(session, topic, last, reply=False)
             now = time.time()
             try:
@@ -369,6 +395,8 @@ class Chat(GatewayFeature):
         except BaseException:
             if self.generations.get(cid) is placeholder:
                 del self.generations[cid]
+            if owned:
+                await self.work.release(_WORK, cid)
             raise
         gen = Generation(
             conversation, agent_id, agent, principal.subject, stored, session, command_id
@@ -391,6 +419,168 @@ class Chat(GatewayFeature):
         gen.task.add_done_callback(self._tasks.discard)
         return gen
 
+    async def _acquire(self, cid: str, info: dict[str, Any]) -> None:
+        """Register this node's generation of ``cid`` in the cluster, or raise
+        ``conflict`` when a node runs one. The cluster state unreachable: the generation
+        runs anyway (adopted), registered by the next heartbeat that reaches it."""
+        for _ in range(2):
+            try:
+                owner = await self.work.acquire(_WORK, cid, info)
+            except BrokerError as exc:
+                logger.warning(
+                    "generation of %s not registered in the cluster state (%s): runs here; "
+                    "registered when it is back",
+                    cid,
+                    exc,
+                )
+                self.work.adopt(_WORK, cid, info)
+                return
+            if owner is None:
+                return
+            if owner != self.work.node:
+                raise _conflict(cid)
+            await self.work.release(_WORK, cid)  # this node's own, not running: left over
+        raise _conflict(cid)
+
+    async def generating(self, ids: list[str]) -> set[str]:
+        """The conversations of ``ids`` with an answer being generated, here or on another
+        node (those of other nodes left out when the cluster state is unreachable)."""
+        found = {cid for cid in ids if isinstance(self.generations.get(cid), Generation)}
+        if self.work.distributed and len(found) < len(ids):
+            try:
+                owners = await self.work.owners(_WORK, [c for c in ids if c not in found])
+            except BrokerError:
+                return found
+            found.update(cid for cid, node in owners.items() if node != self.work.node)
+        return found
+
+    async def cancel_anywhere(self, cid: str, reason: str, *, wait: bool = False) -> bool:
+        """Cancel the generation of ``cid`` on whichever node runs it (True if it was still
+        running); with ``wait``, return when it ended (its answer stored and published,
+        within a bound). Raises BrokerError when the owning node cannot be asked."""
+        gen = self.generations.get(cid)
+        if isinstance(gen, Generation):
+            cancelled = self.cancel(gen, reason)
+            if wait:
+                await asyncio.shield(gen.done)
+            return cancelled
+        if not self.work.distributed:
+            return False
+        owner = await self.work.owner(_WORK, cid)
+        if owner is None or owner == self.work.node:
+            return False
+        within = _REMOTE_END_TIMEOUT if wait else _REMOTE_TIMEOUT
+        payload = {"op": "cancel", "reason": reason, "wait": wait}
+        reply = await self.work.request(owner, _WORK, cid, payload, within=within)
+        return bool(isinstance(reply, dict) and reply.get("cancelled"))
+
+    async def _control(self, cid: str, payload: dict[str, Any]) -> Any:
+        """Another node's request about this node's generation of ``cid``: ``cancel``
+        (``reason``, ``wait``) → ``{"cancelled": bool}``; ``progress`` → the answer so
+        far (:meth:`Generation.progress`) or None."""
+        gen = self.generations.get(cid)
+        op = payload.get("op")
+        if op == "progress":
+            return gen.progress() if isinstance(gen, Generation) else None
+        if op == "cancel":
+            if not isinstance(gen, Generation):
+                return {"cancelled": False}
+            cancelled = self.cancel(gen, str(payload.get("reason") or "cancelled"))
+            if payload.get("wait"):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_REMOTE_END_TIMEOUT - 1):
+                        await asyncio.shield(gen.done)
+            return {"cancelled": cancelled}
+        raise CommandError(ErrorCode.INVALID_FIELD, f"unknown chat control {op!r}")
+
+    def _lost(self, cid: str) -> None:
+        """Another node sealed this node's generation of ``cid`` (this node was taken for
+        dead): stop it without publishing or storing anything."""
+        gen = self.generations.get(cid)
+        if isinstance(gen, Generation) and not gen.finishing:
+            gen.lost = True
+            self.cancel(gen, "sealed by another node")
+
+    async def _seal_lost(self, cid: str, info: dict[str, Any], dead: str) -> None:
+        """Finish the generation of ``cid`` whose node ``dead`` died, as its own error path
+        would have: the partial answer (the deltas in the topic's history) stored with
+        status ``error``, then ``chat:streaming`` done and ``chat:message`` published.
+        Idempotent step by step (a second sealer stores and publishes nothing twice);
+        raises (StoreError, BrokerError) to be retried."""
+        topic = CHAT_PREFIX + cid
+        conv = await self.store.get_conversation(cid)
+        if conv is None:
+            return  # deleted meanwhile
+        reply_to: int | None = None
+        chunks: dict[int, str] = {}
+        done = published = False
+        cursor = int(info.get("since") or 0)
+        while True:
+            page = await self.gateway.history(topic, cursor, limit=1000)
+            for pub in page.publications:
+                if pub.type not in ("chat:streaming", "chat:message"):
+                    continue
+                data = orjson.loads(pub.data)
+                if pub.type == "chat:message" and data.get("role") == "user":
+                    if reply_to is None:
+                        reply_to = int(data["id"])
+                elif data.get("reply_to") == reply_to and reply_to is not None:
+                    if pub.type == "chat:message":
+                        published = True
+                    elif data.get("done"):
+                        done = True
+                    else:
+                        chunks[int(data["index"])] = str(data["chunk"])
+            if not page.publications or page.publications[-1].seq >= page.last_seq:
+                break
+            cursor = page.publications[-1].seq
+        messages = await self.store.messages(cid, None, _CONTEXT_MESSAGES)
+        answers = {m.reply_to: m for m in messages if m.role == "assistant"}
+        if reply_to is None:  # died before publishing the question: stored, unanswered?
+            users = [m for m in messages if m.role == "user"]
+            if not users or users[-1].id in answers:
+                return  # the question was never stored: nothing to seal
+            reply_to = users[-1].id
+        answer = answers.get(reply_to)
+        if answer is None:
+            content = "".join(chunks[i] for i in sorted(chunks))
+            now = time.time()
+            answer = await self._store_answer(
+                NewMessage(
+                    cid,
+                    "assistant",
+                    content,
+                    status="error",
+                    created_at=now,
+                    completed_at=now,
+                    reply_to=reply_to,
+                    model=str(info.get("model") or "agent"),
+                    completion_tokens=estimate_tokens(content),
+                    error=f"node lost: {dead} stopped before the answer was complete",
+                )
+            )
+        if not done:
+            await self._publish_or_raise(
+                topic,
+                "chat:streaming",
+                {
+                    "conversation_id": cid,
+                    "reply_to": reply_to,
+                    "index": len(chunks),
+                    "chunk": "",
+                    "done": True,
+                    "status": answer.status,
+                },
+            )
+        if not published:
+            await self._publish_or_raise(topic, "chat:message", answer.to_wire())
+        logger.warning("generation of %s on lost node %s sealed here", cid, dead)
+
+    async def _publish_or_raise(self, topic: str, kind: str, data: dict[str, Any]) -> None:
+        pub = await self.gateway.publish(topic, kind, data)
+        if self.recorder is not None:
+            self.recorder.record(pub)
+
     async def _cmd_history(self, session: Session, command: ChatHistoryCommand) -> None:
         data = command.data
         limit = data.limit or self.settings.chat_history_limit
@@ -410,7 +600,7 @@ class Chat(GatewayFeature):
                 messages = await self.store.messages(conv.id, data.before, limit + 1)
             except StoreError as exc:
                 raise CommandError(ErrorCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
-        generating = conv is not None and isinstance(self.generations.get(conv.id), Generation)
+        generating = conv is not None and bool(await self.generating([conv.id]))
         self.gateway.reply(
             session, "chat:history", _history_data(conv, messages, limit, generating), id=command.id
         )
@@ -420,8 +610,10 @@ class Chat(GatewayFeature):
         if cid is None:
             raise CommandError(ErrorCode.NOT_FOUND, "no generation to cancel")
         conv = await self.conversation(session.principal, cid)
-        gen = self.generations.get(conv.id)
-        cancelled = isinstance(gen, Generation) and self.cancel(gen, "cancelled by the user")
+        try:
+            cancelled = await self.cancel_anywhere(conv.id, "cancelled by the user")
+        except BrokerError as exc:
+            raise CommandError(ErrorCode.UNAVAILABLE, f"cancel not delivered: {exc}") from exc
         self.gateway.reply(
             session,
             "chat:cancelled",
@@ -525,6 +717,20 @@ class Chat(GatewayFeature):
             return None
         gen = self.generations.get(cid)
         streaming = gen.progress() if isinstance(gen, Generation) else None
+        unknown = False  # running on another node that did not tell the answer so far
+        if gen is None and self.work.distributed:
+            try:
+                owner = await self.work.owner(_WORK, cid)
+                if owner is not None and owner != self.work.node:
+                    unknown = True  # running on another node: ask it for the answer so far
+                    progress = {"op": "progress"}
+                    found = await self.work.request(
+                        owner, _WORK, cid, progress, within=_REMOTE_TIMEOUT
+                    )
+                    streaming = found if isinstance(found, dict) else None
+                    unknown = False
+            except BrokerError as exc:
+                logger.warning("snapshot of %s without the answer so far: %s", topic, exc)
         limit = self.settings.chat_history_limit
         try:
             conv = await self.store.get_conversation(cid)
@@ -538,7 +744,7 @@ class Chat(GatewayFeature):
             m.role == "assistant" and m.reply_to == streaming["reply_to"] for m in messages
         ):
             streaming = None  # answered meanwhile: the message holds the whole answer
-        state = _history_data(conv, messages, limit, streaming is not None)
+        state = _history_data(conv, messages, limit, streaming is not None or unknown)
         state["streaming"] = streaming
         return seq, state
 
@@ -674,6 +880,12 @@ class Chat(GatewayFeature):
             logger.exception("agent %s failed", gen.agent_id)
             status, code = "error", ErrorCode.AGENT_ERROR
             error = f"agent {gen.agent_id!r} failed: {type(exc).__name__}: {exc}"
+        gen.finishing = True
+        if gen.lost or (
+            self.work.distributed and not await self.work.finish(_WORK, gen.conversation.id)
+        ):  # this node was taken for dead: another node sealed this generation
+            self._drop(gen)
+            return
         end = loop.time()
         stream_s = end - started - (ttft or 0) / 1000
         self._stats(gen.agent).record(status, len(parts), ttft, stream_s, (started - t0) * 1000)
@@ -721,6 +933,22 @@ class Chat(GatewayFeature):
             del self.generations[gen.conversation.id]
         if not gen.done.done():
             gen.done.set_result(answer)
+
+    def _drop(self, gen: Generation) -> None:
+        """Forget ``gen`` without storing or publishing anything (sealed elsewhere)."""
+        logger.warning("generation of %s dropped: sealed by another node", gen.conversation.id)
+        if self.generations.get(gen.conversation.id) is gen:
+            del self.generations[gen.conversation.id]
+        if not gen.done.done():
+            row = NewMessage(
+                gen.conversation.id,
+                "assistant",
+                "".join(gen.parts),
+                status="error",
+                reply_to=gen.message.id,
+                error="sealed by another node",
+            )
+            gen.done.set_result(ChatMessage.of(0, row))
 
     async def _store_answer(self, row: NewMessage) -> ChatMessage:
         async for attempt in AsyncRetrying(
@@ -773,6 +1001,14 @@ def _history_data(
         "before": messages[0].id if has_more and messages else None,
         "generating": generating,
     }
+
+
+def _conflict(cid: str) -> CommandError:
+    return CommandError(
+        ErrorCode.CONFLICT,
+        f"conversation {cid!r} is answering a message: wait for it or chat:cancel",
+        field="data.conversation_id",
+    )
 
 
 def _title(message: str) -> str:

@@ -18,6 +18,10 @@ pointed at one broker, not per process:
   this node's own part comes from its hub. A node publishes its part when subscriptions
   change (:meth:`ClusterState.topic_changed`), never per event.
 
+Besides, :attr:`ClusterState.work` is the registry of work owned by one node (chat
+generations): acquire, release, control requests to the owner, a dead node's work sealed
+by one survivor; its contract is :mod:`agentcast.cluster.work`.
+
 Anonymous principals (open dev mode: each connection its own user) are never counted
 across nodes: their subjects are per process.
 
@@ -39,6 +43,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from agentcast.cluster.work import MemoryWork, OwnedWork
 
 __all__ = ["ClusterState", "LocalView", "TopicPresence", "new_node_id"]
 
@@ -106,6 +112,8 @@ class ClusterState(ABC):
         self.node = node or new_node_id()
         self.errors = 0
         """Backend failures so far (each one logged; the connection path failed open)."""
+        self.work: OwnedWork = MemoryWork(self.node)
+        """Work owned by one node (chat generations): :mod:`agentcast.cluster.work`."""
 
     async def start(self, view: LocalView) -> None:  # noqa: B027 - optional hook
         """Start heartbeats and syncing for the node ``view``; raises

@@ -54,6 +54,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from agentcast.cluster.base import ClusterState, LocalView, TopicPresence
+from agentcast.cluster.work import RedisWork
 from agentcast.errors import BrokerError
 from agentcast.security.secrets import redact_url
 
@@ -238,6 +239,9 @@ class RedisClusterState(ClusterState):
         self._closed = False
         self._reservations: list[tuple[str, int, int, asyncio.Future[int | None]]] = []
         self._reserving: asyncio.Task[None] | None = None
+        self.work = RedisWork(
+            self._redis, self.base, self.node, heartbeat=heartbeat, ttl=ttl, timeout=timeout
+        )
 
     def _redis(self, **kwargs: Any) -> Redis:
         return Redis.from_url(
@@ -277,8 +281,10 @@ class RedisClusterState(ClusterState):
         ]
         with contextlib.suppress(TimeoutError):  # the subscription, to share rates at once
             await asyncio.wait_for(asyncio.shield(self._ready), self.timeout * 5)
+        await self.work.start()
 
     async def stop(self) -> None:
+        await self.work.stop()
         self._closed = True
         if self._reserving is not None:
             self._tasks.append(self._reserving)
@@ -396,6 +402,7 @@ class RedisClusterState(ClusterState):
         out = super().stats()
         out["users"] = len(self.counts)
         out["tokens_charged"] = self.charged
+        out.update(self.work.stats())
         return out
 
     # -- the sync loop ---------------------------------------------------------------

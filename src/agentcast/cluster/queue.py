@@ -717,6 +717,8 @@ class RedisQueues:
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run one script (one round trip)."""
+        if self._client is None:
+            raise ConnectionError("the queues are stopped")
         self.round_trips += 1
         reply = await self._scripts[name](keys=keys, args=args)
         self._on_recovered()

@@ -377,13 +377,16 @@ return out
 
 
 class _RemoteWaiter:
-    __slots__ = ("future", "id", "notify", "position", "user")
+    __slots__ = ("future", "id", "joined", "notify", "position", "user")
 
     def __init__(self, id: str, user: str, notify: PositionCallback | None) -> None:
         self.id = id
         self.user = user
         self.notify = notify
         self.position = 0
+        self.joined = False
+        """In Redis's queue (its acquire call answered): only then is it polled, since a
+        poll racing the acquire call would take it for lost."""
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def moved(self, position: int) -> None:
@@ -484,6 +487,7 @@ class RedisFairQueue:
             self._waiters.pop(waiter.id, None)
             self._held.add(waiter.id)
             return waiter.id, 0
+        waiter.joined = True
         if not waiter.future.done():  # else granted already (a message before the reply)
             waiter.moved(position)
         arrival = waiter.position or position
@@ -570,7 +574,7 @@ class RedisFairQueue:
         waiters."""
         if self._unreleased:
             await self._release(sorted(self._unreleased))
-        waiters = list(self._waiters.values())
+        waiters = [w for w in self._waiters.values() if w.joined]
         if not waiters and not sweep:
             return
         args: list[Any] = self._args("1" if sweep else "0")

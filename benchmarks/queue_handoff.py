@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import statistics
@@ -112,24 +113,18 @@ def main() -> None:
     url = f"{args.redis}?prefix={prefix}"
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [
-        ctx.Process(target=_run_node, args=(url, name, args.n, barrier, out)) for name in "AB"
-    ]
+    procs = [ctx.Process(target=_run_node, args=(url, name, args.n, barrier, out)) for name in "AB"]
     try:
         for p in procs:
             p.start()
         results = [out.get(timeout=60) for _ in procs]
         for p in procs:
             p.join(30)
-        slots = sorted(
-            (start, end, r["name"]) for r in results for start, end in r["held"]
-        )
+        slots = sorted((start, end, r["name"]) for r in results for start, end in r["held"])
         handoffs = [
-            (nxt[0] - cur[1]) * 1000
-            for cur, nxt in zip(slots, slots[1:], strict=False)
-            if cur[2] != nxt[2]
+            (nxt[0] - cur[1]) * 1000 for cur, nxt in itertools.pairwise(slots) if cur[2] != nxt[2]
         ]
-        overlaps = sum(1 for cur, nxt in zip(slots, slots[1:], strict=False) if nxt[0] < cur[1])
+        overlaps = sum(1 for cur, nxt in itertools.pairwise(slots) if nxt[0] < cur[1])
         alone = asyncio.run(_uncontended(url, 200))
     finally:
         asyncio.run(_cleanup(args.redis, prefix))

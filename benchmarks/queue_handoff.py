@@ -75,7 +75,7 @@ def _run_node(url: str, name: str, n: int, barrier: Any, out: Any) -> None:
 async def _uncontended(url: str, n: int) -> dict[str, Any]:
     state = RedisClusterState(url, heartbeat=1.0, ttl=5.0)
     await state.start(View())
-    queue = state.queue(KEY + "/alone", 1)
+    queue = state.queues.queue(KEY + "/alone", 1)
     await state.queues.ready()
     times = []
     before = state.queues.round_trips

@@ -10,9 +10,10 @@ Contract of one message (``chat:send`` on ``/ws``, or seed 003's endpoint):
    ``chat:message`` on ``chat:<conversation_id>``; the sending connection is subscribed
    to that topic first, so it sees every event of the conversation (as does a second tab
    subscribed to it, and a reconnecting client resumes it by seq like any topic).
-2. The generation waits in the agent's :class:`~agentcast.chat.queue.FairQueue` when its
-   upstream is busy (``chat:queued`` with the position, whenever it changes), then
-   streams: one ``chat:streaming`` ``{chunk, done: false}`` per delta, then
+2. The generation waits in the agent's upstream queue
+   (:meth:`~agentcast.cluster.base.ClusterState.queue`: in process, or across the nodes
+   on Redis) when its upstream is busy (``chat:queued`` with the position, whenever it
+   changes), then streams: one ``chat:streaming`` ``{chunk, done: false}`` per delta, then
    ``{chunk: "", done: true, status}``.
 3. The answer is stored (status ``complete``, ``cancelled`` or ``error``, with the
    partial text) and published as ``chat:message``. A failed answer also sends an
@@ -61,7 +62,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from agentcast.chat.agents import Agent, ChatRequest, OfflineAgent, as_agent, load_agent
 from agentcast.chat.protocol import ChatCancelCommand, ChatHistoryCommand, ChatSendCommand
-from agentcast.chat.queue import FairQueue
+from agentcast.chat.queue import UpstreamQueue
 from agentcast.chat.stats import AgentStats
 from agentcast.chat.text import Turn, build_context, estimate_tokens
 from agentcast.codes import ErrorCode
@@ -161,7 +162,7 @@ class Chat(GatewayFeature):
         self.agents: dict[str, Agent] = {}
         self.default_agent = DEFAULT_AGENT
         self.generations: dict[str, Generation | _Reserved] = {}
-        self.queues: dict[str, FairQueue] = {}
+        self.queues: dict[str, UpstreamQueue] = {}
         self.stats: dict[tuple[str, str], AgentStats] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -245,11 +246,14 @@ class Chat(GatewayFeature):
             return agent_id, self.agents[agent_id]
         return agent_id or self.default_agent, self.agents[self.default_agent]
 
-    def _queue(self, agent: Agent) -> FairQueue:
+    def _queue(self, agent: Agent) -> UpstreamQueue:
+        """The agent's upstream queue, from the cluster state: in process, or the whole
+        cluster's on Redis (limit: the agent's ``concurrency``, e.g. ``llm_concurrency``)."""
         key = str(getattr(agent, "queue_key", f"agent:{id(agent)}"))
         queue = self.queues.get(key)
         if queue is None:
-            queue = self.queues[key] = FairQueue(getattr(agent, "concurrency", None))
+            limit = getattr(agent, "concurrency", None)
+            queue = self.queues[key] = self.gateway.cluster.queue(key, limit)
         return queue
 
     def _stats(self, agent: Agent) -> AgentStats:

@@ -13,6 +13,10 @@ pointed at one broker, not per process:
   command); each ``sync_interval`` a node tells the others what each user drew from its
   user buckets, and charges its own buckets with what the others report
   (:meth:`LocalView.take_drawn`, :meth:`LocalView.charge`).
+* **The LLM queue per upstream** (:meth:`ClusterState.queue`): at most the upstream's
+  ``concurrency`` generations at once, waiters served round-robin per user, positions
+  (:mod:`agentcast.cluster.queue` states the contract). A dead node's slots and waiters
+  vanish at most ``node_ttl`` (plus one poll) after its last heartbeat.
 * **Presence per topic.** Which users (and how many connections, and how many anonymous
   ones) are subscribed to a topic on the other live nodes (:meth:`ClusterState.presence`);
   this node's own part comes from its hub. A node publishes its part when subscriptions
@@ -44,6 +48,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agentcast.cluster.queue import FairQueue, UpstreamQueue
 from agentcast.cluster.work import MemoryWork, OwnedWork
 
 __all__ = ["ClusterState", "LocalView", "TopicPresence", "new_node_id"]
@@ -135,6 +140,13 @@ class ClusterState(ABC):
     def release(self, subject: str) -> None:
         """One connection granted by :meth:`reserve` ended (synchronous: propagated by
         the next sync)."""
+
+    def queue(self, key: str, limit: int | None) -> UpstreamQueue:
+        """The fair queue of the upstream ``key`` with at most ``limit`` generations at
+        once (None: unlimited). This default is the in-process :class:`FairQueue` (a new
+        one per call: the caller keeps it per key); a distributed state returns one queue
+        of the whole cluster per key."""
+        return FairQueue(limit)
 
     def topic_changed(self, topic: str) -> None:  # noqa: B027 - optional hook
         """The subscribers of ``topic`` on this node changed (subscribe, unsubscribe,

@@ -10,6 +10,8 @@ slot and the scripts may touch them together):
   heartbeat, so a dead node's counts vanish by themselves.
 * ``{p}:presence:<node>``: hash, topic → ``[{user: connections}, anonymous]`` (JSON) of
   that node's subscribers; the same expiry.
+* ``{p}:queue:*`` and channel ``{p}:queue``: the LLM queues
+  (:class:`~agentcast.cluster.queue.RedisQueues`).
 * channel ``{p}:rates``: each node publishes, every ``sync_interval``, the tokens its
   users drew (``{"n": node, "d": {user: {kind: tokens}}}``); the others charge them.
 
@@ -54,6 +56,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from agentcast.cluster.base import ClusterState, LocalView, TopicPresence
+from agentcast.cluster.queue import FairQueue, RedisQueues, UpstreamQueue
 from agentcast.cluster.work import RedisWork
 from agentcast.errors import BrokerError
 from agentcast.security.secrets import redact_url
@@ -242,6 +245,16 @@ class RedisClusterState(ClusterState):
         self.work = RedisWork(
             self._redis, self.base, self.node, heartbeat=heartbeat, ttl=ttl, timeout=timeout
         )
+        self.queues = RedisQueues(
+            self._redis,
+            base=self.base,
+            node=self.node,
+            ttl=ttl,
+            poll_interval=self.sync_interval,
+            on_error=self._failed,
+            on_recovered=self._recovered,
+        )
+        """The LLM queues (started on first use)."""
 
     def _redis(self, **kwargs: Any) -> Redis:
         return Redis.from_url(
@@ -283,8 +296,14 @@ class RedisClusterState(ClusterState):
             await asyncio.wait_for(asyncio.shield(self._ready), self.timeout * 5)
         await self.work.start()
 
+    def queue(self, key: str, limit: int | None) -> UpstreamQueue:
+        """The cluster-wide queue of ``key`` (unlimited: nothing to share, in process)."""
+        return FairQueue(None) if limit is None else self.queues.queue(key, limit)
+
     async def stop(self) -> None:
         await self.work.stop()
+        with contextlib.suppress(Exception):
+            await self.queues.stop()  # before the node withdraws: its slots go back first
         self._closed = True
         if self._reserving is not None:
             self._tasks.append(self._reserving)

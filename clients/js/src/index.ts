@@ -41,4 +41,5 @@ export {
   type RunNode,
   type RunSnapshot,
 } from './runs.js';
+export { RunStore, acquireChatSession, acquireRunStore, releaseChatSession, releaseRunStore, type EdgeFlow, type RunView } from './stores.js';
 export type * from './generated/schemas.js';

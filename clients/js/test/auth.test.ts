@@ -82,9 +82,18 @@ describe('with JWT authentication', () => {
 
   it('tells a refused handshake from a lost connection without the HTTP status, as in a browser', async () => {
     // browsers report a refused handshake as an error without its status, then close 1006
+    const base = Object.getOwnPropertyDescriptor(WebSocket.prototype, 'onerror');
     class BrowserLikeWebSocket extends WebSocket {
-      set onerror(fn: ((ev: Event) => void) | null) {
-        super.onerror = fn === null ? null : () => fn(new Event('error'));
+      constructor(url: string, protocols?: string | string[]) {
+        super(url, protocols);
+        Object.defineProperty(this, 'onerror', {
+          set(fn: ((ev: Event) => void) | null) {
+            base?.set?.call(this, fn === null ? null : () => fn(new Event('error')));
+          },
+          get() {
+            return base?.get?.call(this);
+          },
+        });
       }
     }
     const client = makeClient(server.url, {

@@ -5,7 +5,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import WebSocket from 'ws';
 import { AgentcastClient, type ClientOptions } from '../src/index.js';
 
@@ -39,13 +42,21 @@ export async function startServer(opts: { args?: string[]; env?: Record<string, 
   const port = opts.port ?? (await freePort());
   const python = process.env.AGENTCAST_PYTHON ?? 'python';
   let out = '';
+  // its own working directory: the default run store (sqlite:///agentcast.db) lands there
+  const cwd = mkdtempSync(join(tmpdir(), 'agentcast-js-serve-'));
   const proc = spawn(python, ['-m', 'agentcast.cli', 'serve', '--port', String(port), ...(opts.args ?? [])], {
+    cwd,
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   proc.stdout?.on('data', (b: Buffer) => (out += b.toString()));
   proc.stderr?.on('data', (b: Buffer) => (out += b.toString()));
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) =>
+    proc.once('exit', (code) => {
+      rmSync(cwd, { recursive: true, force: true });
+      resolve(code);
+    }),
+  );
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 15_000 * UNIT;
   for (;;) {

@@ -1,0 +1,150 @@
+// @vitest-environment jsdom
+import { act, cleanup, render, renderHook, waitFor } from '@testing-library/react';
+import { createElement, type ReactNode } from 'react';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { AgentcastClient } from '../src/index.js';
+import { AgentcastProvider, useChat, useExecution, useWorkflowRun, type WorkflowRunResult } from '../src/react.js';
+import { makeClient, startServer, UNIT, type Server } from './support.js';
+
+const timeout = (ms: number) => ({ timeout: ms * UNIT, interval: 20 });
+const clients: AgentcastClient[] = [];
+function wrapperFor(client: AgentcastClient) {
+  clients.push(client);
+  return ({ children }: { children?: ReactNode }) => createElement(AgentcastProvider, { client }, children);
+}
+afterEach(() => {
+  cleanup();
+  for (const c of clients.splice(0)) c.close();
+});
+
+describe('hooks against `agentcast serve --demo`', () => {
+  let server: Server;
+  beforeAll(async () => {
+    server = await startServer({
+      args: ['--demo'],
+      env: { AGENTCAST_OFFLINE_TOKENS_PER_SECOND: '20', AGENTCAST_CHAT_HISTORY_LIMIT: '2' },
+    });
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('useWorkflowRun: a whole run executed while watching, then the same state for a late joiner (snapshot)', async () => {
+    const wrapper = wrapperFor(makeClient(server.url));
+    const id = `js-hook-${Date.now()}`;
+    const seen: WorkflowRunResult[] = [];
+    const { result } = renderHook(
+      () => {
+        const r = useWorkflowRun(id);
+        seen.push(r);
+        return r;
+      },
+      { wrapper },
+    );
+    await waitFor(() => expect(result.current.recovered).toBe(true), timeout(10_000));
+    expect(result.current.isConnected).toBe(true);
+    expect(result.current.connectionState).toBe('open');
+    const r = await fetch(`${server.url}/api/workflows/${id}/execute`, { method: 'POST', body: '{}', headers: { 'Content-Type': 'application/json' } });
+    expect(r.status).toBe(202);
+    await waitFor(() => expect(result.current.status).toBe('completed'), timeout(10_000));
+    const done = result.current;
+    expect(done.progress).toBe(100);
+    expect(Object.keys(done.nodeStatuses).sort()).toEqual(['analyze', 'fetch', 'report', 'summarize']);
+    expect(Object.values(done.nodeStatuses).every((n) => n.status === 'completed')).toBe(true);
+    expect(done.nodeStatuses.report?.result).toMatchObject({ node: 'report' });
+    expect(done.executionOrder).toEqual(['fetch', 'analyze', 'summarize', 'report']);
+    expect(seen.some((s) => s.nodeStatuses.fetch?.status === 'running')).toBe(true);
+    expect(seen.some((s) => s.edgeFlows.length > 0)).toBe(true);
+    expect(done.seq).toBeGreaterThan(10);
+    // a second client joining after the end gets the final state from the snapshot
+    const late = renderHook(() => useWorkflowRun(id), { wrapper: wrapperFor(makeClient(server.url)) });
+    await waitFor(() => expect(late.result.current.status).toBe('completed'), timeout(10_000));
+    expect(late.result.current.nodeStatuses).toEqual(done.nodeStatuses);
+    expect(late.result.current.progress).toBe(100);
+    expect(late.result.current.seq).toBe(done.seq);
+    expect(late.result.current.edgeFlows).toEqual([]);
+  });
+
+  it('useWorkflowRun keeps its state across a lost connection and goes on', async () => {
+    const client = makeClient(server.url);
+    const { result } = renderHook(() => useWorkflowRun('demo'), { wrapper: wrapperFor(client) });
+    await waitFor(() => expect(Object.keys(result.current.nodeStatuses).length).toBe(4), timeout(10_000));
+    const before = result.current.seq;
+    act(() => (client as unknown as { ws: { terminate(): void } }).ws.terminate());
+    await waitFor(() => expect(result.current.connectionState).toBe('reconnecting'), timeout(5_000));
+    expect(Object.keys(result.current.nodeStatuses)).toHaveLength(4); // not reset
+    expect(result.current.seq).toBeGreaterThanOrEqual(before);
+    await waitFor(() => expect(result.current.isConnected).toBe(true), timeout(5_000));
+    expect(result.current.recovered).toBe(true);
+    const resumed = result.current.seq;
+    await waitFor(() => expect(result.current.seq).toBeGreaterThan(resumed + 2), timeout(10_000));
+  });
+
+  it('useExecution: the demo team execution, agents, steps and results', async () => {
+    const { result } = renderHook(() => useExecution('demo'), { wrapper: wrapperFor(makeClient(server.url)) });
+    await waitFor(() => expect(result.current.results.length).toBeGreaterThan(0), timeout(15_000));
+    const r = result.current;
+    expect(r.isConnected).toBe(true);
+    expect(r.steps.map((s) => s.agentId)).toEqual(expect.arrayContaining(['researcher']));
+    expect(r.results[0]).toMatchObject({ agent_id: expect.any(String) });
+    expect(r.totalSteps).toBe(3);
+  });
+
+  it('useChat: sends, streams, stops, and pages older history', async () => {
+    const client = makeClient(server.url);
+    const wrapper = wrapperFor(client);
+    client.connect();
+    const conv = await client.createConversation();
+    const statuses: string[] = [];
+    const { result, unmount } = renderHook(
+      () => {
+        const r = useChat(conv.id);
+        statuses.push(r.status);
+        return r;
+      },
+      { wrapper },
+    );
+    await waitFor(() => expect(result.current.isConnected).toBe(true), timeout(5_000));
+    await act(() => result.current.send('Which jobs failed tonight?').then(() => undefined));
+    await waitFor(() => expect(result.current.messages.filter((m) => m.role === 'assistant' && m.status === 'complete')).toHaveLength(1), timeout(15_000));
+    expect(statuses).toContain('streaming');
+    expect(result.current.status).toBe('ready');
+    // the second answer is stopped mid-stream
+    await act(() => result.current.send('Tell me more about each of them, please.').then(() => undefined));
+    await waitFor(() => {
+      const last = result.current.messages.at(-1);
+      expect(last?.status).toBe('streaming');
+      expect(last?.content.length).toBeGreaterThan(0);
+    }, timeout(10_000));
+    let stopped = false;
+    await act(async () => {
+      stopped = await result.current.stop();
+    });
+    expect(stopped).toBe(true);
+    await waitFor(() => expect(result.current.messages.at(-1)?.status).toBe('cancelled'), timeout(10_000));
+    expect(result.current.status).toBe('ready');
+    expect(result.current.messages).toHaveLength(4);
+    unmount();
+    // a new view of the conversation: the snapshot holds the latest 2 (chat_history_limit), then paging
+    const again = renderHook(() => useChat(conv.id), { wrapper });
+    await waitFor(() => expect(again.result.current.messages).toHaveLength(2), timeout(5_000));
+    expect(again.result.current.hasMore).toBe(true);
+    let more = true;
+    await act(async () => {
+      more = await again.result.current.loadOlder();
+    });
+    expect(more).toBe(false);
+    expect(again.result.current.messages.map((m) => m.role)).toEqual(['user', 'assistant', 'user', 'assistant']);
+  });
+
+  it('renders in a component tree with a provider', async () => {
+    const client = makeClient(server.url);
+    function Progress() {
+      const { progress, isConnected, nodeStatuses } = useWorkflowRun('demo');
+      return createElement('p', { 'data-testid': 'p' }, `${isConnected ? 'on' : 'off'} ${Object.keys(nodeStatuses).length} ${progress}`);
+    }
+    const view = render(createElement(AgentcastProvider, { client }, createElement(Progress)));
+    clients.push(client);
+    await waitFor(() => expect(view.getByTestId('p').textContent).toMatch(/^on 4 /), timeout(10_000));
+  });
+});

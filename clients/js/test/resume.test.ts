@@ -75,7 +75,7 @@ it('follows the demo across a server restart (SIGTERM mid-run, SQLite store): no
   expect(kinds.indexOf('workflow_start', 1)).toBeGreaterThan(interrupted);
 });
 
-it('says recovered: false and resets when the topic restarted (memory broker, no store)', async () => {
+it('says recovered: false and resets when the topic restarted (a topic no store keeps, memory broker)', async () => {
   const port = await freePort();
   const first = await startServer({ port });
   servers.push(first);

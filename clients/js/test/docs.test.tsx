@@ -44,3 +44,18 @@ it('README example 2: the React component, in a page (jsdom)', async () => {
   await waitFor(() => expect(view.container.querySelectorAll('li')).toHaveLength(4), { timeout: 10_000 * UNIT });
   view.unmount();
 });
+
+it('docs/clients.md example 1: a chat answer, streamed', async () => {
+  const log = vi.spyOn(console, 'log').mockImplementation(() => undefined);
+  try {
+    await import('./examples/clients-1.js');
+    const printed = log.mock.calls.map((args) => args.map(String).join(' '));
+    const partials = printed.filter((l) => l.startsWith('so far: '));
+    expect(partials.length).toBeGreaterThan(1);
+    const last = printed.at(-1) ?? '';
+    expect(last.startsWith('complete ')).toBe(true);
+    expect(last.slice('complete '.length).startsWith(partials.at(-1)?.slice('so far: '.length) ?? '?')).toBe(true);
+  } finally {
+    log.mockRestore();
+  }
+});

@@ -158,7 +158,8 @@ export class ChatSession {
   private readonly listeners = new Set<ChatListener>();
   private readonly eventListeners = new Set<(ev: AgentcastEvent) => void>();
   private readonly subscription: Subscription;
-  private lastSend: number | null = null;
+  /** Drops the late-error route of the latest `send` (one per session at a time). */
+  private forgetLastSend: () => void = () => undefined;
   /** Listen to the session: `change` (a new state), `event` (each raw event). */
   readonly events: {
     on(name: 'change', cb: ChatListener): () => void;
@@ -213,8 +214,9 @@ export class ChatSession {
     if (opts.agent !== undefined) data.agent = opts.agent;
     const id = this.client._peekId();
     const pending = this.client.command<{ data: { message_id: number } }>({ type: 'chat:send', data });
+    this.forgetLastSend();
     const forget = this.client._onLateError(id, (err) => this.update(withStatus({ ...this._state, error: err })));
-    this.lastSend = id;
+    this.forgetLastSend = forget;
     this.update(withStatus({ ...this._state, error: null }));
     try {
       const reply = await pending;
@@ -267,7 +269,7 @@ export class ChatSession {
   /** Unsubscribe from the conversation. */
   close(): void {
     this.subscription.unsubscribe();
-    if (this.lastSend !== null) this.lastSend = null;
+    this.forgetLastSend();
   }
 
   private update(state: ChatState): void {

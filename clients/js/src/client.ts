@@ -39,6 +39,13 @@ export interface ClientOptions {
    * Default 20000; 0 disables it.
    */
   heartbeatMs?: number;
+  /**
+   * Refresh the connection's token before it expires (default true when `token` is a
+   * function): for a JWT with `exp`, the client sends `auth:refresh` with a fresh token
+   * from `token()` when a quarter of its lifetime (at most 30 s) is left, so the server
+   * never closes with 4501.
+   */
+  refreshToken?: boolean;
   /** Default reply timeout of {@link AgentcastClient.command} (default 30000 ms). */
   commandTimeoutMs?: number;
   /** `fetch` for the HTTP calls (default `globalThis.fetch`). */
@@ -123,6 +130,18 @@ export function httpUrlOf(url: string): string {
   u.pathname = u.pathname.replace(/\/ws\/?$/, '');
   u.search = '';
   return u.toString().replace(/\/+$/, '');
+}
+
+/** The `exp` of a JWT, in ms since the epoch; null when `token` is not a JWT with one. */
+export function jwtExpiry(token: string): number | null {
+  const part = token.split('.')[1];
+  if (part === undefined) return null;
+  try {
+    const claims = JSON.parse(atob(part.replace(/-/g, '+').replace(/_/g, '/'))) as { exp?: unknown };
+    return typeof claims.exp === 'number' ? claims.exp * 1000 : null;
+  } catch {
+    return null;
+  }
 }
 
 async function resolveToken(token: TokenSource | undefined): Promise<string | null> {
@@ -278,6 +297,9 @@ export class AgentcastClient {
   private attempt = 0;
   private retryTimer?: ReturnType<typeof setTimeout>;
   private heartbeat?: ReturnType<typeof setInterval>;
+  private refreshTimer?: ReturnType<typeof setTimeout>;
+  /** The token the current connection authenticated with (for the refresh schedule). */
+  private connectedToken: string | null = null;
   private lastRx = 0;
   private pingSentAt = 0;
   private lastError = '';
@@ -336,6 +358,7 @@ export class AgentcastClient {
   close(): void {
     this.generation++;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.refreshTimer);
     this.stopHeartbeat();
     const ws = this.ws;
     this.ws = null;
@@ -477,6 +500,40 @@ export class AgentcastClient {
     return json;
   }
 
+  /**
+   * Bring the open connection a fresh token (`auth:refresh` with `token()`'s value), for
+   * the same subject; resolves with the `authenticated` reply's data. Done by itself before
+   * a JWT expires (`refreshToken`).
+   */
+  async refreshAuth(): Promise<{ subject: string; scopes: string[]; expires_at: string | null }> {
+    const token = await resolveToken(this.opts.token);
+    if (token === null) throw new AgentcastError('unauthorized', 'no token to refresh with');
+    const reply = await this.command<{ data: { subject: string; scopes: string[]; expires_at: string | null } }>({
+      type: 'auth:refresh',
+      token,
+    });
+    this.connectedToken = token;
+    this.scheduleRefresh(token);
+    return reply.data;
+  }
+
+  private scheduleRefresh(token: string | null): void {
+    clearTimeout(this.refreshTimer);
+    const enabled = this.opts.refreshToken ?? typeof this.opts.token === 'function';
+    if (!enabled || token === null) return;
+    const exp = jwtExpiry(token);
+    if (exp === null) return;
+    const left = exp - Date.now();
+    const delay = Math.max(0, left - Math.min(30_000, left / 4));
+    const generation = this.generation;
+    this.refreshTimer = setTimeout(() => {
+      if (generation !== this.generation || this._state !== 'open') return;
+      this.refreshAuth().catch(() => {
+        // refused: the connection keeps its token until it expires (then 4501: unauthorized)
+      });
+    }, delay);
+  }
+
   // -- used by Sub and ChatSession ---------------------------------------------------
 
   /** @internal A subscription ended by its owner. */
@@ -530,9 +587,11 @@ export class AgentcastClient {
       if (this.opts.ticket !== undefined) {
         const ticket = await this.opts.ticket();
         url += (url.includes('?') ? '&' : '?') + 'ticket=' + encodeURIComponent(ticket);
+        this.connectedToken = await resolveToken(this.opts.token);
       } else {
         const token = await resolveToken(this.opts.token);
         if (token !== null) protocols.push(`bearer.${token}`);
+        this.connectedToken = token;
       }
     } catch (err) {
       if (generation !== this.generation) return;
@@ -563,6 +622,7 @@ export class AgentcastClient {
       this.pingSentAt = 0;
       this.setState('open');
       this.startHeartbeat();
+      this.scheduleRefresh(this.connectedToken);
       for (const sub of this.subs.values()) this.sendSubscribe(sub);
       this.flush();
     };
@@ -642,6 +702,7 @@ export class AgentcastClient {
     const wasOpen = this.opened;
     this.opened = false;
     this.stopHeartbeat();
+    clearTimeout(this.refreshTimer);
     this.offline(new AgentcastError('connection_lost', `the connection closed (${code}) before the reply came`, { closeCode: code }));
     if (wasOpen) {
       if (Date.now() - this.openedAt >= STABLE_MS) this.attempt = 0;

@@ -6,6 +6,7 @@ export {
   AgentcastClient,
   fetchTicket,
   httpUrlOf,
+  jwtExpiry,
   wsUrlOf,
   type Ack,
   type AgentcastEvent,

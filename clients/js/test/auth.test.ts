@@ -8,7 +8,7 @@ const SECRET = 'js-client-tests-' + 'x'.repeat(40);
 describe('with JWT authentication', () => {
   let server: Server;
   beforeAll(async () => {
-    server = await startServer({ env: { AGENTCAST_JWT_SECRET: SECRET, AGENTCAST_AUTH_TIMEOUT: '1' } });
+    server = await startServer({ env: { AGENTCAST_JWT_SECRET: SECRET, AGENTCAST_AUTH_TIMEOUT: '1', AGENTCAST_AUTH_EXPIRY_GRACE: '0.5' } });
   });
   afterAll(async () => {
     await server?.stop();
@@ -44,6 +44,37 @@ describe('with JWT authentication', () => {
       expect(client.state).toBe('open');
     } finally {
       client.close();
+    }
+  });
+
+  it('refreshes a short-lived token before it expires (auth:refresh), and without it the server closes 4501', async () => {
+    let issued = 0;
+    const signal = new Signal();
+    const shortLived = () => {
+      issued++;
+      signal.notify();
+      return hs256(SECRET, { sub: 'alice', exp: Math.floor(Date.now() / 1000) + 2 });
+    };
+    const client = makeClient(server.url, { token: shortLived });
+    const { states } = watch(client);
+    client.onStateChange(() => signal.notify());
+    client.connect();
+    try {
+      // the first token, then two refreshes: the connection outlives several expiries
+      await signal.wait(() => issued >= 3, 'two refreshes', 10_000);
+      expect((await client.command({ type: 'ping' })).type).toBe('pong');
+      expect(states.map((x) => x.s)).toEqual(['connecting', 'open']);
+    } finally {
+      client.close();
+    }
+    const stale = makeClient(server.url, { token: shortLived, refreshToken: false });
+    const watched = watch(stale);
+    stale.connect();
+    try {
+      await watched.signal.wait(() => stale.state === 'unauthorized', 'the expiry close', 10_000);
+      expect(watched.states.at(-1)?.code).toBe(4501);
+    } finally {
+      stale.close();
     }
   });
 

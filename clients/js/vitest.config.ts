@@ -5,7 +5,9 @@ export default defineConfig({
     include: ['test/**/*.test.ts', 'test/**/*.test.tsx'],
     testTimeout: 30_000,
     hookTimeout: 30_000,
-    // each file starts its own agentcast servers: two at a time on a 2-core machine
+    // one shared `agentcast serve --demo` (test/global-setup.ts); some files start their own
+    globalSetup: ['test/global-setup.ts'],
+    // two files at a time on a 2-core machine
     maxWorkers: 2,
   },
 });

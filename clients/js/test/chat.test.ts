@@ -1,16 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AgentcastError, type ChatState } from '../src/index.js';
-import { freePort, makeClient, Signal, startServer, type Server } from './support.js';
+import { demoServer, makeClient, Signal } from './support.js';
 
 describe('chat against the built-in offline agent', () => {
-  let server: Server;
-  beforeAll(async () => {
-    // the offline agent paced at 20 words/s: an answer takes a second or two, time to stop it
-    server = await startServer({ env: { AGENTCAST_OFFLINE_TOKENS_PER_SECOND: '20' }, port: await freePort() });
-  });
-  afterAll(async () => {
-    await server?.stop();
-  });
+  // the offline agent is paced at 20 words/s there: time to stop an answer
+  const server = demoServer();
 
   it('sends, streams the answer chunk by chunk, and ends with the stored answer', async () => {
     const client = makeClient(server.url);

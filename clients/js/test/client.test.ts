@@ -1,15 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AgentcastError, type AgentcastEvent, type ConnectionState } from '../src/index.js';
-import { makeClient, Signal, startServer, type Server } from './support.js';
+import { demoServer, makeClient, Signal } from './support.js';
 
 describe('against `agentcast serve --demo`', () => {
-  let server: Server;
-  beforeAll(async () => {
-    server = await startServer({ args: ['--demo'] });
-  });
-  afterAll(async () => {
-    await server?.stop();
-  });
+  const server = demoServer();
 
   it('connects, subscribes and receives a whole demo run in seq order', async () => {
     const client = makeClient(server.url);

@@ -4,17 +4,12 @@
 // type-checks them): each runs here against `agentcast serve --demo`.
 import { render, waitFor } from '@testing-library/react';
 import { createElement, type ComponentType } from 'react';
-import { afterAll, beforeAll, expect, it, vi } from 'vitest';
+import { beforeAll, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
-import { startServer, UNIT, type Server } from './support.js';
+import { demoServer, UNIT } from './support.js';
 
-let server: Server;
-beforeAll(async () => {
-  server = await startServer({ args: ['--demo'] });
-  process.env.AGENTCAST_EXAMPLE_URL = server.url;
-});
-afterAll(async () => {
-  await server?.stop();
+beforeAll(() => {
+  process.env.AGENTCAST_EXAMPLE_URL = demoServer().url;
 });
 
 it('README example 1: follow a run (Node, the `ws` package)', async () => {

@@ -1,10 +1,10 @@
 // @vitest-environment jsdom
 import { act, cleanup, render, renderHook, waitFor } from '@testing-library/react';
 import { createElement, type ReactNode } from 'react';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentcastClient } from '../src/index.js';
 import { AgentcastProvider, useChat, useExecution, useWorkflowRun, type WorkflowRunResult } from '../src/react.js';
-import { makeClient, startServer, UNIT, type Server } from './support.js';
+import { demoServer, makeClient, UNIT } from './support.js';
 
 const timeout = (ms: number) => ({ timeout: ms * UNIT, interval: 20 });
 const clients: AgentcastClient[] = [];
@@ -18,16 +18,8 @@ afterEach(() => {
 });
 
 describe('hooks against `agentcast serve --demo`', () => {
-  let server: Server;
-  beforeAll(async () => {
-    server = await startServer({
-      args: ['--demo'],
-      env: { AGENTCAST_OFFLINE_TOKENS_PER_SECOND: '20', AGENTCAST_CHAT_HISTORY_LIMIT: '2' },
-    });
-  });
-  afterAll(async () => {
-    await server?.stop();
-  });
+  // chat snapshots hold 2 messages there (AGENTCAST_CHAT_HISTORY_LIMIT): paging is needed
+  const server = demoServer();
 
   it('useWorkflowRun: a whole run executed while watching, then the same state for a late joiner (snapshot)', async () => {
     const wrapper = wrapperFor(makeClient(server.url));

@@ -12,7 +12,10 @@ afterEach(async () => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-it('follows the demo across a server restart (SIGTERM mid-run, SQLite store): no gap, no duplicate, recovered', async () => {
+// One restart, two topics: a run topic the store keeps (resumed: every seq once,
+// recovered, the same epoch) and a topic nothing keeps (reset: recovered false, a new
+// epoch, onHistoryLost, numbering from 1 again).
+it('follows the demo across a server restart (SIGTERM mid-run, SQLite store): no gap, no duplicate, recovered; a topic no store keeps is reset', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'agentcast-js-'));
   dirs.push(dir);
   const port = await freePort();
@@ -38,8 +41,19 @@ it('follows the demo across a server restart (SIGTERM mid-run, SQLite store): no
     },
     { since: 0 },
   );
+  const board: AgentcastEvent[] = [];
+  const boardInfos: Array<{ recovered: boolean; epoch: string }> = [];
+  let boardLost = 0;
+  const boardSub = client.subscribe('board:reset', {
+    onEvent: (ev) => (board.push(ev), signal.notify()),
+    onSubscribed: (i) => (boardInfos.push(i), signal.notify()),
+    onHistoryLost: () => (boardLost++, signal.notify()),
+  });
   client.connect();
   try {
+    await signal.wait(() => boardInfos.length === 1, 'subscribed to board:reset');
+    for (let i = 0; i < 3; i++) await client.publish('board:reset', 'note', { i });
+    await signal.wait(() => board.length === 3, 'three board events');
     // in the middle of a run: started, some node running, not complete
     await signal.wait(
       () => events.some((e) => e.type === 'node_status') && events[events.length - 1]?.type !== 'workflow_complete',
@@ -58,6 +72,16 @@ it('follows the demo across a server restart (SIGTERM mid-run, SQLite store): no
       'the next run after the restart',
       20_000,
     );
+    // the board topic started a new life: recovered false, a new epoch, seq 1 again
+    await signal.wait(() => boardInfos.length === 2, 'the board resubscription');
+    expect(boardInfos[1]?.recovered).toBe(false);
+    expect(boardInfos[1]?.epoch).not.toBe(boardInfos[0]?.epoch);
+    expect(boardLost).toBe(1);
+    expect(boardSub.recovered).toBe(false);
+    const ack = await client.publish('board:reset', 'note', { i: 'new' });
+    expect(ack.seq).toBe(1);
+    await signal.wait(() => board.length === 4, 'the new life of the topic');
+    expect(board[3]?.seq).toBe(1);
   } finally {
     client.close();
   }
@@ -73,40 +97,4 @@ it('follows the demo across a server restart (SIGTERM mid-run, SQLite store): no
   expect(interrupted).toBeGreaterThan(0);
   expect(events[interrupted]?.data.success).toBe(false);
   expect(kinds.indexOf('workflow_start', 1)).toBeGreaterThan(interrupted);
-});
-
-it('says recovered: false and resets when the topic restarted (a topic no store keeps, memory broker)', async () => {
-  const port = await freePort();
-  const first = await startServer({ port });
-  servers.push(first);
-  const client = makeClient(first.url);
-  const events: AgentcastEvent[] = [];
-  const infos: Array<{ recovered: boolean; epoch: string }> = [];
-  let lost = 0;
-  const signal = new Signal();
-  const sub = client.subscribe('board:reset', {
-    onEvent: (ev) => (events.push(ev), signal.notify()),
-    onSubscribed: (i) => (infos.push(i), signal.notify()),
-    onHistoryLost: () => (lost++, signal.notify()),
-  });
-  client.connect();
-  try {
-    await signal.wait(() => infos.length === 1, 'subscribed');
-    for (let i = 0; i < 3; i++) await client.publish('board:reset', 'note', { i });
-    await signal.wait(() => events.length === 3, 'three events');
-    await first.stop();
-    const second = await startServer({ port });
-    servers.push(second);
-    await signal.wait(() => infos.length === 2, 'the resubscription');
-    expect(infos[1]?.recovered).toBe(false);
-    expect(infos[1]?.epoch).not.toBe(infos[0]?.epoch);
-    expect(lost).toBe(1);
-    expect(sub.recovered).toBe(false);
-    const ack = await client.publish('board:reset', 'note', { i: 'new' });
-    expect(ack.seq).toBe(1);
-    await signal.wait(() => events.length === 4, 'the new life of the topic');
-    expect(events[3]?.seq).toBe(1);
-  } finally {
-    client.close();
-  }
 });

@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { inject } from 'vitest';
 import WebSocket from 'ws';
 import { AgentcastClient, type ClientOptions } from '../src/index.js';
 
@@ -58,7 +59,7 @@ export async function startServer(opts: { args?: string[]; env?: Record<string, 
     }),
   );
   const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 15_000 * UNIT;
+  const deadline = Date.now() + 30_000 * UNIT; // Python's imports are slow on a loaded machine
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`agentcast serve exited (${proc.exitCode}):\n${out}`);
     try {
@@ -146,4 +147,10 @@ export function hs256(secret: string, claims: Record<string, unknown>): string {
   const body = b64(JSON.stringify({ iat: now, exp: now + 3600, ...claims }));
   const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
   return `${head}.${body}.${sig}`;
+}
+
+/** The shared `agentcast serve --demo` of test/global-setup.ts. */
+export function demoServer(): { url: string; wsUrl: string } {
+  const url = inject('demoUrl');
+  return { url, wsUrl: url.replace(/^http/, 'ws') + '/ws' };
 }

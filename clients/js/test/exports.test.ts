@@ -47,3 +47,12 @@ it('keeps the agreed client surface', () => {
   }
   expect(Object.getOwnPropertyDescriptor(proto, 'state')?.get).toBeTypeOf('function');
 });
+
+it('keeps every framework out of the core: only src/react.ts imports react', async () => {
+  const { readdirSync, readFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const dir = join(import.meta.dirname, '..', 'src');
+  const files = readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts'));
+  const importing = files.filter((f) => /from ['"]react(\/|['"])/.test(readFileSync(join(dir, f), 'utf8')));
+  expect(importing).toEqual(['react.ts']);
+});

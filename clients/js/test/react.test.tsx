@@ -1,6 +1,6 @@
 // @vitest-environment jsdom
 import { act, cleanup, render, renderHook, waitFor } from '@testing-library/react';
-import { createElement, type ReactNode } from 'react';
+import { createElement, StrictMode, type ReactNode } from 'react';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentcastClient } from '../src/index.js';
 import { AgentcastProvider, useChat, useExecution, useWorkflowRun, type WorkflowRunResult } from '../src/react.js';
@@ -141,14 +141,22 @@ describe('hooks against `agentcast serve --demo`', () => {
     expect(again.result.current.messages.map((m) => m.role)).toEqual(['user', 'assistant', 'user', 'assistant']);
   });
 
-  it('renders in a component tree with a provider', async () => {
+  it('renders in a component tree with a provider, under StrictMode, two components sharing a topic', async () => {
     const client = makeClient(server.url);
-    function Progress() {
+    function Progress({ testId }: { testId: string }) {
       const { progress, isConnected, nodeStatuses } = useWorkflowRun('demo');
-      return createElement('p', { 'data-testid': 'p' }, `${isConnected ? 'on' : 'off'} ${Object.keys(nodeStatuses).length} ${progress}`);
+      return createElement('p', { 'data-testid': testId }, `${isConnected ? 'on' : 'off'} ${Object.keys(nodeStatuses).length} ${progress}`);
     }
-    const view = render(createElement(AgentcastProvider, { client }, createElement(Progress)));
+    // StrictMode mounts, unmounts and mounts every effect again: subscribe, unsubscribe, subscribe
+    const view = render(
+      createElement(
+        StrictMode,
+        null,
+        createElement(AgentcastProvider, { client }, createElement(Progress, { testId: 'a' }), createElement(Progress, { testId: 'b' })),
+      ),
+    );
     clients.push(client);
-    await waitFor(() => expect(view.getByTestId('p').textContent).toMatch(/^on 4 /), timeout(10_000));
+    await waitFor(() => expect(view.getByTestId('a').textContent).toMatch(/^on 4 /), timeout(10_000));
+    await waitFor(() => expect(view.getByTestId('b').textContent).toBe(view.getByTestId('a').textContent), timeout(10_000));
   });
 });

@@ -108,8 +108,8 @@ class Dashboard(GatewayFeature):
         super().install(gateway)
         router = APIRouter(include_in_schema=False)
 
-        @router.get("/")
-        @router.get("/index.html")
+        @router.api_route("/", methods=["GET", "HEAD"])
+        @router.api_route("/index.html", methods=["GET", "HEAD"])
         async def index(request: Request) -> Response:
             """The dashboard's page (503 when the package was built without it)."""
             asset = self.assets.get("index.html")
@@ -118,11 +118,11 @@ class Dashboard(GatewayFeature):
                 raise http_error(503, ErrorCode.UNAVAILABLE, message)
             return self._answer(request, asset, REVALIDATE, page=True)
 
-        @router.get("/favicon.svg")
+        @router.api_route("/favicon.svg", methods=["GET", "HEAD"])
         async def favicon(request: Request) -> Response:
             return self._file(request, "favicon.svg", REVALIDATE)
 
-        @router.get("/assets/{name:path}")
+        @router.api_route("/assets/{name:path}", methods=["GET", "HEAD"])
         async def asset(request: Request, name: str) -> Response:
             """A bundle of the build (hashed name: cached for a year)."""
             return self._file(request, f"assets/{name}", IMMUTABLE)

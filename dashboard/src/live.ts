@@ -81,6 +81,8 @@ export class AgentcastClient {
   private subs = new Map<string, SubState>();
   private pending = new Map<string, Pending>();
   private outbox: string[] = [];
+  /** subscribe command id → topic: a refusal (`error` with that id) names no topic */
+  private subIds = new Map<string, string>();
   private nextId = 1;
   private attempt = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -209,6 +211,7 @@ export class AgentcastClient {
       this.ws = null;
       this.stopPing();
       for (const sub of this.subs.values()) sub.live = false;
+      this.subIds.clear();
       this.failPending('disconnected', 'the connection was lost');
       if (!this.wanted) {
         this.setState('closed', { code: ev.code, reason: ev.reason });
@@ -267,7 +270,9 @@ export class AgentcastClient {
   }
 
   private sendSubscribe(sub: SubState): void {
-    const frame: Record<string, unknown> = { type: 'subscribe', topic: sub.topic, id: `s${this.nextId++}` };
+    const id = `s${this.nextId++}`;
+    this.subIds.set(id, sub.topic);
+    const frame: Record<string, unknown> = { type: 'subscribe', topic: sub.topic, id };
     if (sub.seq > 0 || sub.resuming) {
       frame.since = sub.seq;
       if (sub.epoch) frame.epoch = sub.epoch;
@@ -295,9 +300,11 @@ export class AgentcastClient {
         return;
       }
     }
-    const sub = frame.topic ? this.subs.get(frame.topic) : undefined;
+    const subTopic = typeof id === 'string' ? this.subIds.get(id) : undefined;
+    if (subTopic !== undefined) this.subIds.delete(id);
+    const sub = this.subs.get(frame.topic ?? subTopic ?? '');
     if (frame.type === 'error') {
-      if (sub && typeof id === 'string' && id.startsWith('s')) {
+      if (sub && subTopic !== undefined) {
         this.subs.delete(sub.topic);
         sub.active = false;
         sub.handlers.onRefused?.({ code: frame.data?.code, message: frame.data?.message });

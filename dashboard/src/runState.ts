@@ -96,7 +96,8 @@ export function fromSnapshot(topic: string, s: any, seq: number): RunModel {
   m.results = [...(s.results ?? [])];
   m.errors = [...(s.errors ?? [])];
   m.logs = (s.logs ?? []).map((l: any, i: number) => ({
-    key: `snap-${seq}-${i}`,
+    key: typeof l.seq === 'number' ? `seq-${l.seq}` : `snap-${seq}-${i}`,
+    seq: typeof l.seq === 'number' ? l.seq : undefined,
     level: l.level ?? 'info',
     message: String(l.message ?? ''),
     timestamp: l.timestamp ?? '',

@@ -123,6 +123,7 @@ export function Graph({ order, nodes, edges, flows, current, selected, onSelect 
             tabIndex={0}
             onKeyDown={(ev) => (ev.key === 'Enter' || ev.key === ' ') && onSelect(id)}
           >
+            {id === selected ? <rect className="node-ring" x={-5} y={-5} width={NODE_W + 10} height={NODE_H + 10} rx={14} /> : null}
             {status === 'running' ? <rect className="node-pulse" width={NODE_W} height={NODE_H} rx={10} /> : null}
             <rect className="node-box" width={NODE_W} height={NODE_H} rx={10} />
             <circle className="node-dot" cx={18} cy={NODE_H / 2} r={5} />

@@ -256,7 +256,12 @@ def _progress(state: RunState, data: dict[str, Any], ts: str) -> None:
 
 def _log(state: RunState, data: dict[str, Any], ts: str) -> None:
     state.logs.append(
-        {"level": data.get("level", "info"), "message": data.get("message"), "timestamp": ts}
+        {
+            "level": data.get("level", "info"),
+            "message": data.get("message"),
+            "timestamp": ts,
+            "seq": state.seq,  # the log event's own seq: a client merging live lines dedupes by it
+        }
     )
 
 

@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useMemo, useState } from 'react';
-import { api, getToken, mayControl, setToken, wsUrl, claims } from './api';
+import { api, claims, getToken, HttpError, mayControl, setToken, wsUrl } from './api';
 import { SessionContext, useConnectionState, useRoute } from './context';
 import { AgentcastClient } from './live';
 import { RunsView } from './views/RunsView';
@@ -17,17 +17,22 @@ export function App() {
   const route = useRoute();
 
   useEffect(() => {
-    client.connect();
-    return () => client.close();
-  }, [client]);
-
-  useEffect(() => {
     const on = () => setNeedSignIn(true);
     window.addEventListener('agentcast:unauthorized', on);
-    // is authentication on? an unauthenticated read answers 401
-    api('/api/runs?limit=1').catch(() => undefined);
-    return () => window.removeEventListener('agentcast:unauthorized', on);
-  }, [token]);
+    // is authentication on, and does it take this token? a read answers 401 if not; the
+    // socket is opened only once the answer is yes (or the server has no run store: 404)
+    let cancelled = false;
+    api('/api/runs?limit=1')
+      .then(() => !cancelled && client.connect())
+      .catch((err) => {
+        if (!cancelled && !(err instanceof HttpError && err.status === 401)) client.connect();
+      });
+    return () => {
+      cancelled = true;
+      window.removeEventListener('agentcast:unauthorized', on);
+      client.close();
+    };
+  }, [client]);
 
   useEffect(() => {
     if (state === 'unauthorized') setNeedSignIn(true);

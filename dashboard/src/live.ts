@@ -73,6 +73,8 @@ interface Pending {
 /** Close codes after which reconnecting with the same credentials cannot succeed. */
 const TERMINAL = new Set([4500, 4501, 4503, 4508]);
 const PING_MS = 20_000;
+/** The longest wait between two attempts (before jitter: each wait is 50–100 % of it). */
+const MAX_BACKOFF_MS = 5_000;
 
 export class AgentcastClient {
   private ws: WebSocket | null = null;
@@ -228,7 +230,7 @@ export class AgentcastClient {
 
   private scheduleRetry(opened: boolean, ev: CloseEvent): void {
     this.attempt += 1;
-    const base = opened ? 250 : Math.min(10_000, 500 * 2 ** Math.min(this.attempt - 1, 5));
+    const base = opened ? 250 : Math.min(MAX_BACKOFF_MS, 300 * 2 ** Math.min(this.attempt - 1, 6));
     const delay = base * (0.5 + Math.random() * 0.5);
     this.setState('reconnecting', { code: ev.code, reason: ev.reason });
     this.retryTimer = setTimeout(() => {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,24 @@ async def shoot(page: Any, name: str, ready: Callable[[], Any] | None = None) ->
     )
     assert overflow <= 0, f"{name}: the page is {overflow}px wider than a phone"
     await page.set_viewport_size(DESKTOP)
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One ``serve --demo`` for the tests that only read (a server start costs seconds):
+    the demo runs, and the offline agent at 12 words/s with one message per snapshot."""
+    server = Server(
+        tmp_path_factory.mktemp("demo"),
+        "--demo",
+        AGENTCAST_OFFLINE_TOKENS_PER_SECOND="12",
+        AGENTCAST_CHAT_HISTORY_LIMIT="1",
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.log.close()
 
 
 class Server(ServerProcess):

@@ -60,57 +60,57 @@ async def wait_colour(page: Any, node: str, colour: str) -> None:
     )
 
 
-async def test_a_demo_workflow_runs_on_screen(page: Any, tmp_path: Path) -> None:
-    async with Server(tmp_path, "--demo") as server:
-        await page.goto(f"{server.url}/#/runs/workflow%3Ademo")
-        await page.wait_for_selector('[data-testid="connection"]:has-text("live")', timeout=WAIT_MS)
-        # every node turns running (yellow: seen unless it completes within the colour's
-        # 0.15 s transition), then completed (green)
-        seen_yellow = []
-        for node in ("fetch", "analyze", "report"):
-            await page.wait_for_selector(
-                f'[data-node="{node}"][data-status="running"]', timeout=WAIT_MS
-            )
-            handle = await page.wait_for_function(
-                YELLOW_OR_DONE, arg=[node, COLOURS["running"]], timeout=WAIT_MS
-            )
-            seen_yellow.append(await handle.json_value() == "yellow")
-            await wait_colour(page, node, COLOURS["completed"])
-        assert any(seen_yellow), seen_yellow
-        await page.wait_for_selector('[data-edge][data-flowing="true"]', timeout=WAIT_MS)
-        # the next run begins: report is pending (grey) again while fetch runs
-        await page.wait_for_selector('[data-node="report"][data-status="pending"]', timeout=WAIT_MS)
-        await wait_colour(page, "report", COLOURS["pending"])
-        assert await page.locator(".log-line").count() >= 1
-        await page.click('[data-node="fetch"]')
-        await page.wait_for_selector('[data-testid="node-detail"] pre', timeout=WAIT_MS)
-        assert '"node": "fetch"' in await page.inner_text('[data-testid="node-detail"] pre')
-        await shoot(page, "workflow")
-
-        await page.goto(f"{server.url}/#/")
-        await page.wait_for_selector('tr[data-topic="workflow:demo"]', timeout=WAIT_MS)
-        await page.wait_for_selector('tr[data-topic="execution:demo"]', timeout=WAIT_MS)
-        await shoot(page, "runs")
-        await page.select_option('[data-testid="filter-kind"]', "execution")
+async def test_a_demo_workflow_runs_on_screen(page: Any, demo_server: Server) -> None:
+    server = demo_server
+    await page.goto(f"{server.url}/#/runs/workflow%3Ademo")
+    await page.wait_for_selector('[data-testid="connection"]:has-text("live")', timeout=WAIT_MS)
+    # every node turns running (yellow: seen unless it completes within the colour's
+    # 0.15 s transition), then completed (green)
+    seen_yellow = []
+    for node in ("fetch", "analyze", "report"):
         await page.wait_for_selector(
-            'tr[data-topic="workflow:demo"]', state="detached", timeout=WAIT_MS
+            f'[data-node="{node}"][data-status="running"]', timeout=WAIT_MS
         )
-        assert await page.locator('tr[data-topic="execution:demo"]').count() == 1
-
-        await page.goto(f"{server.url}/#/runs/execution%3Ademo")
-        await page.wait_for_selector('[data-agent][data-status="running"]', timeout=WAIT_MS)
-        await page.wait_for_selector('[data-testid="results"] .feed-item', timeout=WAIT_MS)
-        await shoot(page, "execution")
-
-        await page.goto(f"{server.url}/#/monitoring")
-        charts = page.locator('[data-testid="charts"] .chart-value')
-        await page.wait_for_function(
-            "() => [...document.querySelectorAll('.stat-value')].every(e => e.textContent !== '—')",
-            timeout=WAIT_MS,
+        handle = await page.wait_for_function(
+            YELLOW_OR_DONE, arg=[node, COLOURS["running"]], timeout=WAIT_MS
         )
-        assert await charts.count() == 4
-        await page.wait_for_timeout(1200)  # a few more samples on the charts
-        await shoot(page, "monitoring")
+        seen_yellow.append(await handle.json_value() == "yellow")
+        await wait_colour(page, node, COLOURS["completed"])
+    assert any(seen_yellow), seen_yellow
+    await page.wait_for_selector('[data-edge][data-flowing="true"]', timeout=WAIT_MS)
+    # the next run begins: report is pending (grey) again while fetch runs
+    await page.wait_for_selector('[data-node="report"][data-status="pending"]', timeout=WAIT_MS)
+    await wait_colour(page, "report", COLOURS["pending"])
+    assert await page.locator(".log-line").count() >= 1
+    await page.click('[data-node="fetch"]')
+    await page.wait_for_selector('[data-testid="node-detail"] pre', timeout=WAIT_MS)
+    assert '"node": "fetch"' in await page.inner_text('[data-testid="node-detail"] pre')
+    await shoot(page, "workflow")
+
+    await page.goto(f"{server.url}/#/")
+    await page.wait_for_selector('tr[data-topic="workflow:demo"]', timeout=WAIT_MS)
+    await page.wait_for_selector('tr[data-topic="execution:demo"]', timeout=WAIT_MS)
+    await shoot(page, "runs")
+    await page.select_option('[data-testid="filter-kind"]', "execution")
+    await page.wait_for_selector(
+        'tr[data-topic="workflow:demo"]', state="detached", timeout=WAIT_MS
+    )
+    assert await page.locator('tr[data-topic="execution:demo"]').count() == 1
+
+    await page.goto(f"{server.url}/#/runs/execution%3Ademo")
+    await page.wait_for_selector('[data-agent][data-status="running"]', timeout=WAIT_MS)
+    await page.wait_for_selector('[data-testid="results"] .feed-item', timeout=WAIT_MS)
+    await shoot(page, "execution")
+
+    await page.goto(f"{server.url}/#/monitoring")
+    charts = page.locator('[data-testid="charts"] .chart-value')
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('.stat-value')].every(e => e.textContent !== '—')",
+        timeout=WAIT_MS,
+    )
+    assert await charts.count() == 4
+    await page.wait_for_timeout(1200)  # a few more samples on the charts
+    await shoot(page, "monitoring")
 
 
 def _workflow(run: str, execution: str, **data: Any) -> dict[str, Any]:
@@ -194,58 +194,45 @@ async def test_the_page_resumes_across_a_server_restart(page: Any, tmp_path: Pat
         await shoot(page, "workflow-after-restart")
 
 
-async def test_a_chat_answer_streams_stops_and_pages_history(page: Any, tmp_path: Path) -> None:
-    env = {"AGENTCAST_OFFLINE_TOKENS_PER_SECOND": "12", "AGENTCAST_CHAT_HISTORY_LIMIT": "2"}
-    async with Server(tmp_path, **env) as server:
-        await page.goto(f"{server.url}/#/chat")
-        await page.fill('[data-testid="composer"]', "What is agentcast?")
-        await page.click('[data-testid="send"]')
-        await page.wait_for_selector(
-            '[data-role="user"]:has-text("What is agentcast?")', timeout=WAIT_MS
-        )
-        # the answer grows on screen before it is complete
-        stream = page.locator('[data-testid="streaming"] .bubble')
-        await page.wait_for_function(
-            "() => (document.querySelector('[data-testid=streaming] .bubble')?.innerText || '').split(' ').length >= 3",
-            timeout=WAIT_MS,
-        )
-        first = await stream.inner_text()
-        await page.wait_for_function(
-            f"() => (document.querySelector('[data-testid=streaming] .bubble')?.innerText || '').length > {len(first)}",
-            timeout=WAIT_MS,
-        )
-        await page.wait_for_selector(
-            '[data-role="assistant"][data-status="complete"]', timeout=WAIT_MS
-        )
-        full = await page.locator('[data-role="assistant"]').inner_text()
-        assert full.startswith(first.strip())
+async def test_a_chat_answer_streams_stops_and_pages_history(
+    page: Any, demo_server: Server
+) -> None:
+    """The built-in offline agent at 12 words/s; the snapshot of a conversation holds one
+    message (``chat_history_limit``), so the question is older history."""
+    server = demo_server
+    await page.goto(f"{server.url}/#/chat")
+    await page.fill('[data-testid="composer"]', "What is agentcast?")
+    await page.click('[data-testid="send"]')
+    await page.wait_for_selector(
+        '[data-role="user"]:has-text("What is agentcast?")', timeout=WAIT_MS
+    )
+    # the answer grows on screen, word by word
+    words = "n => (document.querySelector('[data-testid=streaming] .bubble')?.innerText || '').trim().split(/\\s+/).length >= n"
+    await page.wait_for_function(words, arg=3, timeout=WAIT_MS)
+    first = (await page.inner_text('[data-testid="streaming"] .bubble')).strip()
+    await page.wait_for_function(words, arg=len(first.split()) + 2, timeout=WAIT_MS)
+    await shoot(page, "chat")
+    await page.click('[data-testid="stop"]')
+    stopped = page.locator('[data-role="assistant"][data-status="cancelled"]')
+    await stopped.wait_for(timeout=WAIT_MS)
+    text = await stopped.inner_text()
+    assert text.startswith(first) and "stopped" in text.lower()
+    assert await page.locator('[data-testid="streaming"]').count() == 0
+    assert await page.locator('[data-testid="send"]').count() == 1
 
-        await page.fill('[data-testid="composer"]', "Tell me more, please, in detail")
-        await page.click('[data-testid="send"]')
-        await page.wait_for_function(
-            "() => (document.querySelector('[data-testid=streaming] .bubble')?.innerText || '').split(' ').length >= 2",
-            timeout=WAIT_MS,
-        )
-        await shoot(page, "chat")
-        await page.click('[data-testid="stop"]')
-        stopped = page.locator('[data-role="assistant"][data-status="cancelled"]')
-        await stopped.wait_for(timeout=WAIT_MS)
-        assert "stopped" in (await stopped.inner_text()).lower()
-        assert await page.locator('[data-testid="streaming"]').count() == 0
-        assert await page.locator('[data-testid="send"]').count() == 1
-
-        # a new page sees the last two messages, and pages the older ones in
-        await page.reload()
-        await page.wait_for_selector('[data-testid="older"]', timeout=WAIT_MS)
-        assert await page.locator(".msg").count() == 2
-        await page.click('[data-testid="older"]')
-        await page.wait_for_selector(
-            '[data-role="user"]:has-text("What is agentcast?")', timeout=WAIT_MS
-        )
-        assert await page.locator(".msg").count() == 4
-        ids = await page.eval_on_selector_all(".msg", "els => els.map(e => Number(e.dataset.id))")
-        assert ids == sorted(ids)
-        await shoot(page, "chat-history")
+    # a new page gets the last message, and pages the older one in
+    await page.reload()
+    await page.wait_for_selector('[data-testid="older"]', timeout=WAIT_MS)
+    assert await page.locator(".msg").count() == 1
+    await page.click('[data-testid="older"]')
+    await page.wait_for_selector(
+        '[data-role="user"]:has-text("What is agentcast?")', timeout=WAIT_MS
+    )
+    assert await page.locator(".msg").count() == 2
+    ids = await page.eval_on_selector_all(".msg", "els => els.map(e => Number(e.dataset.id))")
+    assert ids == sorted(ids)
+    assert await page.locator('[data-testid="older"]').count() == 0
+    await shoot(page, "chat-history")
 
 
 SECRET = "e2e-secret-" + "x" * 32

@@ -12,6 +12,7 @@ export function RunView({ topic }: { topic: string }) {
   const { run, refused } = useRun(topic);
   const now = useNow(500);
   const [kind, id] = [topic.split(':', 1)[0], topic.slice(topic.indexOf(':') + 1)];
+  const progress = Math.max(run.progress, nodeProgress(run));
   if (refused) {
     return (
       <section className="page">
@@ -53,9 +54,9 @@ export function RunView({ topic }: { topic: string }) {
       </div>
       <div className="card progress-card">
         <div className="progress-row">
-          <ProgressBar value={run.progress} status={run.status} />
+          <ProgressBar value={progress} status={run.status} />
           <span className="num progress-num" data-testid="progress">
-            {Math.round(run.progress)}%
+            {Math.round(progress)}%
           </span>
         </div>
         {run.kind === 'execution' && run.totalSteps ? (
@@ -67,6 +68,14 @@ export function RunView({ topic }: { topic: string }) {
       {run.kind === 'workflow' ? <WorkflowBody run={run} /> : <ExecutionBody run={run} />}
     </section>
   );
+}
+
+/** Percent of a workflow's nodes that ended, for producers that send no `progress`. */
+function nodeProgress(run: RunModel): number {
+  const ids = run.kind === 'workflow' ? run.order : [];
+  if (ids.length === 0) return 0;
+  const ended = ids.filter((n) => ['completed', 'error', 'skipped'].includes(run.nodes[n]?.status ?? '')).length;
+  return (100 * ended) / ids.length;
 }
 
 function Back() {
@@ -81,8 +90,8 @@ function Controls({ topic, run }: { topic: string; run: RunModel }) {
   const { client, canControl } = useSession();
   const [busy, setBusy] = useState<string | null>(null);
   const [error, setError] = useState<string | null>(null);
-  if (!canControl) return null;
   const live = !['completed', 'failed', 'cancelled', 'lost', 'pending'].includes(run.status);
+  if (!canControl || !live) return null;
   const act = async (action: 'pause' | 'resume' | 'cancel') => {
     setBusy(action);
     setError(null);

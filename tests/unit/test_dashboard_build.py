@@ -132,3 +132,18 @@ def test_the_dashboard_is_a_default_feature() -> None:
     assert any(isinstance(f, Dashboard) for f in default_features(Settings(store_url="")))
     assert content_type("a.svg") == "image/svg+xml"
     assert content_type("a.woff2") == "font/woff2"
+
+
+def test_the_build_commands_of_the_docs_exist() -> None:
+    """docs/dashboard.md's shell block names scripts package.json has (running them needs
+    Node and the registry: the manifest check above is what proves the build current)."""
+    doc = (ROOT / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    block = re.search(r"```sh\ncd dashboard\n(.*?)```", doc, re.DOTALL)
+    assert block is not None
+    scripts = json.loads((SOURCE / "package.json").read_text(encoding="utf-8"))["scripts"]
+    commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+    assert commands == ["npm ci", "npm run build", "npm run dev"]
+    assert all(c.removeprefix("npm run ") in scripts for c in commands[1:])
+    assert (SOURCE / "package-lock.json").is_file()  # what npm ci installs from
+    assert "node scripts/manifest.mjs" in scripts["build"]
+    assert IMMUTABLE in doc

@@ -2,7 +2,8 @@
 
 The gateway knows no feature (:mod:`agentcast.plugin`); this module is where the CLI,
 :func:`agentcast.transports.http.create_app` and the seeds' facades pick the default set:
-the store (``store_url``), live runs, replay, seed 001's monitoring and chat.
+the store (``store_url``), live runs, replay, seed 001's monitoring and chat, security,
+``/metrics`` and the dashboard.
 
 ::
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentcast.chat.service import Chat
+from agentcast.dashboard.feature import Dashboard
 from agentcast.gateway import Gateway
 from agentcast.metrics import Metrics
 from agentcast.monitoring import Monitoring
@@ -32,12 +34,13 @@ __all__ = ["create_gateway", "default_features"]
 def default_features(settings: Settings) -> list[Feature]:
     """Storage (unless ``store_url`` is empty), runs, replay, monitoring and chat, sharing
     one store; security (JWT authentication when the ``jwt_*`` settings configure it);
-    ``/metrics``."""
+    ``/metrics``; the dashboard at ``/``."""
     store = create_store(settings.store_url)
     features: list[Feature] = [Storage(store)] if store is not None else []
     features += [Runs(store), Replays(), Monitoring(), Chat(store)]
     features.append(Security.from_settings(settings))
     features.append(Metrics())
+    features.append(Dashboard())
     return features
 
 

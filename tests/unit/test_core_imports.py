@@ -78,6 +78,7 @@ FEATURES = (
     "agentcast.metrics",
     "agentcast.storage",
     "agentcast.security.feature",
+    "agentcast.dashboard",
 )
 """Feature packages (and the store they share): the gateway knows none of them. The
 security package's policies (``security.origin``, ``security.ownership``,
@@ -111,7 +112,7 @@ def test_gateway_imports_no_feature() -> None:
 
 def test_features_import_no_transport() -> None:
     paths = [PACKAGE / "monitoring.py", PACKAGE / "metrics.py"]
-    for package in ("runs", "chat", "storage", "security"):
+    for package in ("runs", "chat", "storage", "security", "dashboard"):
         paths += sorted((PACKAGE / package).rglob("*.py"))
     assert len(paths) > 10
     for path in paths:

@@ -111,7 +111,7 @@ class WorkflowRun:
     ) -> None:
         self.workflow = workflow
         self.tracker = WorkflowTracker(
-            publisher, workflow_id, workflow.order, execution_id=execution_id
+            publisher, workflow_id, workflow.order, execution_id=execution_id, edges=workflow.edges
         )
         self.results: dict[str, Any] = {}
         self._gate = asyncio.Event()

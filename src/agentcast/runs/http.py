@@ -59,6 +59,9 @@ class RunOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     last_seq: int
+    progress: float | None = Field(
+        default=None, description="Percent done (0–100) as the run last reported it."
+    )
 
 
 class RunPage(BaseModel):
@@ -207,6 +210,7 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
                     started_at=r.started_at,
                     finished_at=r.finished_at,
                     last_seq=r.last_seq,
+                    progress=_progress_of(r.state),
                 )
                 for r in visible
             ],
@@ -236,6 +240,13 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
         return RunEventsOut(topic=topic, events=[e.to_wire() for e in events])
 
     return router
+
+
+def _progress_of(state: dict[str, Any]) -> float | None:
+    value = state.get("progress")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _store_or_404(runs: Runs) -> RunStore:

@@ -218,6 +218,8 @@ def _workflow_start(state: RunState, data: dict[str, Any], ts: str) -> None:
         "execution_order": list(data.get("execution_order") or ()),
         "total_nodes": data.get("total_nodes"),
         "progress": 0.0,
+        # the graph, for a dashboard that joins late: [{source, target}], [] when unknown
+        "graph_edges": list(data.get("edges") or ()),
     }
     state.errors = []
     state.results = []
@@ -254,7 +256,12 @@ def _progress(state: RunState, data: dict[str, Any], ts: str) -> None:
 
 def _log(state: RunState, data: dict[str, Any], ts: str) -> None:
     state.logs.append(
-        {"level": data.get("level", "info"), "message": data.get("message"), "timestamp": ts}
+        {
+            "level": data.get("level", "info"),
+            "message": data.get("message"),
+            "timestamp": ts,
+            "seq": state.seq,  # the log event's own seq: a client merging live lines dedupes by it
+        }
     )
 
 

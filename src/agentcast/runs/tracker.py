@@ -183,12 +183,14 @@ class WorkflowTracker(Tracker):
         nodes: Sequence[str],
         *,
         execution_id: str | None = None,
+        edges: Sequence[tuple[str, str]] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(publisher, workflow_id, clock=clock)
         self.workflow_id = workflow_id
         self.execution_id = execution_id or str(uuid.uuid4())
         self.nodes = list(nodes)
+        self.edges = [(str(s), str(t)) for s, t in edges]
         self.status: dict[str, str] = dict.fromkeys(self.nodes, "pending")
         self.current_node: str | None = None
 
@@ -204,12 +206,17 @@ class WorkflowTracker(Tracker):
         return round(100.0 * self.done_count / len(self.nodes), 2) if self.nodes else 100.0
 
     async def start(self) -> None:
-        """Publish ``workflow_start`` with the execution order."""
+        """Publish ``workflow_start`` with the execution order (and ``edges``, the graph's
+        ``{source, target}`` pairs, when the tracker was given them)."""
         self.started_at = self.clock()
-        await self.emit(
-            "workflow_start",
-            {**self._base(), "execution_order": self.nodes, "total_nodes": len(self.nodes)},
-        )
+        data: dict[str, Any] = {
+            **self._base(),
+            "execution_order": self.nodes,
+            "total_nodes": len(self.nodes),
+        }
+        if self.edges:
+            data["edges"] = [{"source": s, "target": t} for s, t in self.edges]
+        await self.emit("workflow_start", data)
 
     async def node_started(self, node_id: str) -> None:
         self._know(node_id)

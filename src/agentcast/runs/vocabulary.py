@@ -115,11 +115,20 @@ class _WorkflowEvent(_Event):
     execution_id: str
 
 
+class GraphEdge(BaseModel):
+    """One edge of a workflow's graph."""
+
+    source: str
+    target: str
+
+
 class WorkflowStart(_WorkflowEvent):
-    """``workflow_start``: the run began; nodes in execution order."""
+    """``workflow_start``: the run began; nodes in execution order, and the graph's edges
+    when the producer knows them (the built-in engine sends them; seed 004 did not)."""
 
     execution_order: list[str]
     total_nodes: int = Field(ge=0)
+    edges: list[GraphEdge] | None = None
 
 
 class WorkflowComplete(_WorkflowEvent):

@@ -53,6 +53,11 @@ async def test_finished_runs_survive_a_restart(tmp_path: Path) -> None:
                 "workflow:wf1": "completed",
                 "workflow:orphan": "running",
             }
+            # the dashboard's progress bars: as each run last reported it
+            assert {r["topic"]: r["progress"] for r in listed["runs"]} == {
+                "workflow:wf1": 100.0,
+                "workflow:orphan": 0.0,
+            }
     finally:
         await asyncio.to_thread(first.stop)
         first.log.close()

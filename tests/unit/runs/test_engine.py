@@ -57,6 +57,13 @@ async def test_parallel_branches_and_data_flow(gateway: Gateway) -> None:
         ("root", "left"),
         ("root", "right"),
     ]
+    # the graph itself, for a dashboard: in workflow_start and in the run's snapshot
+    start = got[0][1]
+    graph = [("root", "left"), ("root", "right"), ("left", "join"), ("right", "join")]
+    assert [(e["source"], e["target"]) for e in start["edges"]] == graph
+    snapshot = gateway.feature(Runs).snapshot("workflow:par")
+    assert snapshot is not None
+    assert [(e["source"], e["target"]) for e in snapshot[1]["graph_edges"]] == graph
 
 
 async def test_node_failure_skips_descendants_and_keeps_independent_branches(

@@ -47,6 +47,8 @@ def test_workflow_run_folds_nodes_progress_logs_and_completion() -> None:
     assert snap["current_node_id"] == "node2"
     assert [e["error"] for e in snap["errors"]] == ["boom"]
     assert snap["logs"][0]["message"] == "로그 메시지"
+    assert snap["logs"][0]["seq"] == 3  # the log event's own seq: clients dedupe by it
+    assert snap["graph_edges"] == []  # seed 004's workflow_start names no edges
     assert snap["edges"][0]["source_node_id"] == "node1"
     state.apply(
         8,

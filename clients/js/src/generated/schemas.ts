@@ -663,6 +663,12 @@ export interface WorkflowWorkflowCompleteData {
  * `data` of a `workflow_start` event on workflow:<id> (seed 004).
  */
 export interface WorkflowWorkflowStartData {
+  edges?:
+    | {
+        source: string;
+        target: string;
+      }[]
+    | null;
   execution_id: string;
   execution_order: string[];
   total_nodes: number;

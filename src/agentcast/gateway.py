@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from agentcast.brokers import Broker, create_broker
-from agentcast.brokers.base import Draft, Duplicate
+from agentcast.brokers.base import Conflict, Draft, Duplicate
 from agentcast.cluster import ClusterState, TopicPresence, create_cluster_state
 from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode
 from agentcast.core.checks import Validator as CoreValidator
@@ -736,8 +736,14 @@ class Gateway:
         *,
         producer: str | None = None,
         producer_seq: int | None = None,
+        expect_last_seq: int | None = None,
     ) -> Publication:
         """Publish one event; returns it with its assigned ``seq``.
+
+        With ``expect_last_seq`` (a conditional publish, broker contract item 10) the
+        event is published only if the topic's last seq is still that one, on every
+        node; otherwise nothing is published and it returns a
+        :class:`~agentcast.brokers.base.Conflict` with the topic's actual last seq.
 
         With ``producer`` and ``producer_seq`` (an idempotent producer, broker contract
         item 9) a retry of an event already published (by this process or another) is
@@ -759,7 +765,11 @@ class Gateway:
         publish_now = self._publish_now
         if producer is not None or producer_seq is not None:
             self.check_producer(producer, producer_seq)
-            return await self._enqueue(topic, type, payload, producer, producer_seq)
+            return await self._enqueue(
+                topic, type, payload, producer, producer_seq, expect_last_seq
+            )
+        if expect_last_seq is not None:
+            return await self._enqueue(topic, type, payload, None, None, expect_last_seq)
         if publish_now is None:
             return await self._enqueue(topic, type, payload)
         pub = publish_now(topic, type, payload, time.time())
@@ -823,12 +833,13 @@ class Gateway:
         payload: bytes,
         producer: str | None = None,
         producer_seq: int | None = None,
+        expect_last_seq: int | None = None,
     ) -> asyncio.Future[Publication]:
         """Queue one checked event for the next batch; start the batch sender if idle."""
         if self._loop is None:
             raise BrokerError("gateway not started")
         future: asyncio.Future[Publication] = self._loop.create_future()
-        draft = Draft(topic, type, payload, time.time(), producer, producer_seq)
+        draft = Draft(topic, type, payload, time.time(), producer, producer_seq, expect_last_seq)
         self._batch.append((draft, future))
         if self._batching is None:
             # its first step runs after the current callbacks: it takes this iteration's
@@ -871,7 +882,7 @@ class Gateway:
                         if not future.done():
                             future.set_exception(error)
                     continue
-                self.stats.published += len(pubs) - sum(type(p) is Duplicate for p in pubs)
+                self.stats.published += sum(type(p) not in (Duplicate, Conflict) for p in pubs)
                 for (_, future), pub in zip(batch, pubs, strict=True):
                     if not future.done():
                         future.set_result(pub)

@@ -1,6 +1,6 @@
 """The cluster-state contract: what the nodes of one deployment share besides events.
 
-A :class:`ClusterState` holds three things that must hold across every process (node)
+A :class:`ClusterState` holds four things that must hold across every process (node)
 pointed at one broker, not per process:
 
 * **Connections per user.** :meth:`ClusterState.reserve` asks for one more connection of
@@ -17,6 +17,9 @@ pointed at one broker, not per process:
   ones) are subscribed to a topic on the other live nodes (:meth:`ClusterState.presence`);
   this node's own part comes from its hub. A node publishes its part when subscriptions
   change (:meth:`ClusterState.topic_changed`), never per event.
+* **Shared keys** (:attr:`ClusterState.shared`, :mod:`agentcast.cluster.shared`): small
+  values with an expiry, read by every node (run leases renewed through one node,
+  single-use tickets redeemed on another).
 
 Anonymous principals (open dev mode: each connection its own user) are never counted
 across nodes: their subjects are per process.
@@ -39,6 +42,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from agentcast.cluster.shared import MemoryKeys, SharedKeys
 
 __all__ = ["ClusterState", "LocalView", "TopicPresence", "new_node_id"]
 
@@ -106,6 +111,9 @@ class ClusterState(ABC):
         self.node = node or new_node_id()
         self.errors = 0
         """Backend failures so far (each one logged; the connection path failed open)."""
+        self.shared: SharedKeys = MemoryKeys()
+        """Small values with an expiry every node reads (run leases, tickets):
+        :mod:`agentcast.cluster.shared`. In process here; in Redis for a distributed state."""
 
     async def start(self, view: LocalView) -> None:  # noqa: B027 - optional hook
         """Start heartbeats and syncing for the node ``view``; raises

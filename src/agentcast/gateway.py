@@ -215,6 +215,13 @@ class Gateway:
         self.stats = Stats()
         self.observers: list[Callable[[Publication], None]] = []
         """Called with every publication this node receives, before local fan-out."""
+        self.publish_observers: list[Callable[[Publication], None]] = []
+        """Called with every publication this node itself published (the broker assigned
+        its seq: not a duplicate nor a conflict), once the broker answered; after the
+        :attr:`observers` when the broker delivers synchronously, in either order
+        otherwise (the notification of a remote broker may come before or after its
+        answer). What tells a node's own publications from the other nodes' (the runs
+        feature records only its own in the run store)."""
         self.validators: list[Validator] = []
         """Checks run on every published event's ``data`` (see :meth:`add_validator`)."""
         self.server_prefixes: set[str] = set()
@@ -774,6 +781,8 @@ class Gateway:
             return await self._enqueue(topic, type, payload)
         pub = publish_now(topic, type, payload, time.time())
         self.stats.published += 1
+        for own in self.publish_observers:
+            own(pub)
         self._events_since_yield += 1
         pushes = self.hub.pushes
         if (
@@ -819,11 +828,14 @@ class Gateway:
             return self._enqueue(topic, type, payload)
         future: asyncio.Future[Publication] = self._loop.create_future()
         try:
-            future.set_result(publish_now(topic, type, payload, time.time()))
+            pub = publish_now(topic, type, payload, time.time())
         except BrokerError as exc:
             future.set_exception(exc)
         else:
+            future.set_result(pub)
             self.stats.published += 1
+            for own in self.publish_observers:
+                own(pub)
         return future
 
     def _enqueue(
@@ -883,6 +895,11 @@ class Gateway:
                             future.set_exception(error)
                     continue
                 self.stats.published += sum(type(p) not in (Duplicate, Conflict) for p in pubs)
+                if self.publish_observers:
+                    for pub in pubs:
+                        if type(pub) not in (Duplicate, Conflict):
+                            for own in self.publish_observers:
+                                own(pub)
                 for (_, future), pub in zip(batch, pubs, strict=True):
                     if not future.done():
                         future.set_result(pub)
@@ -908,6 +925,8 @@ class Gateway:
             raise BrokerError("this broker publishes asynchronously: use publish_nowait()")
         pub = publish_now(topic, type, self.check_event(topic, type, data), time.time())
         self.stats.published += 1
+        for own in self.publish_observers:
+            own(pub)
         return pub
 
     def publish_threadsafe(

@@ -269,3 +269,31 @@ async def test_a_node_started_mid_run_gives_late_joiners_the_same_snapshot(clust
     assert snaps[0] == snaps[1] == snaps[2]
     assert snaps[2]["data"]["execution_id"] == "e-late"
     assert snaps[2]["data"]["nodes"]["a"]["status"] == "completed"
+
+
+async def test_events_a_node_never_recorded_are_filled_from_history(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """Node A records nothing (no run store: as a node that died before its recorder
+    flushed); node B publishes the run's end, then finds A's events missing in the store
+    and writes them from the broker's history."""
+    nodes = cluster()
+    a = await nodes.start()
+    nodes.env = {**nodes.env, "AGENTCAST_STORE_URL": f"sqlite:///{tmp_path / 'runs.db'}"}
+    b = await nodes.start()
+    topic = "workflow:filled"
+    await start_run(a, "filled")
+    for status in ("running", "completed"):
+        await publish(a, topic, "node_status", {"node_id": "a", "status": status})
+    await publish(b, topic, "workflow_complete", {"success": True, "execution_time": 1.0})
+
+    async def stored() -> list[int]:
+        async with httpx.AsyncClient() as http:
+            r = await http.get(f"{b.url}/api/runs/{topic}/events")
+        return [e["seq"] for e in r.json()["events"]] if r.status_code == 200 else []
+
+    async with asyncio.timeout(20 * UNIT):  # after fill_delay (2 s)
+        while await stored() != [1, 2, 3, 4]:  # noqa: ASYNC110 - another process, bounded
+            await asyncio.sleep(0.1)
+    assert await metric(b, "agentcast_run_events_stored_total", source="recorded") == 1
+    assert await metric(b, "agentcast_run_events_stored_total", source="filled") == 3

@@ -34,7 +34,10 @@ with the caller's random epoch candidate, or the durable one), then per draft in
 the seq, ``XADD`` s the entry, evicts the oldest entries past ``max_events`` and
 ``max_bytes`` (the newest is always kept) and ``PUBLISH`` es the publication on the
 topic's channel ``P:c:TOPIC``, all in one atomic step: seqs are gapless across every
-process and a publication is in history before anyone is notified (items 1, 2). Age
+process and a publication is in history before anyone is notified (items 1, 2). A draft
+with a producer (item 9) or a condition (``expect_last_seq``, item 10) makes the batch
+take the script's long form: a producer's retry, or a draft whose condition fails (the
+topic's seq at that point is not the expected one), is answered without being appended. Age
 (``max_age``) is applied by :meth:`RedisBroker.trim`, another script.
 
 Notifications use plain pub/sub: ``SUBSCRIBE P:c:TOPIC`` per listened topic and

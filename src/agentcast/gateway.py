@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from agentcast.brokers import Broker, create_broker
-from agentcast.brokers.base import Draft, Duplicate
+from agentcast.brokers.base import Conflict, Draft, Duplicate
 from agentcast.cluster import ClusterState, TopicPresence, create_cluster_state
 from agentcast.codes import CLOSE_CODES, CloseCode, ErrorCode
 from agentcast.core.checks import Validator as CoreValidator
@@ -215,6 +215,13 @@ class Gateway:
         self.stats = Stats()
         self.observers: list[Callable[[Publication], None]] = []
         """Called with every publication this node receives, before local fan-out."""
+        self.publish_observers: list[Callable[[Publication], None]] = []
+        """Called with every publication this node itself published (the broker assigned
+        its seq: not a duplicate nor a conflict), once the broker answered; after the
+        :attr:`observers` when the broker delivers synchronously, in either order
+        otherwise (the notification of a remote broker may come before or after its
+        answer). What tells a node's own publications from the other nodes' (the runs
+        feature records only its own in the run store)."""
         self.validators: list[Validator] = []
         """Checks run on every published event's ``data`` (see :meth:`add_validator`)."""
         self.server_prefixes: set[str] = set()
@@ -736,8 +743,14 @@ class Gateway:
         *,
         producer: str | None = None,
         producer_seq: int | None = None,
+        expect_last_seq: int | None = None,
     ) -> Publication:
         """Publish one event; returns it with its assigned ``seq``.
+
+        With ``expect_last_seq`` (a conditional publish, broker contract item 10) the
+        event is published only if the topic's last seq is still that one, on every
+        node; otherwise nothing is published and it returns a
+        :class:`~agentcast.brokers.base.Conflict` with the topic's actual last seq.
 
         With ``producer`` and ``producer_seq`` (an idempotent producer, broker contract
         item 9) a retry of an event already published (by this process or another) is
@@ -759,11 +772,17 @@ class Gateway:
         publish_now = self._publish_now
         if producer is not None or producer_seq is not None:
             self.check_producer(producer, producer_seq)
-            return await self._enqueue(topic, type, payload, producer, producer_seq)
+            return await self._enqueue(
+                topic, type, payload, producer, producer_seq, expect_last_seq
+            )
+        if expect_last_seq is not None:
+            return await self._enqueue(topic, type, payload, None, None, expect_last_seq)
         if publish_now is None:
             return await self._enqueue(topic, type, payload)
         pub = publish_now(topic, type, payload, time.time())
         self.stats.published += 1
+        for own in self.publish_observers:
+            own(pub)
         self._events_since_yield += 1
         pushes = self.hub.pushes
         if (
@@ -809,11 +828,14 @@ class Gateway:
             return self._enqueue(topic, type, payload)
         future: asyncio.Future[Publication] = self._loop.create_future()
         try:
-            future.set_result(publish_now(topic, type, payload, time.time()))
+            pub = publish_now(topic, type, payload, time.time())
         except BrokerError as exc:
             future.set_exception(exc)
         else:
+            future.set_result(pub)
             self.stats.published += 1
+            for own in self.publish_observers:
+                own(pub)
         return future
 
     def _enqueue(
@@ -823,12 +845,13 @@ class Gateway:
         payload: bytes,
         producer: str | None = None,
         producer_seq: int | None = None,
+        expect_last_seq: int | None = None,
     ) -> asyncio.Future[Publication]:
         """Queue one checked event for the next batch; start the batch sender if idle."""
         if self._loop is None:
             raise BrokerError("gateway not started")
         future: asyncio.Future[Publication] = self._loop.create_future()
-        draft = Draft(topic, type, payload, time.time(), producer, producer_seq)
+        draft = Draft(topic, type, payload, time.time(), producer, producer_seq, expect_last_seq)
         self._batch.append((draft, future))
         if self._batching is None:
             # its first step runs after the current callbacks: it takes this iteration's
@@ -871,7 +894,12 @@ class Gateway:
                         if not future.done():
                             future.set_exception(error)
                     continue
-                self.stats.published += len(pubs) - sum(type(p) is Duplicate for p in pubs)
+                self.stats.published += sum(type(p) not in (Duplicate, Conflict) for p in pubs)
+                if self.publish_observers:
+                    for pub in pubs:
+                        if type(pub) not in (Duplicate, Conflict):
+                            for own in self.publish_observers:
+                                own(pub)
                 for (_, future), pub in zip(batch, pubs, strict=True):
                     if not future.done():
                         future.set_result(pub)
@@ -897,6 +925,8 @@ class Gateway:
             raise BrokerError("this broker publishes asynchronously: use publish_nowait()")
         pub = publish_now(topic, type, self.check_event(topic, type, data), time.time())
         self.stats.published += 1
+        for own in self.publish_observers:
+            own(pub)
         return pub
 
     def publish_threadsafe(

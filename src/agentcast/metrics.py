@@ -238,8 +238,33 @@ class GatewayCollector(Collector):
                 value=usage.get("budget", 0),
             )
 
+        yield from self._runs()
+
         # -- chat / LLM --------------------------------------------------------------
         yield from self._llm()
+
+    def _runs(self) -> Iterator[Metric]:
+        counters = getattr(self.gateway.features.get("runs"), "counters", None)
+        if not isinstance(counters, dict):
+            return
+        events = CounterMetricFamily(
+            "agentcast_run_events_stored",
+            "Run events this node wrote to the run store: `recorded` (published here), "
+            "`filled` (missing after a run ended, from the broker's history).",
+            labels=["source"],
+        )
+        events.add_metric(["recorded"], counters.get("recorded", 0))
+        events.add_metric(["filled"], counters.get("filled", 0))
+        yield events
+        seals = CounterMetricFamily(
+            "agentcast_run_seals",
+            "publisher_lost seals of lapsed runs tried here: `sealed`, or `conflict` "
+            "(another node sealed it, or its producer published meanwhile).",
+            labels=["outcome"],
+        )
+        seals.add_metric(["sealed"], counters.get("seals", 0))
+        seals.add_metric(["conflict"], counters.get("seal_conflicts", 0))
+        yield seals
 
     def _llm(self) -> Iterator[Metric]:
         chat = self.gateway.features.get("chat")

@@ -694,3 +694,87 @@ async def test_an_idle_producer_is_forgotten_after_producer_ttl_redis() -> None:
         await broker.stop()
         await r.aclose()
         await delete_prefix(url, prefix)
+
+
+# -- 10. conditional publishes ----------------------------------------------------------------
+
+
+def _x(topic: str, expect: int, k: int = 0) -> Draft:
+    return Draft(topic, "e", b'{"k":%d}' % k, 1.0, expect_last_seq=expect)
+
+
+async def test_a_conditional_publish_is_made_only_on_the_expected_last_seq(nodes: Nodes) -> None:
+    await nodes.sub.listen("cx")
+    await nodes.pub.publish_many([Draft("cx", "e", b"{}", 1.0)] * 2)
+    made = (await nodes.pub.publish_many([_x("cx", 2, k=1)]))[0]
+    assert type(made) is Publication and made.seq == 3
+    refused = (await nodes.sub.publish_many([_x("cx", 2, k=2)]))[0]  # the other node, late
+    assert isinstance(refused, contract.Conflict)
+    assert (refused.topic, refused.seq, refused.epoch) == ("cx", 3, made.epoch)
+    assert refused.data == b'{"k":2}'
+    final = await nodes.pub.publish("cx", "e", b"{}", 1.0)
+    await nodes.rec.wait_for(lambda: final.seq in nodes.rec.seqs("cx"))
+    assert nodes.rec.seqs("cx") == [1, 2, 3, 4]  # nobody notified of the conflict
+    page = await nodes.sub.history("cx", 0)
+    assert [p.seq for p in page.publications] == [1, 2, 3, 4]
+    assert page.publications[2].data == b'{"k":1}'
+
+
+async def test_a_conditional_publish_on_a_new_topic_expects_zero(nodes: Nodes) -> None:
+    refused = (await nodes.pub.publish_many([_x("cn", 5)]))[0]
+    assert isinstance(refused, contract.Conflict) and refused.seq == 0
+    assert (await nodes.sub.history("cn", 0)).last_seq == 0  # nothing made
+    made = (await nodes.sub.publish_many([_x("cn", 0)]))[0]
+    assert type(made) is Publication and made.seq == 1
+
+
+async def test_conditions_in_a_batch_see_the_drafts_before_them(nodes: Nodes) -> None:
+    pubs = await nodes.pub.publish_many(
+        [_x("cb", 0), Draft("cb", "e", b"{}", 1.0), _x("cb", 2), _x("cb", 2), _x("cd", 0)]
+    )
+    assert [type(p).__name__ for p in pubs] == [
+        "Publication",
+        "Publication",
+        "Publication",
+        "Conflict",
+        "Publication",
+    ]
+    assert [(p.topic, p.seq) for p in pubs] == [
+        ("cb", 1),
+        ("cb", 2),
+        ("cb", 3),
+        ("cb", 3),
+        ("cd", 1),
+    ]
+    assert [p.seq for p in (await nodes.sub.history("cb", 0)).publications] == [1, 2, 3]
+
+
+async def test_a_refused_condition_does_not_count_for_its_producer(nodes: Nodes) -> None:
+    await nodes.pub.publish("cp", "e", b"{}", 1.0)
+    cond = Draft("cp", "e", b"{}", 1.0, "prod-c", 1, expect_last_seq=0)
+    assert isinstance((await nodes.pub.publish_many([cond]))[0], contract.Conflict)
+    again = (await nodes.sub.publish_many([cond._replace(expect_last_seq=1)]))[0]
+    assert type(again) is Publication and again.seq == 2  # not taken for a retry
+    retry = (await nodes.pub.publish_many([cond._replace(expect_last_seq=1)]))[0]
+    assert isinstance(retry, contract.Duplicate) and retry.seq == 2  # a retry, answered so
+
+
+async def test_of_conditional_publishes_racing_on_two_nodes_exactly_one_is_made(
+    backend: Callable[[HistoryLimits], Backend],
+) -> None:
+    n = await open_nodes(backend(HistoryLimits(max_events=1000)), two=True)
+    try:
+        await n.pub.publish_many([Draft("cr", "e", b"{}", 1.0)] * 3)
+        for round in range(5):
+            last = 3 + round
+            answers = await asyncio.gather(
+                *(b.publish_many([_x("cr", last, k=i)]) for i in range(8) for b in (n.pub, n.sub))
+            )
+            kinds = [type(a[0]) for a in answers]
+            assert kinds.count(Publication) == 1, kinds
+            assert kinds.count(contract.Conflict) == 15
+            assert {a[0].seq for a in answers} == {last + 1}
+        assert (await n.sub.history("cr", 0)).last_seq == 8
+    finally:
+        await n.pub.stop()
+        await n.sub.stop()

@@ -93,6 +93,20 @@ broker's type, no optional attribute looked up. A broker guarantees:
    as history: a broker server that lost its data lost it too (and the topics' epochs
    changed).
 
+10. **Conditional publishes.** A draft may carry ``expect_last_seq``: it is published only
+    if the topic's last assigned seq, at that draft's place in the serialized order
+    (after the drafts before it in its batch), is still exactly that number, across every
+    process sharing the backend; otherwise nothing is appended, nobody is notified, and
+    :meth:`Broker.publish_many` returns a :class:`Conflict` in its place, carrying the
+    topic's actual last seq (and its epoch). The check and the append are one atomic
+    step: of N processes publishing with the same ``expect_last_seq``, exactly one
+    succeeds. A topic never published has last seq 0. Used by the runs feature to seal a
+    lapsed run with ``publisher_lost`` once per deployment (the seal expects the last seq
+    the node folded: of the nodes racing, one wins; an event of the producer that arrived
+    meanwhile makes every seal fail). With a producer (item 9), a retry is answered as a
+    :class:`Duplicate` first; a draft refused by its condition does not count as
+    published for its producer.
+
 The listener is called from the event loop thread, never concurrently with itself; an
 in-process broker may call it from within ``publish``. It must not raise.
 """
@@ -111,6 +125,7 @@ __all__ = [
     "PRODUCER_TTL",
     "PRODUCER_WINDOW",
     "Broker",
+    "Conflict",
     "Draft",
     "Duplicate",
     "Listener",
@@ -139,7 +154,8 @@ class Draft(NamedTuple):
 
     ``data`` is the JSON encoding of the event's data object; ``at`` the publish time
     (seconds since the epoch). ``producer`` and ``producer_seq`` (both or neither) make
-    the publish idempotent (contract item 9).
+    the publish idempotent (contract item 9); ``expect_last_seq`` makes it conditional
+    (contract item 10).
     """
 
     topic: str
@@ -148,6 +164,7 @@ class Draft(NamedTuple):
     at: float
     producer: str | None = None
     producer_seq: int | None = None
+    expect_last_seq: int | None = None
 
 
 class Duplicate(Publication):
@@ -155,6 +172,15 @@ class Duplicate(Publication):
     (contract item 9): the original publication's ``topic``, ``seq`` and ``epoch`` (``seq``
     0 when older than :data:`PRODUCER_WINDOW`), with the retry's ``type`` and ``data``.
     Nothing was published for it."""
+
+    __slots__ = ()
+
+
+class Conflict(Publication):
+    """What :meth:`Broker.publish_many` returns for a draft whose ``expect_last_seq`` was
+    not the topic's last seq (contract item 10): ``seq`` is the topic's actual last seq
+    (0: never published), ``epoch`` its epoch (meaningful when ``seq`` > 0), with the
+    draft's ``type`` and ``data``. Nothing was published for it."""
 
     __slots__ = ()
 

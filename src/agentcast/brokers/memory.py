@@ -25,6 +25,7 @@ from agentcast.brokers.base import (
     PRODUCER_TTL,
     PRODUCER_WINDOW,
     Broker,
+    Conflict,
     Draft,
     Duplicate,
     Listener,
@@ -78,9 +79,12 @@ class MemoryBackend:
         self._lost = True
 
     def publish_draft(self, d: Draft) -> Publication:
-        """:meth:`publish` of one draft, deduplicated by its producer (contract item 9)."""
+        """:meth:`publish` of one draft, deduplicated by its producer (contract item 9),
+        under its condition (``expect_last_seq``, contract item 10)."""
         producer = d.producer
         if producer is None or d.producer_seq is None:
+            if d.expect_last_seq is not None and (conflict := self.conflict(d)) is not None:
+                return conflict
             return self.publish(d.topic, d.type, d.data, d.at)
         pseq = d.producer_seq
         state = self.producers.get(producer)
@@ -93,6 +97,8 @@ class MemoryBackend:
             return Duplicate(
                 orig.topic, orig.seq, d.type, d.data, format_timestamp(d.at), d.at, orig.epoch
             )
+        if d.expect_last_seq is not None and (conflict := self.conflict(d)) is not None:
+            return conflict
         pub = self.publish(d.topic, d.type, d.data, d.at)
         state.last = pseq
         state.touched = d.at
@@ -102,6 +108,18 @@ class MemoryBackend:
         while (oldest := next(iter(window))) <= horizon:
             del window[oldest]
         return pub
+
+    def conflict(self, d: Draft) -> Conflict | None:
+        """A :class:`Conflict` when ``d.topic``'s last seq is not ``d.expect_last_seq``."""
+        history = self.histories.get(d.topic)
+        if history is not None:
+            last, epoch = history.last_seq, history.epoch
+        else:
+            last = self.numbering.get(d.topic, 0)
+            epoch = DURABLE_EPOCH if last else ""
+        if last == d.expect_last_seq:
+            return None
+        return Conflict(d.topic, last, d.type, d.data, format_timestamp(d.at), d.at, epoch)
 
     def new_history(self, topic: str) -> History:
         last = self.numbering.pop(topic, None)
@@ -262,7 +280,9 @@ class MemoryBroker(Broker):
         publish = self.backend.publish
         draft = self.backend.publish_draft
         return [
-            publish(d.topic, d.type, d.data, d.at) if d.producer is None else draft(d)
+            publish(d.topic, d.type, d.data, d.at)
+            if d.producer is None and d.expect_last_seq is None
+            else draft(d)
             for d in drafts
         ]
 

@@ -34,7 +34,10 @@ with the caller's random epoch candidate, or the durable one), then per draft in
 the seq, ``XADD`` s the entry, evicts the oldest entries past ``max_events`` and
 ``max_bytes`` (the newest is always kept) and ``PUBLISH`` es the publication on the
 topic's channel ``P:c:TOPIC``, all in one atomic step: seqs are gapless across every
-process and a publication is in history before anyone is notified (items 1, 2). Age
+process and a publication is in history before anyone is notified (items 1, 2). A draft
+with a producer (item 9) or a condition (``expect_last_seq``, item 10) makes the batch
+take the script's long form: a producer's retry, or a draft whose condition fails (the
+topic's seq at that point is not the expected one), is answered without being appended. Age
 (``max_age``) is applied by :meth:`RedisBroker.trim`, another script.
 
 Notifications use plain pub/sub: ``SUBSCRIBE P:c:TOPIC`` per listened topic and
@@ -88,6 +91,7 @@ from agentcast.brokers.base import (
     PRODUCER_TTL,
     PRODUCER_WINDOW,
     Broker,
+    Conflict,
     Draft,
     Duplicate,
     Listener,
@@ -133,7 +137,7 @@ for j = base + 5, #ARGV, stride do
   local ti, typ, data, at = tonumber(ARGV[j]), ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
   local stream, name = KEYS[3 + 2 * ti], names[ti]
   local pk, ps, dup = nil, 0, false
-  if stride == 6 and ARGV[j + 4] ~= '' then
+  if stride == 7 and ARGV[j + 4] ~= '' then
     pk, ps = pp .. ARGV[j + 4], tonumber(ARGV[j + 5])
     local last = plast[pk]
     if last == nil then last = tonumber(redis.call('HGET', pk, 'n') or '0') end
@@ -143,6 +147,13 @@ for j = base + 5, #ARGV, stride do
       local orig = false
       if ps > last - window then orig = redis.call('HGET', pk, tostring(ps)) end
       out[#out + 1] = orig or '0'
+    end
+  end
+  if stride == 7 and not dup then
+    local ex = tonumber(ARGV[j + 6])
+    if ex >= 0 and ex ~= seq[ti] then  -- the condition failed: a conflict, nothing made
+      dup = true
+      out[#out + 1] = -1 - seq[ti]
     end
   end
   if not dup then
@@ -187,10 +198,11 @@ return {out, epochs}
 """
 """KEYS: durable set, ages, empty, then (meta, stream) per topic. ARGV: max_events,
 max_bytes, channel prefix, index hash, topic count, (name, epoch candidate) per topic,
-the stride (4, or 6 with producers), the producer key prefix, the producer TTL (ms), the
-window, then (topic index, type, data, at[, producer or '', producer seq]) per draft.
-Returns (per draft its seq, or for a producer's retry the string 'SEQ EPOCH TOPIC' of the
-original publication, '0' beyond the window; epochs per topic)."""
+the stride (4, or 7 with producers or conditions), the producer key prefix, the producer
+TTL (ms), the window, then (topic index, type, data, at[, producer or '', producer seq,
+expected last seq or -1]) per draft. Returns (per draft its seq, or for a producer's retry
+the string 'SEQ EPOCH TOPIC' of the original publication, '0' beyond the window, or for a
+failed condition -1 - the topic's last seq; epochs per topic)."""
 
 _HISTORY = """
 local m = redis.call('HMGET', KEYS[1], 'seq', 'epoch')
@@ -596,7 +608,7 @@ class RedisBroker(Broker):
         head: list[Any] = []
         tail: list[Any] = []
         ats: list[str] = []
-        producers = any(d.producer is not None for d in drafts)
+        long = any(d.producer is not None or d.expect_last_seq is not None for d in drafts)
         for d in drafts:
             index = topics.get(d.topic)
             if index is None:
@@ -605,22 +617,37 @@ class RedisBroker(Broker):
                 head += (d.topic, secrets.token_hex(4))
             at = repr(float(d.at))
             ats.append(at)
-            if producers:
+            if long:
+                expect = -1 if d.expect_last_seq is None else max(0, d.expect_last_seq)
                 if d.producer is None or d.producer_seq is None:
-                    tail += (index, d.type, d.data, at, "", 0)
+                    tail += (index, d.type, d.data, at, "", 0, expect)
                 else:
-                    tail += (index, d.type, d.data, at, d.producer, d.producer_seq)
+                    tail += (index, d.type, d.data, at, d.producer, d.producer_seq, expect)
             else:
                 tail += (index, d.type, d.data, at)
         limits = self.limits
         args = [limits.max_events, limits.max_bytes, self._chan, self._index, len(topics)]
-        mid = [6 if producers else 4, self._producer, self._producer_ttl_ms, PRODUCER_WINDOW]
+        mid = [7 if long else 4, self._producer, self._producer_ttl_ms, PRODUCER_WINDOW]
         seqs, epochs = await self._call("publish", keys, [*args, *head, *mid, *tail])
         names = list(topics)
         epoch_of = {name: _decode(e) for name, e in zip(names, epochs, strict=True)}
         pubs: list[Publication] = []
         for d, seq, at in zip(drafts, seqs, ats, strict=True):
             when = float(at)
+            if isinstance(seq, int) and seq < 0:  # a failed condition (contract item 10)
+                last = -1 - seq
+                pubs.append(
+                    Conflict(
+                        d.topic,
+                        last,
+                        d.type,
+                        d.data,
+                        format_timestamp(when),
+                        when,
+                        epoch_of[d.topic] if last else "",
+                    )
+                )
+                continue
             if isinstance(seq, bytes):  # a producer's retry: the original publication
                 parts = seq.decode().split(" ", 2)
                 if len(parts) == 3:

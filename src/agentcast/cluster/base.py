@@ -1,6 +1,6 @@
 """The cluster-state contract: what the nodes of one deployment share besides events.
 
-A :class:`ClusterState` holds three things that must hold across every process (node)
+A :class:`ClusterState` holds four things that must hold across every process (node)
 pointed at one broker, not per process:
 
 * **Connections per user.** :meth:`ClusterState.reserve` asks for one more connection of
@@ -21,6 +21,9 @@ pointed at one broker, not per process:
   ones) are subscribed to a topic on the other live nodes (:meth:`ClusterState.presence`);
   this node's own part comes from its hub. A node publishes its part when subscriptions
   change (:meth:`ClusterState.topic_changed`), never per event.
+* **Shared keys** (:attr:`ClusterState.shared`, :mod:`agentcast.cluster.shared`): small
+  values with an expiry, read by every node (run leases renewed through one node,
+  single-use tickets redeemed on another).
 
 Besides, :attr:`ClusterState.work` is the registry of work owned by one node (chat
 generations): acquire, release, control requests to the owner, a dead node's work sealed
@@ -49,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agentcast.cluster.queue import FairQueue, UpstreamQueue
+from agentcast.cluster.shared import MemoryKeys, SharedKeys
 from agentcast.cluster.work import MemoryWork, OwnedWork
 
 __all__ = ["ClusterState", "LocalView", "TopicPresence", "new_node_id"]
@@ -119,6 +123,9 @@ class ClusterState(ABC):
         """Backend failures so far (each one logged; the connection path failed open)."""
         self.work: OwnedWork = MemoryWork(self.node)
         """Work owned by one node (chat generations): :mod:`agentcast.cluster.work`."""
+        self.shared: SharedKeys = MemoryKeys()
+        """Small values with an expiry every node reads (run leases, tickets):
+        :mod:`agentcast.cluster.shared`. In process here; in Redis for a distributed state."""
 
     async def start(self, view: LocalView) -> None:  # noqa: B027 - optional hook
         """Start heartbeats and syncing for the node ``view``; raises

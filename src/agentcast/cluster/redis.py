@@ -57,6 +57,7 @@ from redis.exceptions import RedisError
 
 from agentcast.cluster.base import ClusterState, LocalView, TopicPresence
 from agentcast.cluster.queue import FairQueue, RedisQueues, UpstreamQueue
+from agentcast.cluster.shared import RedisKeys
 from agentcast.cluster.work import RedisWork
 from agentcast.errors import BrokerError
 from agentcast.security.secrets import redact_url
@@ -217,6 +218,7 @@ class RedisClusterState(ClusterState):
         self.sync_interval = min(sync_interval, heartbeat)
         self.timeout = timeout
         self.base = "{" + self.prefix + "}"
+        self.shared = RedisKeys(self.url, self.base, timeout=timeout)
         self.k_nodes = f"{self.base}:nodes"
         self.k_conns = f"{self.base}:conns:{self.node}"
         self.k_presence = f"{self.base}:presence:{self.node}"
@@ -321,6 +323,7 @@ class RedisClusterState(ClusterState):
         if self._subscriber is not None:
             await self._subscriber.aclose()
         self._client = self._subscriber = None
+        await self.shared.close()
 
     def _keys(self) -> list[str]:
         return [self.k_nodes, self.k_conns, self.k_presence]

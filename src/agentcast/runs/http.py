@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from agentcast.codes import ErrorCode
 from agentcast.core.frames import valid_topic
-from agentcast.errors import CommandError
+from agentcast.errors import BrokerError, CommandError
 from agentcast.gateway import Gateway
 from agentcast.policy import Principal
 from agentcast.runs.engine import WorkflowRun
@@ -174,7 +174,13 @@ def runs_router(gateway: Gateway, runs: Runs) -> APIRouter:
         principal = await principal_of(gateway, request)
         if not await gateway.may_publish(principal, topic):
             raise http_error(403, ErrorCode.FORBIDDEN, f"may not renew the lease of {topic!r}")
-        return LeaseOut(topic=topic, ttl=runs.renew(topic, body.ttl))
+        try:
+            ttl = await runs.renew_everywhere(topic, body.ttl)
+        except BrokerError as exc:
+            raise http_error(
+                503, ErrorCode.UNAVAILABLE, f"lease renewed on this node only: {exc}"
+            ) from exc
+        return LeaseOut(topic=topic, ttl=ttl)
 
     @router.get("/api/runs", response_model=RunPage)
     async def list_runs(

@@ -8,14 +8,28 @@ listens to every ``execution:`` and ``workflow:`` topic and:
 * folds each publication into a :class:`~agentcast.runs.state.RunState` and answers the
   gateway's snapshot requests with ``(seq, state)``; it keeps at most ``max_runs``
   states, forgetting finished runs first (the run store has them all);
-* records every run event in the run store (when one is given) and serves the store as
+* records the run events **this node published** in the run store (when one is given;
+  each event is written by one node: the one whose broker assigned its seq, told by the
+  gateway's :attr:`~agentcast.gateway.Gateway.publish_observers`), and serves the store as
   the history of run topics where the broker's no longer reaches back, so a client that
-  had seq N before a restart resumes at N+1 with ``recovered: true``;
+  had seq N before a restart resumes at N+1 with ``recovered: true``. The node that
+  records a run's terminal event checks, ``fill_delay`` seconds later, that the store
+  holds every seq of the run and writes the missing ones from the broker's history (a
+  node that died before its recorder flushed);
 * keeps a **lease** per unfinished run: every event of the run renews it for
-  ``run_lease_ttl`` seconds, a producer can renew it explicitly (``lease`` command,
-  ``PUT /api/runs/{run}/lease``, or a tracker doing it for you) with its own TTL. When a
-  lease lapses, the gateway itself appends a terminal ``publisher_lost`` event, so
-  dashboards and history show what happened instead of a run "running" for ever;
+  ``run_lease_ttl`` seconds (on every node: every node folds every event), a producer can
+  renew it explicitly (``lease`` command, ``PUT /api/runs/{run}/lease``, or a tracker
+  doing it for you) with its own TTL, which a distributed cluster state shares with every
+  node (a shared key ``lease:<topic>`` expiring with the lease). When a lease lapses on a
+  node that sees no shared renewal either, the node appends a terminal
+  ``publisher_lost`` event **conditionally** (``expect_last_seq``, broker contract item
+  10: only if the run's last seq is still the last one it folded), so of N nodes racing
+  exactly one seals the run, and a producer event that arrived meanwhile makes every
+  seal fail (the lease is renewed instead): dashboards and history show what happened
+  instead of a run "running" for ever;
+* folds every run from its first event on every node: a node that sees a run's events
+  from the middle (started later, or a notification lost) reads the missing ones from
+  history first, so a late joiner gets the same snapshot on every node;
 * records each run's **owner** (the principal that executed it or published its first
   event, or the ``owner`` that event names; None for runs the server makes), in memory
   and in the run store, and answers the gateway's owner lookups of run topics (the
@@ -31,6 +45,7 @@ listens to every ``execution:`` and ``workflow:`` topic and:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -40,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import Field
 
+from agentcast.brokers.base import Conflict
 from agentcast.codes import ErrorCode
 from agentcast.core.envelope import Publication
 from agentcast.core.frames import TOPIC_PATTERN, ClientCommand
@@ -121,6 +137,27 @@ class Runs:
         self.recorder: RunRecorder | None = None
         self.workflows = workflows if workflows is not None else WorkflowRegistry()
         """Workflows the built-in engine runs on ``POST /api/workflows/{id}/execute``."""
+        self.fill_delay = 2.0
+        """Seconds after recording a run's terminal event before checking the store holds
+        every seq of the run (the other nodes' recorders flush every 0.2 s)."""
+        self.counters = {
+            "recorded": 0,
+            "filled": 0,
+            "seals": 0,
+            "seal_conflicts": 0,
+            "catch_ups": 0,
+        }
+        """For ``/metrics``: run events this node recorded (its own publications), events
+        filled from the broker's history, ``publisher_lost`` seals made, seals refused
+        (another node sealed, or the producer published meanwhile), runs folded again
+        from history (seen from the middle)."""
+        self._mine: dict[str, dict[int, Publication]] = {}
+        """Run topic -> this node's own publications not folded yet (recorded once folded,
+        so that the summary written after them includes them)."""
+        self._catching: dict[str, tuple[asyncio.Task[None], list[Publication]]] = {}
+        """Run topic -> the task folding it again from history, and the live events
+        that arrived meanwhile."""
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def install(self, gateway: Gateway) -> None:
         """Observe ``gateway``'s publications, validate run events, serve snapshots and
@@ -133,6 +170,7 @@ class Runs:
         self.gateway = gateway
         self.default_ttl = gateway.settings.run_lease_ttl
         gateway.observers.append(self.observe)
+        gateway.publish_observers.append(self.published)
         gateway.add_validator(self.check_event)
         gateway.add_snapshot_provider(RUN_PREFIXES, self.snapshot_async)
         for prefix in RUN_PREFIXES:
@@ -224,16 +262,135 @@ class Runs:
         if pub.seq == 1 and topic not in self.owners:  # the topic's first event
             named = data.get("owner")
             self._own(topic, named if isinstance(named, str) else self.publishers.get(topic))
+        catching = self._catching.get(topic)
+        if catching is not None:
+            catching[1].append(pub)
+        elif pub.seq > state.seq + 1:
+            self._catch_up(topic, pub)  # seen from the middle: fold it from history
         state.apply(pub.seq, pub.type, data, pub.timestamp)
         if pub.type == "workflow_start" and self.starting.get(topic) == state.execution_id:
             del self.starting[topic]  # the fold knows the run now
-        if self.recorder is not None:
-            self.recorder.record(pub)
+        if topic in self._mine:
+            self._record_mine(topic, state.seq)
         if state.finished:
             self.leases.pop(topic, None)
         else:
             ttl = self.leases.get(topic, (0.0, self.default_ttl))[1]
             self.leases[topic] = (time.monotonic() + ttl, ttl)
+
+    def published(self, pub: Publication) -> None:
+        """The gateway's publish observer: a run event this node published is recorded
+        in the run store (by this node only), once folded."""
+        topic = pub.topic
+        if self.recorder is None or not topic.startswith(RUN_PREFIXES) or run_kind(topic) is None:
+            return
+        state = self.states.get(topic)
+        if state is not None and state.seq >= pub.seq:  # folded already (a local broker)
+            self._record(pub, state)
+        else:  # the notification comes later (a remote broker): recorded when folded
+            mine = self._mine.setdefault(topic, {})
+            mine[pub.seq] = pub
+            if len(mine) > 10_000:  # notifications that never came: record them anyway
+                self._record_mine(topic, pub.seq)
+
+    def _record_mine(self, topic: str, upto: int) -> None:
+        """Record this node's publications of ``topic`` up to seq ``upto``."""
+        mine = self._mine.get(topic)
+        if not mine:
+            self._mine.pop(topic, None)
+            return
+        state = self.states.get(topic)
+        for seq in sorted(q for q in mine if q <= upto):
+            pub = mine.pop(seq)
+            if state is not None:
+                self._record(pub, state)
+            elif self.recorder is not None:
+                self.recorder.record(pub)
+                self.counters["recorded"] += 1
+        if not mine:
+            del self._mine[topic]
+
+    def _record(self, pub: Publication, state: RunState) -> None:
+        assert self.recorder is not None
+        self.recorder.record(pub)
+        self.counters["recorded"] += 1
+        if state.finished and pub.seq == state.seq:  # this node published the run's end
+            self._spawn(self._fill(pub.topic))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self, topic: str) -> int:
+        """After a run ended: write the seqs the run store lacks from the broker's
+        history (a node that published them died before its recorder flushed); returns
+        how many. The store's append is idempotent, so a fill racing a slow recorder
+        writes a few events twice at worst, never wrong ones."""
+        assert self.gateway is not None
+        if self.store is None or self.recorder is None:
+            return 0
+        await asyncio.sleep(self.fill_delay)
+        state = self.states.get(topic)
+        if state is None:
+            return 0
+        upto = state.seq
+        try:
+            await self.recorder.flush()
+            stored = {e.seq for e in await self.store.events(topic, 0, upto)}
+            missing = [seq for seq in range(1, upto + 1) if seq not in stored]
+            if not missing:
+                return 0
+            page = await self.gateway.broker.history(topic, missing[0] - 1)
+        except (StoreError, BrokerError) as exc:
+            logger.warning("run %s not checked for missing events: %s", topic, exc)
+            return 0
+        wanted = set(missing)
+        found = [p for p in page.publications if p.seq in wanted]
+        for pub in found:
+            self.recorder.record(pub)
+        self.counters["filled"] += len(found)
+        logger.warning(
+            "run %s: %d events missing in the run store (a node died before recording "
+            "them?): %d written from the broker's history",
+            topic,
+            len(missing),
+            len(found),
+            extra={"topic": topic},
+        )
+        return len(found)
+
+    def _catch_up(self, topic: str, pub: Publication | None) -> None:
+        """``topic`` is seen from the middle (this node started later, or lost a
+        notification): fold it again from its history, then the live events that
+        arrive meanwhile (:meth:`snapshot_async` waits for it)."""
+        if self.gateway is None:
+            return
+        self.counters["catch_ups"] += 1
+        task = asyncio.get_running_loop().create_task(self._refold(topic))
+        self._catching[topic] = (task, [pub] if pub is not None else [])
+
+    async def _refold(self, topic: str) -> None:
+        assert self.gateway is not None
+        try:
+            page = await self.gateway.history(topic, 0)
+        except (BrokerError, StoreError) as exc:
+            logger.warning("run %s: history unreadable, folded from the middle: %s", topic, exc)
+            page = None
+        finally:
+            _, buffered = self._catching.pop(topic, (None, []))
+        state = self.states.get(topic)
+        if page is None or state is None:
+            return
+        fresh = RunState(topic, self.max_logs)
+        for p in page.publications:
+            fresh.apply(p.seq, p.type, orjson.loads(p.data), p.timestamp)
+        for p in buffered:
+            fresh.apply(p.seq, p.type, orjson.loads(p.data), p.timestamp)
+        if fresh.seq >= state.seq:
+            self.states[topic] = fresh
+            if fresh.finished:
+                self.leases.pop(topic, None)
 
     def snapshot(self, topic: str) -> tuple[int, dict[str, Any]] | None:
         """``(seq, state)`` of a run topic this registry knows, else None."""
@@ -243,7 +400,13 @@ class Runs:
         return state.seq, state.snapshot()
 
     async def snapshot_async(self, topic: str) -> tuple[int, dict[str, Any]] | None:
-        """:meth:`snapshot`, falling back to the run store for runs no longer in memory."""
+        """:meth:`snapshot`, falling back to the run store for runs no longer in memory;
+        waits (bounded) for a fold from history in progress."""
+        catching = self._catching.get(topic)
+        if catching is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(catching[0])
         found = self.snapshot(topic)
         if found is not None or self.store is None or run_kind(topic) is None:
             return found
@@ -351,12 +514,38 @@ class Runs:
     # -- leases --------------------------------------------------------------------
 
     def renew(self, topic: str, ttl: float | None = None) -> float:
-        """The producer of ``topic`` is alive for ``ttl`` more seconds; returns the ttl."""
+        """The producer of ``topic`` is alive for ``ttl`` more seconds, on this node;
+        returns the ttl. :meth:`renew_everywhere` tells every node."""
         ttl = ttl if ttl is not None else self.default_ttl
         state = self.states.get(topic)
         if state is None or not state.finished:
             self.leases[topic] = (time.monotonic() + ttl, ttl)
         return ttl
+
+    async def renew_everywhere(
+        self, topic: str, ttl: float | None = None, *, strict: bool = True
+    ) -> float:
+        """:meth:`renew`, and on a distributed cluster state the shared key
+        ``lease:<topic>`` (value: the ttl; expiring with the lease) that every node
+        reads before sealing the run: once this returns, no node seals the run before
+        the lease ends. One round trip. Raises :class:`BrokerError` when the key cannot
+        be written (the renewal then holds on this node only), unless ``strict`` is
+        False (a tracker's renewer: logged)."""
+        assert self.gateway is not None
+        ttl = self.renew(topic, ttl)
+        shared = self.gateway.cluster.shared
+        if shared.distributed:
+            try:
+                await shared.put(_lease_key(topic), repr(ttl).encode(), ttl)
+            except BrokerError as exc:
+                if strict:
+                    raise
+                logger.warning("lease of %s renewed on this node only: %s", topic, exc)
+        return ttl
+
+    def tracker_renewer(self, topic: str) -> Awaitable[float]:
+        """What a tracker on this node calls to keep its run's lease (every node)."""
+        return self.renew_everywhere(topic, strict=False)
 
     async def _watch_leases(self) -> None:
         while True:
@@ -364,29 +553,80 @@ class Runs:
             await self.expire(time.monotonic())
 
     async def expire(self, now: float) -> list[str]:
-        """Seal every run whose lease lapsed at ``now`` with ``publisher_lost``."""
+        """Seal every run whose lease lapsed at ``now`` (monotonic) with
+        ``publisher_lost``, unless another node holds a renewal of it (shared key); the
+        seal is conditional on the last seq folded here (broker contract item 10), so
+        one node of the deployment seals. Returns the runs sealed here."""
         assert self.gateway is not None
         lapsed = [t for t, (deadline, _) in self.leases.items() if deadline <= now]
+        if not lapsed:
+            return []
+        shared = self.gateway.cluster.shared
+        if shared.distributed:
+            try:
+                renewed = await shared.read([_lease_key(t) for t in lapsed])
+            except BrokerError as exc:  # cannot tell: look again a little later
+                logger.warning("run leases unreadable, %d seals delayed: %s", len(lapsed), exc)
+                for topic in lapsed:
+                    if topic in self.leases:
+                        self.leases[topic] = (now + 1.0, self.leases[topic][1])
+                return []
+            now = time.monotonic()
+            alive = []
+            for topic, found in zip(lapsed, renewed, strict=True):
+                if found is not None and topic in self.leases:
+                    value, left = found
+                    try:
+                        ttl = float(value)
+                    except ValueError:
+                        ttl = self.leases[topic][1]
+                    self.leases[topic] = (now + left, ttl)  # renewed through another node
+                    alive.append(topic)
+            lapsed = [t for t in lapsed if t not in alive]
+        sealed = []
         for topic in lapsed:
-            _, ttl = self.leases.pop(topic)
+            lease = self.leases.pop(topic, None)
+            if lease is None:
+                continue
+            ttl = lease[1]
             state = self.states.get(topic)
             if state is not None and state.finished:
                 continue
-            await self.gateway.publish(
-                topic,
-                "publisher_lost",
-                {
-                    "reason": "lease expired",
-                    "lease_ttl": ttl,
-                    "last_seq": state.seq if state is not None else None,
-                },
-            )
-        return lapsed
+            last = state.seq if state is not None else None
+            try:
+                pub = await self.gateway.publish(
+                    topic,
+                    "publisher_lost",
+                    {"reason": "lease expired", "lease_ttl": ttl, "last_seq": last},
+                    expect_last_seq=last,
+                )
+            except BrokerError as exc:
+                logger.warning("run %s not sealed, retried later: %s", topic, exc)
+                self.leases.setdefault(topic, (time.monotonic() + 1.0, ttl))
+                continue
+            if isinstance(pub, Conflict):
+                # another node sealed it, or the producer published meanwhile: the run
+                # is alive (its fold renews the lease) or finished (the fold drops it)
+                self.counters["seal_conflicts"] += 1
+                state = self.states.get(topic)
+                if state is None or not state.finished:
+                    self.leases.setdefault(topic, (time.monotonic() + ttl, ttl))
+                if state is not None and pub.seq > state.seq and topic not in self._catching:
+                    self._catch_up(topic, None)  # this node missed events: fold them
+                continue
+            self.counters["seals"] += 1
+            sealed.append(topic)
+        return sealed
 
     async def _cmd_lease(self, session: Session, command: LeaseCommand) -> None:
         assert self.gateway is not None
         await self._authorize(session, command.topic, control=False)
-        ttl = self.renew(command.topic, command.ttl)
+        try:
+            ttl = await self.renew_everywhere(command.topic, command.ttl)
+        except BrokerError as exc:
+            raise CommandError(
+                ErrorCode.UNAVAILABLE, f"lease renewed on this node only: {exc}"
+            ) from exc
         self.gateway.reply(
             session, "lease_renewed", {"topic": command.topic, "ttl": ttl}, id=command.id
         )
@@ -465,6 +705,10 @@ class Runs:
             raise _no_producer(topic)
         if not await self.gateway.may_control(principal, topic):
             raise CommandError(ErrorCode.FORBIDDEN, f"may not control {topic!r}: needs control")
+
+
+def _lease_key(topic: str) -> str:
+    return "lease:" + topic
 
 
 def _no_producer(topic: str) -> CommandError:

@@ -132,7 +132,7 @@ class Tracker:
         publisher's own ``renew_lease(topic)`` (an HTTP publisher in another process)."""
         runs = self._runs()
         if runs is not None:
-            renewer: Callable[[str], Any] = runs.renew
+            renewer: Callable[[str], Any] = runs.tracker_renewer
             return renewer
         renew: Callable[[str], Any] | None = getattr(self.publisher, "renew_lease", None)
         return renew

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Collection
 from agentcast.policy import UNAUTHENTICATED, AuthenticationError, ConnectionRequest, Principal
 from agentcast.security.credentials import token_of
 from agentcast.security.jwt import JwtVerifier
-from agentcast.security.tickets import TicketStore
+from agentcast.security.tickets import Tickets
 
 __all__ = ["JwtAuthenticator", "TokenAuthenticator"]
 
@@ -30,7 +30,7 @@ class TokenAuthenticator:
 
     def __init__(
         self,
-        tickets: TicketStore | None = None,
+        tickets: Tickets | None = None,
         *,
         first_message_paths: Collection[str] = ("/ws",),
     ) -> None:
@@ -63,7 +63,7 @@ class JwtAuthenticator(TokenAuthenticator):
     def __init__(
         self,
         verifier: JwtVerifier,
-        tickets: TicketStore | None = None,
+        tickets: Tickets | None = None,
         *,
         first_message_paths: Collection[str] = ("/ws",),
     ) -> None:

@@ -6,7 +6,8 @@ authentication and token refresh; and the application's own policy (``--auth``).
 * the authenticator the settings configure (:class:`~agentcast.security.JwtAuthenticator`)
   when the gateway has none of its own;
 * the ``auth`` and ``auth:refresh`` commands (:class:`~agentcast.security.protocol.AuthCommand`);
-* ``POST /api/tickets``;
+* ``POST /api/tickets`` (tickets in memory, or in the cluster state's shared keys when
+  it is distributed: issued by one node, redeemed once on any);
 * redaction of tokens and tickets in uvicorn's logs.
 
 :func:`application_policy` loads ``settings.auth`` (``package.module:factory``).
@@ -21,14 +22,14 @@ from fastapi import APIRouter, Request
 
 from agentcast.codes import CloseCode, ErrorCode
 from agentcast.core.envelope import format_timestamp
-from agentcast.errors import CommandError, ConfigError
+from agentcast.errors import BrokerError, CommandError, ConfigError
 from agentcast.plugin import GatewayFeature
 from agentcast.policy import UNAUTHENTICATED, AuthenticationError, ConnectionRequest, resolve
 from agentcast.security.authenticator import JwtAuthenticator, TokenAuthenticator
 from agentcast.security.credentials import install_redaction
 from agentcast.security.jwt import JwtVerifier
 from agentcast.security.protocol import AuthCommand, TicketOut
-from agentcast.security.tickets import TicketStore
+from agentcast.security.tickets import ClusterTicketStore, Tickets, TicketStore
 from agentcast.web import http_error, principal_of
 
 if TYPE_CHECKING:
@@ -48,10 +49,13 @@ class Security(GatewayFeature):
     name = "security"
 
     def __init__(
-        self, authenticator: TokenAuthenticator | None = None, tickets: TicketStore | None = None
+        self, authenticator: TokenAuthenticator | None = None, tickets: Tickets | None = None
     ) -> None:
         self.authenticator = authenticator
         self.tickets = tickets if tickets is not None else getattr(authenticator, "tickets", None)
+        self._settings_tickets = False
+        """The tickets are :meth:`from_settings`' in-memory store: on a distributed
+        cluster state, :meth:`install` replaces it by the cluster's."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Security:
@@ -62,10 +66,18 @@ class Security(GatewayFeature):
         tickets = TicketStore(settings.ticket_ttl)
         paths = ("/ws",) if settings.auth_timeout > 0 else ()
         verifier = JwtVerifier.from_settings(settings)
-        return cls(JwtAuthenticator(verifier, tickets, first_message_paths=paths), tickets)
+        made = cls(JwtAuthenticator(verifier, tickets, first_message_paths=paths), tickets)
+        made._settings_tickets = True
+        return made
 
     def install(self, gateway: Gateway) -> None:
         super().install(gateway)
+        shared = gateway.cluster.shared
+        if self._settings_tickets and shared.distributed and self.tickets is not None:
+            # across nodes: a ticket issued here opens a WebSocket on any node, once
+            self.tickets = ClusterTicketStore(shared, self.tickets.ttl)
+            if self.authenticator is not None:
+                self.authenticator.tickets = self.tickets
         if self.authenticator is not None and gateway.open_mode:
             gateway.authenticator = self.authenticator
         gateway.add_command(AuthCommand, "auth", "auth:refresh", handler=self._auth)
@@ -140,7 +152,13 @@ class Security(GatewayFeature):
                 raise http_error(
                     404, ErrorCode.NOT_FOUND, "tickets need the JWT authenticator (jwt_* settings)"
                 )
-            return TicketOut(ticket=tickets.issue(principal), expires_in=tickets.ttl)
+            try:
+                ticket = await resolve(tickets.issue(principal))
+            except BrokerError as exc:
+                raise http_error(
+                    503, ErrorCode.UNAVAILABLE, f"tickets unavailable: {exc}"
+                ) from None
+            return TicketOut(ticket=ticket, expires_in=tickets.ttl)
 
         return router
 

@@ -1,20 +1,47 @@
 """Single-use WebSocket tickets: ``POST /api/tickets`` trades a token for one.
 
 A ticket opens one WebSocket (``/ws?ticket=…``) within ``ticket_ttl`` seconds (60 by
-default) and never again, so that no long-lived token sits in a browser's URL. The store
-is in memory, per process: a ticket works on the node that issued it (a shared store
-arrives with the Redis broker).
+default) and never again, so that no long-lived token sits in a browser's URL.
+
+:class:`TicketStore` keeps them in memory: one process (``memory://``).
+:class:`ClusterTicketStore` keeps them in the cluster state's shared keys
+(:mod:`agentcast.cluster.shared`; on Redis a ``SET PX`` per ticket issued and a
+``GETDEL`` per ticket redeemed): a ticket issued by any node opens a WebSocket on any
+node, once across the cluster (two nodes redeeming one ticket at once: exactly one
+succeeds). The security feature picks the cluster store when the gateway's cluster state
+is distributed (``cluster_url`` on Redis).
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from types import MappingProxyType
+from typing import Any, Protocol
 
+import orjson
+
+from agentcast.cluster.shared import SharedKeys
+from agentcast.errors import BrokerError
 from agentcast.policy import AuthenticationError, Principal
 
-__all__ = ["TicketStore"]
+__all__ = ["ClusterTicketStore", "TicketStore", "Tickets"]
+
+
+class Tickets(Protocol):
+    """What the ``POST /api/tickets`` route and the authenticator need of a ticket store."""
+
+    ttl: float
+
+    def issue(self, principal: Principal) -> str | Awaitable[str]:
+        """A new ticket for ``principal``, valid for :attr:`ttl` seconds, once."""
+        ...
+
+    def redeem(self, ticket: str) -> Principal | Awaitable[Principal]:
+        """The principal of ``ticket``, used up; raise :class:`AuthenticationError`."""
+        ...
 
 
 class TicketStore:
@@ -62,3 +89,66 @@ class TicketStore:
         if self._clock() >= expires:
             raise AuthenticationError("invalid ticket: expired")
         return principal
+
+
+class ClusterTicketStore:
+    """Tickets in the cluster's shared keys: issued on any node, redeemed once on any.
+
+    Each ticket is stored under ``ticket:<sha256 of the ticket>`` (the key does not
+    reveal the ticket) with the principal as JSON, expiring after :attr:`ttl`.
+    :meth:`redeem` takes it (atomic get-and-delete), so reuse on any node is refused.
+    When the backend is unreachable, issuing raises
+    :class:`~agentcast.errors.BrokerError` and redeeming refuses (HTTP 503): a ticket
+    that cannot be checked never opens a connection.
+    """
+
+    def __init__(self, keys: SharedKeys, ttl: float = 60.0) -> None:
+        self.keys = keys
+        self.ttl = ttl
+
+    @staticmethod
+    def _key(ticket: str) -> str:
+        return "ticket:" + hashlib.sha256(ticket.encode()).hexdigest()
+
+    async def issue(self, principal: Principal) -> str:
+        ticket = secrets.token_urlsafe(32)
+        await self.keys.put(self._key(ticket), _encode(principal), self.ttl)
+        return ticket
+
+    async def redeem(self, ticket: str) -> Principal:
+        try:
+            raw = await self.keys.take(self._key(ticket))
+        except BrokerError as exc:
+            raise AuthenticationError(f"tickets unavailable: {exc}", status=503) from None
+        if raw is None:
+            raise AuthenticationError("invalid ticket: unknown, already used or expired")
+        try:
+            return _decode(raw)
+        except (ValueError, TypeError, KeyError):
+            raise AuthenticationError("invalid ticket: unreadable") from None
+
+
+def _encode(principal: Principal) -> bytes:
+    return orjson.dumps(
+        {
+            "subject": principal.subject,
+            "anonymous": principal.anonymous,
+            "claims": dict(principal.claims),
+            "scopes": sorted(principal.scopes),
+            "topics": list(principal.topics),
+            "expires_at": principal.expires_at,
+        }
+    )
+
+
+def _decode(raw: bytes) -> Principal:
+    data: dict[str, Any] = orjson.loads(raw)
+    expires = data.get("expires_at")
+    return Principal(
+        subject=str(data["subject"]),
+        anonymous=bool(data.get("anonymous", False)),
+        claims=MappingProxyType(dict(data.get("claims") or {})),
+        scopes=frozenset(str(s) for s in data.get("scopes", ())),
+        topics=tuple(str(t) for t in data.get("topics", ())),
+        expires_at=None if expires is None else float(expires),
+    )

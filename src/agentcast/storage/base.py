@@ -97,7 +97,9 @@ class RunStore(ABC):
     @abstractmethod
     async def upsert_runs(self, runs: list[RunSummary]) -> None:
         """Insert or replace run summaries, in one transaction; a stored ``owner`` is
-        kept (a summary's owner only fills one that is not stored yet)."""
+        kept (a summary's owner only fills one that is not stored yet), and a stored
+        summary with a higher ``last_seq`` is kept (nodes writing one run's summary
+        concurrently never move it back)."""
 
     @abstractmethod
     async def list_runs(

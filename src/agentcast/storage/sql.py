@@ -335,7 +335,12 @@ class SqlRunStore(RunStore):
             c: insert.excluded[c] for c in rows[0] if c not in ("topic", "owner")
         }
         replaced["owner"] = func.coalesce(runs.c.owner, insert.excluded.owner)  # kept once set
-        stmt = insert.on_conflict_do_update(index_elements=["topic"], set_=replaced)
+        # never back: two nodes writing one run's summary keep the later seq's
+        stmt = insert.on_conflict_do_update(
+            index_elements=["topic"],
+            set_=replaced,
+            where=runs.c.last_seq <= insert.excluded.last_seq,
+        )
         try:
             async with self._engine.begin() as conn:
                 for row in rows:  # one statement per row: upserts do not batch on every driver

@@ -45,7 +45,6 @@ listens to every ``execution:`` and ``workflow:`` topic and:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -405,10 +404,8 @@ class Runs:
         """:meth:`snapshot`, falling back to the run store for runs no longer in memory;
         waits (bounded) for a fold from history in progress."""
         catching = self._catching.get(topic)
-        if catching is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await asyncio.shield(catching[0])
+        if catching is not None:  # neither its failure nor its cancellation is ours
+            await asyncio.wait({catching[0]}, timeout=5.0)
         found = self.snapshot(topic)
         if found is not None or self.store is None or run_kind(topic) is None:
             return found

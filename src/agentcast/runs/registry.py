@@ -45,7 +45,6 @@ listens to every ``execution:`` and ``workflow:`` topic and:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -157,7 +156,6 @@ class Runs:
         self._catching: dict[str, tuple[asyncio.Task[None], list[Publication]]] = {}
         """Run topic -> the task folding it again from history, and the live events
         that arrived meanwhile."""
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def install(self, gateway: Gateway) -> None:
         """Observe ``gateway``'s publications, validate run events, serve snapshots and
@@ -314,19 +312,22 @@ class Runs:
         assert self.recorder is not None
         self.recorder.record(pub)
         self.counters["recorded"] += 1
-        if state.finished and pub.seq == state.seq:  # this node published the run's end
-            self._spawn(self._fill(pub.topic))
-
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        gateway = self.gateway
+        if (
+            state.finished
+            and pub.seq == state.seq  # this node published the run's end
+            and gateway is not None
+            and gateway.broker.publish_sync is None  # other nodes may have published
+        ):
+            gateway.spawn(self._fill(pub.topic), cancel_on_drain=True)
 
     async def _fill(self, topic: str) -> int:
         """After a run ended: write the seqs the run store lacks from the broker's
         history (a node that published them died before its recorder flushed); returns
-        how many. The store's append is idempotent, so a fill racing a slow recorder
-        writes a few events twice at worst, never wrong ones."""
+        how many. Only on a broker shared by processes (one without the synchronous
+        capability), skipped when this node stops within ``fill_delay``. The store's
+        append is idempotent, so a fill racing a slow recorder writes a few events twice
+        at worst, never wrong ones."""
         assert self.gateway is not None
         if self.store is None or self.recorder is None:
             return 0
@@ -367,7 +368,7 @@ class Runs:
         if self.gateway is None:
             return
         self.counters["catch_ups"] += 1
-        task = asyncio.get_running_loop().create_task(self._refold(topic))
+        task = self.gateway.spawn(self._refold(topic), cancel_on_drain=True)
         self._catching[topic] = (task, [pub] if pub is not None else [])
 
     async def _refold(self, topic: str) -> None:
@@ -403,10 +404,8 @@ class Runs:
         """:meth:`snapshot`, falling back to the run store for runs no longer in memory;
         waits (bounded) for a fold from history in progress."""
         catching = self._catching.get(topic)
-        if catching is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await asyncio.shield(catching[0])
+        if catching is not None:  # neither its failure nor its cancellation is ours
+            await asyncio.wait({catching[0]}, timeout=5.0)
         found = self.snapshot(topic)
         if found is not None or self.store is None or run_kind(topic) is None:
             return found

@@ -5,7 +5,8 @@
 * :class:`JwtVerifier` checks tokens (PyJWT) with keys and rules fixed by configuration;
 * :class:`TokenAuthenticator` / :class:`JwtAuthenticator` find a request's credentials
   (``Authorization: Bearer``, a ``bearer.<token>`` subprotocol, ``?token=``, ``?ticket=``);
-* :class:`TicketStore` issues single-use WebSocket tickets;
+* :class:`TicketStore` issues single-use WebSocket tickets (in process;
+  :class:`ClusterTicketStore` across the nodes of a Redis cluster state);
 * :class:`Security` is the feature wiring them into a gateway, with the ``auth`` and
   ``auth:refresh`` commands and ``POST /api/tickets``.
 
@@ -29,6 +30,7 @@ _EXPORTS = {
     "JwtVerifier": "jwt",
     "mint_token": "jwt",
     "principal_of_claims": "jwt",
+    "ClusterTicketStore": "tickets",
     "TicketStore": "tickets",
 }
 __all__ = sorted(_EXPORTS)

@@ -43,4 +43,6 @@ export {
   type RunSnapshot,
 } from './runs.js';
 export { RunStore, acquireChatSession, acquireRunStore, releaseChatSession, releaseRunStore, type EdgeFlow, type RunView } from './stores.js';
+export { isChatEvent, isExecutionEvent, isWorkflowEvent, type ChatEvent, type ExecutionEvent, type TypedEvent, type WorkflowEvent } from './events.js';
+export { CHAT_EVENT_TYPES, EXECUTION_EVENT_TYPES, WORKFLOW_EVENT_TYPES } from './generated/schemas.js';
 export type * from './generated/schemas.js';

@@ -127,3 +127,26 @@ describe('AgentcastError', () => {
     expect([err.code, err.message, err.field, err.retryAfter, err instanceof Error]).toEqual(['rate_limited', 'slow down', 'x', 0.25, true]);
   });
 });
+
+describe('typed events', () => {
+  it('narrows events to the generated vocabularies', async () => {
+    const { isWorkflowEvent, isExecutionEvent, isChatEvent } = await import('../src/index.js');
+    const node: AgentcastEvent = {
+      type: 'node_status',
+      topic: 'workflow:w',
+      seq: 1,
+      timestamp: 't',
+      data: { workflow_id: 'w', execution_id: 'x', node_id: 'n1', status: 'running' },
+    };
+    expect(isWorkflowEvent(node)).toBe(true);
+    if (isWorkflowEvent(node) && node.type === 'node_status') {
+      const status: 'pending' | 'running' | 'completed' | 'error' | 'skipped' | 'cancelled' = node.data.status; // typed
+      expect([node.data.node_id, status]).toEqual(['n1', 'running']);
+    }
+    expect(isWorkflowEvent({ ...node, type: 'run_paused' })).toBe(false);
+    expect(isWorkflowEvent({ ...node, topic: 'board:w' })).toBe(false);
+    expect(isExecutionEvent({ ...node, topic: 'execution:e', type: 'status_update' })).toBe(true);
+    expect(isChatEvent({ ...node, topic: 'chat:c', type: 'chat:streaming' })).toBe(true);
+    expect(isChatEvent({ ...node, topic: 'chat:c', type: 'chat:accepted' })).toBe(false); // a reply
+  });
+});

@@ -18,6 +18,10 @@ export {
   type WebSocketConstructor,
 } from './client.js';
 export { AgentcastError } from './errors.js';
+/** The names the dashboard's stand-in client used (`dashboard/src/live.ts`): aliases. */
+export { AgentcastError as CommandError } from './errors.js';
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type LiveEvent = import('./client.js').AgentcastEvent<any>;
 export { AUTH_CLOSE_CODES, CloseCode, TERMINAL_CLOSE_CODES, closeCodeOfStatus, isAuthClose, reconnectable } from './codes.js';
 export { backoffDelay, type BackoffOptions } from './backoff.js';
 export {

@@ -11,6 +11,7 @@ it('exports exactly the documented runtime names', () => {
       'AgentcastClient',
       'AgentcastError',
       'CHAT_EVENT_TYPES',
+      'CommandError',
       'EXECUTION_EVENT_TYPES',
       'WORKFLOW_EVENT_TYPES',
       'isChatEvent',

@@ -42,6 +42,7 @@ export {
   type NodeStatusValue,
   type RunAgent,
   type RunEdge,
+  type RunGraphEdge,
   type RunLog,
   type RunNode,
   type RunSnapshot,

@@ -108,16 +108,22 @@ describe('the run fold', () => {
     const topic = 'workflow:w';
     let s = emptyRunState(topic);
     const e = (seq: number, type: string, data: Record<string, unknown>) => ({ ...ev(seq, type, data), topic });
-    s = applyRunEvent(s, e(1, 'workflow_start', { workflow_id: 'w', execution_id: 'x', execution_order: ['a', 'b'], total_nodes: 2 }));
+    s = applyRunEvent(
+      s,
+      e(1, 'workflow_start', { workflow_id: 'w', execution_id: 'x', execution_order: ['a', 'b'], total_nodes: 2, edges: [{ source: 'a', target: 'b' }] }),
+    );
     expect(s.nodes).toEqual({ a: { status: 'pending' }, b: { status: 'pending' } });
+    expect(s.graph_edges).toEqual([{ source: 'a', target: 'b' }]);
     s = applyRunEvent(s, e(2, 'node_status', { node_id: 'a', status: 'completed', result: { n: 1 } }));
     const same = applyRunEvent(s, e(2, 'node_status', { node_id: 'a', status: 'error' }));
     expect(same).toBe(s);
     s = applyRunEvent(s, e(3, 'progress', { progress: 50, current_node_id: 'b' }));
-    s = applyRunEvent(s, e(4, 'workflow_complete', { success: true, execution_time: 1.5 }));
+    s = applyRunEvent(s, { ...e(4, 'log', { level: 'warning', message: 'slow' }) });
+    expect(s.logs.at(-1)).toMatchObject({ level: 'warning', message: 'slow', seq: 4 });
+    s = applyRunEvent(s, e(5, 'workflow_complete', { success: true, execution_time: 1.5 }));
     expect([s.status, s.progress, s.current_node_id, s.nodes.a?.result]).toEqual(['completed', 100, 'b', { n: 1 }]);
-    s = applyRunEvent(s, e(5, 'workflow_start', { execution_order: ['c'] }));
-    expect([s.status, Object.keys(s.nodes), s.progress]).toEqual(['running', ['c'], 0]);
+    s = applyRunEvent(s, e(6, 'workflow_start', { execution_order: ['c'] }));
+    expect([s.status, Object.keys(s.nodes), s.progress, s.graph_edges]).toEqual(['running', ['c'], 0, []]);
   });
 });
 

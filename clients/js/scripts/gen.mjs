@@ -82,7 +82,8 @@ const parts = [
   '// `npm run gen:check` (run in CI by tests/integration/test_js_client.py) checks it is current.',
   '',
 ];
-const vocab = { workflow: [], execution: [], chat: [] };
+const vocab = { workflow: [], execution: [], chat: [], chatReply: [] };
+const CHAT_TOPIC_EVENTS = new Set(['message', 'queued', 'streaming']);
 for (const file of files) {
   const base = file.replace(/\.json$/, '');
   const name = typeName(base);
@@ -98,13 +99,21 @@ for (const file of files) {
   });
   parts.push(`// ${file}`, ts.trim(), '');
   const m = /^data\.(workflow|execution|chat)\.(.+)$/.exec(base);
-  if (m) vocab[m[1]].push([m[1] === 'chat' ? `chat:${m[2]}` : m[2], name]);
+  if (m && m[1] !== 'chat') vocab[m[1]].push([m[2], name]);
+  // chat:accepted, chat:cancelled and chat:history are replies to commands, not topic events
+  else if (m) (CHAT_TOPIC_EVENTS.has(m[2]) ? vocab.chat : vocab.chatReply).push([`chat:${m[2]}`, name]);
 }
 const map = (title, doc, entries) =>
   [`/** ${doc} */`, `export interface ${title} {`, ...entries.map(([k, v]) => `  '${k}': ${v};`), '}', ''].join('\n');
+const names = (title, doc, entries) =>
+  [`/** ${doc} */`, `export const ${title} = [${entries.map(([k]) => `'${k}'`).join(', ')}] as const;`, ''].join('\n');
 parts.push(map('WorkflowEventDataMap', 'Event type → `data` on `workflow:<id>` topics (seed 004).', vocab.workflow));
 parts.push(map('ExecutionEventDataMap', 'Event type → `data` on `execution:<id>` topics (seed 000).', vocab.execution));
 parts.push(map('ChatEventDataMap', 'Event type → `data` on `chat:<conversation_id>` topics.', vocab.chat));
+parts.push(map('ChatReplyDataMap', 'Reply type → `data` of the chat commands\' replies.', vocab.chatReply));
+parts.push(names('WORKFLOW_EVENT_TYPES', 'The keys of {@link WorkflowEventDataMap}, at run time.', vocab.workflow));
+parts.push(names('EXECUTION_EVENT_TYPES', 'The keys of {@link ExecutionEventDataMap}, at run time.', vocab.execution));
+parts.push(names('CHAT_EVENT_TYPES', 'The keys of {@link ChatEventDataMap}, at run time.', vocab.chat));
 const text = parts.join('\n').replace(/\n{3,}/g, '\n\n').trimEnd() + '\n';
 
 // -- the documentation's examples ---------------------------------------------------------

@@ -384,11 +384,17 @@ export class AgentcastClient {
   /**
    * Subscribe to `topic`. Without `since`: live events only (and a snapshot for run and
    * chat topics); `since: N` (with the `epoch` of that N): the events after N first. One
-   * subscription per topic: subscribing again to a topic already subscribed throws.
+   * subscription per topic: subscribing again to a topic replaces the subscription it
+   * has (that one receives nothing more; its `unsubscribe()` does nothing). To share a
+   * run topic between several consumers, use {@link acquireRunStore} (the hooks do).
    */
   subscribe(topic: string, handlers: SubscriptionHandlers, opts: { since?: number; epoch?: string } = {}): Subscription {
-    if (this.subs.has(topic)) {
-      throw new AgentcastError('conflict', `already subscribed to ${topic}: unsubscribe first`);
+    const previous = this.subs.get(topic);
+    if (previous !== undefined) {
+      previous.ended = true;
+      previous.live = false;
+      clearTimeout(previous.retryTimer);
+      this._drop(previous); // `unsubscribe` first: a second `subscribe` would replay nothing
     }
     const sub = new Sub(this, topic, handlers, opts.since, opts.epoch);
     this.subs.set(topic, sub);

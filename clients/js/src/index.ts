@@ -18,6 +18,10 @@ export {
   type WebSocketConstructor,
 } from './client.js';
 export { AgentcastError } from './errors.js';
+/** The names the dashboard's stand-in client used (`dashboard/src/live.ts`): aliases. */
+export { AgentcastError as CommandError } from './errors.js';
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type LiveEvent = import('./client.js').AgentcastEvent<any>;
 export { AUTH_CLOSE_CODES, CloseCode, TERMINAL_CLOSE_CODES, closeCodeOfStatus, isAuthClose, reconnectable } from './codes.js';
 export { backoffDelay, type BackoffOptions } from './backoff.js';
 export {
@@ -38,9 +42,12 @@ export {
   type NodeStatusValue,
   type RunAgent,
   type RunEdge,
+  type RunGraphEdge,
   type RunLog,
   type RunNode,
   type RunSnapshot,
 } from './runs.js';
 export { RunStore, acquireChatSession, acquireRunStore, releaseChatSession, releaseRunStore, type EdgeFlow, type RunView } from './stores.js';
+export { isChatEvent, isExecutionEvent, isWorkflowEvent, type ChatEvent, type ExecutionEvent, type TypedEvent, type WorkflowEvent } from './events.js';
+export { CHAT_EVENT_TYPES, EXECUTION_EVENT_TYPES, WORKFLOW_EVENT_TYPES } from './generated/schemas.js';
 export type * from './generated/schemas.js';

@@ -21,7 +21,7 @@ import type { ChatMessage, ChatSession, ChatState, ChatStatus } from './chat.js'
 import { emptyChatState } from './chat.js';
 import type { AgentcastClient, ConnectionState } from './client.js';
 import { AgentcastError } from './errors.js';
-import { emptyRunState, type RunAgent, type RunSnapshot } from './runs.js';
+import { emptyRunState, type RunAgent, type RunGraphEdge, type RunSnapshot } from './runs.js';
 import {
   acquireChatSession,
   acquireRunStore,
@@ -97,6 +97,8 @@ export interface WorkflowRunResult {
   status: string;
   executionId: string | null;
   executionOrder: string[];
+  /** The graph's edges (`workflow_start`'s `edges`; `[]` when the producer sent none). */
+  graphEdges: RunGraphEdge[];
   currentNodeId: string | undefined;
   logs: RunSnapshot['logs'];
   errors: RunSnapshot['errors'];
@@ -142,6 +144,7 @@ export function useWorkflowRun(workflowId: string | null, opts: { client?: Agent
       status: run.status,
       executionId: run.execution_id,
       executionOrder: run.execution_order ?? [],
+      graphEdges: run.graph_edges ?? [],
       currentNodeId: run.current_node_id,
       logs: run.logs,
       errors: run.errors,

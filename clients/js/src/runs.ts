@@ -36,6 +36,15 @@ export interface RunLog {
   level: string;
   message?: string;
   timestamp: string;
+  /** The log event's own seq (to dedupe live lines against a snapshot's). */
+  seq?: number;
+}
+
+/** An edge of the workflow's graph, from `workflow_start`'s `edges`. */
+export interface RunGraphEdge {
+  source: string;
+  target: string;
+  [key: string]: unknown;
 }
 
 /** The data of a run topic's `snapshot` frame (and the state {@link applyRunEvent} folds). */
@@ -52,6 +61,8 @@ export interface RunSnapshot {
   total_steps?: number;
   current_node_id?: string;
   execution_order?: string[];
+  /** The graph (`workflow_start`'s `edges`), `[]` when unknown. */
+  graph_edges?: RunGraphEdge[];
   total_nodes?: number | null;
   team_id?: string;
   estimated_completion?: string;
@@ -98,6 +109,7 @@ const FIELDS = [
   'total_steps',
   'current_node_id',
   'execution_order',
+  'graph_edges',
   'total_nodes',
   'team_id',
   'estimated_completion',
@@ -201,6 +213,7 @@ export function applyRunEvent(state: RunSnapshot, ev: AgentcastEvent): RunSnapsh
       s.nodes = Object.fromEntries(order.map((n) => [n, { status: 'pending' }]));
       for (const f of FIELDS) delete s[f];
       s.execution_order = [...order];
+      s.graph_edges = [...((data.edges as RunGraphEdge[] | undefined) ?? [])];
       s.total_nodes = (data.total_nodes as number | undefined) ?? null;
       s.progress = 0;
       s.errors = [];
@@ -231,7 +244,7 @@ export function applyRunEvent(state: RunSnapshot, ev: AgentcastEvent): RunSnapsh
       copyFields(s, data, 'progress', 'current_step', 'total_steps', 'current_node_id');
       break;
     case 'log':
-      s.logs.push({ level: (data.level as string | undefined) ?? 'info', message: data.message as string, timestamp: ts });
+      s.logs.push({ level: (data.level as string | undefined) ?? 'info', message: data.message as string, timestamp: ts, seq: ev.seq });
       if (s.logs.length > MAX_LOGS) s.logs.splice(0, s.logs.length - MAX_LOGS);
       break;
     case 'error':

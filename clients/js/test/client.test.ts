@@ -75,7 +75,18 @@ describe('against `agentcast serve --demo`', () => {
       await signal.wait(() => got.length === 1, 'the published event');
       expect(got[0]?.seq).toBe(ack.seq);
       expect(got[0]?.data).toEqual({ text: 'hello' });
-      expect(() => client.subscribe('board:js', {})).toThrow(AgentcastError);
+      // subscribing again replaces the subscription: the first one gets nothing more
+      const again: AgentcastEvent[] = [];
+      let againLive = false;
+      client.subscribe('board:js', {
+        onSubscribed: () => ((againLive = true), signal.notify()),
+        onEvent: (ev) => (again.push(ev), signal.notify()),
+      });
+      await signal.wait(() => againLive, 'subscribed again');
+      const second = await client.publish('board:js', 'note', { text: 'again' });
+      await signal.wait(() => again.length === 1, 'the event on the new subscription');
+      expect(again[0]?.seq).toBe(second.seq);
+      expect(got).toHaveLength(1);
     } finally {
       client.close();
     }

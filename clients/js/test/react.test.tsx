@@ -2,7 +2,7 @@
 import { act, cleanup, render, renderHook, waitFor } from '@testing-library/react';
 import { createElement, StrictMode, type ReactNode } from 'react';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { AgentcastClient } from '../src/index.js';
+import { acquireRunStore, releaseRunStore, type AgentcastClient, type RunView } from '../src/index.js';
 import { AgentcastProvider, useChat, useExecution, useWorkflowRun, type WorkflowRunResult } from '../src/react.js';
 import { demoServer, makeClient, UNIT } from './support.js';
 
@@ -22,18 +22,15 @@ describe('hooks against `agentcast serve --demo`', () => {
   const server = demoServer();
 
   it('useWorkflowRun: a whole run executed while watching, then the same state for a late joiner (snapshot)', async () => {
-    const wrapper = wrapperFor(makeClient(server.url));
+    const client = makeClient(server.url);
+    const wrapper = wrapperFor(client);
     const id = `js-hook-${Date.now()}`;
-    const seen: WorkflowRunResult[] = [];
-    const { result } = renderHook(
-      () => {
-        const r = useWorkflowRun(id);
-        seen.push(r);
-        return r;
-      },
-      { wrapper },
-    );
+    const { result } = renderHook(() => useWorkflowRun(id), { wrapper });
     await waitFor(() => expect(result.current.recovered).toBe(true), timeout(10_000));
+    // every state the hook's store went through (React may render a burst of them once)
+    const store = acquireRunStore(client, `workflow:${id}`);
+    const views: RunView[] = [];
+    const off = store.subscribe(() => views.push(store.getSnapshot()));
     expect(result.current.isConnected).toBe(true);
     expect(result.current.connectionState).toBe('open');
     const r = await fetch(`${server.url}/api/workflows/${id}/execute`, { method: 'POST', body: '{}', headers: { 'Content-Type': 'application/json' } });
@@ -45,8 +42,11 @@ describe('hooks against `agentcast serve --demo`', () => {
     expect(Object.values(done.nodeStatuses).every((n) => n.status === 'completed')).toBe(true);
     expect(done.nodeStatuses.report?.result).toMatchObject({ node: 'report' });
     expect(done.executionOrder).toEqual(['fetch', 'analyze', 'summarize', 'report']);
-    expect(seen.some((s) => s.nodeStatuses.fetch?.status === 'running')).toBe(true);
-    expect(seen.some((s) => s.edgeFlows.length > 0)).toBe(true);
+    off();
+    releaseRunStore(client, `workflow:${id}`);
+    expect(views.some((v) => v.run.nodes.fetch?.status === 'running')).toBe(true);
+    expect(views.some((v) => v.edgeFlows.length > 0)).toBe(true);
+    expect(views.at(-1)?.seq).toBe(done.seq);
     expect(done.seq).toBeGreaterThan(10);
     // a second client joining after the end gets the final state from the snapshot
     const late = renderHook(() => useWorkflowRun(id), { wrapper: wrapperFor(makeClient(server.url)) });

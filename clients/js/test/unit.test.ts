@@ -108,16 +108,22 @@ describe('the run fold', () => {
     const topic = 'workflow:w';
     let s = emptyRunState(topic);
     const e = (seq: number, type: string, data: Record<string, unknown>) => ({ ...ev(seq, type, data), topic });
-    s = applyRunEvent(s, e(1, 'workflow_start', { workflow_id: 'w', execution_id: 'x', execution_order: ['a', 'b'], total_nodes: 2 }));
+    s = applyRunEvent(
+      s,
+      e(1, 'workflow_start', { workflow_id: 'w', execution_id: 'x', execution_order: ['a', 'b'], total_nodes: 2, edges: [{ source: 'a', target: 'b' }] }),
+    );
     expect(s.nodes).toEqual({ a: { status: 'pending' }, b: { status: 'pending' } });
+    expect(s.graph_edges).toEqual([{ source: 'a', target: 'b' }]);
     s = applyRunEvent(s, e(2, 'node_status', { node_id: 'a', status: 'completed', result: { n: 1 } }));
     const same = applyRunEvent(s, e(2, 'node_status', { node_id: 'a', status: 'error' }));
     expect(same).toBe(s);
     s = applyRunEvent(s, e(3, 'progress', { progress: 50, current_node_id: 'b' }));
-    s = applyRunEvent(s, e(4, 'workflow_complete', { success: true, execution_time: 1.5 }));
+    s = applyRunEvent(s, { ...e(4, 'log', { level: 'warning', message: 'slow' }) });
+    expect(s.logs.at(-1)).toMatchObject({ level: 'warning', message: 'slow', seq: 4 });
+    s = applyRunEvent(s, e(5, 'workflow_complete', { success: true, execution_time: 1.5 }));
     expect([s.status, s.progress, s.current_node_id, s.nodes.a?.result]).toEqual(['completed', 100, 'b', { n: 1 }]);
-    s = applyRunEvent(s, e(5, 'workflow_start', { execution_order: ['c'] }));
-    expect([s.status, Object.keys(s.nodes), s.progress]).toEqual(['running', ['c'], 0]);
+    s = applyRunEvent(s, e(6, 'workflow_start', { execution_order: ['c'] }));
+    expect([s.status, Object.keys(s.nodes), s.progress, s.graph_edges]).toEqual(['running', ['c'], 0, []]);
   });
 });
 
@@ -125,5 +131,28 @@ describe('AgentcastError', () => {
   it('carries an error frame code, field and retry_after', () => {
     const err = AgentcastError.fromFrame({ type: 'error', data: { code: 'rate_limited', message: 'slow down', field: 'x', retry_after: 0.25 } });
     expect([err.code, err.message, err.field, err.retryAfter, err instanceof Error]).toEqual(['rate_limited', 'slow down', 'x', 0.25, true]);
+  });
+});
+
+describe('typed events', () => {
+  it('narrows events to the generated vocabularies', async () => {
+    const { isWorkflowEvent, isExecutionEvent, isChatEvent } = await import('../src/index.js');
+    const node: AgentcastEvent = {
+      type: 'node_status',
+      topic: 'workflow:w',
+      seq: 1,
+      timestamp: 't',
+      data: { workflow_id: 'w', execution_id: 'x', node_id: 'n1', status: 'running' },
+    };
+    expect(isWorkflowEvent(node)).toBe(true);
+    if (isWorkflowEvent(node) && node.type === 'node_status') {
+      const status: 'pending' | 'running' | 'completed' | 'error' | 'skipped' | 'cancelled' = node.data.status; // typed
+      expect([node.data.node_id, status]).toEqual(['n1', 'running']);
+    }
+    expect(isWorkflowEvent({ ...node, type: 'run_paused' })).toBe(false);
+    expect(isWorkflowEvent({ ...node, topic: 'board:w' })).toBe(false);
+    expect(isExecutionEvent({ ...node, topic: 'execution:e', type: 'status_update' })).toBe(true);
+    expect(isChatEvent({ ...node, topic: 'chat:c', type: 'chat:streaming' })).toBe(true);
+    expect(isChatEvent({ ...node, topic: 'chat:c', type: 'chat:accepted' })).toBe(false); // a reply
   });
 });

@@ -1063,10 +1063,23 @@ export interface ExecutionEventDataMap {
 
 /** Event type → `data` on `chat:<conversation_id>` topics. */
 export interface ChatEventDataMap {
-  'chat:accepted': ChatAcceptedData;
-  'chat:cancelled': ChatCancelledData;
-  'chat:history': ChatHistoryData;
   'chat:message': ChatMessageData;
   'chat:queued': ChatQueuedData;
   'chat:streaming': ChatStreamingData;
 }
+
+/** Reply type → `data` of the chat commands' replies. */
+export interface ChatReplyDataMap {
+  'chat:accepted': ChatAcceptedData;
+  'chat:cancelled': ChatCancelledData;
+  'chat:history': ChatHistoryData;
+}
+
+/** The keys of {@link WorkflowEventDataMap}, at run time. */
+export const WORKFLOW_EVENT_TYPES = ['edge_flow', 'error', 'log', 'node_status', 'progress', 'workflow_complete', 'workflow_start'] as const;
+
+/** The keys of {@link ExecutionEventDataMap}, at run time. */
+export const EXECUTION_EVENT_TYPES = ['agent_status_update', 'error_update', 'progress_update', 'result_update', 'status_update'] as const;
+
+/** The keys of {@link ChatEventDataMap}, at run time. */
+export const CHAT_EVENT_TYPES = ['chat:message', 'chat:queued', 'chat:streaming'] as const;

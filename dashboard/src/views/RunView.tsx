@@ -125,7 +125,11 @@ function Controls({ topic, run }: { topic: string; run: RunModel }) {
 function WorkflowBody({ run }: { run: RunModel }) {
   const [selected, setSelected] = useState<string | null>(null);
   const node = selected ? run.nodes[selected] : null;
-  const current = run.status === 'running' || run.status === 'paused' ? run.currentNode : null;
+  // the current node: the one the run names if it is running, else the first running one
+  const running = run.order.filter((n) => run.nodes[n]?.status === 'running');
+  const live = run.status === 'running' || run.status === 'paused';
+  const named = run.currentNode && running.includes(run.currentNode) ? run.currentNode : null;
+  const current = live ? (named ?? running[0] ?? null) : null;
   return (
     <div className="run-grid">
       <div className="card graph-card">

@@ -15,6 +15,14 @@ export function App() {
   const client = useMemo(() => new AgentcastClient({ url: wsUrl(), token: () => getToken() }), [token]);
   const state = useConnectionState(client);
   const route = useRoute();
+  const [mode, setMode] = useState<string | null>(null);
+
+  useEffect(() => {
+    // "open": no authentication on this server (then there is nothing to sign in to)
+    api<{ mode?: string }>('/healthz')
+      .then((h) => setMode(h.mode ?? null))
+      .catch(() => setMode(null));
+  }, []);
 
   useEffect(() => {
     const on = () => setNeedSignIn(true);
@@ -92,6 +100,10 @@ export function App() {
               <button className="btn ghost small" onClick={signOut} title="Forget the token">
                 {who ? <span className="who">{who}</span> : null} Sign out
               </button>
+            ) : mode === 'open' ? (
+              <span className="mode-pill" title="This server runs without authentication: every visitor sees everything">
+                dev mode
+              </span>
             ) : (
               <button className="btn ghost small" onClick={() => setNeedSignIn(true)}>
                 Sign in

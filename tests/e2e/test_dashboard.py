@@ -87,6 +87,25 @@ async def test_a_demo_workflow_runs_on_screen(page: Any, demo_server: Server) ->
     assert '"node": "fetch"' in await page.inner_text('[data-testid="node-detail"] pre')
     await shoot(page, "workflow")
 
+    # pause while fetch runs (no node starts until resumed), then resume
+    await page.wait_for_selector('[data-node="fetch"][data-status="running"]', timeout=WAIT_MS)
+    await page.click('[data-testid="pause"]')
+    await page.wait_for_selector('[data-run-status="paused"]', timeout=WAIT_MS)
+    await page.wait_for_selector('.log-line.lvl-warning:has-text("run paused")', timeout=WAIT_MS)
+    # the nodes that were running finish; the pending ones stay pending
+    await page.wait_for_function(
+        "() => !document.querySelector('[data-node][data-status=running]')", timeout=WAIT_MS
+    )
+    waiting = await page.eval_on_selector_all(
+        '[data-node][data-status="pending"]', "els => els.map(e => e.dataset.node)"
+    )
+    assert waiting, "a node must still wait while the run is paused"
+    assert await page.get_attribute("[data-run-status]", "data-run-status") == "paused"
+    await page.click('[data-testid="resume"]')
+    await page.wait_for_selector(
+        f'[data-node="{waiting[0]}"]:not([data-status="pending"])', timeout=WAIT_MS
+    )
+
     await page.goto(f"{server.url}/#/")
     await page.wait_for_selector('tr[data-topic="workflow:demo"]', timeout=WAIT_MS)
     await page.wait_for_selector('tr[data-topic="execution:demo"]', timeout=WAIT_MS)

@@ -56,7 +56,6 @@ export function Chart({ title, unit, color, times, values, max, format }: Props)
       u.destroy();
       plot.current = null;
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [color, max]);
 
   useEffect(() => {

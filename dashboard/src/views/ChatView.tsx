@@ -190,7 +190,6 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
       onRefused: (err) => setError(err.message),
     });
     return () => sub.unsubscribe();
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [client, cid]);
 
   useEffect(() => {

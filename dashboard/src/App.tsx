@@ -1,12 +1,21 @@
 import { useCallback, useEffect, useMemo, useState } from 'react';
 import { api, claims, getToken, HttpError, mayControl, setToken, wsUrl } from './api';
 import { SessionContext, useConnectionState, useRoute } from './context';
-import { AgentcastClient } from './live';
+import { AgentcastClient, type ConnectionState } from './live';
 import { RunsView } from './views/RunsView';
 import { RunView } from './views/RunView';
 import { ChatView } from './views/ChatView';
 import { MonitoringView } from './views/MonitoringView';
 import { SignIn } from './components/SignIn';
+
+const LABELS: Record<ConnectionState, string> = {
+  idle: 'offline',
+  connecting: 'connecting',
+  open: 'live',
+  reconnecting: 'reconnecting',
+  closed: 'offline',
+  unauthorized: 'signed out',
+};
 
 export function App() {
   const [token, setTok] = useState<string | null>(getToken());
@@ -15,6 +24,14 @@ export function App() {
   const client = useMemo(() => new AgentcastClient({ url: wsUrl(), token: () => getToken() }), [token]);
   const state = useConnectionState(client);
   const route = useRoute();
+  const [mode, setMode] = useState<string | null>(null);
+
+  useEffect(() => {
+    // "open": no authentication on this server (then there is nothing to sign in to)
+    api<{ mode?: string }>('/healthz')
+      .then((h) => setMode(h.mode ?? null))
+      .catch(() => setMode(null));
+  }, []);
 
   useEffect(() => {
     const on = () => setNeedSignIn(true);
@@ -86,12 +103,16 @@ export function App() {
           <div className="topbar-right">
             <span className={`conn conn-${state}`} data-testid="connection" title={`WebSocket: ${state}`}>
               <i />
-              <span className="conn-label">{state === 'open' ? 'live' : state}</span>
+              <span className="conn-label">{needSignIn && state !== 'open' ? 'signed out' : LABELS[state]}</span>
             </span>
             {token ? (
               <button className="btn ghost small" onClick={signOut} title="Forget the token">
                 {who ? <span className="who">{who}</span> : null} Sign out
               </button>
+            ) : mode === 'open' ? (
+              <span className="mode-pill" title="This server runs without authentication: every visitor sees everything">
+                dev mode
+              </span>
             ) : (
               <button className="btn ghost small" onClick={() => setNeedSignIn(true)}>
                 Sign in

@@ -195,7 +195,7 @@ export function applyEvent(prev: RunModel, ev: LiveEvent, now = Date.now()): Run
       mark(d.completed_agents, 'completed');
       mark(d.failed_agents, 'failed');
       if (['completed', 'failed', 'cancelled', 'lost'].includes(d.status)) {
-        if (m.status !== d.status && (m.finishedAt === null || d.status !== 'running')) finish(m, d.status, ts);
+        if (!m.finishedAt || m.status !== d.status) finish(m, d.status, ts);
       } else if (d.status) {
         if (m.finishedAt) {
           // a new execution on the topic

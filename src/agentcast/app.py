@@ -34,13 +34,14 @@ __all__ = ["create_gateway", "default_features"]
 def default_features(settings: Settings) -> list[Feature]:
     """Storage (unless ``store_url`` is empty), runs, replay, monitoring and chat, sharing
     one store; security (JWT authentication when the ``jwt_*`` settings configure it);
-    ``/metrics``; the dashboard at ``/``."""
+    ``/metrics``; the dashboard at ``/`` (unless ``settings.dashboard`` is false)."""
     store = create_store(settings.store_url)
     features: list[Feature] = [Storage(store)] if store is not None else []
     features += [Runs(store), Replays(), Monitoring(), Chat(store)]
     features.append(Security.from_settings(settings))
     features.append(Metrics())
-    features.append(Dashboard())
+    if settings.dashboard:
+        features.append(Dashboard())
     return features
 
 

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         False, description="Log every HTTP request (uvicorn's access log; on at debug level)."
     )
+    dashboard: bool = Field(
+        True,
+        description="Serve the web dashboard at / (docs/dashboard.md); false leaves / to "
+        "an application that mounts agentcast's routes into its own.",
+    )
     # -- observability (docs/observability.md) --
     metrics_public: bool = Field(
         False,

@@ -78,6 +78,7 @@ async def shoot(page: Any, name: str, ready: Callable[[], Any] | None = None) ->
     """Save ``<name>-desktop.png`` and ``<name>-phone.png`` of the page as it is, then
     restore the desktop size; the phone shot also checks that nothing overflows sideways."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.evaluate("() => window.scrollTo(0, 0)")
     await page.screenshot(path=str(ARTIFACTS / f"{name}-desktop.png"))
     await page.set_viewport_size(PHONE)
     if ready is not None:

@@ -87,9 +87,36 @@ async def test_a_demo_workflow_runs_on_screen(page: Any, demo_server: Server) ->
     assert '"node": "fetch"' in await page.inner_text('[data-testid="node-detail"] pre')
     await shoot(page, "workflow")
 
+    # pause while fetch runs (no node starts until resumed), then resume
+    await page.wait_for_selector('[data-node="fetch"][data-status="running"]', timeout=WAIT_MS)
+    await page.click('[data-testid="pause"]')
+    await page.wait_for_selector('[data-run-status="paused"]', timeout=WAIT_MS)
+    await page.wait_for_selector('.log-line.lvl-warning:has-text("run paused")', timeout=WAIT_MS)
+    # the nodes that were running finish; the pending ones stay pending
+    await page.wait_for_function(
+        "() => !document.querySelector('[data-node][data-status=running]')", timeout=WAIT_MS
+    )
+    waiting = await page.eval_on_selector_all(
+        '[data-node][data-status="pending"]', "els => els.map(e => e.dataset.node)"
+    )
+    assert waiting, "a node must still wait while the run is paused"
+    assert await page.get_attribute("[data-run-status]", "data-run-status") == "paused"
+    await page.click('[data-testid="resume"]')
+    await page.wait_for_selector(
+        f'[data-node="{waiting[0]}"]:not([data-status="pending"])', timeout=WAIT_MS
+    )
+
     await page.goto(f"{server.url}/#/")
     await page.wait_for_selector('tr[data-topic="workflow:demo"]', timeout=WAIT_MS)
     await page.wait_for_selector('tr[data-topic="execution:demo"]', timeout=WAIT_MS)
+    # the list is live: the demo workflow's progress moves without a reload
+    cell = 'tr[data-topic="workflow:demo"] .progress-cell .num'
+    before = await page.inner_text(cell)
+    await page.wait_for_function(
+        "([sel, text]) => document.querySelector(sel)?.textContent !== text",
+        arg=[cell, before],
+        timeout=WAIT_MS,
+    )
     await shoot(page, "runs")
     await page.select_option('[data-testid="filter-kind"]', "execution")
     await page.wait_for_selector(
@@ -101,6 +128,42 @@ async def test_a_demo_workflow_runs_on_screen(page: Any, demo_server: Server) ->
     await page.wait_for_selector('[data-agent][data-status="running"]', timeout=WAIT_MS)
     await page.wait_for_selector('[data-testid="results"] .feed-item', timeout=WAIT_MS)
     await shoot(page, "execution")
+
+    # results and errors as they arrive: a team execution fed over HTTP
+    team = "execution:e2e-team"
+    await page.goto(f"{server.url}/#/runs/{team.replace(':', '%3A')}")
+    await page.wait_for_selector('[data-testid="connection"]:has-text("live")', timeout=WAIT_MS)
+    ex = {"execution_id": "e2e-team"}
+    await server.publish(
+        team, "status_update", {**ex, "status": "running", "team_id": "red", "total_steps": 2}
+    )
+    await server.publish(
+        team,
+        "agent_status_update",
+        {**ex, "agent_id": "scout", "status": "running", "step_order": 1},
+    )
+    await page.wait_for_selector('[data-agent="scout"][data-status="running"]', timeout=WAIT_MS)
+    await server.publish(
+        team, "result_update", {**ex, "agent_id": "scout", "result": {"summary": "found 3 leads"}}
+    )
+    await server.publish(
+        team,
+        "agent_status_update",
+        {**ex, "agent_id": "scout", "status": "completed", "step_order": 1},
+    )
+    await server.publish(
+        team,
+        "agent_status_update",
+        {**ex, "agent_id": "closer", "status": "running", "step_order": 2},
+    )
+    await server.publish(
+        team, "error_update", {**ex, "agent_id": "closer", "error_message": "CRM timed out"}
+    )
+    await page.wait_for_selector('.feed-item.error:has-text("CRM timed out")', timeout=WAIT_MS)
+    await page.wait_for_selector('.feed-item.result:has-text("found 3 leads")', timeout=WAIT_MS)
+    await page.wait_for_selector('[data-agent="closer"][data-status="failed"]', timeout=WAIT_MS)
+    assert await page.get_attribute('[data-agent="scout"]', "data-status") == "completed"
+    await shoot(page, "execution-errors")
 
     await page.goto(f"{server.url}/#/monitoring")
     charts = page.locator('[data-testid="charts"] .chart-value')

@@ -130,6 +130,8 @@ async def test_a_package_without_the_build_says_so(tmp_path: Path) -> None:
 
 def test_the_dashboard_is_a_default_feature() -> None:
     assert any(isinstance(f, Dashboard) for f in default_features(Settings(store_url="")))
+    off = default_features(Settings(store_url="", dashboard=False))
+    assert not any(isinstance(f, Dashboard) for f in off)
     assert content_type("a.svg") == "image/svg+xml"
     assert content_type("a.woff2") == "font/woff2"
 

@@ -5,6 +5,7 @@ import { clock } from '../api';
 
 /** Seconds of history a chart shows (its x axis spans at least this). */
 const WINDOW_S = 60;
+const MIN_WINDOW_S = 10;
 
 interface Props {
   title: string;
@@ -30,10 +31,16 @@ export function Chart({ title, unit, color, times, values, max, format }: Props)
       height: 150,
       legend: { show: false },
       cursor: { show: false },
-      scales: { x: { time: false, range: (_u, lo, hi) => {
-        const h = hi ?? Date.now() / 1000;
-        return [Math.min(lo ?? h, h - WINDOW_S), h];
-      } }, y: { range: (_u, lo, hi) => [0, Math.max(max ?? 0, hi * 1.15, lo + 1)] } },
+      scales: {
+        // x is set by setScale below (the window); the range keeps what it is given
+        x: {
+          time: false,
+          range: (_u, lo, hi) => {
+            const h = hi ?? Date.now() / 1000;
+            return [lo ?? h - MIN_WINDOW_S, h];
+          },
+        },
+        y: { range: (_u, lo, hi) => [0, Math.max(max ?? 0, hi * 1.15, lo + 1)] } },
       axes: [
         { stroke: '#8a94a6', grid: { stroke: '#eef1f5' }, ticks: { stroke: '#eef1f5' }, font: '11px Inter, system-ui, sans-serif', values: (_u, v) => v.map((t) => clock(new Date(t * 1000))), space: 70, incrs: [5, 10, 15, 20, 30, 60, 120, 300, 600] },
         { stroke: '#8a94a6', grid: { stroke: '#eef1f5' }, ticks: { stroke: '#eef1f5' }, size: 44, font: '11px Inter, system-ui, sans-serif', values: (_u, v) => v.map((x) => fmt(x)) },
@@ -49,7 +56,6 @@ export function Chart({ title, unit, color, times, values, max, format }: Props)
       u.destroy();
       plot.current = null;
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [color, max]);
 
   useEffect(() => {
@@ -57,7 +63,9 @@ export function Chart({ title, unit, color, times, values, max, format }: Props)
     if (!u) return;
     u.setData([times, values]);
     const hi = times.length ? times[times.length - 1] : Date.now() / 1000;
-    u.setScale('x', { min: Math.min(times[0] ?? hi, hi - WINDOW_S), max: hi });
+    // the last minute; while there is less history, at least 10 s, so a line shows at once
+    const span = Math.min(WINDOW_S, Math.max(MIN_WINDOW_S, hi - (times[0] ?? hi)));
+    u.setScale('x', { min: hi - span, max: hi });
   }, [times, values]);
 
   const last = values.length ? values[values.length - 1] : null;

@@ -64,7 +64,6 @@ function useNarrow(): boolean {
 export function Graph({ order, nodes, edges, flows, current, selected, onSelect }: Props) {
   const vertical = useNarrow();
   const key = `${order.join(',')}|${edges.map((e) => `${e.source}>${e.target}`).join(',')}|${vertical}`;
-  // eslint-disable-next-line react-hooks/exhaustive-deps
   const lay = useMemo(() => layout(order, edges, vertical), [key]);
   const [now, setNow] = useState(Date.now());
   const nextExpiry = Math.min(Infinity, ...Object.values(flows).filter((t) => t > now));

@@ -117,6 +117,8 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
   const [error, setError] = useState<string | null>(null);
   const [loadingOlder, setLoadingOlder] = useState(false);
   const sentInitial = useRef(false);
+  /** A chat:send is on its way: a snapshot without an answer must not hide its placeholder. */
+  const sending = useRef(false);
   const bottom = useRef<HTMLDivElement>(null);
   const stickBottom = useRef(true);
 
@@ -135,10 +137,12 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
       setError(null);
       stickBottom.current = true;
       setStreaming({ reply_to: null, index: 0, text: '', position: null });
+      sending.current = true;
       try {
         await client.command({ type: 'chat:send', data: { message: text, conversation_id: cid } });
         onChange();
       } catch (err) {
+        sending.current = false;
         setStreaming(null);
         setError(err instanceof Error ? err.message : String(err));
       }
@@ -154,7 +158,8 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
         setHasMore(!!data.has_more);
         setBefore(data.before ?? null);
         const s = data.streaming;
-        setStreaming(s ? { reply_to: s.reply_to ?? null, index: s.index ?? 0, text: s.text ?? '', position: s.position ?? null } : null);
+        const next = s ? { reply_to: s.reply_to ?? null, index: s.index ?? 0, text: s.text ?? '', position: s.position ?? null } : null;
+        setStreaming((cur) => (next === null && sending.current ? cur : next));
       },
       onSubscribed: () => {
         if (initial && !sentInitial.current) {
@@ -167,7 +172,10 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
         const d = ev.data ?? {};
         if (ev.type === 'chat:message') {
           setMessages((list) => upsert(list, d as Message));
-          if (d.role === 'assistant') setStreaming((s) => (s && (s.reply_to === null || s.reply_to === d.reply_to) ? null : s));
+          if (d.role === 'assistant') {
+            sending.current = false;
+            setStreaming((s) => (s && (s.reply_to === null || s.reply_to === d.reply_to) ? null : s));
+          }
         } else if (ev.type === 'chat:queued') {
           setStreaming((s) => ({ reply_to: d.reply_to ?? s?.reply_to ?? null, index: s?.index ?? 0, text: s?.text ?? '', position: d.position ?? null }));
         } else if (ev.type === 'chat:streaming') {
@@ -182,7 +190,6 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
       onRefused: (err) => setError(err.message),
     });
     return () => sub.unsubscribe();
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [client, cid]);
 
   useEffect(() => {

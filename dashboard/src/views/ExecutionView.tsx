@@ -2,6 +2,10 @@ import { clock } from '../api';
 import type { RunModel } from '../runState';
 import { StatusBadge } from '../components/Status';
 
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
 /** Seed 000's team execution: agents in step order, who is active, results and errors. */
 export function ExecutionBody({ run }: { run: RunModel }) {
   const agents = Object.entries(run.agents).sort(
@@ -29,7 +33,7 @@ export function ExecutionBody({ run }: { run: RunModel }) {
         <div className="card-head">
           <h2>Results and errors</h2>
           <span className="muted small">
-            {run.results.length} results · {run.errors.length} errors
+            {plural(run.results.length, 'result')} · {plural(run.errors.length, 'error')}
           </span>
         </div>
         <ul className="feed" data-testid="results">

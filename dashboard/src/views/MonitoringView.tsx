@@ -60,7 +60,7 @@ export function MonitoringView() {
           .catch((err) => setError(err instanceof Error ? err.message : String(err)));
       },
       onRefused: (err) => setError(err.message),
-    });
+    }, { since: 0 }); // the retained samples too: a late visitor sees the recent past
     return () => sub.unsubscribe();
   }, [client]);
 

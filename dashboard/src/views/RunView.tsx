@@ -70,9 +70,14 @@ export function RunView({ topic }: { topic: string }) {
   );
 }
 
-/** Percent of a workflow's nodes that ended, for producers that send no `progress`. */
+/** For producers that send no `progress`: the percent of a workflow's nodes that ended,
+ * or of an execution's steps whose agent completed. */
 function nodeProgress(run: RunModel): number {
-  const ids = run.kind === 'workflow' ? run.order : [];
+  if (run.kind === 'execution') {
+    const done = Object.values(run.agents).filter((a) => a.status === 'completed').length;
+    return run.totalSteps ? Math.min(100, (100 * done) / run.totalSteps) : 0;
+  }
+  const ids = run.order;
   if (ids.length === 0) return 0;
   const ended = ids.filter((n) => ['completed', 'error', 'skipped'].includes(run.nodes[n]?.status ?? '')).length;
   return (100 * ended) / ids.length;
@@ -125,7 +130,11 @@ function Controls({ topic, run }: { topic: string; run: RunModel }) {
 function WorkflowBody({ run }: { run: RunModel }) {
   const [selected, setSelected] = useState<string | null>(null);
   const node = selected ? run.nodes[selected] : null;
-  const current = run.status === 'running' || run.status === 'paused' ? run.currentNode : null;
+  // the current node: the one the run names if it is running, else the first running one
+  const running = run.order.filter((n) => run.nodes[n]?.status === 'running');
+  const live = run.status === 'running' || run.status === 'paused';
+  const named = run.currentNode && running.includes(run.currentNode) ? run.currentNode : null;
+  const current = live ? (named ?? running[0] ?? null) : null;
   return (
     <div className="run-grid">
       <div className="card graph-card">

@@ -251,7 +251,10 @@ async def test_flooding_over_the_rate_limit_is_held_and_others_get_their_stream(
         async def flooder() -> None:
             nonlocal sent
             frame = json.dumps({"type": "ping", "id": 0})
-            with contextlib.suppress(ConnectionClosed):
+            # AttributeError: websockets 17 aborts a transport that asyncio already
+            # closed when its buffer drained after close() (the client's own race, once
+            # the server has closed it with 4530, checked below)
+            with contextlib.suppress(ConnectionClosed, AttributeError):
                 while True:
                     await flood.send(frame)  # waits when the server stops reading
                     sent += 1
@@ -268,9 +271,9 @@ async def test_flooding_over_the_rate_limit_is_held_and_others_get_their_stream(
             for i in range(n):  # a paced stream, 2 ms apart, while the flood runs
                 await gateway.publish("legit", "tick", {"i": i})
                 await asyncio.sleep(0.002)
+            assert not flooding.done()  # the stream was published during the flood
             got = [await recv_until(legit, "tick", 5 * UNIT) for _ in range(n)]
             assert [m["data"]["i"] for m in got] == list(range(n))
-            assert not flooding.done()  # the stream ran during the flood
             await asyncio.wait_for(asyncio.gather(flooding, reading), 20 * UNIT)
         finally:
             flooding.cancel()

@@ -52,6 +52,11 @@ def fake(server: FakeOpenAIServer) -> FakeOpenAIServer:
     return server
 
 
+READ_TIMEOUT = UNIT / 2
+"""The fixture's read timeout (1 s; scaled on slow machines: a loaded machine's fake server
+can take longer than 0.5 s to answer /models)."""
+
+
 @pytest.fixture(params=["native", "httpx"])
 async def upstream(
     request: pytest.FixtureRequest, fake: FakeOpenAIServer
@@ -60,7 +65,7 @@ async def upstream(
         fake.base_url,
         "fake",
         transport=request.param,
-        read_timeout=0.5,
+        read_timeout=READ_TIMEOUT,
         backoff_initial=0.01,
         backoff_max=0.05,
     )
@@ -205,7 +210,7 @@ async def test_stall_is_a_timeout(upstream: OpenAIUpstream, fake: FakeOpenAIServ
     with pytest.raises(UpstreamTimeoutError, match="stalled"):
         await collect(upstream.stream(Q, "fake-stall"), got)
     assert got == ANSWER[:2]
-    assert 0.5 <= time.monotonic() - started < 0.5 + UNIT
+    assert READ_TIMEOUT <= time.monotonic() - started < READ_TIMEOUT + UNIT
     assert await fake.wait(lambda f: len(f.disconnects) == 1, UNIT), "the stream was closed"
     assert len(fake.requests) == 1
 
@@ -214,7 +219,7 @@ async def test_a_non_streamed_stall_is_a_timeout(upstream: OpenAIUpstream) -> No
     started = time.monotonic()
     with pytest.raises(UpstreamTimeoutError, match="sent nothing"):
         await upstream.complete(Q, "fake-stall")
-    assert 0.5 <= time.monotonic() - started < 0.5 + UNIT
+    assert READ_TIMEOUT <= time.monotonic() - started < READ_TIMEOUT + UNIT
 
 
 async def test_a_cut_after_the_first_token_is_not_retried(

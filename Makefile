@@ -50,8 +50,10 @@ types: install
 unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
+# The suite runs on two pytest-xdist workers, one test file each at a time (--dist loadfile:
+# a file's module fixtures start once); each worker has its own PostgreSQL database.
 test: style types install-llm ## everything CI runs: lint, types, the whole suite with coverage >= 90%
-	$(VENV)/bin/pytest -q --cov=agentcast --cov-report=term-missing:skip-covered --cov-fail-under=90
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --cov=agentcast --cov-report=term-missing:skip-covered --cov-fail-under=90
 
 bench: install
 	$(PY) benchmarks/run.py

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 JS = ROOT / "clients" / "js"
 TIMEOUT = 600.0
 
-# npm ci and the vitest suite (a dozen server processes) take longer than the default 60 s
+# npm ci and the vitest suite (a dozen server processes) may take longer than the default timeout
 pytestmark = pytest.mark.timeout(900)
 
 

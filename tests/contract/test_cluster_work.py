@@ -122,6 +122,7 @@ async def test_one_owner_per_key(nodes: Nodes) -> None:
     a = await nodes.open()
     assert a.work.distributed is (not isinstance(a.work, MemoryWork))
     assert await a.work.acquire("gen", "c1", {"x": 1}) is None
+    assert a.work.fresh()  # its entry was refreshed just now (in one process: always)
     assert await a.work.acquire("gen", "c1", {"x": 2}) == a.node  # owned (by this node)
     assert await a.work.acquire("other", "c1", {}) is None  # per kind
     assert await a.work.owners("gen", ["c1", "c2"]) == {"c1": a.node}
@@ -227,13 +228,16 @@ async def test_a_node_taken_for_dead_drops_its_end(redis_nodes: Nodes) -> None:
     assert await a.work.acquire("gen", "c2", {}) is None
     work = a.work
     assert isinstance(work, RedisWork)
+    assert work.fresh()
     beat = work._tasks[1]
     beat.cancel()  # a pause longer than the TTL (a stalled process, a partition)
     await asyncio.wait([beat], timeout=UNIT)
     await eventually(lambda: len(on_b.seals) == 2, timeout=TTL + 4 * UNIT)
+    assert not work.fresh(), "it may have been taken for dead: it must know"
     assert await work.finish("gen", "c1") is False  # it comes back: ending c1, or
     await work.beat()  # at its next heartbeat
     assert on_a.losses == ["c2"] and work.lost == 1 and not work.own
+    assert work.fresh()
     assert not on_a.seals
     assert await b.work.acquire("gen", "c1", {}) is None
 

@@ -43,6 +43,7 @@ import contextlib
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +144,13 @@ class OwnedWork:
         BrokerError when it is not listening, does not answer ``within`` seconds or the
         handler failed."""
         raise NotImplementedError
+
+    def fresh(self) -> bool:
+        """False while this node's last heartbeat is so old that another node may take
+        its entries for dead (a stalled process, a backend out of reach): work that must
+        not be doubled by a sealer waits (chat holds its deltas) until the next heartbeat
+        tells whether the entries are still its own. Cheap: a clock read."""
+        return True
 
     async def _call_control(self, kind: str, key: str, payload: dict[str, Any]) -> Any:
         handlers = self.handlers.get(kind)
@@ -359,6 +367,13 @@ class RedisWork(OwnedWork):
         self._ready: asyncio.Future[None] | None = None
         self._closed = True
         self._failing = False
+        self._fresh_at = -math.inf
+        """``time.monotonic()`` when the last heartbeat that refreshed every entry began."""
+        self._fresh_for = max(ttl - heartbeat, heartbeat)
+        """How old that heartbeat may be while no other node can have claimed an entry."""
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self._fresh_at < self._fresh_for
 
     def _keys(self) -> list[str]:
         return [self.k_beats, self.k_owners]
@@ -418,6 +433,8 @@ class RedisWork(OwnedWork):
         member = _member(kind, key)
         if self._client is None:
             raise BrokerError("cluster work not started")
+        began = time.monotonic()
+        alone = not self.own
         try:
             found = await self._acquire(keys=self._keys(), args=[member, self._entry(info)])
         except Exception as exc:
@@ -428,6 +445,8 @@ class RedisWork(OwnedWork):
         if owner:
             return owner
         self.own[member] = b""
+        if alone:  # its only entry, refreshed just now
+            self._fresh_at = max(self._fresh_at, began)
         return None
 
     def adopt(self, kind: str, key: str, info: dict[str, Any]) -> None:
@@ -582,8 +601,10 @@ class RedisWork(OwnedWork):
         for member, value in own.items():
             args += (member, value)
         args += (len(sealable), *sealable, self.scan_limit)
+        began = time.monotonic()
         lost, adopted, claimed = await self._beat_script(keys=self._keys(), args=args)
         self._recovered()
+        self._fresh_at = began
         for raw in adopted:
             member = raw.decode()
             if member in self.own:

@@ -295,6 +295,14 @@ async def test_a_node_taken_for_dead_drops_its_end(pair: Pair) -> None:
         events = (await http.get(f"{pair.b.url}/api/topics/chat:{cid}/events?since=0")).json()
         ends = [e["data"]["status"] for e in events["events"] if e["data"].get("done") is True]
         assert ends == ["error", "cancelled"], ends
+        sealed = rest[-1]["data"]["reply_to"]
+        first_end = next(i for i, e in enumerate(events["events"]) if e["data"].get("done"))
+        stray = [
+            e
+            for e in events["events"][first_end + 1 :]
+            if e["type"] == "chat:streaming" and e["data"]["reply_to"] == sealed
+        ]
+        assert not stray, f"{len(stray)} deltas of the sealed answer after its end"
 
 
 async def _drain(ws: ClientConnection) -> None:

@@ -29,7 +29,10 @@ Contract of :class:`OwnedWork` (one per cluster state: ``cluster.work``). An ent
   claimed or removed: its ``lost(key)`` handler is called, and it must drop its end of the
   work without publishing anything (the sealer did). The refresh and the claim are atomic
   in one script each, so either the owner refreshes first (no claim) or the claim wins
-  (the owner drops it): never both.
+  (the owner drops it): never both. :meth:`~OwnedWork.finish` (a release that says
+  whether the entry was still its own) tells it too, and :meth:`~OwnedWork.fresh` is
+  False while its last heartbeat is old enough for a claim: what must not be doubled by
+  a sealer (chat's deltas) waits for the next heartbeat then.
 
 :class:`MemoryWork` is the same interface in one process (the in-process cluster state):
 a node of one, whose entries never orphan and whose requests go to its own handlers.
@@ -52,7 +55,14 @@ import orjson
 
 from agentcast.errors import BrokerError
 
-__all__ = ["ControlHandler", "LostHandler", "MemoryWork", "OwnedWork", "SealHandler"]
+__all__ = [
+    "ControlHandler",
+    "LostHandler",
+    "MemoryWork",
+    "OwnedWork",
+    "RedisWork",
+    "SealHandler",
+]
 
 logger = logging.getLogger("agentcast.cluster")
 

@@ -6,6 +6,7 @@ prefix per test, deleted afterwards), one node and several. Waits are bounded po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -311,3 +312,51 @@ async def test_an_unreachable_backend_is_an_error_and_adopted_work_waits() -> No
         t0 = time.perf_counter()
         await work.stop()
         assert time.perf_counter() - t0 < 1.5 * UNIT
+
+
+async def _stubborn_reader(client: Any, reading: asyncio.Event, released: asyncio.Event) -> None:
+    """A pub/sub read that absorbs its cancellation (what redis-py can do), until the test
+    releases it."""
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe("agentcast-test-stubborn")
+        reading.set()
+        while not released.is_set():
+            try:
+                await pubsub.get_message(timeout=0.05)
+            except (asyncio.CancelledError, Exception):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.05)  # a closed connection: do not spin
+    finally:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+
+
+async def test_stop_is_bounded_when_a_read_absorbs_its_cancellation(redis_nodes: Nodes) -> None:
+    from agentcast.cluster.redis import RedisClusterState
+
+    a = await redis_nodes.open()
+    assert isinstance(a, RedisClusterState) and isinstance(a.work, RedisWork)
+    loop = asyncio.get_running_loop()
+    released = asyncio.Event()
+    reading = [asyncio.Event(), asyncio.Event()]
+    stubborn = [
+        loop.create_task(_stubborn_reader(a._subscriber, reading[0], released)),
+        loop.create_task(_stubborn_reader(a.work._subscriber, reading[1], released)),
+    ]
+    a._tasks.append(stubborn[0])
+    a.work._tasks.append(stubborn[1])
+    async with asyncio.timeout(5 * UNIT):
+        for event in reading:
+            await event.wait()
+    t0 = time.perf_counter()
+    try:
+        await a.stop()
+        took = time.perf_counter() - t0
+        redis_nodes.states.clear()
+        assert not any(task.done() for task in stubborn), "they absorbed the cancellation"
+    finally:
+        released.set()
+        await asyncio.wait(stubborn, timeout=5 * UNIT)
+    print(f"\nstop with two reads absorbing their cancellation: {took:.2f} s")
+    assert took < 3 * UNIT, took  # each of the two parts waits at most twice half a second

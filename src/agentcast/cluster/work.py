@@ -408,14 +408,16 @@ class RedisWork(OwnedWork):
 
     async def stop(self) -> None:
         """Stop at once: redis-py may not end a blocked read when cancelled (a read in
-        progress can absorb the cancellation), so the tasks get ``timeout`` to end, their
-        connections are then closed under them, and a task that still runs is left."""
+        progress can absorb the cancellation), so the tasks get half a second (at most
+        ``timeout``) to end, their connections are then closed under them, and a task
+        that still runs half a second later is left behind (logged)."""
         self._closed = True
         tasks = [*self._tasks, *self._jobs]
         for task in tasks:
             task.cancel()
+        bound = min(self.timeout, 0.5)
         if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=self.timeout)
+            _, stuck = await asyncio.wait(tasks, timeout=bound)
         else:
             stuck = set()
         for client in (self._subscriber, self._client):
@@ -423,7 +425,7 @@ class RedisWork(OwnedWork):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.aclose(), self.timeout)
         if stuck:
-            _, stuck = await asyncio.wait(stuck, timeout=self.timeout)
+            _, stuck = await asyncio.wait(stuck, timeout=bound)
             for task in stuck:  # pragma: no cover - redis-py holding on
                 logger.warning("cluster work: %s did not stop; left behind", task.get_name())
         for future in self._pending.values():

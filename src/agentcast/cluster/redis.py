@@ -312,9 +312,9 @@ class RedisClusterState(ClusterState):
             await client.aclose()
         if self._subscriber is not None:
             await self._subscriber.aclose()
-        self._client = self._subscriber = None
         for task in await _settle(stuck, min(self.timeout, 0.5)):  # pragma: no cover
             logger.warning("cluster state: %s did not stop; left behind", task.get_name())
+        self._client = self._subscriber = None
 
     def _keys(self) -> list[str]:
         return [self.k_nodes, self.k_conns, self.k_presence]

@@ -126,6 +126,8 @@ class Generation:
     """Another node sealed it (this node was taken for dead): drop it, publish nothing."""
     finishing: bool = False
     """Streaming ended: the answer is being stored and published."""
+    held: list[bytes] = field(default_factory=list)
+    """Deltas not published yet: this node's heartbeat was late (see ``OwnedWork.fresh``)."""
     done: asyncio.Future[ChatMessage] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -842,12 +844,26 @@ class Chat(GatewayFeature):
                     future.add_done_callback(self._record_done)
                 return future
 
+        # across nodes: while this node's heartbeat is late enough for another node to take
+        # it for dead (a stalled process), deltas are held until a heartbeat tells whether
+        # the generation is still its own (then they go out, in order) or was sealed
+        fresh = self.work.fresh if self.work.distributed else None
+        held = gen.held
+
         def on_delta(delta: str) -> None:
             """One delta, pushed by the agent or read from its stream."""
-            if not delta:
+            if not delta or gen.lost:
+                return
+            data = chunk(delta)
+            if fresh is not None and not fresh():
+                held.append(data)
                 return
             try:
-                publish_delta(chunk(delta))
+                if held:
+                    for early in held:
+                        publish_delta(early)
+                    held.clear()
+                publish_delta(data)
             except (BrokerError, ProtocolError) as exc:
                 logger.error(
                     "chat:streaming on %s not published: %s", topic, exc, extra={"topic": topic}
@@ -866,7 +882,7 @@ class Chat(GatewayFeature):
                         async for delta in deltas:
                             if not delta:
                                 continue
-                            if gateway.publishes_now:  # yields now and then (a tight agent)
+                            if gateway.publishes_now and fresh is None:  # yields now and then
                                 await self._publish(topic, "chat:streaming", chunk(delta))
                             else:
                                 on_delta(delta)  # into the iteration's batch
@@ -890,6 +906,14 @@ class Chat(GatewayFeature):
         ):  # this node was taken for dead: another node sealed this generation
             self._drop(gen)
             return
+        if held:  # its own after all (or the cluster state unreachable: failing open)
+            on_delta_flush = held[:]
+            held.clear()
+            for data in on_delta_flush:
+                try:
+                    publish_delta(data)
+                except (BrokerError, ProtocolError) as exc:
+                    logger.error("chat:streaming on %s not published: %s", topic, exc)
         end = loop.time()
         stream_s = end - started - (ttft or 0) / 1000
         self._stats(gen.agent).record(status, len(parts), ttft, stream_s, (started - t0) * 1000)

@@ -179,6 +179,17 @@ _REDIS_PARAMS = frozenset(
 (the broker's own options) are not passed to it."""
 
 
+async def _settle(tasks: list[asyncio.Task[None]], within: float) -> list[asyncio.Task[None]]:
+    """Wait at most ``within`` seconds for ``tasks`` to end; the ones still running."""
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=within)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure was logged where it happened
+    return list(pending)
+
+
 def _split_url(url: str) -> tuple[str, str]:
     """The URL with only redis-py's query parameters, and the ``prefix`` parameter (the
     deployment's name, default ``agentcast``)."""
@@ -311,9 +322,9 @@ class RedisClusterState(ClusterState):
             self._tasks.append(self._reserving)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # bounded: redis-py can absorb a cancellation in a blocked read; closing the
+        # connections below ends such a read
+        stuck = await _settle(self._tasks, min(self.timeout, 0.5))
         self._tasks = []
         client = self._client
         if client is not None:
@@ -322,6 +333,8 @@ class RedisClusterState(ClusterState):
             await client.aclose()
         if self._subscriber is not None:
             await self._subscriber.aclose()
+        for task in await _settle(stuck, min(self.timeout, 0.5)):  # pragma: no cover
+            logger.warning("cluster state: %s did not stop; left behind", task.get_name())
         self._client = self._subscriber = None
         await self.shared.close()
 
@@ -511,7 +524,7 @@ class RedisClusterState(ClusterState):
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(None)
                 backoff = self.sync_interval
-                while True:
+                while not self._closed:  # not True: a cancellation may be absorbed
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message.get("type") == "message":
                         self._apply(message["data"])

@@ -29,7 +29,10 @@ Contract of :class:`OwnedWork` (one per cluster state: ``cluster.work``). An ent
   claimed or removed: its ``lost(key)`` handler is called, and it must drop its end of the
   work without publishing anything (the sealer did). The refresh and the claim are atomic
   in one script each, so either the owner refreshes first (no claim) or the claim wins
-  (the owner drops it): never both.
+  (the owner drops it): never both. :meth:`~OwnedWork.finish` (a release that says
+  whether the entry was still its own) tells it too, and :meth:`~OwnedWork.fresh` is
+  False while its last heartbeat is old enough for a claim: what must not be doubled by
+  a sealer (chat's deltas) waits for the next heartbeat then.
 
 :class:`MemoryWork` is the same interface in one process (the in-process cluster state):
 a node of one, whose entries never orphan and whose requests go to its own handlers.
@@ -43,6 +46,7 @@ import contextlib
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +55,14 @@ import orjson
 
 from agentcast.errors import BrokerError
 
-__all__ = ["ControlHandler", "LostHandler", "MemoryWork", "OwnedWork", "SealHandler"]
+__all__ = [
+    "ControlHandler",
+    "LostHandler",
+    "MemoryWork",
+    "OwnedWork",
+    "RedisWork",
+    "SealHandler",
+]
 
 logger = logging.getLogger("agentcast.cluster")
 
@@ -143,6 +154,13 @@ class OwnedWork:
         BrokerError when it is not listening, does not answer ``within`` seconds or the
         handler failed."""
         raise NotImplementedError
+
+    def fresh(self) -> bool:
+        """False while this node's last heartbeat is so old that another node may take
+        its entries for dead (a stalled process, a backend out of reach): work that must
+        not be doubled by a sealer waits (chat holds its deltas) until the next heartbeat
+        tells whether the entries are still its own. Cheap: a clock read."""
+        return True
 
     async def _call_control(self, kind: str, key: str, payload: dict[str, Any]) -> Any:
         handlers = self.handlers.get(kind)
@@ -359,6 +377,13 @@ class RedisWork(OwnedWork):
         self._ready: asyncio.Future[None] | None = None
         self._closed = True
         self._failing = False
+        self._fresh_at = -math.inf
+        """``time.monotonic()`` when the last heartbeat that refreshed every entry began."""
+        self._fresh_for = max(ttl - heartbeat, heartbeat)
+        """How old that heartbeat may be while no other node can have claimed an entry."""
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self._fresh_at < self._fresh_for
 
     def _keys(self) -> list[str]:
         return [self.k_beats, self.k_owners]
@@ -383,14 +408,16 @@ class RedisWork(OwnedWork):
 
     async def stop(self) -> None:
         """Stop at once: redis-py may not end a blocked read when cancelled (a read in
-        progress can absorb the cancellation), so the tasks get ``timeout`` to end, their
-        connections are then closed under them, and a task that still runs is left."""
+        progress can absorb the cancellation), so the tasks get half a second (at most
+        ``timeout``) to end, their connections are then closed under them, and a task
+        that still runs half a second later is left behind (logged)."""
         self._closed = True
         tasks = [*self._tasks, *self._jobs]
         for task in tasks:
             task.cancel()
+        bound = min(self.timeout, 0.5)
         if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=self.timeout)
+            _, stuck = await asyncio.wait(tasks, timeout=bound)
         else:
             stuck = set()
         for client in (self._subscriber, self._client):
@@ -398,7 +425,7 @@ class RedisWork(OwnedWork):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.aclose(), self.timeout)
         if stuck:
-            _, stuck = await asyncio.wait(stuck, timeout=self.timeout)
+            _, stuck = await asyncio.wait(stuck, timeout=bound)
             for task in stuck:  # pragma: no cover - redis-py holding on
                 logger.warning("cluster work: %s did not stop; left behind", task.get_name())
         for future in self._pending.values():
@@ -418,6 +445,8 @@ class RedisWork(OwnedWork):
         member = _member(kind, key)
         if self._client is None:
             raise BrokerError("cluster work not started")
+        began = time.monotonic()
+        alone = not self.own
         try:
             found = await self._acquire(keys=self._keys(), args=[member, self._entry(info)])
         except Exception as exc:
@@ -428,6 +457,8 @@ class RedisWork(OwnedWork):
         if owner:
             return owner
         self.own[member] = b""
+        if alone:  # its only entry, refreshed just now
+            self._fresh_at = max(self._fresh_at, began)
         return None
 
     def adopt(self, kind: str, key: str, info: dict[str, Any]) -> None:
@@ -582,8 +613,10 @@ class RedisWork(OwnedWork):
         for member, value in own.items():
             args += (member, value)
         args += (len(sealable), *sealable, self.scan_limit)
+        began = time.monotonic()
         lost, adopted, claimed = await self._beat_script(keys=self._keys(), args=args)
         self._recovered()
+        self._fresh_at = began
         for raw in adopted:
             member = raw.decode()
             if member in self.own:

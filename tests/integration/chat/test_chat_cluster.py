@@ -17,6 +17,7 @@ The figures (``print``, shown with ``-s``) are the ones docs/scaling.md quotes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -294,6 +295,20 @@ async def test_a_node_taken_for_dead_drops_its_end(pair: Pair) -> None:
         events = (await http.get(f"{pair.b.url}/api/topics/chat:{cid}/events?since=0")).json()
         ends = [e["data"]["status"] for e in events["events"] if e["data"].get("done") is True]
         assert ends == ["error", "cancelled"], ends
+        sealed = rest[-1]["data"]["reply_to"]
+        first_end = next(i for i, e in enumerate(events["events"]) if e["data"].get("done"))
+        stray = [
+            e
+            for e in events["events"][first_end + 1 :]
+            if e["type"] == "chat:streaming" and e["data"]["reply_to"] == sealed
+        ]
+        assert not stray, f"{len(stray)} deltas of the sealed answer after its end"
+
+
+async def _drain(ws: ClientConnection) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for _ in ws:
+            pass
 
 
 async def test_stopping_a_node_is_fast(pair: Pair) -> None:
@@ -302,12 +317,16 @@ async def test_stopping_a_node_is_fast(pair: Pair) -> None:
         websockets.connect(ws_url(pair.b)) as ws_b,
     ):
         await start_on_a(pair, ws_a, ws_b)  # a generation, a control channel, subscriptions
+        # the clients keep reading: one that does not stops reading its socket once its
+        # queue is full, never reads the server's close frame, and uvicorn waits for it
+        readers = [asyncio.ensure_future(_drain(ws)) for ws in (ws_a, ws_b)]
         timings = []
         for node in (pair.b, pair.a):  # idle B, then A with its generation
             t0 = time.perf_counter()
             code = await asyncio.to_thread(node.stop)
             timings.append(time.perf_counter() - t0)
             assert code in (0, -signal.SIGTERM), node.output()
+        await asyncio.wait(readers, timeout=5 * UNIT)
     print(f"\nSIGTERM to exit: idle {timings[0]:.2f} s, generating {timings[1]:.2f} s")
     assert max(timings) < 3 * UNIT, timings
 

@@ -408,3 +408,54 @@ async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_
         with contextlib.suppress(Exception):
             await proxy.cut()
         await delete_prefix(prefix)
+
+
+async def test_a_cancel_while_redis_is_unreachable_leaves_when_it_is_back() -> None:
+    why = await redis_reachable()
+    if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
+        require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    proxy = Proxy()
+    await proxy.start()
+    a = Node(
+        create_cluster_state(
+            f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}",
+            heartbeat=HEARTBEAT,
+            ttl=TTL,
+            sync_interval=SYNC,
+        )
+    )
+    b = Node(
+        create_cluster_state(
+            f"{REDIS}?prefix={prefix}", heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC
+        )
+    )
+    await a.state.start(a.view)
+    await b.state.start(b.view)
+    qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
+    served: list[str] = []
+    requests: list[Request] = []
+    try:
+        first = await holder(qb, served)
+        leaving = Request(qa, "x", "x", served)
+        requests += [first, leaving]
+        await eventually(lambda: leaving.position == 1)
+        behind = Request(qb, "z", "z", served)
+        requests.append(behind)
+        await eventually(lambda: behind.position == 2)
+        await proxy.cut()
+        leaving.task.cancel()  # its leave fails: Redis is unreachable from a
+        await asyncio.gather(leaving.task, return_exceptions=True)
+        await eventually(lambda: a.state.errors > 0)
+        await proxy.start()
+        first.finish()  # the slot may go to x (a is live again): a's poll gives it back
+        async with asyncio.timeout(TTL + 4 * UNIT):
+            await behind.started.wait()
+        assert served == ["holder", "z"]
+    finally:
+        await cleanup(*requests)
+        await a.state.stop()
+        await b.state.stop()
+        with contextlib.suppress(Exception):
+            await proxy.cut()
+        await delete_prefix(prefix)

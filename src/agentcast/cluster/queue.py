@@ -423,6 +423,9 @@ class RedisFairQueue:
         self._held: set[str] = set()
         self._unreleased: set[str] = set()
         """Ids whose release failed (Redis down): retried by every poll."""
+        self._unleft: dict[str, _RemoteWaiter] = {}
+        """Cancelled waiters whose leave failed: retried by every poll (a waiter left in
+        Redis would be granted a slot nobody gives back while this node lives)."""
         self._refreshing: asyncio.Task[None] | None = None
         self._dirty = False
         self.cluster_active = 0
@@ -532,10 +535,10 @@ class RedisFairQueue:
         try:
             await self.queues.call("leave", self.keys, self._args(waiter.id, waiter.user))
         except Exception as exc:
-            # unknown outcome: if it still waits in Redis it is dropped when granted (a
-            # grant nobody here waits for is released), or with this node when it dies
-            self._unreleased.add(waiter.id)
+            self._unleft[waiter.id] = waiter  # unknown outcome: leave again (idempotent)
             self.queues.failed("queue leave", exc)
+        else:
+            self._unleft.pop(waiter.id, None)
 
     def granted(self, ids: list[str]) -> None:
         """Slots granted to ``ids`` (from a script's reply or a notification)."""
@@ -574,6 +577,8 @@ class RedisFairQueue:
         waiters."""
         if self._unreleased:
             await self._release(sorted(self._unreleased))
+        for left in list(self._unleft.values()):
+            await self._leave(left)
         waiters = [w for w in self._waiters.values() if w.joined]
         if not waiters and not sweep:
             return
@@ -778,7 +783,7 @@ class RedisQueues:
         while not self._closed:
             await asyncio.sleep(self.poll_interval)
             for queue in list(self.queues.values()):
-                if queue._waiters or queue._unreleased:
+                if queue._waiters or queue._unreleased or queue._unleft:
                     try:
                         await queue.poll(sweep=True)
                     except Exception as exc:  # pragma: no cover - poll catches its own
@@ -802,11 +807,13 @@ class RedisQueues:
                 if not waiter.future.done():
                     waiter.future.cancel()
                 self.spawn(queue._leave(waiter))
+            for left in list(queue._unleft.values()):
+                self.spawn(queue._leave(left))
             if queue._held or queue._unreleased:
                 self.spawn(queue._release(sorted(queue._held | queue._unreleased)))
                 queue._held.clear()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self.ttl):
+        with contextlib.suppress(Exception):  # bounded: Redis may be down
+            async with asyncio.timeout(min(self.ttl, 2.0)):
                 while self._tasks:
                     await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._client.aclose()

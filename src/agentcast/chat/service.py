@@ -107,6 +107,9 @@ class Generation:
     """The answer's deltas published so far (chunk ``i`` is ``parts[i]``)."""
     position: int | None = None
     """The queue position last published (None: not waiting)."""
+    queue_user: str | None = None
+    """Whose turn it is in the upstream queue (default :attr:`user`); an anonymous
+    subject is per process, so across nodes it is qualified with the node id."""
     done: asyncio.Future[ChatMessage] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -377,6 +380,8 @@ class Chat(GatewayFeature):
         gen = Generation(
             conversation, agent_id, agent, principal.subject, stored, session, command_id
         )
+        if principal.anonymous and self.gateway.cluster.distributed:
+            gen.queue_user = f"{principal.subject}@{self.gateway.cluster.node}"
         self.generations[cid] = gen
         if session is not None:
             if session.meta is None:
@@ -648,7 +653,7 @@ class Chat(GatewayFeature):
                 )
 
         try:
-            async with self._queue(gen.agent).slot(gen.user, on_position):
+            async with self._queue(gen.agent).slot(gen.queue_user or gen.user, on_position):
                 started = loop.time()
                 request = await self._request(gen)
                 prompt_tokens = sum(estimate_tokens(t.content) for t in request.messages)

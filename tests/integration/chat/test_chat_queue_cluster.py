@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio
 import websockets
 
 from agentcast.testing.openai_server import FakeOpenAIServer
@@ -54,6 +55,19 @@ async def pair(broker_url: str, fake: FakeOpenAIServer) -> AsyncIterator[Nodes]:
         await asyncio.to_thread(nodes.close)
 
 
+async def queue_turns(broker_url: str) -> list[str]:
+    """The users waiting in the (one) upstream queue, in serving order, read from Redis."""
+    url, _, query = broker_url.partition("?")
+    prefix = query.removeprefix("prefix=")
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match="{" + prefix + "}:queue:*:turns")]
+        assert len(keys) == 1, keys
+        return [t.decode() for t in await client.lrange(keys[0], 0, -1)]
+    finally:
+        await client.aclose()
+
+
 def is_chunk(frame: dict[str, Any]) -> bool:
     return frame["type"] == "chat:streaming" and not frame["data"]["done"]
 
@@ -79,6 +93,9 @@ async def test_a_client_on_node_b_waits_behind_node_a_and_starts_when_it_ends(
         await chat_send(third, "Queued on node A behind B")
         await read_until(third, queued_at(2))  # the cluster's queue, not node A's own
         assert fake.active == 1
+        # two anonymous users (each node numbers its own): told apart by their node
+        turns = await queue_turns(pair.broker_url)
+        assert len(turns) == 2 and len(set(turns)) == 2 and all("@" in t for t in turns)
         answer = await read_answer(first, 10 * UNIT)
         ended = time.monotonic()
         assert answer[-1]["data"]["status"] == "complete"

@@ -8,6 +8,7 @@ generation ends; a client that cancels while queued never reaches the upstream.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -138,3 +139,21 @@ async def test_a_client_that_cancels_while_queued_never_reaches_the_upstream(
     asked = [r.messages[-1]["content"] for r in fake.requests]
     assert asked == ["Generated on node A", "Queued on A behind the one that leaves"]
     assert fake.max_active == 1
+
+
+async def test_a_slot_held_by_a_killed_node_is_freed_after_its_ttl(
+    pair: Nodes, fake: FakeOpenAIServer
+) -> None:
+    a, b = pair.procs
+    async with websockets.connect(ws_url(a)) as first, websockets.connect(ws_url(b)) as second:
+        await chat_send(first, "Generated on node A, which dies")
+        await read_until(first, is_chunk)
+        await chat_send(second, "Queued on node B")
+        await read_until(second, queued_at(1))
+        a.stop(signal.SIGKILL)  # gives nothing back: its slot expires with its heartbeat
+        killed = time.monotonic()
+        await read_until(second, is_chunk, 10 * UNIT)
+        waited = time.monotonic() - killed
+        assert (await read_answer(second, 10 * UNIT))[-1]["data"]["status"] == "complete"
+    # node_ttl is 1 s: freed after it (not at once), well before a generation's end
+    assert 0.3 <= waited <= 1.0 + 0.25 + 2 * UNIT, waited

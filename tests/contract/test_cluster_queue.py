@@ -250,6 +250,27 @@ async def redis_state(queue: RedisFairQueue) -> bool:
         await client.aclose()
 
 
+async def test_a_burst_of_arrivals_never_exceeds_the_limit(cluster: Cluster) -> None:
+    """300 generations asked at once (more calls than a connection pool holds: they wait
+    for a connection, none fails over to the node's own queue)."""
+    limit = 3
+    a, b = two(cluster, limit)
+    held = most = 0
+
+    async def one(i: int) -> None:
+        nonlocal held, most
+        async with (a if i % 2 else b).slot(f"user{i % 30}"):
+            held += 1
+            most = max(most, held)
+            await asyncio.sleep(0)
+            held -= 1
+
+    async with asyncio.timeout(20 * UNIT):
+        await asyncio.gather(*(one(i) for i in range(300)))
+    assert most == limit
+    assert all(node.state.errors == 0 for node in cluster.nodes)
+
+
 async def test_one_request_after_another_leaves_nothing_behind(cluster: Cluster) -> None:
     """Each release's notification races the next acquire (a poll must not take the
     request in flight for lost and queue it twice: a phantom slot)."""

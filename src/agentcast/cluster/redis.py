@@ -51,6 +51,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio import connection as redis_connection
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -242,7 +243,7 @@ class RedisClusterState(ClusterState):
         self._reservations: list[tuple[str, int, int, asyncio.Future[int | None]]] = []
         self._reserving: asyncio.Task[None] | None = None
         self.queues = RedisQueues(
-            self._redis,
+            self._pooled,
             base=self.base,
             node=self.node,
             ttl=ttl,
@@ -260,6 +261,19 @@ class RedisClusterState(ClusterState):
             retry=Retry(NoBackoff(), 1),
             **kwargs,
         )
+
+    def _pooled(self) -> Redis:
+        """A client whose pool waits for a free connection (at most 16) instead of
+        failing: a burst of queue calls (hundreds of generations at once) queues here."""
+        pool = BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=16,
+            timeout=self.ttl,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        return Redis.from_pool(pool)
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
+from agentcast.errors import BrokerError
+
 __all__ = ["FairQueue", "RedisFairQueue", "RedisQueues", "UpstreamQueue"]
 
 logger = logging.getLogger("agentcast.chat")
@@ -727,7 +729,7 @@ class RedisQueues:
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run one script (one round trip)."""
         if self._client is None:
-            raise ConnectionError("the queues are stopped")
+            raise BrokerError("the LLM queues are stopped")
         self.round_trips += 1
         reply = await self._scripts[name](keys=keys, args=args)
         self._on_recovered()

@@ -103,13 +103,13 @@ class Generation:
     command_id: Any = None
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
+    queue_user: str | None = None
+    """Whose turn it is in the upstream queue (default :attr:`user`); an anonymous
+    subject is per process, so across nodes it is qualified with the node id."""
     parts: list[str] = field(default_factory=list)
     """The answer's deltas published so far (chunk ``i`` is ``parts[i]``)."""
     position: int | None = None
     """The queue position last published (None: not waiting)."""
-    queue_user: str | None = None
-    """Whose turn it is in the upstream queue (default :attr:`user`); an anonymous
-    subject is per process, so across nodes it is qualified with the node id."""
     done: asyncio.Future[ChatMessage] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )

@@ -237,6 +237,19 @@ async def test_no_lost_wakeups_under_concurrent_release_and_acquire(cluster: Clu
         await eventually(lambda: redis_state(a), 2 * UNIT)
 
 
+async def holders_of(queue: UpstreamQueue) -> list[str]:
+    """The nodes holding slots of ``queue`` in Redis."""
+    from redis.asyncio import Redis
+
+    assert isinstance(queue, RedisFairQueue)
+    client = Redis.from_url(REDIS)
+    try:
+        found = await client.hgetall(queue.keys[1])
+        return [v.decode() if isinstance(v, bytes) else v for v in found.values()]
+    finally:
+        await client.aclose()
+
+
 async def redis_state(queue: RedisFairQueue) -> bool:
     """True when Redis holds no slot, no waiter and no turn of ``queue``."""
     from redis.asyncio import Redis
@@ -379,7 +392,9 @@ async def test_stop_gives_slots_back_at_once(pair: Cluster) -> None:
     waiter = Request(b, "b1", "b", served)
     await eventually(lambda: waiter.position == 1)
     await a_node.state.stop()  # a clean stop: no TTL to wait for
-    async with asyncio.timeout(TTL * 0.5):
+    # given back by the stop itself (not expired): no slot of a's is left in Redis
+    assert a_node.state.node not in await holders_of(b)
+    async with asyncio.timeout(2 * UNIT):
         await waiter.started.wait()
     first.task.cancel()
     await cleanup(waiter)

@@ -486,6 +486,9 @@ class RedisFairQueue:
         except Exception as exc:
             self._waiters.pop(waiter.id, None)
             queues.failed("queue acquire", exc)
+            # the outcome is unknown (a timeout may have queued it, or granted a slot):
+            # leave, retried by the polls until Redis answers, so nothing is left there
+            queues.spawn(self._leave(waiter))
             return None, await self.fallback.acquire(user, on_position)
         position, self.cluster_active, self.cluster_waiting = (int(x) for x in reply)
         if position == 0:

@@ -263,13 +263,15 @@ class RedisClusterState(ClusterState):
         )
 
     def _pooled(self) -> Redis:
-        """A client whose pool waits for a free connection (at most 16) instead of
-        failing: a burst of queue calls (hundreds of generations at once) queues here."""
+        """The LLM queues' client: its pool waits for a free connection (at most 16)
+        instead of failing, so a burst of queue calls (hundreds of generations at once)
+        queues here; a reply may take up to ``ttl`` (a slow Redis is not an unreachable
+        one: a queue call that times out sends the request to the node's own queue)."""
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=16,
-            timeout=self.ttl,
-            socket_timeout=self.timeout,
+            timeout=None,
+            socket_timeout=max(self.timeout, self.ttl),
             socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 1),
         )

@@ -44,6 +44,45 @@ from tests.services import require_service
 KEY = "http://upstream.test/v1"
 
 
+class CutProxy(Proxy):
+    """:class:`Proxy`, whose cut also closes a connection accepted just before it (its
+    upstream connection still being opened): nothing gets through a cut proxy, and the
+    cut never waits for a connection it did not close."""
+
+    cutting = False
+
+    async def start(self) -> None:
+        self.cutting = False
+        await super().start()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cutting:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        if self.cutting:
+            writer.close()
+            up_writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+    async def cut(self) -> None:
+        self.cutting = True
+        await super().cut()
+
+
 @pytest.fixture(params=["memory", "redis, two nodes"])
 async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     made = await _build(request.param)
@@ -319,6 +358,7 @@ async def pair() -> AsyncIterator[Cluster]:
 async def abandon_node(node: Node) -> None:
     """The node dies (as after SIGKILL): no heartbeat, nothing given back, no more polls."""
     queues: Any = node.state.queues  # type: ignore[attr-defined]
+    queues._closed = True
     tasks = [*queues._loops, *queues._tasks]
     for task in tasks:
         task.cancel()
@@ -408,7 +448,7 @@ async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_
     if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
         require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
     prefix = f"test-{uuid.uuid4().hex[:12]}"
-    proxy = Proxy()
+    proxy = CutProxy()
     await proxy.start()
     url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
     a = Node(create_cluster_state(url, heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC))
@@ -451,7 +491,7 @@ async def test_a_cancel_while_redis_is_unreachable_leaves_when_it_is_back() -> N
     if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
         require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
     prefix = f"test-{uuid.uuid4().hex[:12]}"
-    proxy = Proxy()
+    proxy = CutProxy()
     await proxy.start()
     a = Node(
         create_cluster_state(

@@ -734,7 +734,15 @@ class RedisQueues:
         if self._client is None:
             raise BrokerError("the LLM queues are stopped")
         self.round_trips += 1
-        reply = await self._scripts[name](keys=keys, args=args)
+        try:
+            reply = await self._scripts[name](keys=keys, args=args)
+        except Exception:
+            # redis-py may turn a cancellation into another error (its pool's release
+            # failing while cancelled): a cancelled caller must still see CancelledError
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
+            raise
         self._on_recovered()
         return reply
 
@@ -766,6 +774,9 @@ class RedisQueues:
                         if message is not None and message.get("type") == "message":
                             self._apply(message["data"])
                 except Exception as exc:  # the loop must outlive any failure
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from None  # (see call)
                     self.failed("queue notifications", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)

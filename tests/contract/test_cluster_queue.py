@@ -362,7 +362,8 @@ async def abandon_node(node: Node) -> None:
     tasks = [*queues._loops, *queues._tasks]
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)  # its sockets closed, as by a kill
+    if tasks:  # its sockets closed, as by a kill
+        await asyncio.wait(tasks, timeout=2 * UNIT)
     queues._loops = []
     queues._closed = True
     if queues._client is not None:

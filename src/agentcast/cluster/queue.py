@@ -769,7 +769,7 @@ class RedisQueues:
                     for queue in self.queues.values():  # missed while (re)connecting
                         if queue._waiters:
                             queue.refresh()
-                    while True:
+                    while not self._closed:
                         message = await pubsub.get_message(timeout=None)
                         if message is not None and message.get("type") == "message":
                             self._apply(message["data"])
@@ -811,9 +811,8 @@ class RedisQueues:
         self._closed = True
         for task in self._loops:
             task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._loops:  # bounded: redis-py may swallow the cancellation of a blocked read
+            await asyncio.wait(self._loops, timeout=2.0)
         self._loops = []
         if self._client is None:
             return

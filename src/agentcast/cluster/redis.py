@@ -319,9 +319,8 @@ class RedisClusterState(ClusterState):
             self._tasks.append(self._reserving)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:  # bounded: redis-py may swallow the cancellation of a blocked read
+            await asyncio.wait(self._tasks, timeout=2 * self.timeout)
         self._tasks = []
         client = self._client
         if client is not None:

@@ -44,6 +44,45 @@ from tests.services import require_service
 KEY = "http://upstream.test/v1"
 
 
+class CutProxy(Proxy):
+    """:class:`Proxy`, whose cut also closes a connection accepted just before it (its
+    upstream connection still being opened): nothing gets through a cut proxy, and the
+    cut never waits for a connection it did not close."""
+
+    cutting = False
+
+    async def start(self) -> None:
+        self.cutting = False
+        await super().start()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cutting:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        if self.cutting:
+            writer.close()
+            up_writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+    async def cut(self) -> None:
+        self.cutting = True
+        await super().cut()
+
+
 @pytest.fixture(params=["memory", "redis, two nodes"])
 async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     made = await _build(request.param)
@@ -237,6 +276,19 @@ async def test_no_lost_wakeups_under_concurrent_release_and_acquire(cluster: Clu
         await eventually(lambda: redis_state(a), 2 * UNIT)
 
 
+async def holders_of(queue: UpstreamQueue) -> list[str]:
+    """The nodes holding slots of ``queue`` in Redis."""
+    from redis.asyncio import Redis
+
+    assert isinstance(queue, RedisFairQueue)
+    client = Redis.from_url(REDIS)
+    try:
+        found = await client.hgetall(queue.keys[1])
+        return [v.decode() if isinstance(v, bytes) else v for v in found.values()]
+    finally:
+        await client.aclose()
+
+
 async def redis_state(queue: RedisFairQueue) -> bool:
     """True when Redis holds no slot, no waiter and no turn of ``queue``."""
     from redis.asyncio import Redis
@@ -248,6 +300,27 @@ async def redis_state(queue: RedisFairQueue) -> bool:
         return found == (0, 0, 0)
     finally:
         await client.aclose()
+
+
+async def test_a_burst_of_arrivals_never_exceeds_the_limit(cluster: Cluster) -> None:
+    """300 generations asked at once (more calls than a connection pool holds: they wait
+    for a connection, none fails over to the node's own queue)."""
+    limit = 3
+    a, b = two(cluster, limit)
+    held = most = 0
+
+    async def one(i: int) -> None:
+        nonlocal held, most
+        async with (a if i % 2 else b).slot(f"user{i % 30}"):
+            held += 1
+            most = max(most, held)
+            await asyncio.sleep(0)
+            held -= 1
+
+    async with asyncio.timeout(20 * UNIT):
+        await asyncio.gather(*(one(i) for i in range(300)))
+    assert most == limit
+    assert all(node.state.errors == 0 for node in cluster.nodes)
 
 
 async def test_one_request_after_another_leaves_nothing_behind(cluster: Cluster) -> None:
@@ -285,10 +358,12 @@ async def pair() -> AsyncIterator[Cluster]:
 async def abandon_node(node: Node) -> None:
     """The node dies (as after SIGKILL): no heartbeat, nothing given back, no more polls."""
     queues: Any = node.state.queues  # type: ignore[attr-defined]
+    queues._closed = True
     tasks = [*queues._loops, *queues._tasks]
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)  # its sockets closed, as by a kill
+    if tasks:  # its sockets closed, as by a kill
+        await asyncio.wait(tasks, timeout=2 * UNIT)
     queues._loops = []
     queues._closed = True
     if queues._client is not None:
@@ -358,7 +433,9 @@ async def test_stop_gives_slots_back_at_once(pair: Cluster) -> None:
     waiter = Request(b, "b1", "b", served)
     await eventually(lambda: waiter.position == 1)
     await a_node.state.stop()  # a clean stop: no TTL to wait for
-    async with asyncio.timeout(TTL * 0.5):
+    # given back by the stop itself (not expired): no slot of a's is left in Redis
+    assert a_node.state.node not in await holders_of(b)
+    async with asyncio.timeout(2 * UNIT):
         await waiter.started.wait()
     first.task.cancel()
     await cleanup(waiter)
@@ -372,7 +449,7 @@ async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_
     if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
         require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
     prefix = f"test-{uuid.uuid4().hex[:12]}"
-    proxy = Proxy()
+    proxy = CutProxy()
     await proxy.start()
     url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
     a = Node(create_cluster_state(url, heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC))
@@ -401,6 +478,57 @@ async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_
         first.finish()
         async with asyncio.timeout(TTL + 4 * UNIT):
             await queued.started.wait()
+    finally:
+        await cleanup(*requests)
+        await a.state.stop()
+        await b.state.stop()
+        with contextlib.suppress(Exception):
+            await proxy.cut()
+        await delete_prefix(prefix)
+
+
+async def test_a_cancel_while_redis_is_unreachable_leaves_when_it_is_back() -> None:
+    why = await redis_reachable()
+    if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
+        require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    proxy = CutProxy()
+    await proxy.start()
+    a = Node(
+        create_cluster_state(
+            f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}",
+            heartbeat=HEARTBEAT,
+            ttl=TTL,
+            sync_interval=SYNC,
+        )
+    )
+    b = Node(
+        create_cluster_state(
+            f"{REDIS}?prefix={prefix}", heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC
+        )
+    )
+    await a.state.start(a.view)
+    await b.state.start(b.view)
+    qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
+    served: list[str] = []
+    requests: list[Request] = []
+    try:
+        first = await holder(qb, served)
+        leaving = Request(qa, "x", "x", served)
+        requests += [first, leaving]
+        await eventually(lambda: leaving.position == 1)
+        behind = Request(qb, "z", "z", served)
+        requests.append(behind)
+        await eventually(lambda: behind.position == 2)
+        await proxy.cut()
+        leaving.task.cancel()  # its leave fails: Redis is unreachable from a
+        await asyncio.gather(leaving.task, return_exceptions=True)
+        await eventually(lambda: a.state.errors > 0)
+        await proxy.start()
+        first.finish()  # the slot may go to x (a is live again): a's poll gives it back
+        async with asyncio.timeout(TTL + 4 * UNIT):
+            await behind.started.wait()
+        assert served == ["holder", "z"]
     finally:
         await cleanup(*requests)
         await a.state.stop()

@@ -118,6 +118,9 @@ class Generation:
     command_id: Any = None
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
+    queue_user: str | None = None
+    """Whose turn it is in the upstream queue (default :attr:`user`); an anonymous
+    subject is per process, so across nodes it is qualified with the node id."""
     parts: list[str] = field(default_factory=list)
     """The answer's deltas published so far (chunk ``i`` is ``parts[i]``)."""
     position: int | None = None
@@ -407,6 +410,8 @@ class Chat(GatewayFeature):
         gen = Generation(
             conversation, agent_id, agent, principal.subject, stored, session, command_id
         )
+        if principal.anonymous and self.gateway.cluster.distributed:
+            gen.queue_user = f"{principal.subject}@{self.gateway.cluster.node}"
         self.generations[cid] = gen
         if session is not None:
             if session.meta is None:
@@ -870,7 +875,7 @@ class Chat(GatewayFeature):
                 )
 
         try:
-            async with self._queue(gen.agent).slot(gen.user, on_position):
+            async with self._queue(gen.agent).slot(gen.queue_user or gen.user, on_position):
                 started = loop.time()
                 request = await self._request(gen)
                 prompt_tokens = sum(estimate_tokens(t.content) for t in request.messages)

@@ -34,6 +34,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
+from agentcast.errors import BrokerError
+
 __all__ = ["FairQueue", "RedisFairQueue", "RedisQueues", "UpstreamQueue"]
 
 logger = logging.getLogger("agentcast.chat")
@@ -423,6 +425,9 @@ class RedisFairQueue:
         self._held: set[str] = set()
         self._unreleased: set[str] = set()
         """Ids whose release failed (Redis down): retried by every poll."""
+        self._unleft: dict[str, _RemoteWaiter] = {}
+        """Cancelled waiters whose leave failed: retried by every poll (a waiter left in
+        Redis would be granted a slot nobody gives back while this node lives)."""
         self._refreshing: asyncio.Task[None] | None = None
         self._dirty = False
         self.cluster_active = 0
@@ -481,6 +486,9 @@ class RedisFairQueue:
         except Exception as exc:
             self._waiters.pop(waiter.id, None)
             queues.failed("queue acquire", exc)
+            # the outcome is unknown (a timeout may have queued it, or granted a slot):
+            # leave, retried by the polls until Redis answers, so nothing is left there
+            queues.spawn(self._leave(waiter))
             return None, await self.fallback.acquire(user, on_position)
         position, self.cluster_active, self.cluster_waiting = (int(x) for x in reply)
         if position == 0:
@@ -532,10 +540,10 @@ class RedisFairQueue:
         try:
             await self.queues.call("leave", self.keys, self._args(waiter.id, waiter.user))
         except Exception as exc:
-            # unknown outcome: if it still waits in Redis it is dropped when granted (a
-            # grant nobody here waits for is released), or with this node when it dies
-            self._unreleased.add(waiter.id)
+            self._unleft[waiter.id] = waiter  # unknown outcome: leave again (idempotent)
             self.queues.failed("queue leave", exc)
+        else:
+            self._unleft.pop(waiter.id, None)
 
     def granted(self, ids: list[str]) -> None:
         """Slots granted to ``ids`` (from a script's reply or a notification)."""
@@ -574,6 +582,8 @@ class RedisFairQueue:
         waiters."""
         if self._unreleased:
             await self._release(sorted(self._unreleased))
+        for left in list(self._unleft.values()):
+            await self._leave(left)
         waiters = [w for w in self._waiters.values() if w.joined]
         if not waiters and not sweep:
             return
@@ -722,9 +732,17 @@ class RedisQueues:
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run one script (one round trip)."""
         if self._client is None:
-            raise ConnectionError("the queues are stopped")
+            raise BrokerError("the LLM queues are stopped")
         self.round_trips += 1
-        reply = await self._scripts[name](keys=keys, args=args)
+        try:
+            reply = await self._scripts[name](keys=keys, args=args)
+        except Exception:
+            # redis-py may turn a cancellation into another error (its pool's release
+            # failing while cancelled): a cancelled caller must still see CancelledError
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
+            raise
         self._on_recovered()
         return reply
 
@@ -751,11 +769,14 @@ class RedisQueues:
                     for queue in self.queues.values():  # missed while (re)connecting
                         if queue._waiters:
                             queue.refresh()
-                    while True:
+                    while not self._closed:
                         message = await pubsub.get_message(timeout=None)
                         if message is not None and message.get("type") == "message":
                             self._apply(message["data"])
                 except Exception as exc:  # the loop must outlive any failure
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from None  # (see call)
                     self.failed("queue notifications", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
@@ -778,7 +799,7 @@ class RedisQueues:
         while not self._closed:
             await asyncio.sleep(self.poll_interval)
             for queue in list(self.queues.values()):
-                if queue._waiters or queue._unreleased:
+                if queue._waiters or queue._unreleased or queue._unleft:
                     try:
                         await queue.poll(sweep=True)
                     except Exception as exc:  # pragma: no cover - poll catches its own
@@ -790,9 +811,8 @@ class RedisQueues:
         self._closed = True
         for task in self._loops:
             task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._loops:  # bounded: redis-py may swallow the cancellation of a blocked read
+            await asyncio.wait(self._loops, timeout=2.0)
         self._loops = []
         if self._client is None:
             return
@@ -802,11 +822,13 @@ class RedisQueues:
                 if not waiter.future.done():
                     waiter.future.cancel()
                 self.spawn(queue._leave(waiter))
+            for left in list(queue._unleft.values()):
+                self.spawn(queue._leave(left))
             if queue._held or queue._unreleased:
                 self.spawn(queue._release(sorted(queue._held | queue._unreleased)))
                 queue._held.clear()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self.ttl):
+        with contextlib.suppress(Exception):  # bounded: Redis may be down
+            async with asyncio.timeout(min(self.ttl, 2.0)):
                 while self._tasks:
                     await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._client.aclose()

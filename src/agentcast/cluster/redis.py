@@ -51,6 +51,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio import connection as redis_connection
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -259,7 +260,7 @@ class RedisClusterState(ClusterState):
             self._redis, self.base, self.node, heartbeat=heartbeat, ttl=ttl, timeout=timeout
         )
         self.queues = RedisQueues(
-            self._redis,
+            self._pooled,
             base=self.base,
             node=self.node,
             ttl=ttl,
@@ -277,6 +278,21 @@ class RedisClusterState(ClusterState):
             retry=Retry(NoBackoff(), 1),
             **kwargs,
         )
+
+    def _pooled(self) -> Redis:
+        """The LLM queues' client: its pool waits for a free connection (at most 16)
+        instead of failing, so a burst of queue calls (hundreds of generations at once)
+        queues here; a reply may take up to ``ttl`` (a slow Redis is not an unreachable
+        one: a queue call that times out sends the request to the node's own queue)."""
+        pool = BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=16,
+            timeout=None,
+            socket_timeout=max(self.timeout, self.ttl),
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        return Redis.from_pool(pool)
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -8,11 +8,13 @@ generation ends; a client that cancels while queued never reaches the upstream.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio
 import websockets
 
 from agentcast.testing.openai_server import FakeOpenAIServer
@@ -54,6 +56,19 @@ async def pair(broker_url: str, fake: FakeOpenAIServer) -> AsyncIterator[Nodes]:
         await asyncio.to_thread(nodes.close)
 
 
+async def queue_turns(broker_url: str) -> list[str]:
+    """The users waiting in the (one) upstream queue, in serving order, read from Redis."""
+    url, _, query = broker_url.partition("?")
+    prefix = query.removeprefix("prefix=")
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match="{" + prefix + "}:queue:*:turns")]
+        assert len(keys) == 1, keys
+        return [t.decode() for t in await client.lrange(keys[0], 0, -1)]
+    finally:
+        await client.aclose()
+
+
 def is_chunk(frame: dict[str, Any]) -> bool:
     return frame["type"] == "chat:streaming" and not frame["data"]["done"]
 
@@ -79,6 +94,9 @@ async def test_a_client_on_node_b_waits_behind_node_a_and_starts_when_it_ends(
         await chat_send(third, "Queued on node A behind B")
         await read_until(third, queued_at(2))  # the cluster's queue, not node A's own
         assert fake.active == 1
+        # two anonymous users (each node numbers its own): told apart by their node
+        turns = await queue_turns(pair.broker_url)
+        assert len(turns) == 2 and len(set(turns)) == 2 and all("@" in t for t in turns)
         answer = await read_answer(first, 10 * UNIT)
         ended = time.monotonic()
         assert answer[-1]["data"]["status"] == "complete"
@@ -121,3 +139,21 @@ async def test_a_client_that_cancels_while_queued_never_reaches_the_upstream(
     asked = [r.messages[-1]["content"] for r in fake.requests]
     assert asked == ["Generated on node A", "Queued on A behind the one that leaves"]
     assert fake.max_active == 1
+
+
+async def test_a_slot_held_by_a_killed_node_is_freed_after_its_ttl(
+    pair: Nodes, fake: FakeOpenAIServer
+) -> None:
+    a, b = pair.procs
+    async with websockets.connect(ws_url(a)) as first, websockets.connect(ws_url(b)) as second:
+        await chat_send(first, "Generated on node A, which dies")
+        await read_until(first, is_chunk)
+        await chat_send(second, "Queued on node B")
+        await read_until(second, queued_at(1))
+        a.stop(signal.SIGKILL)  # gives nothing back: its slot expires with its heartbeat
+        killed = time.monotonic()
+        await read_until(second, is_chunk, 10 * UNIT)
+        waited = time.monotonic() - killed
+        assert (await read_answer(second, 10 * UNIT))[-1]["data"]["status"] == "complete"
+    # node_ttl is 1 s: freed after it (not at once), well before a generation's end
+    assert 0.3 <= waited <= 1.0 + 0.25 + 2 * UNIT, waited

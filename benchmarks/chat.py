@@ -240,6 +240,10 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
     try:
         wait_port(up_port, upstream)
         peer = peers(f"http://127.0.0.1:{up_port}/v1", scratch)[peer.name]
+        if "AGENTCAST_BROKER_URL" in peer.env:  # what a killed run left behind, too
+            from run import delete_redis_keys
+
+            delete_redis_keys(REDIS_PREFIX)
         for f in scratch.glob("bench-chat.db*"):
             f.unlink()
         argv = [a.replace("{port}", str(port)) for a in peer.start]
@@ -257,7 +261,14 @@ def run_one(peer: Peer, args: argparse.Namespace, wsload: Path, scratch: Path) -
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        wait_port(port, server)
+        try:
+            wait_port(port, server)
+        except (TimeoutError, RuntimeError) as exc:  # say why: the server's own words
+            server.kill()
+            _, err = server.communicate(timeout=10)
+            raise RuntimeError(
+                f"{peer.name}: {exc}\n{err.decode(errors='replace')[-3000:]}"
+            ) from exc
         spy = None
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)

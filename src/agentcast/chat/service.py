@@ -198,9 +198,15 @@ class Chat(GatewayFeature):
             gateway.add_shutdown(self.recorder.flush)  # after stop (hooks run in reverse)
         gateway.add_shutdown(self.stop)
         self.work = gateway.cluster.work
-        self.work.handle(_WORK, control=self._control, seal=self._seal_lost, lost=self._lost)
+        # the handlers once the start-up hooks before this one ran (the store is open): the
+        # cluster state starts first, and its first heartbeat may already claim a dead
+        # node's generation, which the seal reads from the store
+        gateway.add_startup(self._handle_work)
         gateway.add_router(chat_router(gateway, self))
         gateway.add_router(seed003_router(gateway, self))
+
+    async def _handle_work(self) -> None:
+        self.work.handle(_WORK, control=self._control, seal=self._seal_lost, lost=self._lost)
 
     # -- agents --------------------------------------------------------------------
 

@@ -396,3 +396,49 @@ async def test_the_seal_is_idempotent_step_by_step(one_node: Any) -> None:
     # a deleted conversation: nothing
     await chat.store.delete_conversation(cids[1])
     await chat._seal_lost(cids[1], {"since": 0}, "dead:1:abcdef")
+
+
+async def test_a_node_starting_seals_an_orphan_once_its_store_is_open(tmp_path: Path) -> None:
+    """A dead node's generation already orphaned when a node starts (its first heartbeat
+    claims it at once, before the start-up hooks): the seal waits for the store to be
+    open instead of failing with 'store not started' (retried, one traceback each)."""
+    from agentcast.cluster import create_cluster_state
+    from tests.contract.test_cluster_state import View, eventually
+    from tests.contract.test_cluster_work import abandon
+
+    url = require_redis()
+    prefix = redis_prefix()
+    broker = f"{url}?prefix={prefix}"
+    node = ServerProcess(
+        free_port(),
+        "--broker",
+        broker,
+        env={
+            "AGENTCAST_STORE_URL": f"sqlite:///{tmp_path / 'orphan.db'}",
+            "AGENTCAST_NODE_HEARTBEAT": str(HEARTBEAT),
+            "AGENTCAST_NODE_TTL": str(TTL),
+        },
+    )
+    try:
+        dead = create_cluster_state(broker, heartbeat=HEARTBEAT, ttl=TTL, sync_interval=0.05)
+        await dead.start(View())
+        for i in range(20):
+            assert await dead.work.acquire("chat", f"c0ffee{i}", {"since": 0}) is None
+        await abandon(dead)  # SIGKILLed: its entries stay, no longer refreshed
+        # the entries age past node_ttl (the condition itself is time): orphans then
+        await asyncio.sleep(TTL + HEARTBEAT)
+        await asyncio.to_thread(node.start)
+
+        async def sealed() -> bool:
+            async with httpx.AsyncClient(base_url=node.url) as http:
+                health = (await http.get("/healthz")).json()
+            return bool(health["cluster"]["work_sealed"] == 20)
+
+        await eventually(sealed, 10 * UNIT)  # unknown conversations: nothing to store
+        assert "store not started" not in node.output()
+        assert "will retry" not in node.output()
+    finally:
+        if node.proc is not None:
+            await asyncio.to_thread(node.stop, signal.SIGKILL)
+        node.log.close()
+        await _delete_keys(url, prefix)

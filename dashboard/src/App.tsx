@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useMemo, useState } from 'react';
 import { api, claims, getToken, HttpError, mayControl, setToken, wsUrl } from './api';
 import { SessionContext, useConnectionState, useRoute } from './context';
-import { AgentcastClient, type ConnectionState } from './live';
+import { AgentcastClient, type ConnectionState } from '@agentcast/client';
 import { RunsView } from './views/RunsView';
 import { RunView } from './views/RunView';
 import { ChatView } from './views/ChatView';
@@ -21,7 +21,16 @@ export function App() {
   const [token, setTok] = useState<string | null>(getToken());
   const [needSignIn, setNeedSignIn] = useState(false);
   const [signInError, setSignInError] = useState<string | null>(null);
-  const client = useMemo(() => new AgentcastClient({ url: wsUrl(), token: () => getToken() }), [token]);
+  const client = useMemo(
+    () =>
+      new AgentcastClient({
+        url: wsUrl(),
+        token: () => getToken(),
+        // the first retry within 0.3 s, doubling to at most 5 s, each wait 50–100 % of that
+        reconnect: { initialMs: 300, maxMs: 5000, jitter: 0.5 },
+      }),
+    [token],
+  );
   const state = useConnectionState(client);
   const route = useRoute();
   const [mode, setMode] = useState<string | null>(null);
@@ -47,7 +56,7 @@ export function App() {
     return () => {
       cancelled = true;
       window.removeEventListener('agentcast:unauthorized', on);
-      client.close();
+      client.dispose(); // a new token makes a new client: this one is done for good
     };
   }, [client]);
 

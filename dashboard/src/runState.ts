@@ -1,5 +1,5 @@
 /** A run's state on the client: the server's snapshot, then its events folded in. */
-import type { LiveEvent } from './live';
+import type { LiveEvent } from '@agentcast/client';
 
 export interface NodeInfo {
   status: string;

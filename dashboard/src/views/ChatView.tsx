@@ -1,5 +1,6 @@
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { api } from '../api';
+import type { LiveEvent } from '@agentcast/client';
 import { useSession } from '../context';
 
 interface Message {
@@ -168,7 +169,7 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
           send(initial);
         }
       },
-      onEvent: (ev) => {
+      onEvent: (ev: LiveEvent) => {
         const d = ev.data ?? {};
         if (ev.type === 'chat:message') {
           setMessages((list) => upsert(list, d as Message));

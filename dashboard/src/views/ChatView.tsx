@@ -201,7 +201,8 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
     setLoadingOlder(true);
     stickBottom.current = false;
     try {
-      const page = await client.command<{ messages: Message[]; has_more: boolean; before: number | null }>({
+      // the client resolves with the whole reply frame: the page is its `data`
+      const { data: page } = await client.command<{ data: { messages: Message[]; has_more: boolean; before: number | null } }>({
         type: 'chat:history',
         data: { conversation_id: cid, before: before ?? undefined, limit: 10 },
       });

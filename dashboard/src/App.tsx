@@ -34,6 +34,8 @@ export function App() {
   const state = useConnectionState(client);
   const route = useRoute();
   const [mode, setMode] = useState<string | null>(null);
+  /** The token's first read answered: the views (whose hooks open the socket) may mount. */
+  const [checked, setChecked] = useState(false);
 
   useEffect(() => {
     // "open": no authentication on this server (then there is nothing to sign in to)
@@ -48,10 +50,17 @@ export function App() {
     // is authentication on, and does it take this token? a read answers 401 if not; the
     // socket is opened only once the answer is yes (or the server has no run store: 404)
     let cancelled = false;
+    setChecked(false);
     api('/api/runs?limit=1')
-      .then(() => !cancelled && client.connect())
+      .then(() => {
+        if (cancelled) return;
+        client.connect();
+        setChecked(true);
+      })
       .catch((err) => {
-        if (!cancelled && !(err instanceof HttpError && err.status === 401)) client.connect();
+        if (cancelled) return;
+        if (!(err instanceof HttpError && err.status === 401)) client.connect();
+        setChecked(true);
       });
     return () => {
       cancelled = true;
@@ -130,7 +139,7 @@ export function App() {
           </div>
         </header>
         <main className="content">
-          {needSignIn && !token ? (
+          {!checked && !needSignIn ? null : needSignIn && !token ? (
             <SignIn onSubmit={submitToken} error={signInError} />
           ) : needSignIn ? (
             <SignIn onSubmit={submitToken} error={signInError ?? 'The server refused this token.'} />

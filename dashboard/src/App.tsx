@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useMemo, useState } from 'react';
 import { api, claims, getToken, HttpError, mayControl, setToken, wsUrl } from './api';
 import { SessionContext, useConnectionState, useRoute } from './context';
-import { AgentcastClient, type ConnectionState } from './live';
+import { AgentcastClient, type ConnectionState } from '@agentcast/client';
 import { RunsView } from './views/RunsView';
 import { RunView } from './views/RunView';
 import { ChatView } from './views/ChatView';
@@ -21,10 +21,21 @@ export function App() {
   const [token, setTok] = useState<string | null>(getToken());
   const [needSignIn, setNeedSignIn] = useState(false);
   const [signInError, setSignInError] = useState<string | null>(null);
-  const client = useMemo(() => new AgentcastClient({ url: wsUrl(), token: () => getToken() }), [token]);
+  const client = useMemo(
+    () =>
+      new AgentcastClient({
+        url: wsUrl(),
+        token: () => getToken(),
+        // the first retry within 0.3 s, doubling to at most 5 s, each wait 50–100 % of that
+        reconnect: { initialMs: 300, maxMs: 5000, jitter: 0.5 },
+      }),
+    [token],
+  );
   const state = useConnectionState(client);
   const route = useRoute();
   const [mode, setMode] = useState<string | null>(null);
+  /** The token's first read answered: the views (whose hooks open the socket) may mount. */
+  const [checked, setChecked] = useState(false);
 
   useEffect(() => {
     // "open": no authentication on this server (then there is nothing to sign in to)
@@ -39,15 +50,22 @@ export function App() {
     // is authentication on, and does it take this token? a read answers 401 if not; the
     // socket is opened only once the answer is yes (or the server has no run store: 404)
     let cancelled = false;
+    setChecked(false);
     api('/api/runs?limit=1')
-      .then(() => !cancelled && client.connect())
+      .then(() => {
+        if (cancelled) return;
+        client.connect();
+        setChecked(true);
+      })
       .catch((err) => {
-        if (!cancelled && !(err instanceof HttpError && err.status === 401)) client.connect();
+        if (cancelled) return;
+        if (!(err instanceof HttpError && err.status === 401)) client.connect();
+        setChecked(true);
       });
     return () => {
       cancelled = true;
       window.removeEventListener('agentcast:unauthorized', on);
-      client.close();
+      client.dispose(); // a new token makes a new client: this one is done for good
     };
   }, [client]);
 
@@ -121,7 +139,7 @@ export function App() {
           </div>
         </header>
         <main className="content">
-          {needSignIn && !token ? (
+          {!checked && !needSignIn ? null : needSignIn && !token ? (
             <SignIn onSubmit={submitToken} error={signInError} />
           ) : needSignIn ? (
             <SignIn onSubmit={submitToken} error={signInError ?? 'The server refused this token.'} />

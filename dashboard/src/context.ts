@@ -1,5 +1,5 @@
 import { createContext, useContext, useEffect, useState } from 'react';
-import type { AgentcastClient, ConnectionState } from './live';
+import type { AgentcastClient, ConnectionState } from '@agentcast/client';
 
 export interface Session {
   client: AgentcastClient;

@@ -1,33 +1,26 @@
-import { useEffect, useState } from 'react';
+import { useMemo } from 'react';
+import { useExecution, useWorkflowRun } from '@agentcast/client/react';
 import { useSession } from './context';
-import { applyEvent, emptyRun, fromSnapshot, type RunModel } from './runState';
+import { toModel, type RunModel } from './runState';
 
 export interface RunHandle {
   run: RunModel;
   refused: string | null;
-  recovered: boolean | null;
+  recovered: boolean | undefined;
 }
 
-/** Subscribe to a run topic: the snapshot, then every event after it, resumed by seq and
- * epoch after a reconnect (no gap, no duplicate: the client drops seqs it has). */
+/** Follow a run topic with the client's hooks: the snapshot, then every event after it,
+ * resumed by seq and epoch after a reconnect (no gap, no duplicate), shared by every
+ * view of the topic on this client (one subscription). */
 export function useRun(topic: string): RunHandle {
   const { client } = useSession();
-  const [run, setRun] = useState<RunModel>(() => emptyRun(topic));
-  const [refused, setRefused] = useState<string | null>(null);
-  const [recovered, setRecovered] = useState<boolean | null>(null);
-  useEffect(() => {
-    setRun(emptyRun(topic));
-    const sub = client.subscribe(topic, {
-      onSnapshot: (data, info) => setRun(fromSnapshot(topic, data, info.seq)),
-      onEvent: (ev) => setRun((m) => applyEvent(m, ev)),
-      onSubscribed: (info) => {
-        setRecovered(info.recovered);
-        setRun((m) => (m.loaded ? m : { ...m, loaded: true }));
-      },
-      onHistoryLost: () => setRun(emptyRun(topic)),
-      onRefused: (err) => setRefused(err.message),
-    });
-    return () => sub.unsubscribe();
-  }, [client, topic]);
-  return { run, refused, recovered };
+  const sep = topic.indexOf(':');
+  const kind = topic.slice(0, sep);
+  const id = topic.slice(sep + 1);
+  const workflow = useWorkflowRun(kind === 'workflow' ? id : null, { client });
+  const execution = useExecution(kind === 'execution' ? id : null, { client });
+  const followed = kind === 'execution' ? execution : workflow;
+  const edgeFlows = kind === 'execution' ? [] : workflow.edgeFlows;
+  const run = useMemo(() => toModel(followed.run, edgeFlows), [followed.run, edgeFlows]);
+  return { run, refused: followed.error?.message ?? null, recovered: followed.recovered };
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,12 +42,14 @@ def _files(path: Path) -> list[Path]:
 def test_the_shipped_build_matches_the_source() -> None:
     listed = json.loads((SOURCE / "sources.json").read_text(encoding="utf-8"))["sources"]
     sources = {
-        p.relative_to(SOURCE).as_posix(): _sha(p)
+        Path(os.path.relpath(p, SOURCE)).as_posix(): _sha(p)
         for entry in listed
         for p in _files(SOURCE / entry)
         if "node_modules" not in p.parts
     }
-    assert "src/live.ts" in sources and "package-lock.json" in sources
+    assert "src/App.tsx" in sources and "package-lock.json" in sources
+    # @agentcast/client is bundled from its source: a change to it needs a rebuild too
+    assert "../clients/js/src/client.ts" in sources and "../clients/js/package.json" in sources
     stale = sorted(
         k
         for k in sources.keys() | MANIFEST["sources"].keys()

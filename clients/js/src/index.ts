@@ -18,7 +18,7 @@ export {
   type WebSocketConstructor,
 } from './client.js';
 export { AgentcastError } from './errors.js';
-/** The names the dashboard's stand-in client used (`dashboard/src/live.ts`): aliases. */
+/** The names of the dashboard's former stand-in client (`LiveEvent` is what its views type events with): aliases. */
 export { AgentcastError as CommandError } from './errors.js';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type LiveEvent = import('./client.js').AgentcastEvent<any>;

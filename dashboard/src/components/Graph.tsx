@@ -9,7 +9,7 @@ interface Props {
   order: string[];
   nodes: Record<string, NodeInfo>;
   edges: { source: string; target: string }[];
-  flows: Record<string, number>;
+  flows: ReadonlySet<string>;
   current: string | null;
   selected: string | null;
   onSelect(node: string): void;
@@ -65,14 +65,6 @@ export function Graph({ order, nodes, edges, flows, current, selected, onSelect 
   const vertical = useNarrow();
   const key = `${order.join(',')}|${edges.map((e) => `${e.source}>${e.target}`).join(',')}|${vertical}`;
   const lay = useMemo(() => layout(order, edges, vertical), [key]);
-  const [now, setNow] = useState(Date.now());
-  const nextExpiry = Math.min(Infinity, ...Object.values(flows).filter((t) => t > now));
-  useEffect(() => {
-    if (!Number.isFinite(nextExpiry)) return;
-    const t = setTimeout(() => setNow(Date.now()), Math.max(16, nextExpiry - Date.now() + 10));
-    return () => clearTimeout(t);
-  }, [nextExpiry]);
-  useEffect(() => setNow(Date.now()), [flows]);
 
   if (!(lay.width > 0) || order.length + edges.length === 0) return <div className="graph-empty muted">Waiting for the workflow to start…</div>;
   return (
@@ -93,7 +85,7 @@ export function Graph({ order, nodes, edges, flows, current, selected, onSelect 
         </marker>
       </defs>
       {lay.edges.map((e) => {
-        const flowing = (flows[e.key] ?? 0) > now;
+        const flowing = flows.has(e.key);
         return (
           <g key={e.key} className={`edge ${flowing ? 'flowing' : ''}`} data-edge={e.key} data-flowing={flowing ? 'true' : 'false'}>
             <path d={e.d} className="edge-line" markerEnd={flowing ? 'url(#arrow-flow)' : 'url(#arrow)'} />

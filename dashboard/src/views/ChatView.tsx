@@ -1,16 +1,7 @@
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { api } from '../api';
+import { useChat } from '@agentcast/client/react';
 import { useSession } from '../context';
-
-interface Message {
-  id: number;
-  role: string;
-  content: string;
-  status: string;
-  created_at?: string;
-  error?: string;
-  reply_to?: number;
-}
 
 interface Conversation {
   id: string;
@@ -18,13 +9,6 @@ interface Conversation {
   updated_at: string;
   message_count: number;
   generating: boolean;
-}
-
-interface Streaming {
-  reply_to: number | null;
-  index: number;
-  text: string;
-  position: number | null;
 }
 
 export function ChatView({ conversation }: { conversation?: string }) {
@@ -88,6 +72,7 @@ export function ChatView({ conversation }: { conversation?: string }) {
             <Thread
               key={conversation}
               cid={conversation}
+              title={list.find((c) => c.id === conversation)?.title ?? ''}
               initial={first?.cid === conversation ? first.text : null}
               onSent={() => setFirst(null)}
               onChange={reload}
@@ -107,108 +92,65 @@ export function ChatView({ conversation }: { conversation?: string }) {
   );
 }
 
-function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: string | null; onSent(): void; onChange(): void }) {
+function Thread({ cid, title, initial, onSent, onChange }: { cid: string; title: string; initial: string | null; onSent(): void; onChange(): void }) {
   const { client } = useSession();
-  const [messages, setMessages] = useState<Message[]>([]);
-  const [title, setTitle] = useState('');
-  const [hasMore, setHasMore] = useState(false);
-  const [before, setBefore] = useState<number | null>(null);
-  const [streaming, setStreaming] = useState<Streaming | null>(null);
+  // the conversation as the client folds it: snapshot, messages, the answer being written
+  // (resumed mid-stream after a reconnection), older pages
+  const chat = useChat(cid, { client });
   const [error, setError] = useState<string | null>(null);
   const [loadingOlder, setLoadingOlder] = useState(false);
+  /** A chat:send is on its way (not stored yet): the answer's placeholder shows already. */
+  const [sending, setSending] = useState(false);
   const sentInitial = useRef(false);
-  /** A chat:send is on its way: a snapshot without an answer must not hide its placeholder. */
-  const sending = useRef(false);
   const bottom = useRef<HTMLDivElement>(null);
   const stickBottom = useRef(true);
 
-  const upsert = (list: Message[], m: Message) => {
-    const i = list.findIndex((x) => x.id === m.id);
-    if (i >= 0) {
-      const next = list.slice();
-      next[i] = m;
-      return next;
-    }
-    return [...list, m].sort((a, b) => a.id - b.id);
-  };
-
+  const fail = (err: unknown) => setError(err instanceof Error ? err.message : String(err));
+  const sendNow = chat.send;
   const send = useCallback(
     async (text: string) => {
       setError(null);
       stickBottom.current = true;
-      setStreaming({ reply_to: null, index: 0, text: '', position: null });
-      sending.current = true;
+      setSending(true);
       try {
-        await client.command({ type: 'chat:send', data: { message: text, conversation_id: cid } });
+        await sendNow(text);
         onChange();
       } catch (err) {
-        sending.current = false;
-        setStreaming(null);
-        setError(err instanceof Error ? err.message : String(err));
+        fail(err);
+      } finally {
+        setSending(false);
       }
     },
-    [client, cid, onChange],
+    [sendNow, onChange],
   );
 
   useEffect(() => {
-    const sub = client.subscribe(`chat:${cid}`, {
-      onSnapshot: (data: any) => {
-        setMessages(data.messages ?? []);
-        setTitle(data.conversation?.title ?? '');
-        setHasMore(!!data.has_more);
-        setBefore(data.before ?? null);
-        const s = data.streaming;
-        const next = s ? { reply_to: s.reply_to ?? null, index: s.index ?? 0, text: s.text ?? '', position: s.position ?? null } : null;
-        setStreaming((cur) => (next === null && sending.current ? cur : next));
-      },
-      onSubscribed: () => {
-        if (initial && !sentInitial.current) {
-          sentInitial.current = true;
-          onSent();
-          send(initial);
-        }
-      },
-      onEvent: (ev) => {
-        const d = ev.data ?? {};
-        if (ev.type === 'chat:message') {
-          setMessages((list) => upsert(list, d as Message));
-          if (d.role === 'assistant') {
-            sending.current = false;
-            setStreaming((s) => (s && (s.reply_to === null || s.reply_to === d.reply_to) ? null : s));
-          }
-        } else if (ev.type === 'chat:queued') {
-          setStreaming((s) => ({ reply_to: d.reply_to ?? s?.reply_to ?? null, index: s?.index ?? 0, text: s?.text ?? '', position: d.position ?? null }));
-        } else if (ev.type === 'chat:streaming') {
-          setStreaming((s) => {
-            const cur = s && (s.reply_to === null || s.reply_to === d.reply_to) ? s : { reply_to: d.reply_to, index: 0, text: '', position: null };
-            if (d.done) return { ...cur, reply_to: d.reply_to, position: null };
-            if (d.index < cur.index) return cur; // a chunk already shown
-            return { reply_to: d.reply_to, index: d.index + 1, text: cur.text + (d.chunk ?? ''), position: null };
-          });
-        }
-      },
-      onRefused: (err) => setError(err.message),
-    });
-    return () => sub.unsubscribe();
-  }, [client, cid]);
+    // the first message of a new conversation, once its topic is subscribed (useChat's
+    // effect ran first: its subscribe goes out before this command, on the same socket)
+    if (!initial || sentInitial.current) return;
+    sentInitial.current = true;
+    onSent();
+    setSending(true);
+    client
+      .command({ type: 'chat:send', data: { message: initial, conversation_id: cid } })
+      .then(() => onChange())
+      .catch(fail)
+      .finally(() => setSending(false));
+  }, [client, cid, initial]);
 
+  const { messages: stored, streaming: s, hasMore } = chat.state;
+  const streaming = s !== null && !s.done ? s : sending ? { text: '', position: null } : null;
   useEffect(() => {
     if (stickBottom.current) bottom.current?.scrollIntoView({ block: 'end' });
-  }, [messages.length, streaming?.text]);
+  }, [stored.length, streaming?.text]);
 
   const older = async () => {
     setLoadingOlder(true);
     stickBottom.current = false;
     try {
-      const page = await client.command<{ messages: Message[]; has_more: boolean; before: number | null }>({
-        type: 'chat:history',
-        data: { conversation_id: cid, before: before ?? undefined, limit: 10 },
-      });
-      setMessages((list) => page.messages.reduce(upsert, list));
-      setHasMore(page.has_more);
-      setBefore(page.before);
+      await chat.loadOlder(10);
     } catch (err) {
-      setError(err instanceof Error ? err.message : String(err));
+      fail(err);
     } finally {
       setLoadingOlder(false);
     }
@@ -216,12 +158,14 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
 
   const stop = async () => {
     try {
-      await client.command({ type: 'chat:cancel', data: { conversation_id: cid } });
+      await chat.stop();
     } catch (err) {
-      setError(err instanceof Error ? err.message : String(err));
+      fail(err);
     }
   };
 
+  const messages = stored;
+  const shownError = error ?? chat.error?.message ?? null;
   const generating = streaming !== null;
   return (
     <div className="card thread" data-testid="thread">
@@ -269,7 +213,7 @@ function Thread({ cid, initial, onSent, onChange }: { cid: string; initial: stri
         ) : null}
         <div ref={bottom} />
       </div>
-      {error ? <div className="notice error">{error}</div> : null}
+      {shownError ? <div className="notice error">{shownError}</div> : null}
       <Composer onSend={send} generating={generating} onStop={stop} />
     </div>
   );

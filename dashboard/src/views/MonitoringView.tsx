@@ -55,8 +55,8 @@ export function MonitoringView() {
       },
       onSubscribed: () => {
         client
-          .command<Metrics>({ type: 'monitoring:subscribe' })
-          .then((m) => setS((cur) => (cur.t.length ? cur : push(cur, m, Date.now() / 1000))))
+          .command<{ data: Metrics }>({ type: 'monitoring:subscribe' }) // resolves with the reply frame
+          .then((reply) => setS((cur) => (cur.t.length ? cur : push(cur, reply.data, Date.now() / 1000))))
           .catch((err) => setError(err instanceof Error ? err.message : String(err)));
       },
       onRefused: (err) => setError(err.message),

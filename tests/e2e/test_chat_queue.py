@@ -53,14 +53,14 @@ def is_chunk(frame: dict[str, Any]) -> bool:
 async def test_a_queued_message_shows_its_position_then_streams(
     page: Any, fake: FakeOpenAIServer, tmp_path: Path
 ) -> None:
-    env = {
-        "AGENTCAST_LLM_URL": fake.base_url,
-        "AGENTCAST_LLM_MODEL": "fake",
-        "AGENTCAST_LLM_CONCURRENCY": "1",
-        "AGENTCAST_LLM_READ_TIMEOUT": "30",
-    }
     question = "Why does my message wait?"
-    async with Server(tmp_path, **env) as server:
+    async with Server(
+        tmp_path,
+        AGENTCAST_LLM_URL=fake.base_url,
+        AGENTCAST_LLM_MODEL="fake",
+        AGENTCAST_LLM_CONCURRENCY="1",
+        AGENTCAST_LLM_READ_TIMEOUT="30",
+    ) as server:
         await page.goto(f"{server.url}/#/chat")
         await page.fill('[data-testid="composer"]', question)
         async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws") as first:

@@ -423,6 +423,10 @@ class RedisFairQueue:
         self._held: set[str] = set()
         self._unreleased: set[str] = set()
         """Ids whose release failed (Redis down): retried by every poll."""
+        self._leaving: dict[str, str] = {}
+        """Waiter id -> user of the waiters that left here while their state in Redis is
+        unknown (a leave or an acquire call that failed): every poll retries the leave,
+        which drops the waiter or gives back the slot granted to it meanwhile."""
         self._refreshing: asyncio.Task[None] | None = None
         self._dirty = False
         self.cluster_active = 0
@@ -481,6 +485,8 @@ class RedisFairQueue:
         except Exception as exc:
             self._waiters.pop(waiter.id, None)
             queues.failed("queue acquire", exc)
+            # the script may have run (a reply lost): leave, now or by the next polls
+            queues.spawn(self._leave(waiter))
             return None, await self.fallback.acquire(user, on_position)
         position, self.cluster_active, self.cluster_waiting = (int(x) for x in reply)
         if position == 0:
@@ -529,13 +535,18 @@ class RedisFairQueue:
         await self._leave(waiter)
 
     async def _leave(self, waiter: _RemoteWaiter) -> None:
+        await self._leave_id(waiter.id, waiter.user)
+
+    async def _leave_id(self, id: str, user: str) -> None:
         try:
-            await self.queues.call("leave", self.keys, self._args(waiter.id, waiter.user))
+            await self.queues.call("leave", self.keys, self._args(id, user))
         except Exception as exc:
-            # unknown outcome: if it still waits in Redis it is dropped when granted (a
-            # grant nobody here waits for is released), or with this node when it dies
-            self._unreleased.add(waiter.id)
+            # unknown outcome: it may still wait in Redis, or hold the slot granted to it
+            # meanwhile (nobody here waits for it): every poll leaves again
+            self._leaving[id] = user
             self.queues.failed("queue leave", exc)
+        else:
+            self._leaving.pop(id, None)
 
     def granted(self, ids: list[str]) -> None:
         """Slots granted to ``ids`` (from a script's reply or a notification)."""
@@ -574,6 +585,8 @@ class RedisFairQueue:
         waiters."""
         if self._unreleased:
             await self._release(sorted(self._unreleased))
+        for id, user in list(self._leaving.items()):
+            await self._leave_id(id, user)
         waiters = [w for w in self._waiters.values() if w.joined]
         if not waiters and not sweep:
             return
@@ -648,7 +661,10 @@ class RedisQueues:
     request in the node's own :attr:`RedisFairQueue.fallback` (the limit then holds per
     node, as the connection limits do); a waiting request keeps its place and its last
     position while the polls fail, and rejoins at the end of the queue if Redis lost it;
-    a failed release is retried by every poll.
+    a failed release is retried by every poll, and so is a failed leave (a waiter
+    cancelled, or an acquire whose reply was lost, while Redis was unreachable): the leave
+    drops the waiter, or gives back the slot granted to it meanwhile, never kept by a
+    node that waits for nothing.
     """
 
     def __init__(
@@ -778,7 +794,7 @@ class RedisQueues:
         while not self._closed:
             await asyncio.sleep(self.poll_interval)
             for queue in list(self.queues.values()):
-                if queue._waiters or queue._unreleased:
+                if queue._waiters or queue._unreleased or queue._leaving:
                     try:
                         await queue.poll(sweep=True)
                     except Exception as exc:  # pragma: no cover - poll catches its own
@@ -802,6 +818,8 @@ class RedisQueues:
                 if not waiter.future.done():
                     waiter.future.cancel()
                 self.spawn(queue._leave(waiter))
+            for id, user in list(queue._leaving.items()):
+                self.spawn(queue._leave_id(id, user))
             if queue._held or queue._unreleased:
                 self.spawn(queue._release(sorted(queue._held | queue._unreleased)))
                 queue._held.clear()

@@ -389,9 +389,11 @@ class Runs:
         for p in buffered:
             fresh.apply(p.seq, p.type, orjson.loads(p.data), p.timestamp)
         if fresh.seq >= state.seq:
-            self.states[topic] = fresh
+            self.states[topic] = state = fresh
             if fresh.finished:
                 self.leases.pop(topic, None)
+        if topic in self._mine:  # this node's own events whose notification was lost
+            self._record_mine(topic, state.seq)
 
     def snapshot(self, topic: str) -> tuple[int, dict[str, Any]] | None:
         """``(seq, state)`` of a run topic this registry knows, else None."""

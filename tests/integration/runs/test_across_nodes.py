@@ -188,3 +188,11 @@ async def test_a_node_that_lost_its_own_events_notification_records_it_once_fold
     assert runs_a.store is not None
     assert [e.seq for e in await runs_a.store.events(topic, 0)] == [1, 2]
     assert not runs_b._mine
+
+
+def test_the_publish_observer_is_installed_only_with_a_run_store(tmp_path: Path) -> None:
+    """Without a store nothing is recorded: no call per publication."""
+    assert Gateway(Settings(store_url=""), features=[Runs()]).publish_observers == []
+    store = create_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    runs = Runs(store)
+    assert Gateway(Settings(store_url=""), features=[runs]).publish_observers == [runs.published]

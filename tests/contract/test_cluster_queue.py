@@ -365,6 +365,32 @@ async def test_stop_gives_slots_back_at_once(pair: Cluster) -> None:
     await asyncio.gather(first.task, return_exceptions=True)
 
 
+async def test_stop_does_not_wait_for_a_loop_that_holds_on(pair: Cluster) -> None:
+    """redis-py can absorb the cancellation of a blocked pub/sub read: a loop of the
+    queues that does (a stand-in here) is left behind, the stop still ends."""
+    a_node, _ = pair.nodes
+    a, _ = two(pair, 1)
+    async with a.slot("u"):  # the queues are started
+        pass
+    queues: Any = a_node.state.queues  # type: ignore[attr-defined]
+    release = asyncio.Event()
+
+    async def holding_on() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    stubborn = asyncio.get_running_loop().create_task(holding_on())
+    queues._loops.append(stubborn)
+    try:
+        async with asyncio.timeout(5 * UNIT):
+            await a_node.state.stop()
+        assert not stubborn.done()  # left behind, not waited for
+    finally:
+        release.set()
+        await stubborn
+
+
 @contextlib.asynccontextmanager
 async def proxied_pair() -> AsyncIterator[tuple[Node, Node, Proxy]]:
     """Two nodes on one real Redis (fresh prefix), the first through a :class:`Proxy`

@@ -697,6 +697,7 @@ class RedisQueues:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._subscribed: asyncio.Future[None] | None = None
+        self._subscriber: Any = None
         self._closed = False
 
     def queue(self, key: str, limit: int) -> RedisFairQueue:
@@ -755,7 +756,7 @@ class RedisQueues:
 
     async def _listen(self) -> None:
         backoff = self.poll_interval
-        subscriber = self.factory()
+        subscriber = self._subscriber = self.factory()
         try:
             while not self._closed:
                 pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
@@ -767,11 +768,13 @@ class RedisQueues:
                     for queue in self.queues.values():  # missed while (re)connecting
                         if queue._waiters:
                             queue.refresh()
-                    while True:
+                    while not self._closed:
                         message = await pubsub.get_message(timeout=None)
                         if message is not None and message.get("type") == "message":
                             self._apply(message["data"])
                 except Exception as exc:  # the loop must outlive any failure
+                    if self._closed:
+                        return
                     self.failed("queue notifications", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
@@ -802,13 +805,20 @@ class RedisQueues:
 
     async def stop(self) -> None:
         """Give back what this node holds and leave the queues (best effort: what is
-        left expires with this node), then close."""
+        left expires with this node), then close. The notification and poll loops get
+        ``poll_interval`` (at least 1 s) to end once cancelled: redis-py can absorb the
+        cancellation of a blocked pub/sub read, and a loop that holds on is left behind
+        (its connection is closed under it), never waited for."""
         self._closed = True
         for task in self._loops:
             task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._loops:
+            _, stuck = await asyncio.wait(self._loops, timeout=max(1.0, self.poll_interval))
+            for task in stuck:
+                logger.warning("cluster queue: %s did not stop; left behind", task.get_name())
+            if stuck and self._subscriber is not None:  # its connection closed under it
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._subscriber.aclose(), self.ttl)
         self._loops = []
         if self._client is None:
             return

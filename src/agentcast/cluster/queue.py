@@ -537,7 +537,8 @@ class RedisFairQueue:
     async def _leave(self, waiter: _RemoteWaiter) -> None:
         await self._leave_id(waiter.id, waiter.user)
 
-    async def _leave_id(self, id: str, user: str) -> None:
+    async def _leave_id(self, id: str, user: str) -> bool:
+        """Leave the queue for ``id`` (True), or keep it to leave again (False)."""
         try:
             await self.queues.call("leave", self.keys, self._args(id, user))
         except Exception as exc:
@@ -545,8 +546,9 @@ class RedisFairQueue:
             # meanwhile (nobody here waits for it): every poll leaves again
             self._leaving[id] = user
             self.queues.failed("queue leave", exc)
-        else:
-            self._leaving.pop(id, None)
+            return False
+        self._leaving.pop(id, None)
+        return True
 
     def granted(self, ids: list[str]) -> None:
         """Slots granted to ``ids`` (from a script's reply or a notification)."""
@@ -586,7 +588,8 @@ class RedisFairQueue:
         if self._unreleased:
             await self._release(sorted(self._unreleased))
         for id, user in list(self._leaving.items()):
-            await self._leave_id(id, user)
+            if not await self._leave_id(id, user):
+                break  # Redis still unreachable: one failed call per poll, not one per id
         waiters = [w for w in self._waiters.values() if w.joined]
         if not waiters and not sweep:
             return

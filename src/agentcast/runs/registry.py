@@ -168,7 +168,6 @@ class Runs:
         self.gateway = gateway
         self.default_ttl = gateway.settings.run_lease_ttl
         gateway.observers.append(self.observe)
-        gateway.publish_observers.append(self.published)
         gateway.add_validator(self.check_event)
         gateway.add_snapshot_provider(RUN_PREFIXES, self.snapshot_async)
         for prefix in RUN_PREFIXES:
@@ -181,6 +180,8 @@ class Runs:
         gateway.add_router(runs_router(gateway, self))
         if self.store is not None:
             self.recorder = RunRecorder(self.store, self)
+            # only with a store: no per-publication call for nothing to record
+            gateway.publish_observers.append(self.published)
             gateway.add_history_source(RUN_PREFIXES, self.stored_history)
             gateway.add_background(self.recorder.run)
             gateway.add_shutdown(self.recorder.flush)
@@ -389,9 +390,11 @@ class Runs:
         for p in buffered:
             fresh.apply(p.seq, p.type, orjson.loads(p.data), p.timestamp)
         if fresh.seq >= state.seq:
-            self.states[topic] = fresh
+            self.states[topic] = state = fresh
             if fresh.finished:
                 self.leases.pop(topic, None)
+        if topic in self._mine:  # this node's own events whose notification was lost
+            self._record_mine(topic, state.seq)
 
     def snapshot(self, topic: str) -> tuple[int, dict[str, Any]] | None:
         """``(seq, state)`` of a run topic this registry knows, else None."""

@@ -10,7 +10,8 @@ steps late, so a node's own publication may be answered before it is folded).
 * Each event is recorded by the node that published it; the store gets every event once
   and the summary of the finished run.
 * A node that lost the notification of a run event folds the run again from history:
-  the same snapshot as the node that saw every event.
+  the same snapshot as the node that saw every event; when the event was its own, it
+  records it in the store then.
 """
 
 from __future__ import annotations
@@ -164,3 +165,34 @@ async def test_a_node_that_lost_an_event_folds_the_run_again_from_history(pair: 
     snap_b = await runs_b.snapshot_async(topic)
     assert snap_b == pair.runs(pair.a).snapshot(topic)
     assert snap_b is not None and snap_b[1]["nodes"]["n"]["status"] == "completed"
+
+
+async def test_a_node_that_lost_its_own_events_notification_records_it_once_folded(
+    pair: Pair,
+) -> None:
+    """B publishes the run's end and never gets its notification: the seal of the lapsed
+    lease is refused (a conflict), B folds the run from history, and records its own
+    event then (no other node records it)."""
+    topic = "workflow:gap"
+    await start(pair.a, "gap")
+    await until(folded(pair.b, topic, 1))
+    await pair.b.publish(topic, "workflow_complete", {"success": True, "execution_time": 1.0})
+    await until(folded(pair.a, topic, 2))
+    runs_a, runs_b = pair.runs(pair.a), pair.runs(pair.b)
+    assert runs_b.states[topic].seq == 1  # its notification never comes
+    assert await runs_b.expire(time.monotonic() + 2 * TTL) == []  # refused: seq 2 exists
+    await until(lambda: runs_b.states[topic].finished)  # folded from history
+    for runs in (runs_a, runs_b):
+        assert runs.recorder is not None
+        await runs.recorder.flush()
+    assert runs_a.store is not None
+    assert [e.seq for e in await runs_a.store.events(topic, 0)] == [1, 2]
+    assert not runs_b._mine
+
+
+def test_the_publish_observer_is_installed_only_with_a_run_store(tmp_path: Path) -> None:
+    """Without a store nothing is recorded: no call per publication."""
+    assert Gateway(Settings(store_url=""), features=[Runs()]).publish_observers == []
+    store = create_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    runs = Runs(store)
+    assert Gateway(Settings(store_url=""), features=[runs]).publish_observers == [runs.published]

@@ -442,36 +442,9 @@ async def test_stop_gives_slots_back_at_once(pair: Cluster) -> None:
     await asyncio.gather(first.task, return_exceptions=True)
 
 
-async def test_stop_does_not_wait_for_a_loop_that_holds_on(pair: Cluster) -> None:
-    """redis-py can absorb the cancellation of a blocked pub/sub read: a loop of the
-    queues that does (a stand-in here) is left behind, the stop still ends."""
-    a_node, _ = pair.nodes
-    a, _ = two(pair, 1)
-    async with a.slot("u"):  # the queues are started
-        pass
-    queues: Any = a_node.state.queues  # type: ignore[attr-defined]
-    release = asyncio.Event()
-
-    async def holding_on() -> None:
-        while not release.is_set():
-            with contextlib.suppress(asyncio.CancelledError):
-                await release.wait()
-
-    stubborn = asyncio.get_running_loop().create_task(holding_on())
-    queues._loops.append(stubborn)
-    try:
-        async with asyncio.timeout(5 * UNIT):
-            await a_node.state.stop()
-        assert not stubborn.done()  # left behind, not waited for
-    finally:
-        release.set()
-        await stubborn
-
-
-@contextlib.asynccontextmanager
-async def proxied_pair() -> AsyncIterator[tuple[Node, Node, Proxy]]:
-    """Two nodes on one real Redis (fresh prefix), the first through a :class:`Proxy`
-    the test can cut."""
+async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_keeps_waiting() -> (
+    None
+):
     why = await redis_reachable()
     if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
         require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
@@ -487,9 +460,26 @@ async def proxied_pair() -> AsyncIterator[tuple[Node, Node, Proxy]]:
     )
     await a.state.start(a.view)
     await b.state.start(b.view)
+    qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
+    served: list[str] = []
+    requests: list[Request] = []
     try:
-        yield a, b, proxy
+        first = await holder(qb, served)
+        queued = Request(qa, "a1", "a", served)
+        requests += [first, queued]
+        await eventually(lambda: queued.position == 1)
+        await proxy.cut()
+        # a new request on a while Redis is unreachable from a: a's own queue (limit 1)
+        local = await holder(qa, served, "local")
+        requests.append(local)
+        assert a.state.errors > 0
+        assert queued.position == 1 and not queued.started.is_set()  # keeps its place
+        await proxy.start()  # back within the TTL: the waiter is still in Redis
+        first.finish()
+        async with asyncio.timeout(TTL + 4 * UNIT):
+            await queued.started.wait()
     finally:
+        await cleanup(*requests)
         await a.state.stop()
         await b.state.stop()
         with contextlib.suppress(Exception):
@@ -546,30 +536,61 @@ async def test_a_cancel_while_redis_is_unreachable_leaves_when_it_is_back() -> N
         with contextlib.suppress(Exception):
             await proxy.cut()
         await delete_prefix(prefix)
-async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_keeps_waiting() -> (
-    None
-):
-    async with proxied_pair() as (a, b, proxy):
-        qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
-        served: list[str] = []
-        requests: list[Request] = []
-        try:
-            first = await holder(qb, served)
-            queued = Request(qa, "a1", "a", served)
-            requests += [first, queued]
-            await eventually(lambda: queued.position == 1)
+
+
+async def test_stop_does_not_wait_for_a_loop_that_holds_on(pair: Cluster) -> None:
+    """redis-py can absorb the cancellation of a blocked pub/sub read: a loop of the
+    queues that does (a stand-in here) is left behind, the stop still ends."""
+    a_node, _ = pair.nodes
+    a, _ = two(pair, 1)
+    async with a.slot("u"):  # the queues are started
+        pass
+    queues: Any = a_node.state.queues  # type: ignore[attr-defined]
+    release = asyncio.Event()
+
+    async def holding_on() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    stubborn = asyncio.get_running_loop().create_task(holding_on())
+    queues._loops.append(stubborn)
+    try:
+        async with asyncio.timeout(5 * UNIT):
+            await a_node.state.stop()
+        assert not stubborn.done()  # left behind, not waited for
+    finally:
+        release.set()
+        await stubborn
+
+
+@contextlib.asynccontextmanager
+async def proxied_pair() -> AsyncIterator[tuple[Node, Node, Proxy]]:
+    """Two nodes on one real Redis (fresh prefix), the first through a :class:`Proxy`
+    the test can cut."""
+    why = await redis_reachable()
+    if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
+        require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    proxy = Proxy()
+    await proxy.start()
+    url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
+    a = Node(create_cluster_state(url, heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC))
+    b = Node(
+        create_cluster_state(
+            f"{REDIS}?prefix={prefix}", heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC
+        )
+    )
+    await a.state.start(a.view)
+    await b.state.start(b.view)
+    try:
+        yield a, b, proxy
+    finally:
+        await a.state.stop()
+        await b.state.stop()
+        with contextlib.suppress(Exception):
             await proxy.cut()
-            # a new request on a while Redis is unreachable from a: a's own queue (limit 1)
-            local = await holder(qa, served, "local")
-            requests.append(local)
-            assert a.state.errors > 0
-            assert queued.position == 1 and not queued.started.is_set()  # keeps its place
-            await proxy.start()  # back within the TTL: the waiter is still in Redis
-            first.finish()
-            async with asyncio.timeout(TTL + 4 * UNIT):
-                await queued.started.wait()
-        finally:
-            await cleanup(*requests)
+        await delete_prefix(prefix)
 
 
 async def test_a_waiter_cancelled_while_redis_is_unreachable_never_keeps_a_slot() -> None:

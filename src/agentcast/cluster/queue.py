@@ -428,10 +428,6 @@ class RedisFairQueue:
         self._unleft: dict[str, _RemoteWaiter] = {}
         """Cancelled waiters whose leave failed: retried by every poll (a waiter left in
         Redis would be granted a slot nobody gives back while this node lives)."""
-        self._leaving: dict[str, str] = {}
-        """Waiter id -> user of the waiters that left here while their state in Redis is
-        unknown (a leave or an acquire call that failed): every poll retries the leave,
-        which drops the waiter or gives back the slot granted to it meanwhile."""
         self._refreshing: asyncio.Task[None] | None = None
         self._dirty = False
         self.cluster_active = 0
@@ -492,7 +488,6 @@ class RedisFairQueue:
             queues.failed("queue acquire", exc)
             # the outcome is unknown (a timeout may have queued it, or granted a slot):
             # leave, retried by the polls until Redis answers, so nothing is left there
-            # the script may have run (a reply lost): leave, now or by the next polls
             queues.spawn(self._leave(waiter))
             return None, await self.fallback.acquire(user, on_position)
         position, self.cluster_active, self.cluster_waiting = (int(x) for x in reply)
@@ -542,24 +537,13 @@ class RedisFairQueue:
         await self._leave(waiter)
 
     async def _leave(self, waiter: _RemoteWaiter) -> None:
-        await self._leave_id(waiter.id, waiter.user)
-
-    async def _leave_id(self, id: str, user: str) -> bool:
-        """Leave the queue for ``id`` (True), or keep it to leave again (False)."""
         try:
-            await self.queues.call("leave", self.keys, self._args(id, user))
+            await self.queues.call("leave", self.keys, self._args(waiter.id, waiter.user))
         except Exception as exc:
             self._unleft[waiter.id] = waiter  # unknown outcome: leave again (idempotent)
             self.queues.failed("queue leave", exc)
         else:
             self._unleft.pop(waiter.id, None)
-            # unknown outcome: it may still wait in Redis, or hold the slot granted to it
-            # meanwhile (nobody here waits for it): every poll leaves again
-            self._leaving[id] = user
-            self.queues.failed("queue leave", exc)
-            return False
-        self._leaving.pop(id, None)
-        return True
 
     def granted(self, ids: list[str]) -> None:
         """Slots granted to ``ids`` (from a script's reply or a notification)."""
@@ -600,9 +584,6 @@ class RedisFairQueue:
             await self._release(sorted(self._unreleased))
         for left in list(self._unleft.values()):
             await self._leave(left)
-        for id, user in list(self._leaving.items()):
-            if not await self._leave_id(id, user):
-                break  # Redis still unreachable: one failed call per poll, not one per id
         waiters = [w for w in self._waiters.values() if w.joined]
         if not waiters and not sweep:
             return
@@ -677,10 +658,7 @@ class RedisQueues:
     request in the node's own :attr:`RedisFairQueue.fallback` (the limit then holds per
     node, as the connection limits do); a waiting request keeps its place and its last
     position while the polls fail, and rejoins at the end of the queue if Redis lost it;
-    a failed release is retried by every poll, and so is a failed leave (a waiter
-    cancelled, or an acquire whose reply was lost, while Redis was unreachable): the leave
-    drops the waiter, or gives back the slot granted to it meanwhile, never kept by a
-    node that waits for nothing.
+    a failed release is retried by every poll.
     """
 
     def __init__(
@@ -713,7 +691,6 @@ class RedisQueues:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._subscribed: asyncio.Future[None] | None = None
-        self._subscriber: Any = None
         self._closed = False
 
     def queue(self, key: str, limit: int) -> RedisFairQueue:
@@ -780,7 +757,7 @@ class RedisQueues:
 
     async def _listen(self) -> None:
         backoff = self.poll_interval
-        subscriber = self._subscriber = self.factory()
+        subscriber = self.factory()
         try:
             while not self._closed:
                 pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
@@ -800,8 +777,6 @@ class RedisQueues:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise asyncio.CancelledError from None  # (see call)
-                    if self._closed:
-                        return
                     self.failed("queue notifications", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
@@ -825,7 +800,6 @@ class RedisQueues:
             await asyncio.sleep(self.poll_interval)
             for queue in list(self.queues.values()):
                 if queue._waiters or queue._unreleased or queue._unleft:
-                if queue._waiters or queue._unreleased or queue._leaving:
                     try:
                         await queue.poll(sweep=True)
                     except Exception as exc:  # pragma: no cover - poll catches its own
@@ -833,22 +807,12 @@ class RedisQueues:
 
     async def stop(self) -> None:
         """Give back what this node holds and leave the queues (best effort: what is
-        left expires with this node), then close. The notification and poll loops get
-        ``poll_interval`` (at least 1 s) to end once cancelled: redis-py can absorb the
-        cancellation of a blocked pub/sub read, and a loop that holds on is left behind
-        (its connection is closed under it), never waited for."""
+        left expires with this node), then close."""
         self._closed = True
         for task in self._loops:
             task.cancel()
         if self._loops:  # bounded: redis-py may swallow the cancellation of a blocked read
             await asyncio.wait(self._loops, timeout=2.0)
-        if self._loops:
-            _, stuck = await asyncio.wait(self._loops, timeout=max(1.0, self.poll_interval))
-            for task in stuck:
-                logger.warning("cluster queue: %s did not stop; left behind", task.get_name())
-            if stuck and self._subscriber is not None:  # its connection closed under it
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._subscriber.aclose(), self.ttl)
         self._loops = []
         if self._client is None:
             return
@@ -860,8 +824,6 @@ class RedisQueues:
                 self.spawn(queue._leave(waiter))
             for left in list(queue._unleft.values()):
                 self.spawn(queue._leave(left))
-            for id, user in list(queue._leaving.items()):
-                self.spawn(queue._leave_id(id, user))
             if queue._held or queue._unreleased:
                 self.spawn(queue._release(sorted(queue._held | queue._unreleased)))
                 queue._held.clear()

@@ -1,7 +1,7 @@
 """The TypeScript client (``clients/js``) from pytest, so that CI runs its checks.
 
-``npm ci`` (when ``node_modules`` is missing), then ``npm run gen:check`` (the generated
-types and doc examples match ``docs/schemas/`` and the docs), ``npm test`` (tsc, then
+``npm ci`` (when ``node_modules`` is missing or older than ``package-lock.json``), then
+``npm run gen:check`` (the generated types and doc examples match ``docs/schemas/`` and the docs), ``npm test`` (tsc, then
 vitest against real ``agentcast serve`` processes started with this interpreter and this
 checkout's source) and ``npm run build`` (the package's two entry points import by name).
 Without node or npm the tests skip, and fail under ``AGENTCAST_REQUIRE_SERVICES=1`` (CI).
@@ -70,8 +70,10 @@ def installed() -> None:
     ).stdout.strip()
     if int(version.lstrip("v").split(".")[0]) < 20:
         require_service(f"node {version} is too old (clients/js needs Node 20+)")
-    if not (JS / "node_modules").is_dir():
-        npm("ci", "--no-audit", "--no-fund")
+    installed = JS / "node_modules" / ".package-lock.json"  # what npm last installed
+    lock = JS / "package-lock.json"
+    if not installed.is_file() or installed.stat().st_mtime < lock.stat().st_mtime:
+        npm("ci", "--no-audit", "--no-fund")  # missing, or older than the lock file
 
 
 def test_generated_files_are_current(installed: None) -> None:

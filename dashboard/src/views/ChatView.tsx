@@ -60,7 +60,7 @@ export function ChatView({ conversation }: { conversation?: string }) {
                 <a href={`#/chat/${encodeURIComponent(c.id)}`} className={c.id === conversation ? 'active' : ''}>
                   <span className="conv-title">{c.title}</span>
                   <span className="muted small">
-                    {c.message_count} messages{c.generating ? ' · answering' : ''}
+                    {c.message_count} {c.message_count === 1 ? 'message' : 'messages'}{c.generating ? ' · answering' : ''}
                   </span>
                 </a>
               </li>
@@ -140,6 +140,14 @@ function Thread({ cid, title, initial, onSent, onChange }: { cid: string; title:
 
   const { messages: stored, streaming: s, hasMore } = chat.state;
   const streaming = s !== null && !s.done ? s : sending ? { text: '', position: null } : null;
+  // the conversation list (message counts, "answering") follows what this thread sees: a
+  // message stored, an answer started or ended, rather than the list's 5 s poll alone
+  const listChanged = useRef(onChange);
+  listChanged.current = onChange;
+  const answering = s !== null && !s.done;
+  useEffect(() => {
+    listChanged.current();
+  }, [stored.length, answering]);
   useEffect(() => {
     if (stickBottom.current) bottom.current?.scrollIntoView({ block: 'end' });
   }, [stored.length, streaming?.text]);

@@ -442,9 +442,10 @@ async def test_stop_gives_slots_back_at_once(pair: Cluster) -> None:
     await asyncio.gather(first.task, return_exceptions=True)
 
 
-async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_keeps_waiting() -> (
-    None
-):
+@contextlib.asynccontextmanager
+async def proxied_pair() -> AsyncIterator[tuple[Node, Node, CutProxy]]:
+    """Two nodes on one real Redis (fresh prefix), the first through a
+    :class:`CutProxy` the test can cut; the prefix deleted afterwards."""
     why = await redis_reachable()
     if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
         require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
@@ -460,82 +461,66 @@ async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_
     )
     await a.state.start(a.view)
     await b.state.start(b.view)
-    qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
-    served: list[str] = []
-    requests: list[Request] = []
     try:
-        first = await holder(qb, served)
-        queued = Request(qa, "a1", "a", served)
-        requests += [first, queued]
-        await eventually(lambda: queued.position == 1)
-        await proxy.cut()
-        # a new request on a while Redis is unreachable from a: a's own queue (limit 1)
-        local = await holder(qa, served, "local")
-        requests.append(local)
-        assert a.state.errors > 0
-        assert queued.position == 1 and not queued.started.is_set()  # keeps its place
-        await proxy.start()  # back within the TTL: the waiter is still in Redis
-        first.finish()
-        async with asyncio.timeout(TTL + 4 * UNIT):
-            await queued.started.wait()
+        yield a, b, proxy
     finally:
-        await cleanup(*requests)
         await a.state.stop()
         await b.state.stop()
         with contextlib.suppress(Exception):
             await proxy.cut()
         await delete_prefix(prefix)
+
+
+async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_keeps_waiting() -> (
+    None
+):
+    async with proxied_pair() as (a, b, proxy):
+        qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
+        served: list[str] = []
+        requests: list[Request] = []
+        try:
+            first = await holder(qb, served)
+            queued = Request(qa, "a1", "a", served)
+            requests += [first, queued]
+            await eventually(lambda: queued.position == 1)
+            await proxy.cut()
+            # a new request on a while Redis is unreachable from a: a's own queue (limit 1)
+            local = await holder(qa, served, "local")
+            requests.append(local)
+            assert a.state.errors > 0
+            assert queued.position == 1 and not queued.started.is_set()  # keeps its place
+            await proxy.start()  # back within the TTL: the waiter is still in Redis
+            first.finish()
+            async with asyncio.timeout(TTL + 4 * UNIT):
+                await queued.started.wait()
+        finally:
+            await cleanup(*requests)
 
 
 async def test_a_cancel_while_redis_is_unreachable_leaves_when_it_is_back() -> None:
-    why = await redis_reachable()
-    if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
-        require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    proxy = CutProxy()
-    await proxy.start()
-    a = Node(
-        create_cluster_state(
-            f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}",
-            heartbeat=HEARTBEAT,
-            ttl=TTL,
-            sync_interval=SYNC,
-        )
-    )
-    b = Node(
-        create_cluster_state(
-            f"{REDIS}?prefix={prefix}", heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC
-        )
-    )
-    await a.state.start(a.view)
-    await b.state.start(b.view)
-    qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
-    served: list[str] = []
-    requests: list[Request] = []
-    try:
-        first = await holder(qb, served)
-        leaving = Request(qa, "x", "x", served)
-        requests += [first, leaving]
-        await eventually(lambda: leaving.position == 1)
-        behind = Request(qb, "z", "z", served)
-        requests.append(behind)
-        await eventually(lambda: behind.position == 2)
-        await proxy.cut()
-        leaving.task.cancel()  # its leave fails: Redis is unreachable from a
-        await asyncio.gather(leaving.task, return_exceptions=True)
-        await eventually(lambda: a.state.errors > 0)
-        await proxy.start()
-        first.finish()  # the slot may go to x (a is live again): a's poll gives it back
-        async with asyncio.timeout(TTL + 4 * UNIT):
-            await behind.started.wait()
-        assert served == ["holder", "z"]
-    finally:
-        await cleanup(*requests)
-        await a.state.stop()
-        await b.state.stop()
-        with contextlib.suppress(Exception):
+    async with proxied_pair() as (a, b, proxy):
+        qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
+        served: list[str] = []
+        requests: list[Request] = []
+        try:
+            first = await holder(qb, served)
+            leaving = Request(qa, "x", "x", served)
+            requests += [first, leaving]
+            await eventually(lambda: leaving.position == 1)
+            behind = Request(qb, "z", "z", served)
+            requests.append(behind)
+            await eventually(lambda: behind.position == 2)
             await proxy.cut()
-        await delete_prefix(prefix)
+            leaving.task.cancel()  # its leave fails: Redis is unreachable from a
+            await asyncio.gather(leaving.task, return_exceptions=True)
+            await eventually(lambda: a.state.errors > 0)
+            await proxy.start()
+            first.finish()  # the slot may go to x (a is live again): a's poll gives it back
+            async with asyncio.timeout(TTL + 4 * UNIT):
+                await behind.started.wait()
+            assert served == ["holder", "z"]
+        finally:
+            await cleanup(*requests)
 
 
 async def test_stop_does_not_wait_for_a_loop_that_holds_on(pair: Cluster) -> None:
@@ -564,35 +549,6 @@ async def test_stop_does_not_wait_for_a_loop_that_holds_on(pair: Cluster) -> Non
         await stubborn
 
 
-@contextlib.asynccontextmanager
-async def proxied_pair() -> AsyncIterator[tuple[Node, Node, Proxy]]:
-    """Two nodes on one real Redis (fresh prefix), the first through a :class:`Proxy`
-    the test can cut."""
-    why = await redis_reachable()
-    if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
-        require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    proxy = Proxy()
-    await proxy.start()
-    url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
-    a = Node(create_cluster_state(url, heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC))
-    b = Node(
-        create_cluster_state(
-            f"{REDIS}?prefix={prefix}", heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC
-        )
-    )
-    await a.state.start(a.view)
-    await b.state.start(b.view)
-    try:
-        yield a, b, proxy
-    finally:
-        await a.state.stop()
-        await b.state.stop()
-        with contextlib.suppress(Exception):
-            await proxy.cut()
-        await delete_prefix(prefix)
-
-
 async def test_a_waiter_cancelled_while_redis_is_unreachable_never_keeps_a_slot() -> None:
     """Its leave fails: retried by the polls once Redis is back, so the grant that reaches
     its id (nobody waits for it on that node) is given back, not held for ever."""
@@ -612,7 +568,7 @@ async def test_a_waiter_cancelled_while_redis_is_unreachable_never_keeps_a_slot(
             await eventually(lambda: not qa.queues._tasks)  # the leave failed
             await proxy.start()  # back well within the TTL: a is alive all along
             # a's polls retried what failed (before the slot is handed on)
-            await eventually(lambda: not qa._unreleased and not getattr(qa, "_leaving", None))
+            await eventually(lambda: not qa._unreleased and not qa._unleft)
             first.finish()
             later = Request(qb, "b2", "b2", served)
             requests.append(later)

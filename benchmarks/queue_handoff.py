@@ -25,28 +25,14 @@ import multiprocessing
 import statistics
 import time
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
+from cluster import View  # the local view and percentile of benchmarks/cluster.py
 from redis.asyncio import Redis
 
 from agentcast.cluster.redis import RedisClusterState
 
 KEY = "http://upstream.bench/v1"
-
-
-class View:
-    def local_presence(self, topic: str) -> tuple[dict[str, int], int]:
-        return {}, 0
-
-    def local_topics(self) -> Iterable[str]:
-        return ()
-
-    def take_drawn(self) -> dict[str, dict[str, float]]:
-        return {}
-
-    def charge(self, subject: str, kind: str, tokens: float) -> None:
-        return None
 
 
 async def _node(url: str, name: str, n: int, barrier: Any, out: Any) -> None:

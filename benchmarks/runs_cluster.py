@@ -22,8 +22,9 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
+from cluster import View, pct  # the local view and percentile of benchmarks/cluster.py
 from redis.asyncio import Redis
 
 from agentcast.brokers.base import Conflict, Draft
@@ -31,25 +32,6 @@ from agentcast.brokers.redis import RedisBroker
 from agentcast.cluster.redis import RedisClusterState
 from agentcast.policy import Principal
 from agentcast.security.tickets import ClusterTicketStore
-
-
-class View:
-    def local_presence(self, topic: str) -> tuple[dict[str, int], int]:
-        return {}, 0
-
-    def local_topics(self) -> Iterable[str]:
-        return ()
-
-    def take_drawn(self) -> dict[str, dict[str, float]]:
-        return {}
-
-    def charge(self, subject: str, kind: str, tokens: float) -> None:
-        pass
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def timed(n: int, call: Callable[[int], Awaitable[object]]) -> dict[str, float]:

@@ -38,9 +38,14 @@ from storm import _exit_on_sigterm, machine_busy  # noqa: E402
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def start(broker: str | None, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start(
+    broker: str | None, log: Path, extra_path: str = "", src: str = ""
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``agentcast serve --bench-endpoint`` on a free port (``src``: another checkout's
+    source; ``extra_path``: appended to its PYTHONPATH), its output in ``log``."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    path = (src or str(HERE.parent / "src")) + (os.pathsep + extra_path if extra_path else "")
+    env = {**os.environ, "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "agentcast.cli", "serve", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--bench-endpoint", "--log-level", "warning"]
     if broker:

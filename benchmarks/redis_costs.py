@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -45,34 +44,11 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import build_wsload, free_port, redis_server_pid, tree_cpu, wait_port  # noqa: E402
+from crossnode import round_trips, start  # noqa: E402
+from run import build_wsload, redis_server_pid, tree_cpu  # noqa: E402
 from storm import _exit_on_sigterm  # noqa: E402
 
 REDIS = "redis://127.0.0.1:6379/0"
-
-
-def start(
-    broker: str, log: Path, extra_path: str = "", src: str = ""
-) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    path = (src or str(HERE.parent / "src")) + (os.pathsep + extra_path if extra_path else "")
-    env = {**os.environ, "PYTHONPATH": path}
-    cmd = [sys.executable, "-m", "agentcast.cli", "serve", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--bench-endpoint", "--log-level", "warning", "--broker", broker]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=log.parent
-    )
-    if not wait_port(port, proc):
-        sys.exit(f"server did not start, see {log}")
-    return proc, port
-
-
-def round_trips(port: int) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith("agentcast_broker_round_trips_total"):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def trigger_proxy(target: str, at_trigger: Callable[[], None]) -> tuple[ThreadingHTTPServer, int]:

@@ -15,17 +15,14 @@ import asyncio
 import contextlib
 import functools
 import random
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from agentcast.cluster import create_cluster_state
 from agentcast.cluster.queue import FairQueue, RedisFairQueue, UpstreamQueue
 from tests.conftest import UNIT
 from tests.contract.test_cluster_state import (
-    HEARTBEAT,
     REDIS,
     SYNC,
     TTL,
@@ -35,11 +32,9 @@ from tests.contract.test_cluster_state import (
     _build,
     _close,
     abandon,
-    delete_prefix,
     eventually,
-    redis_reachable,
+    proxied_pair,
 )
-from tests.services import require_service
 
 KEY = "http://upstream.test/v1"
 
@@ -442,39 +437,10 @@ async def test_stop_gives_slots_back_at_once(pair: Cluster) -> None:
     await asyncio.gather(first.task, return_exceptions=True)
 
 
-@contextlib.asynccontextmanager
-async def proxied_pair() -> AsyncIterator[tuple[Node, Node, CutProxy]]:
-    """Two nodes on one real Redis (fresh prefix), the first through a
-    :class:`CutProxy` the test can cut; the prefix deleted afterwards."""
-    why = await redis_reachable()
-    if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
-        require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    proxy = CutProxy()
-    await proxy.start()
-    url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
-    a = Node(create_cluster_state(url, heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC))
-    b = Node(
-        create_cluster_state(
-            f"{REDIS}?prefix={prefix}", heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC
-        )
-    )
-    await a.state.start(a.view)
-    await b.state.start(b.view)
-    try:
-        yield a, b, proxy
-    finally:
-        await a.state.stop()
-        await b.state.stop()
-        with contextlib.suppress(Exception):
-            await proxy.cut()
-        await delete_prefix(prefix)
-
-
 async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_keeps_waiting() -> (
     None
 ):
-    async with proxied_pair() as (a, b, proxy):
+    async with proxied_pair(CutProxy()) as (a, b, proxy):
         qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
         served: list[str] = []
         requests: list[Request] = []
@@ -498,7 +464,7 @@ async def test_redis_unreachable_on_arrival_falls_back_to_the_node_and_a_waiter_
 
 
 async def test_a_cancel_while_redis_is_unreachable_leaves_when_it_is_back() -> None:
-    async with proxied_pair() as (a, b, proxy):
+    async with proxied_pair(CutProxy()) as (a, b, proxy):
         qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
         served: list[str] = []
         requests: list[Request] = []
@@ -552,7 +518,7 @@ async def test_stop_does_not_wait_for_a_loop_that_holds_on(pair: Cluster) -> Non
 async def test_a_waiter_cancelled_while_redis_is_unreachable_never_keeps_a_slot() -> None:
     """Its leave fails: retried by the polls once Redis is back, so the grant that reaches
     its id (nobody waits for it on that node) is given back, not held for ever."""
-    async with proxied_pair() as (a, b, proxy):
+    async with proxied_pair(CutProxy()) as (a, b, proxy):
         qa, qb = a.state.queue(KEY, 1), b.state.queue(KEY, 1)
         assert isinstance(qa, RedisFairQueue) and isinstance(qb, RedisFairQueue)
         served: list[str] = []

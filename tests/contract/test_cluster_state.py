@@ -409,12 +409,15 @@ class Proxy:
         await self.server.wait_closed()
 
 
-async def test_redis_lost_fails_open_and_the_node_rewrites_its_part_when_back() -> None:
+@contextlib.asynccontextmanager
+async def proxied_pair(proxy: Proxy | None = None) -> AsyncIterator[tuple[Node, Node, Proxy]]:
+    """Two nodes on one real Redis (a fresh prefix, deleted afterwards), the first through
+    ``proxy`` (a :class:`Proxy` by default), which the test can cut and start again."""
     why = await redis_reachable()
     if why is not None or not REDIS.startswith("redis://127.0.0.1:6379"):
         require_service(f"Redis not reachable at 127.0.0.1:6379 ({why})")
     prefix = f"test-{uuid.uuid4().hex[:12]}"
-    proxy = Proxy()
+    proxy = proxy or Proxy()
     await proxy.start()
     url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
     a = Node(create_cluster_state(url, heartbeat=HEARTBEAT, ttl=TTL, sync_interval=SYNC))
@@ -426,6 +429,17 @@ async def test_redis_lost_fails_open_and_the_node_rewrites_its_part_when_back() 
     await a.state.start(a.view)
     await b.state.start(b.view)
     try:
+        yield a, b, proxy
+    finally:
+        await a.state.stop()
+        await b.state.stop()
+        with contextlib.suppress(Exception):
+            await proxy.cut()
+        await delete_prefix(prefix)
+
+
+async def test_redis_lost_fails_open_and_the_node_rewrites_its_part_when_back() -> None:
+    async with proxied_pair() as (a, b, proxy):
         assert await reserve(a, "alice", 2) is None
         await proxy.cut()
         # Redis unreachable from a: its handshakes are admitted on its own count (fail open)
@@ -447,12 +461,6 @@ async def test_redis_lost_fails_open_and_the_node_rewrites_its_part_when_back() 
             return held == 3  # a's 2 (rewritten in full) and b's 1
 
         await eventually(a_counted_again, TTL + 8 * UNIT)
-    finally:
-        await a.state.stop()
-        await b.state.stop()
-        with contextlib.suppress(Exception):
-            await proxy.cut()
-        await delete_prefix(prefix)
 
 
 def test_a_shared_broker_urls_own_parameters_are_not_given_to_redis_py() -> None:

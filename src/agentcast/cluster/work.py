@@ -109,7 +109,10 @@ class OwnedWork:
         seal: SealHandler | None = None,
         lost: LostHandler | None = None,
     ) -> None:
-        """This node's handlers for ``kind`` (a second call replaces them)."""
+        """This node's handlers for ``kind`` (a second call replaces them). The heartbeat
+        claims orphans only for kinds that have a ``seal`` handler, from its next beat on:
+        the cluster state starts before the gateway's start-up hooks, so a feature whose
+        seal needs them (an open store) registers from a start-up hook of its own."""
         _member(kind, "")
         self.handlers[kind] = _Handlers(control, seal, lost)
 
